@@ -1,0 +1,34 @@
+//! The tunnelgate wire protocol, sans IO.
+//!
+//! Bytes go in, messages come out, and back. This crate owns the frame
+//! codec ([`frame`]), the messages exchanged on an agent session's control
+//! stream and at the head of every data stream ([`message`]), protocol
+//! versions ([`version`]) and the control-stream state machines for both
+//! ends ([`control`]).
+//!
+//! It must not do IO, spawn tasks or read clocks: time arrives as a `now`
+//! argument, so every behaviour here is testable without a runtime.
+//!
+//! ```text
+//! agent                                   relay
+//!   | -- control stream: Hello ----------->  |   (or Enroll, on first contact)
+//!   | <------------------------- Welcome --  |
+//!   | -- Heartbeat{seq, rtt} ------------->  |   every heartbeat interval
+//!   | <--------------------- HeartbeatAck -  |
+//!   | -- NodeUpdate (daemon up/down) ----->  |
+//!   | <--------------------------- Drain --  |   relay shutting down: reconnect
+//!   |                                        |
+//!   | <-- data stream: StreamHeader -------  |   one per control-plane call
+//!   | -- StreamReply (accept | error) ---->  |
+//!   | <=========== raw bytes ============>   |   half-close carried through
+//! ```
+#![warn(missing_docs)]
+
+pub mod control;
+pub mod frame;
+pub mod ids;
+pub mod message;
+pub mod version;
+
+pub use ids::{NodeId, RequestId};
+pub use version::ProtocolVersion;
