@@ -1,1 +1,267 @@
-//! placeholder
+//! The tunnelgate agent: runs on a Docker host, dials out to a relay, and
+//! serves the relay's streams into the host's Docker daemon.
+//!
+//! [`run`] keeps one session up for as long as it is asked to: it enrols
+//! with a join token on first contact ([`identity`]), connects with the
+//! node certificate after that, says hello with the daemon's facts,
+//! heartbeats, serves each stream ([`serve`]) and reconnects after any loss
+//! with exponential backoff and jitter, forever.
+//!
+//! It must not reach anything but its configured Docker endpoint: the
+//! relay chooses what to ask, never where the agent connects.
+
+pub mod config;
+pub mod docker;
+pub mod identity;
+mod serve;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+use tunnelgate_proto::control::{AgentControl, AgentEvent};
+use tunnelgate_proto::message::{DockerFacts, Hello};
+use tunnelgate_proto::ProtocolVersion;
+use tunnelgate_session::{driver, Session};
+
+pub use config::AgentConfig;
+use identity::NodeIdentity;
+
+/// This agent's release, reported to the relay.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// After a session lasted this long, the next reconnect starts from the
+/// shortest backoff again.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often the agent re-checks its daemon.
+const DAEMON_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why the agent stopped or a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Something about this agent's setup is wrong; retrying cannot help.
+    #[error("{0}")]
+    Fatal(String),
+    /// The session failed; the agent reconnects.
+    #[error("{0}")]
+    Session(String),
+}
+
+impl AgentError {
+    /// Whether retrying cannot help (bad token, unusable state dir, ...).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Fatal(_))
+    }
+}
+
+/// How a session ended without error.
+enum SessionEnd {
+    Cancelled,
+    Drained,
+}
+
+/// Runs the agent until `cancel` fires or a fatal error.
+pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
+    let config = Arc::new(config);
+    let mut attempt: u32 = 0;
+    loop {
+        let started = Instant::now();
+        let span = info_span!("session", node_id = %config.node_id, relay = %config.relay);
+        let end = connect_once(&config, &cancel).instrument(span).await;
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        if started.elapsed() >= STABLE_SESSION {
+            attempt = 0;
+        }
+        let delay = match end {
+            Ok(SessionEnd::Cancelled) => return Ok(()),
+            Ok(SessionEnd::Drained) => {
+                info!("relay is draining; reconnecting");
+                attempt = 0;
+                jitter(BACKOFF_MIN * 2)
+            }
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => {
+                let delay = jitter(backoff(attempt));
+                attempt = attempt.saturating_add(1);
+                warn!(error = %e, attempt, retry_in = ?delay, "relay session lost; reconnecting");
+                delay
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = cancel.cancelled() => return Ok(()),
+        }
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    BACKOFF_MIN
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_MAX)
+}
+
+/// Spreads reconnects of many agents after a relay restart: a delay in
+/// `[d/2, d]`.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
+async fn connect_once(
+    config: &Arc<AgentConfig>,
+    cancel: &CancellationToken,
+) -> Result<SessionEnd, AgentError> {
+    let identity = match NodeIdentity::load(&config.state_dir)? {
+        Some(id) => id,
+        None => identity::enrol(config).await?,
+    };
+    identity.check_node(&config.node_id)?;
+    let session = identity::connect(config, Some(&identity)).await?;
+    let result = run_session(config, session.clone(), cancel).await;
+    if matches!(result, Ok(SessionEnd::Cancelled)) {
+        session.close("agent shutting down");
+    }
+    result
+}
+
+async fn run_session(
+    config: &Arc<AgentConfig>,
+    session: Session,
+    cancel: &CancellationToken,
+) -> Result<SessionEnd, AgentError> {
+    let session_err =
+        |what: &str, e: &dyn std::fmt::Display| AgentError::Session(format!("{what}: {e}"));
+    let mut control = session
+        .open_stream()
+        .await
+        .map_err(|e| session_err("opening the control stream", &e))?;
+    let facts = config.docker.probe().await;
+    report_daemon(&config.docker, None, &facts);
+    let hello = Hello {
+        version: ProtocolVersion::CURRENT,
+        agent_version: VERSION.to_owned(),
+        node_id: config.node_id.clone(),
+        hostname: config.hostname.clone(),
+        docker: facts.clone(),
+        labels: config.labels.clone(),
+        direct_endpoint: None,
+    };
+    let mut machine = AgentControl::new(hello, Instant::now());
+    let (tx, rx) = mpsc::channel(8);
+    let session_done = cancel.child_token();
+    let reprobe = Arc::new(Notify::new());
+
+    tokio::spawn(
+        serve::accept_streams(
+            session.clone(),
+            config.clone(),
+            reprobe.clone(),
+            session_done.clone(),
+        )
+        .in_current_span(),
+    );
+    tokio::spawn(
+        watch_daemon(config.clone(), facts, tx, reprobe, session_done.clone()).in_current_span(),
+    );
+
+    let transport = session.transport();
+    let mut drained = false;
+    let result = driver::drive(
+        &mut machine,
+        &mut control,
+        rx,
+        |event| match event {
+            AgentEvent::Welcomed(w) => {
+                info!(relay_id = %w.relay_id, %transport, remote = %session.remote_addr(), "connected to relay");
+            }
+            AgentEvent::Rtt(rtt) => debug!(?rtt, "heartbeat"),
+            AgentEvent::Drain(d) => {
+                info!(reason = %d.reason, grace_ms = d.grace_ms, "relay asks this agent to move");
+                drained = true;
+                session_done.cancel();
+            }
+        },
+        session_done.clone(),
+    )
+    .await;
+    session_done.cancel();
+    match result {
+        Ok(()) if drained => Ok(SessionEnd::Drained),
+        Ok(()) => Ok(SessionEnd::Cancelled),
+        Err(driver::DriveError::Control(tunnelgate_proto::control::ControlError::Refused(r))) => {
+            Err(AgentError::Fatal(format!(
+                "the relay refused this agent: {}",
+                r.message
+            )))
+        }
+        Err(e) => Err(session_err("control stream", &e)),
+    }
+}
+
+/// Re-probes the daemon periodically, and at once when a stream could not
+/// reach it, and tells the relay when reachability changes.
+async fn watch_daemon(
+    config: Arc<AgentConfig>,
+    mut last: DockerFacts,
+    control: mpsc::Sender<driver::Command<AgentControl>>,
+    reprobe: Arc<Notify>,
+    done: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(DAEMON_PROBE_INTERVAL) => {}
+            () = reprobe.notified() => {}
+            () = done.cancelled() => return,
+        }
+        let facts = config.docker.probe().await;
+        if facts.reachable != last.reachable || facts.version != last.version {
+            report_daemon(&config.docker, Some(&last), &facts);
+            let update = facts.clone();
+            let cmd: driver::Command<AgentControl> = Box::new(move |m| m.update_node(update));
+            if control.send(cmd).await.is_err() {
+                return;
+            }
+            last = facts;
+        }
+    }
+}
+
+fn report_daemon(
+    endpoint: &docker::DockerEndpoint,
+    before: Option<&DockerFacts>,
+    now: &DockerFacts,
+) {
+    match (before.map(|b| b.reachable), now.reachable) {
+        (_, false) => warn!(
+            %endpoint, error = now.error.as_deref().unwrap_or(""),
+            "Docker daemon unreachable; calls to this node fail with 502 until it is back; check that dockerd runs and --docker points at it"
+        ),
+        (Some(false), true) => {
+            info!(%endpoint, version = now.version.as_deref().unwrap_or(""), "Docker daemon is back")
+        }
+        (_, true) => {
+            info!(%endpoint, version = now.version.as_deref().unwrap_or(""), "Docker daemon reachable")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_cap_and_jitter_stays_within_half() {
+        assert_eq!(backoff(0), BACKOFF_MIN);
+        assert_eq!(backoff(1), BACKOFF_MIN * 2);
+        assert_eq!(backoff(40), BACKOFF_MAX);
+        for _ in 0..100 {
+            let d = jitter(Duration::from_secs(10));
+            assert!(d >= Duration::from_secs(5) && d <= Duration::from_secs(10));
+        }
+    }
+}

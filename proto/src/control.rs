@@ -230,9 +230,7 @@ impl Machine for AgentControl {
     fn poll_timeout(&self) -> Option<Instant> {
         Some(match self.state {
             AgentState::AwaitWelcome { deadline } => deadline,
-            AgentState::Established => self
-                .next_heartbeat
-                .min(self.last_heard + self.dead_after()),
+            AgentState::Established => self.next_heartbeat.min(self.last_heard + self.dead_after()),
         })
     }
 }
@@ -324,7 +322,8 @@ impl Machine for RelayControl {
                     relay_id: self.relay_id.clone(),
                     heartbeat_interval_ms: self.interval.as_millis() as u64,
                 }));
-                self.events.push_back(RelayEvent::Registered(Box::new(hello)));
+                self.events
+                    .push_back(RelayEvent::Registered(Box::new(hello)));
                 Ok(())
             }
             (RelayState::Established, ControlMessage::Heartbeat(hb)) => {

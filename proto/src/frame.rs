@@ -115,7 +115,10 @@ mod tests {
     fn empty_frames_are_invalid() {
         let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
         assert_eq!(decode(&mut buf, 64), Err(FrameError::Empty));
-        assert_eq!(encode(b"", 64, &mut BytesMut::new()), Err(FrameError::Empty));
+        assert_eq!(
+            encode(b"", 64, &mut BytesMut::new()),
+            Err(FrameError::Empty)
+        );
     }
 
     proptest! {

@@ -92,8 +92,14 @@ mod tests {
     fn node_ids_are_checked() {
         assert!(NodeId::new("web-01.eu").is_ok());
         assert_eq!(NodeId::new(""), Err(InvalidNodeId::Empty));
-        assert!(matches!(NodeId::new("a/b"), Err(InvalidNodeId::BadCharacter(_))));
-        assert!(matches!(NodeId::new("..x"), Err(InvalidNodeId::BadCharacter(_))));
+        assert!(matches!(
+            NodeId::new("a/b"),
+            Err(InvalidNodeId::BadCharacter(_))
+        ));
+        assert!(matches!(
+            NodeId::new("..x"),
+            Err(InvalidNodeId::BadCharacter(_))
+        ));
         assert_eq!(NodeId::new("a".repeat(64)), Err(InvalidNodeId::TooLong(64)));
     }
 

@@ -28,6 +28,7 @@ pub mod control;
 pub mod frame;
 pub mod ids;
 pub mod message;
+pub mod token;
 pub mod version;
 
 pub use ids::{NodeId, RequestId};

@@ -281,7 +281,8 @@ mod tests {
 
     fn round_trip<M: Message + PartialEq + std::fmt::Debug>(msg: M) {
         let mut buf = BytesMut::new();
-        msg.encode_frame(frame::DEFAULT_MAX_FRAME, &mut buf).unwrap();
+        msg.encode_frame(frame::DEFAULT_MAX_FRAME, &mut buf)
+            .unwrap();
         let payload = frame::decode(&mut buf, frame::DEFAULT_MAX_FRAME)
             .unwrap()
             .unwrap();
@@ -304,7 +305,10 @@ mod tests {
             ControlMessage::Unknown
         );
         let kind = br#"{"type":"stream_header","version":{"major":1,"minor":9},"kind":"ssh","request_id":1,"node_id":"n"}"#;
-        assert_eq!(StreamHeader::decode(kind).unwrap().kind, StreamKind::Unknown);
+        assert_eq!(
+            StreamHeader::decode(kind).unwrap().kind,
+            StreamKind::Unknown
+        );
     }
 
     #[test]
@@ -341,14 +345,17 @@ mod tests {
     }
 
     fn arb_facts() -> impl Strategy<Value = DockerFacts> {
-        (any::<bool>(), proptest::option::of(".{0,20}"), proptest::option::of(".{0,20}")).prop_map(
-            |(reachable, version, error)| DockerFacts {
+        (
+            any::<bool>(),
+            proptest::option::of(".{0,20}"),
+            proptest::option::of(".{0,20}"),
+        )
+            .prop_map(|(reachable, version, error)| DockerFacts {
                 reachable,
                 version,
                 error,
                 ..Default::default()
-            },
-        )
+            })
     }
 
     proptest! {

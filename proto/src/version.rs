@@ -25,10 +25,7 @@ impl ProtocolVersion {
         if self.major == theirs.major {
             Ok(())
         } else {
-            Err(IncompatibleVersion {
-                ours: self,
-                theirs,
-            })
+            Err(IncompatibleVersion { ours: self, theirs })
         }
     }
 }

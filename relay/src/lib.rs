@@ -1,1 +1,306 @@
-//! placeholder
+//! The tunnelgate relay.
+//!
+//! Agents dial in on the agent listener ([`listen`]) and hold a session in
+//! the session table ([`sessions`]); control-plane clients speak the Docker
+//! API to the front ([`front`]), which carries each call over a stream of
+//! the node's session. [`identity`] keeps the installation's CA and join
+//! tokens; [`metrics`] serves Prometheus metrics and health checks.
+//!
+//! This crate must not know how an agent serves a stream: it speaks only
+//! the protocol of `tunnelgate-proto` over `tunnelgate-session`.
+
+pub mod config;
+pub mod error;
+pub mod front;
+pub mod identity;
+mod io;
+pub mod listen;
+pub mod metrics;
+pub mod sessions;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+pub use config::{Config, ServeArgs};
+use identity::Authority;
+use metrics::Metrics;
+use sessions::Sessions;
+
+/// What every part of a running relay shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// CA, tokens, enrolled nodes.
+    pub authority: Authority,
+    /// Live agent sessions.
+    pub sessions: Sessions,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The state dir is unusable.
+    #[error("state dir: {0}")]
+    Identity(#[from] identity::IdentityError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}; is another relay running there? pick another address with --{what}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A relay with its listeners bound, ready to [`Relay::run`].
+pub struct Relay {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    api: TcpListener,
+    metrics_listener: TcpListener,
+}
+
+impl Relay {
+    /// Opens the state dir and binds every listener.
+    pub async fn bind(config: Config) -> Result<Self, RelayError> {
+        let authority = Authority::open(&config.state_dir)?;
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            names.push(h.trim().to_owned());
+        }
+        if !config.agent_listen.ip().is_unspecified() {
+            names.push(config.agent_listen.ip().to_string());
+        }
+        names.extend(config.advertise.iter().cloned());
+        names.sort();
+        names.dedup();
+        let identity = authority.server_identity(&names)?;
+        let tls = tunnelgate_session::tls::server_config(identity, authority.ca_der())
+            .map_err(identity::IdentityError::from)?;
+        let bind_err = |what, addr| move |source| RelayError::Bind { what, addr, source };
+        let endpoint = tunnelgate_session::quic::server_endpoint(config.agent_listen, tls)
+            .map_err(bind_err("agent-listen", config.agent_listen))?;
+        let api = TcpListener::bind(config.api_listen)
+            .await
+            .map_err(bind_err("api-listen", config.api_listen))?;
+        let metrics_listener = TcpListener::bind(config.metrics_listen)
+            .await
+            .map_err(bind_err("metrics-listen", config.metrics_listen))?;
+        let metrics = Arc::new(Metrics::new(prometheus::Registry::new())?);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                authority,
+                sessions: Sessions::default(),
+                metrics,
+            }),
+            endpoint,
+            api,
+            metrics_listener,
+        })
+    }
+
+    /// The Docker API listener's address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The agent listener's address.
+    pub fn agent_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .expect("bound endpoint has an address")
+    }
+
+    /// The metrics listener's address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The state shared by the relay's parts.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves until `shutdown` fires, then drains: stops accepting, asks
+    /// agents to move, gives in-flight calls the shutdown grace, and stops.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Self {
+            shared,
+            endpoint,
+            api,
+            metrics_listener,
+        } = self;
+        let tracker = TaskTracker::new();
+        // `hard` ends sessions and connections; `shutdown` only stops accepting.
+        let hard = CancellationToken::new();
+        let ready = Arc::new(AtomicBool::new(false));
+
+        tracker.spawn(listen::run_quic(
+            endpoint.clone(),
+            shared.clone(),
+            hard.clone(),
+            tracker.clone(),
+        ));
+        let front_shared = shared.clone();
+        tracker.spawn(serve_http(
+            api,
+            shutdown.clone(),
+            hard.clone(),
+            tracker.clone(),
+            true,
+            move |req| front::handle(front_shared.clone(), req),
+        ));
+        let (m, r) = (shared.metrics.clone(), ready.clone());
+        tracker.spawn(serve_http(
+            metrics_listener,
+            hard.clone(),
+            hard.clone(),
+            tracker.clone(),
+            false,
+            move |req| metrics::handle(m.clone(), r.clone(), req),
+        ));
+        ready.store(true, Ordering::Release);
+        info!(relay_id = shared.authority.relay_id(), api = %shared.config.api_listen,
+              agents = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "relay serving");
+
+        shutdown.cancelled().await;
+        ready.store(false, Ordering::Release);
+        let grace = shared.config.shutdown_grace;
+        let entries = shared.sessions.entries();
+        info!(
+            agents = entries.len(),
+            ?grace,
+            "shutting down: draining agents and in-flight calls"
+        );
+        for entry in &entries {
+            let cmd: sessions::ControlCommand =
+                Box::new(move |m| m.drain("relay shutting down", grace));
+            let _ = entry.control.try_send(cmd);
+        }
+        let deadline = Instant::now() + grace;
+        while shared.metrics.streams_open.get() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = shared.metrics.streams_open.get();
+        if left > 0 {
+            warn!(
+                streams = left,
+                "shutdown grace over; cutting in-flight calls"
+            );
+        }
+        hard.cancel();
+        endpoint.close(0u32.into(), b"relay shutting down");
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .is_err()
+        {
+            debug!("some tasks did not stop in time");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        info!("relay stopped");
+    }
+}
+
+/// Accepts HTTP/1.1 connections until `stop_accepting`; open connections
+/// are asked to finish gracefully then, and dropped at `hard`.
+async fn serve_http<F, Fut, B>(
+    listener: TcpListener,
+    stop_accepting: CancellationToken,
+    hard: CancellationToken,
+    tracker: TaskTracker,
+    upgrades: bool,
+    handler: F,
+) where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<hyper::Response<B>, std::convert::Infallible>>
+        + Send
+        + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    warn!(error = %e, "accept failed; raise the file-descriptor limit if this repeats");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stop_accepting.cancelled() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let handler = handler.clone();
+        let (stop, hard) = (stop_accepting.clone(), hard.clone());
+        tracker.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .max_buf_size(256 * 1024);
+            let svc = service_fn(handler);
+            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+            let result = if upgrades {
+                let conn = conn.with_upgrades();
+                tokio::pin!(conn);
+                drive_conn(conn, &stop, &hard, |c| c.graceful_shutdown()).await
+            } else {
+                tokio::pin!(conn);
+                drive_conn(conn, &stop, &hard, |c| c.graceful_shutdown()).await
+            };
+            if let Some(Err(e)) = result {
+                debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn drive_conn<C, T, E>(
+    mut conn: std::pin::Pin<&mut C>,
+    stop: &CancellationToken,
+    hard: &CancellationToken,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) -> Option<Result<T, E>>
+where
+    C: std::future::Future<Output = Result<T, E>>,
+{
+    tokio::select! {
+        r = conn.as_mut() => return Some(r),
+        () = stop.cancelled() => graceful(conn.as_mut()),
+        () = hard.cancelled() => return None,
+    }
+    tokio::select! {
+        r = conn.as_mut() => Some(r),
+        () = hard.cancelled() => None,
+    }
+}

@@ -67,8 +67,10 @@ impl Pair {
                     a_res = self.agent.handle_message(m, self.now);
                 }
             }
-            self.agent_events.extend(std::iter::from_fn(|| self.agent.poll_event()));
-            self.relay_events.extend(std::iter::from_fn(|| self.relay.poll_event()));
+            self.agent_events
+                .extend(std::iter::from_fn(|| self.agent.poll_event()));
+            self.relay_events
+                .extend(std::iter::from_fn(|| self.relay.poll_event()));
             if !moved {
                 return (a_res, r_res);
             }
@@ -99,7 +101,13 @@ fn handshake_then_heartbeats_carry_rtt() {
     let (a, r) = p.drive();
     assert!(a.is_ok() && r.is_ok());
     assert!(matches!(&p.relay_events[0], RelayEvent::Registered(h) if h.node_id == node("n1")));
-    assert!(matches!(&p.agent_events[0], AgentEvent::Welcomed(Welcome { heartbeat_interval_ms: 5000, .. })));
+    assert!(matches!(
+        &p.agent_events[0],
+        AgentEvent::Welcomed(Welcome {
+            heartbeat_interval_ms: 5000,
+            ..
+        })
+    ));
 
     // First heartbeat goes out after one interval and is acked at once.
     assert_eq!(p.agent.poll_timeout(), Some(p.now + INTERVAL));
@@ -109,7 +117,9 @@ fn handshake_then_heartbeats_carry_rtt() {
     };
     assert_eq!(hb.rtt_us, None);
     p.now += INTERVAL;
-    p.relay.handle_message(ControlMessage::Heartbeat(hb), p.now).unwrap();
+    p.relay
+        .handle_message(ControlMessage::Heartbeat(hb), p.now)
+        .unwrap();
     let ack = p.relay.poll_transmit().expect("ack queued");
     p.agent
         .handle_message(ack, p.now + Duration::from_millis(7))
@@ -178,7 +188,13 @@ fn hello_for_another_node_is_refused() {
     let mut p = Pair::new(hello("intruder", ProtocolVersion::CURRENT), "n1");
     let (a, r) = p.drive();
     assert!(matches!(r, Err(ControlError::IdentityMismatch { .. })));
-    assert!(matches!(a, Err(ControlError::Refused(Refused { code: RefusalCode::IdentityMismatch, .. }))));
+    assert!(matches!(
+        a,
+        Err(ControlError::Refused(Refused {
+            code: RefusalCode::IdentityMismatch,
+            ..
+        }))
+    ));
 }
 
 #[test]
@@ -214,11 +230,23 @@ fn hello_timeout_and_out_of_order_messages() {
     let now = Instant::now();
     let mut relay = RelayControl::new(node("n1"), "r".into(), INTERVAL, now);
     let err = relay
-        .handle_message(ControlMessage::Heartbeat(Heartbeat { seq: 1, rtt_us: None }), now)
+        .handle_message(
+            ControlMessage::Heartbeat(Heartbeat {
+                seq: 1,
+                rtt_us: None,
+            }),
+            now,
+        )
         .unwrap_err();
     assert_eq!(err, ControlError::Unexpected("heartbeat"));
-    assert!(matches!(relay.poll_transmit(), Some(ControlMessage::Refused(_))));
+    assert!(matches!(
+        relay.poll_transmit(),
+        Some(ControlMessage::Refused(_))
+    ));
 
     let mut relay = RelayControl::new(node("n1"), "r".into(), INTERVAL, now);
-    assert!(relay.handle_timeout(now + HANDSHAKE_TIMEOUT).unwrap_err().is_timeout());
+    assert!(relay
+        .handle_timeout(now + HANDSHAKE_TIMEOUT)
+        .unwrap_err()
+        .is_timeout());
 }

@@ -1,0 +1,260 @@
+//! The agent's configuration: defaults, then a TOML file, then
+//! `TUNNELGATE_*` environment variables, then flags.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use tunnelgate_proto::NodeId;
+
+use crate::docker::DockerEndpoint;
+
+/// Which transport the agent dials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportChoice {
+    /// The best available (QUIC in this release).
+    Auto,
+    /// QUIC over UDP.
+    Quic,
+}
+
+/// Flags (and their environment variables) of `tunnelgate-agent`.
+#[derive(clap::Parser, Debug, Default, Clone)]
+#[command(
+    name = "tunnelgate-agent",
+    version,
+    about = "Connects this host's Docker daemon to a tunnelgate relay, dialling out only.",
+    long_about = "Connects this host's Docker daemon to a tunnelgate relay, dialling out only: \
+no inbound port is opened on this host.\n\n\
+First start: pass --token (from `tunnelgate-relay token create`); the agent enrols, stores its \
+node certificate in --state-dir and needs no token afterwards. It reconnects by itself after any \
+loss, forever, and keeps running while the Docker daemon is down (calls then fail with 502)."
+)]
+pub struct AgentArgs {
+    /// A TOML file with any of the settings below (flags and environment win).
+    #[arg(long, env = "TUNNELGATE_AGENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The relay's agent address, HOST:PORT.
+    #[arg(long, env = "TUNNELGATE_RELAY", value_name = "HOST:PORT")]
+    pub relay: Option<String>,
+    /// Join token for the first start (then only the stored certificate is used).
+    #[arg(
+        long,
+        env = "TUNNELGATE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// This node's id, unique per installation [default: the host name].
+    #[arg(long, env = "TUNNELGATE_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// The Docker daemon to serve [default: $DOCKER_HOST, else unix:///var/run/docker.sock].
+    #[arg(long, env = "TUNNELGATE_DOCKER", value_name = "ENDPOINT")]
+    pub docker: Option<String>,
+    /// Where the node certificate is kept [default: /var/lib/tunnelgate-agent].
+    #[arg(long, env = "TUNNELGATE_AGENT_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Transport to dial.
+    #[arg(long, env = "TUNNELGATE_TRANSPORT", value_enum)]
+    pub transport: Option<TransportChoice>,
+    /// A label for the node list, KEY=VALUE; repeatable.
+    #[arg(
+        long = "label",
+        env = "TUNNELGATE_LABELS",
+        value_delimiter = ',',
+        value_name = "KEY=VALUE"
+    )]
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    relay: Option<String>,
+    token: Option<String>,
+    node_id: Option<String>,
+    docker: Option<String>,
+    state_dir: Option<PathBuf>,
+    transport: Option<TransportChoice>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+/// The agent's validated configuration.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// The relay's agent address, HOST:PORT.
+    pub relay: String,
+    /// Join token, needed only before the node has a certificate.
+    pub token: Option<String>,
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The host name reported to the relay.
+    pub hostname: String,
+    /// The Docker daemon to serve.
+    pub docker: DockerEndpoint,
+    /// Where the node certificate is kept.
+    pub state_dir: PathBuf,
+    /// Transport to dial.
+    pub transport: TransportChoice,
+    /// Labels for the node list.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("relay", &self.relay)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("node_id", &self.node_id)
+            .field("docker", &self.docker)
+            .field("state_dir", &self.state_dir)
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The agent's configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file is unusable.
+    #[error(transparent)]
+    File(#[from] tunnelgate_session::config::ConfigFileError),
+    /// A setting is missing or has a bad value.
+    #[error("setting `{key}`: {reason}")]
+    Invalid {
+        /// Which setting.
+        key: &'static str,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+/// The host's name, as the kernel knows it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+/// Turns a host name into a valid node id (dots and underscores kept,
+/// anything else becomes `-`).
+pub fn node_id_from_hostname(host: &str) -> Result<NodeId, tunnelgate_proto::ids::InvalidNodeId> {
+    let cleaned: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(tunnelgate_proto::ids::MAX_NODE_ID_LEN)
+        .collect();
+    NodeId::new(cleaned.trim_start_matches(['.', '-', '_']).to_owned())
+}
+
+impl AgentConfig {
+    /// Layers the file under the flags and environment, over the defaults.
+    pub fn resolve(args: AgentArgs) -> Result<Self, ConfigError> {
+        let file: FileConfig = match &args.config {
+            Some(path) => tunnelgate_session::config::read_toml(path)?,
+            None => FileConfig::default(),
+        };
+        let invalid = |key, reason: String| ConfigError::Invalid { key, reason };
+        let relay = args.relay.or(file.relay).ok_or_else(|| {
+            invalid("relay", "no relay address; pass --relay HOST:PORT (the relay's agent listener, port 7443 by default)".into())
+        })?;
+        if !relay.contains(':') {
+            return Err(invalid(
+                "relay",
+                format!("{relay:?} has no port; write HOST:PORT, e.g. {relay}:7443"),
+            ));
+        }
+        let host = hostname();
+        let node_id = match args.node_id.or(file.node_id) {
+            Some(id) => NodeId::new(id).map_err(|e| invalid("node_id", e.to_string()))?,
+            None => node_id_from_hostname(&host).map_err(|e| {
+                invalid(
+                    "node_id",
+                    format!("the host name does not make a node id ({e}); pass --node-id"),
+                )
+            })?,
+        };
+        let docker = match args.docker.or(file.docker) {
+            Some(d) => d.parse().map_err(|e| invalid("docker", e))?,
+            None => DockerEndpoint::from_env(),
+        };
+        let mut labels = file.labels.unwrap_or_default();
+        for l in args.labels {
+            let (k, v) = l
+                .split_once('=')
+                .ok_or_else(|| invalid("label", format!("{l:?} is not KEY=VALUE")))?;
+            labels.insert(k.to_owned(), v.to_owned());
+        }
+        Ok(Self {
+            relay,
+            token: args.token.or(file.token),
+            node_id,
+            hostname: host,
+            docker,
+            state_dir: args
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/tunnelgate-agent")),
+            transport: args
+                .transport
+                .or(file.transport)
+                .unwrap_or(TransportChoice::Auto),
+            labels,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("tg-agent-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, "relay = \"file:1\"\nnode_id = \"from-file\"\ndocker = \"tcp://127.0.0.1:2375\"\n[labels]\nzone = \"a\"\n").unwrap();
+        let args = AgentArgs {
+            config: Some(path),
+            node_id: Some("from-flag".into()),
+            labels: vec!["rack=7".into()],
+            ..Default::default()
+        };
+        let c = AgentConfig::resolve(args).unwrap();
+        assert_eq!(c.relay, "file:1");
+        assert_eq!(c.node_id.as_str(), "from-flag");
+        assert_eq!(c.docker, DockerEndpoint::Tcp("127.0.0.1:2375".into()));
+        assert_eq!(c.labels.len(), 2);
+        assert!(!format!("{c:?}").contains("token: Some(\""));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn missing_relay_and_bad_values_name_the_setting() {
+        let err = AgentConfig::resolve(AgentArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("--relay"), "{err}");
+        let err = AgentConfig::resolve(AgentArgs {
+            relay: Some("r:1".into()),
+            node_id: Some("a/b".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("node_id"), "{err}");
+    }
+
+    #[test]
+    fn host_names_become_node_ids() {
+        assert_eq!(node_id_from_hostname("web 01").unwrap().as_str(), "web-01");
+        assert_eq!(
+            node_id_from_hostname("-x.example").unwrap().as_str(),
+            "x.example"
+        );
+    }
+}

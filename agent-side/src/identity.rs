@@ -1,0 +1,212 @@
+//! The agent's identity: enrolment with a join token, the stored node
+//! certificate, and dialling the relay with it.
+//!
+//! ```text
+//! state-dir/node.pem      node certificate (CN = node id)
+//! state-dir/node-key.pem  its key, generated here, never sent anywhere (0600)
+//! state-dir/ca.pem        the installation's CA, trusted from enrolment on
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use tracing::info;
+use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
+use tunnelgate_proto::message::{ControlMessage, Enroll};
+use tunnelgate_proto::token::JoinToken;
+use tunnelgate_proto::{NodeId, ProtocolVersion};
+use tunnelgate_session::tls::{self, Identity, Trust};
+use tunnelgate_session::Session;
+
+use crate::{AgentConfig, AgentError};
+
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The node certificate, its key and the CA, as stored.
+pub struct NodeIdentity {
+    identity: Identity,
+    ca: CertificateDer<'static>,
+}
+
+fn fatal(what: impl std::fmt::Display) -> AgentError {
+    AgentError::Fatal(what.to_string())
+}
+
+fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), AgentError> {
+    let tmp = path.with_extension("tmp");
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    }
+    let write = || -> std::io::Result<()> {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| fatal(format_args!("cannot write {}: {e}", path.display())))
+}
+
+impl NodeIdentity {
+    /// Reads the stored identity, if the agent has enrolled.
+    pub fn load(dir: &Path) -> Result<Option<Self>, AgentError> {
+        let (cert, key, ca) = (
+            dir.join("node.pem"),
+            dir.join("node-key.pem"),
+            dir.join("ca.pem"),
+        );
+        if !cert.exists() {
+            return Ok(None);
+        }
+        let read = |p: &Path| {
+            fs::read_to_string(p)
+                .map_err(|e| fatal(format_args!("cannot read {}: {e}", p.display())))
+        };
+        let corrupt = |e: tls::TlsError| {
+            fatal(format_args!(
+                "the node certificate in {} is unusable ({e}); remove the directory and enrol again with a new token",
+                dir.display()
+            ))
+        };
+        let identity = Identity::from_pem(&read(&cert)?, &read(&key)?).map_err(corrupt)?;
+        let ca = tls::certs_from_pem(&read(&ca)?).map_err(corrupt)?.remove(0);
+        Ok(Some(Self { identity, ca }))
+    }
+
+    /// Fails unless the certificate was issued for `node_id`.
+    pub fn check_node(&self, node_id: &NodeId) -> Result<(), AgentError> {
+        let certified = self.identity.chain.first().and_then(tls::node_id_from_cert);
+        if certified.as_ref() == Some(node_id) {
+            Ok(())
+        } else {
+            Err(fatal(format_args!(
+                "the stored node certificate is for node {}, but this agent is configured as {node_id}; \
+                 use the matching --node-id or another --state-dir",
+                certified.map(|n| n.to_string()).unwrap_or_else(|| "<none>".into())
+            )))
+        }
+    }
+}
+
+async fn resolve(relay: &str) -> Result<(SocketAddr, String), AgentError> {
+    let host = relay
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(relay)
+        .to_owned();
+    let addr = tokio::net::lookup_host(relay)
+        .await
+        .map_err(|e| AgentError::Session(format!("cannot resolve relay address {relay}: {e}")))?
+        .next()
+        .ok_or_else(|| AgentError::Session(format!("relay address {relay} resolves to nothing")))?;
+    Ok((addr, host))
+}
+
+/// Dials the relay over QUIC: with the node certificate when `identity` is
+/// given, else for enrolment, trusting the CA pinned by `token`.
+async fn dial(
+    config: &AgentConfig,
+    trust: Trust,
+    identity: Option<Identity>,
+) -> Result<Session, AgentError> {
+    let tls = tls::client_config(trust, identity).map_err(fatal)?;
+    let client = tunnelgate_session::quic::client_config(tls).map_err(fatal)?;
+    let (addr, host) = resolve(&config.relay).await?;
+    let endpoint = tunnelgate_session::quic::client_endpoint(addr)
+        .map_err(|e| AgentError::Session(format!("cannot open a UDP socket: {e}")))?;
+    let connecting = endpoint
+        .connect_with(client, addr, &host)
+        .map_err(|e| fatal(format_args!("cannot dial {}: {e}", config.relay)))?;
+    let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
+        .await
+        .map_err(|_| {
+            AgentError::Session(format!(
+                "no QUIC answer from {} within {DIAL_TIMEOUT:?}; is UDP to the relay blocked?",
+                config.relay
+            ))
+        })?
+        .map_err(|e| {
+            AgentError::Session(format!("QUIC handshake with {} failed: {e}", config.relay))
+        })?;
+    Ok(Session::from_quic(conn))
+}
+
+/// Connects with the stored node certificate.
+pub async fn connect(
+    config: &AgentConfig,
+    identity: Option<&NodeIdentity>,
+) -> Result<Session, AgentError> {
+    let identity = identity.ok_or_else(|| fatal("no node identity"))?;
+    dial(
+        config,
+        Trust::Ca(identity.ca.clone()),
+        Some(identity.identity.clone()),
+    )
+    .await
+}
+
+/// Trades the join token for a node certificate and stores it.
+pub async fn enrol(config: &AgentConfig) -> Result<NodeIdentity, AgentError> {
+    let text = config.token.as_deref().ok_or_else(|| {
+        fatal(format_args!(
+            "{} holds no node certificate and no --token was given; create one on the relay with \
+             `tunnelgate-relay token create` and pass it with --token",
+            config.state_dir.display()
+        ))
+    })?;
+    let token: JoinToken = text.parse().map_err(fatal)?;
+    let key = rcgen::KeyPair::generate().map_err(fatal)?;
+    let csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .and_then(|csr| csr.pem())
+        .map_err(fatal)?;
+
+    let session = dial(config, Trust::Fingerprint(token.ca_fingerprint), None).await?;
+    let lost =
+        |e: &dyn std::fmt::Display| AgentError::Session(format!("enrolment interrupted: {e}"));
+    let mut control = session.open_stream().await.map_err(|e| lost(&e))?;
+    let request = ControlMessage::Enroll(Enroll {
+        version: ProtocolVersion::CURRENT,
+        token: text.to_owned(),
+        node_id: config.node_id.clone(),
+        csr_pem,
+    });
+    control
+        .write_message(&request, DEFAULT_MAX_FRAME)
+        .await
+        .map_err(|e| lost(&e))?;
+    let reply = tokio::time::timeout(
+        DIAL_TIMEOUT,
+        control.read_message::<ControlMessage>(DEFAULT_MAX_FRAME),
+    )
+    .await
+    .map_err(|_| lost(&"no answer from the relay"))?
+    .map_err(|e| lost(&e))?;
+    session.close("enrolment done");
+    let enrolled = match reply {
+        ControlMessage::Enrolled(e) => e,
+        ControlMessage::Refused(r) => {
+            return Err(fatal(format_args!("enrolment refused: {}", r.message)))
+        }
+        _ => return Err(lost(&"unexpected answer to the enrolment request")),
+    };
+
+    fs::create_dir_all(&config.state_dir).map_err(|e| {
+        fatal(format_args!(
+            "cannot create {}: {e}",
+            config.state_dir.display()
+        ))
+    })?;
+    let dir = &config.state_dir;
+    write_file(&dir.join("node-key.pem"), &key.serialize_pem(), true)?;
+    write_file(&dir.join("ca.pem"), &enrolled.ca_pem, false)?;
+    write_file(&dir.join("node.pem"), &enrolled.cert_pem, false)?;
+    info!(node_id = %config.node_id, dir = %dir.display(), "enrolled; the join token is no longer needed");
+    NodeIdentity::load(dir)?.ok_or_else(|| fatal("the stored identity vanished"))
+}

@@ -1,0 +1,39 @@
+//! Config-file plumbing both binaries share: a TOML file read into a typed,
+//! `deny_unknown_fields` struct, with errors that name the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+/// A config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid for this binary.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why, with the offending key and line.
+        source: Box<toml::de::Error>,
+    },
+}
+
+/// Reads `path` as TOML into `T`.
+pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigFileError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}

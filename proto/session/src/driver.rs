@@ -1,0 +1,121 @@
+//! Drives a `tunnelgate-proto` control machine over a [`Stream`]: read,
+//! feed, poll, write, arm the timer; as quinn's connection driver does for
+//! quinn-proto.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tunnelgate_proto::control::{ControlError, Machine};
+use tunnelgate_proto::frame;
+use tunnelgate_proto::message::{ControlMessage, Message, MessageError};
+
+use crate::Stream;
+
+/// An action the owner runs on the machine between steps.
+pub type Command<M> = Box<dyn FnOnce(&mut M) + Send>;
+
+/// Why a control stream stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    /// The machine ended the session (refusal, timeout, protocol error).
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The peer sent bytes that are not a control message.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    /// The stream failed.
+    #[error("control stream failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the control stream.
+    #[error("peer closed the control stream")]
+    Closed,
+}
+
+/// Runs `machine` over `stream` until the session ends or `cancel` fires.
+///
+/// `commands` lets the owner act on the machine between steps (e.g. queue a
+/// node update or a drain); `on_event` receives every event. When `cancel`
+/// fires, whatever the machine has queued is still written (a drain, say)
+/// before this returns `Ok`.
+pub async fn drive<M: Machine>(
+    machine: &mut M,
+    stream: &mut Stream,
+    mut commands: mpsc::Receiver<Command<M>>,
+    mut on_event: impl FnMut(M::Event),
+    cancel: CancellationToken,
+) -> Result<(), DriveError> {
+    let max = frame::DEFAULT_MAX_FRAME;
+    let mut inbuf = BytesMut::with_capacity(4096);
+    let mut outbuf = BytesMut::new();
+    let mut commands_open = true;
+    loop {
+        while let Some(msg) = machine.poll_transmit() {
+            msg.encode_frame(max, &mut outbuf)?;
+        }
+        if !outbuf.is_empty() {
+            stream.write_all(&outbuf).await?;
+            stream.flush().await?;
+            outbuf.clear();
+        }
+        while let Some(event) = machine.poll_event() {
+            on_event(event);
+        }
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        let deadline = machine.poll_timeout().map(tokio::time::Instant::from_std);
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // `read_buf` is cancel-safe: bytes read are kept in `inbuf`.
+            n = stream.read_buf(&mut inbuf) => {
+                if n? == 0 {
+                    return Err(DriveError::Closed);
+                }
+                while let Some(payload) = frame::decode(&mut inbuf, max).map_err(MessageError::from)? {
+                    let msg = ControlMessage::decode(&payload)?;
+                    if let Err(e) = machine.handle_message(msg, Instant::now()) {
+                        flush_queued(machine, stream).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            () = sleep => {
+                if let Err(e) = machine.handle_timeout(Instant::now()) {
+                    flush_queued(machine, stream).await;
+                    return Err(e.into());
+                }
+            }
+            cmd = commands.recv(), if commands_open => match cmd {
+                Some(cmd) => cmd(machine),
+                None => commands_open = false,
+            },
+            () = cancel.cancelled() => {}
+        }
+    }
+}
+
+/// Best effort: a refusal tells the peer why before the session closes.
+async fn flush_queued<M: Machine>(machine: &mut M, stream: &mut Stream) {
+    let mut out = BytesMut::new();
+    while let Some(msg) = machine.poll_transmit() {
+        if msg
+            .encode_frame(frame::DEFAULT_MAX_FRAME, &mut out)
+            .is_err()
+        {
+            break;
+        }
+    }
+    let write = async {
+        stream.write_all(&out).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), write).await;
+}

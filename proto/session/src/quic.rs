@@ -1,0 +1,63 @@
+//! QUIC endpoints tuned for bulk Docker traffic and cheap idle sessions.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
+/// An idle session sends a keep-alive this often, so NAT bindings stay open.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// A session silent this long is dead: a killed agent or relay is noticed
+/// within this time, and the calls it carried fail.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Streams either side may have open at once in one session.
+const MAX_STREAMS: u32 = 1024;
+
+fn transport() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    // Windows sized for a high bandwidth-delay product on one stream; they
+    // cap memory use per session but are not allocated up front, so idle
+    // sessions stay cheap.
+    t.stream_receive_window(VarInt::from_u32(8 * 1024 * 1024));
+    t.receive_window(VarInt::from_u32(32 * 1024 * 1024));
+    t.send_window(32 * 1024 * 1024);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(
+        IdleTimeout::try_from(IDLE_TIMEOUT).expect("idle timeout fits in a varint"),
+    ));
+    Arc::new(t)
+}
+
+/// A QUIC endpoint listening on `addr` with the relay's TLS configuration.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport());
+    quinn::Endpoint::server(config, addr)
+}
+
+/// A QUIC client configuration from the agent's TLS configuration.
+pub fn client_config(tls: rustls::ClientConfig) -> std::io::Result<quinn::ClientConfig> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// A client endpoint on an ephemeral port of the right address family.
+pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if remote.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    quinn::Endpoint::client(bind)
+}

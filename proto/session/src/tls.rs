@@ -1,0 +1,225 @@
+//! rustls configurations for both ends of an agent session.
+//!
+//! The relay presents a server certificate issued by the installation's CA
+//! and optionally asks agents for a node certificate from the same CA
+//! (agents without one may only enrol). An agent trusts either that CA, or,
+//! on first contact, whichever CA the relay presents whose SHA-256 matches
+//! the fingerprint in its join token.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
+use tunnelgate_proto::NodeId;
+
+/// TLS material could not be loaded or combined.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rustls refused the configuration.
+    #[error("tls configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built from the CA.
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// A PEM file held no usable certificate or key.
+    #[error("{0}")]
+    Pem(String),
+}
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct Identity {
+    /// End-entity certificate first, then its issuers.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The end-entity's key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl Identity {
+    /// Parses PEM text holding the chain and PEM text holding the key.
+    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        let chain = certs_from_pem(chain_pem)?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .map_err(|e| TlsError::Pem(format!("reading private key: {e}")))?
+            .ok_or_else(|| TlsError::Pem("no private key in PEM text".into()))?;
+        Ok(Self { chain, key })
+    }
+}
+
+/// Parses every certificate in PEM text; at least one must be there.
+pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem(format!("reading certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem("no certificate in PEM text".into()));
+    }
+    Ok(certs)
+}
+
+/// The crypto provider both sides use.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The SHA-256 fingerprint of a certificate, as join tokens carry it.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
+    Sha256::digest(cert.as_ref()).into()
+}
+
+/// The node id a node certificate was issued for (its subject common name).
+pub fn node_id_from_cert(cert: &CertificateDer<'_>) -> Option<NodeId> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?;
+    NodeId::new(cn).ok()
+}
+
+/// The relay's TLS configuration: present `identity`; accept agents with a
+/// certificate from `ca`, and agents without one (they may only enrol).
+pub fn server_config(
+    identity: Identity,
+    ca: &CertificateDer<'static>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![crate::ALPN.to_vec()];
+    Ok(config)
+}
+
+/// What an agent trusts the relay by.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The installation's CA, once known.
+    Ca(CertificateDer<'static>),
+    /// First contact: the SHA-256 of the CA the relay must present.
+    Fingerprint([u8; 32]),
+}
+
+/// The agent's TLS configuration.
+pub fn client_config(
+    trust: Trust,
+    identity: Option<Identity>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match trust {
+        Trust::Ca(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots.add(ca)?;
+            builder.with_root_certificates(roots)
+        }
+        Trust::Fingerprint(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCa { pin })),
+    };
+    let mut config = match identity {
+        Some(id) => builder.with_client_auth_cert(id.chain, id.key)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![crate::ALPN.to_vec()];
+    Ok(config)
+}
+
+/// Accepts a server chain when it carries a CA with the pinned fingerprint
+/// and the end-entity certificate verifies against that CA, as WebPKI
+/// would against a configured root.
+#[derive(Debug)]
+struct PinnedCa {
+    pin: [u8; 32],
+}
+
+impl PinnedCa {
+    fn inner(
+        &self,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.pin)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the relay's CA does not match the fingerprint in the join token; check the token and the relay address"
+                        .into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))
+    }
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner(intermediates)?.verify_server_cert(
+            end_entity,
+            &[],
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

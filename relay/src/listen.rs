@@ -1,0 +1,261 @@
+//! The agent listener: accepts agent sessions, enrols new agents, runs each
+//! session's control stream and keeps the session table current.
+//!
+//! ```text
+//! QUIC handshake ── no client cert ──► control stream: Enroll ─► Enrolled | Refused, close
+//!        └──────── node cert ───────► control stream: Hello ──► Welcome ─► in session table
+//!                                      heartbeats … until lost, replaced or drained
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+use tunnelgate_proto::control::{RelayControl, RelayEvent};
+use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
+use tunnelgate_proto::message::{ControlMessage, Enrolled, RefusalCode, Refused};
+use tunnelgate_proto::NodeId;
+use tunnelgate_session::{driver, tls, Session, Stream};
+
+use crate::sessions::{ControlCommand, Entry, NodeInfo};
+use crate::Shared;
+
+/// How long an agent has for its QUIC handshake and first control message.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts QUIC agent sessions until `cancel` fires.
+pub async fn run_quic(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(i) => i,
+                None => return,
+            },
+            () = cancel.cancelled() => return,
+        };
+        let shared = shared.clone();
+        let cancel = cancel.clone();
+        let span = info_span!("conn", peer = %incoming.remote_address(), transport = "quic");
+        tracker.spawn(
+            async move {
+                let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => {
+                        shared
+                            .metrics
+                            .agent_handshakes
+                            .with_label_values(&["tls_failed"])
+                            .inc();
+                        debug!(error = %e, "agent handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        shared
+                            .metrics
+                            .agent_handshakes
+                            .with_label_values(&["timeout"])
+                            .inc();
+                        debug!("agent handshake timed out");
+                        return;
+                    }
+                };
+                serve_session(Session::from_quic(conn), shared, cancel).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Serves one authenticated transport connection, whatever the transport.
+pub async fn serve_session(session: Session, shared: Arc<Shared>, cancel: CancellationToken) {
+    let certified = session
+        .peer_certificates()
+        .and_then(|chain| chain.first().and_then(tls::node_id_from_cert));
+    let control = match tokio::time::timeout(HANDSHAKE_TIMEOUT, session.accept_stream()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(error = %e, "session ended before its control stream opened");
+            return;
+        }
+        Err(_) => {
+            shared
+                .metrics
+                .agent_handshakes
+                .with_label_values(&["timeout"])
+                .inc();
+            session.close("no control stream within the handshake timeout");
+            return;
+        }
+    };
+    match certified {
+        None => enrol(session, control, &shared).await,
+        Some(node_id) => {
+            let span = info_span!("session", %node_id);
+            run_control(session, control, node_id, shared, cancel)
+                .instrument(span)
+                .await
+        }
+    }
+}
+
+/// First contact: trade a join token and a CSR for a node certificate.
+async fn enrol(session: Session, mut control: Stream, shared: &Shared) {
+    let refuse = |code, message: String| Refused { code, message };
+    let outcome = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        control.read_message::<ControlMessage>(DEFAULT_MAX_FRAME),
+    )
+    .await
+    {
+        Err(_) => Err(refuse(
+            RefusalCode::ProtocolViolation,
+            "no enrolment request within the handshake timeout".into(),
+        )),
+        Ok(Err(e)) => Err(refuse(
+            RefusalCode::ProtocolViolation,
+            format!("unreadable enrolment request: {e}"),
+        )),
+        Ok(Ok(ControlMessage::Enroll(req))) => match shared.authority.check_token(&req.token) {
+            Err(e) => {
+                warn!(error = %e, "cannot read the token store");
+                Err(refuse(
+                    RefusalCode::Internal,
+                    "the relay cannot read its token store; see the relay's log".into(),
+                ))
+            }
+            Ok(Err(e)) => Err(refuse(RefusalCode::BadToken, e.to_string())),
+            Ok(Ok(token)) => match shared.authority.issue_node_cert(&req.node_id, &req.csr_pem) {
+                Ok(cert_pem) => {
+                    info!(node_id = %req.node_id, token_id = %token.id, "node enrolled");
+                    Ok(Enrolled {
+                        cert_pem,
+                        ca_pem: shared.authority.ca_pem().to_owned(),
+                    })
+                }
+                Err(e) => Err(refuse(
+                    RefusalCode::ProtocolViolation,
+                    format!("cannot issue a certificate: {e}"),
+                )),
+            },
+        },
+        Ok(Ok(_)) => Err(refuse(
+            RefusalCode::IdentityMismatch,
+            "this connection has no node certificate; enrol with a join token first".into(),
+        )),
+    };
+    let reply = match outcome {
+        Ok(enrolled) => {
+            shared
+                .metrics
+                .agent_handshakes
+                .with_label_values(&["enrolled"])
+                .inc();
+            ControlMessage::Enrolled(enrolled)
+        }
+        Err(refused) => {
+            shared
+                .metrics
+                .agent_handshakes
+                .with_label_values(&["refused"])
+                .inc();
+            info!(reason = %refused.message, "enrolment refused");
+            ControlMessage::Refused(refused)
+        }
+    };
+    let _ = control.write_message(&reply, DEFAULT_MAX_FRAME).await;
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut control).await;
+    // Let the agent read the answer and close; it then reconnects with mTLS.
+    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, session.closed()).await;
+    session.close("enrolment finished");
+}
+
+/// Runs an authenticated agent's control stream for the session's life.
+async fn run_control(
+    session: Session,
+    mut control: Stream,
+    node_id: NodeId,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let mut machine = RelayControl::new(
+        node_id.clone(),
+        shared.authority.relay_id().to_owned(),
+        shared.config.heartbeat_interval,
+        Instant::now(),
+    );
+    let (tx, rx) = mpsc::channel::<ControlCommand>(8);
+    let transport = session.transport().as_str();
+    let mut entry: Option<Arc<Entry>> = None;
+    let result = driver::drive(
+        &mut machine,
+        &mut control,
+        rx,
+        |event| match event {
+            RelayEvent::Registered(hello) => {
+                info!(hostname = %hello.hostname, agent_version = %hello.agent_version,
+                      daemon_reachable = hello.docker.reachable, %transport, "agent connected");
+                let info = NodeInfo {
+                    docker: hello.docker.clone(),
+                    hello: *hello,
+                    connected_since: SystemTime::now(),
+                    rtt: None,
+                };
+                entry = Some(shared.sessions.insert(session.clone(), info, tx.clone()));
+                shared
+                    .metrics
+                    .agents_connected
+                    .with_label_values(&[transport])
+                    .inc();
+                shared
+                    .metrics
+                    .agent_handshakes
+                    .with_label_values(&["accepted"])
+                    .inc();
+            }
+            RelayEvent::Rtt(rtt) => {
+                if let Some(e) = &entry {
+                    e.update(|i| i.rtt = Some(rtt));
+                }
+            }
+            RelayEvent::NodeUpdated(docker) => {
+                info!(
+                    daemon_reachable = docker.reachable,
+                    error = docker.error.as_deref().unwrap_or(""),
+                    "node update"
+                );
+                if let Some(e) = &entry {
+                    e.update(|i| i.docker = docker);
+                }
+            }
+        },
+        cancel,
+    )
+    .await;
+    if let Some(e) = &entry {
+        shared.sessions.remove(e);
+        shared
+            .metrics
+            .agents_connected
+            .with_label_values(&[transport])
+            .dec();
+    }
+    match result {
+        Ok(()) => {
+            info!("session closed by relay shutdown");
+            session.close("relay shutting down");
+        }
+        Err(e) => {
+            // Agents come and go; this is routine, the agent logs its side.
+            info!(error = %e, "agent session ended");
+            session.close(&e.to_string());
+        }
+    }
+}

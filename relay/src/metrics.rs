@@ -1,0 +1,126 @@
+//! Prometheus metrics of the relay, registered on a registry passed in
+//! (never the global one), and the metrics listener that serves them with
+//! `/healthz` and `/readyz`.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// The relay's metrics.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Live agent sessions, by transport.
+    pub agents_connected: IntGaugeVec,
+    /// Agent handshakes, by result.
+    pub agent_handshakes: IntCounterVec,
+    /// Data streams open to agents.
+    pub streams_open: IntGauge,
+    /// Control-plane requests answered, by status code.
+    pub requests: IntCounterVec,
+    /// Bytes relayed, by direction (`to_node`, `from_node`).
+    pub bytes: IntCounterVec,
+    /// Time from a request's arrival to its response headers.
+    pub request_duration: Histogram,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them on `registry`.
+    pub fn new(registry: Registry) -> prometheus::Result<Self> {
+        let agents_connected = IntGaugeVec::new(
+            Opts::new(
+                "tunnelgate_relay_agents_connected",
+                "Agent sessions currently held by this relay.",
+            ),
+            &["transport"],
+        )?;
+        let agent_handshakes = IntCounterVec::new(
+            Opts::new(
+                "tunnelgate_relay_agent_handshakes_total",
+                "Agent handshakes, by result.",
+            ),
+            &["result"],
+        )?;
+        let streams_open = IntGauge::new(
+            "tunnelgate_relay_streams_open",
+            "Data streams currently open to agents.",
+        )?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tunnelgate_front_requests_total",
+                "Control-plane requests answered, by HTTP status.",
+            ),
+            &["status"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "tunnelgate_front_bytes_total",
+                "Bytes relayed between clients and nodes, by direction.",
+            ),
+            &["direction"],
+        )?;
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "tunnelgate_front_request_duration_seconds",
+                "Time from a request's arrival to its response headers.",
+            )
+            .buckets(prometheus::exponential_buckets(0.0001, 2.5, 14)?),
+        )?;
+        registry.register(Box::new(agents_connected.clone()))?;
+        registry.register(Box::new(agent_handshakes.clone()))?;
+        registry.register(Box::new(streams_open.clone()))?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        Ok(Self {
+            registry,
+            agents_connected,
+            agent_handshakes,
+            streams_open,
+            requests,
+            bytes,
+            request_duration,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        out
+    }
+}
+
+/// Answers the metrics listener's requests.
+pub async fn handle(
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = |status: StatusCode, body: &'static str| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .expect("static response is valid")
+    };
+    Ok(match req.uri().path() {
+        "/metrics" => Response::builder()
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(metrics.render())))
+            .expect("static response is valid"),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        _ => text(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n"),
+    })
+}

@@ -1,0 +1,179 @@
+//! The session table: which agent session serves which node, and what the
+//! node last told us about itself.
+//!
+//! Keyed by node id in a `DashMap`, so the front's lookups never contend
+//! with each other. At most one session per node: a newer one replaces
+//! (and closes) the older, since an agent that reconnects after a network
+//! change arrives before the relay notices its old session is dead.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tunnelgate_proto::control::RelayControl;
+use tunnelgate_proto::message::{DockerFacts, Hello};
+use tunnelgate_proto::NodeId;
+use tunnelgate_session::Session;
+
+/// A command run against a session's control machine (e.g. a drain).
+pub type ControlCommand = tunnelgate_session::driver::Command<RelayControl>;
+
+/// What the relay knows about a connected node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// The hello the agent sent.
+    pub hello: Hello,
+    /// The daemon's state, updated as the agent reports changes.
+    pub docker: DockerFacts,
+    /// When the session was established.
+    pub connected_since: SystemTime,
+    /// The last heartbeat round trip the agent reported.
+    pub rtt: Option<Duration>,
+}
+
+/// One live session in the table.
+#[derive(Debug)]
+pub struct Entry {
+    /// The session itself.
+    pub session: Session,
+    /// Facts about the node.
+    pub info: Mutex<NodeInfo>,
+    /// Reaches the session's control machine.
+    pub control: mpsc::Sender<ControlCommand>,
+    serial: u64,
+}
+
+/// The JSON shape of a node in `/v1/nodes`.
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// The host's name.
+    pub hostname: String,
+    /// The Docker engine's version, when the daemon is reachable.
+    pub docker_version: Option<String>,
+    /// The Docker engine's API version.
+    pub docker_api_version: Option<String>,
+    /// Whether the agent can reach its Docker daemon.
+    pub daemon_reachable: bool,
+    /// Why the daemon is unreachable, if it is.
+    pub daemon_error: Option<String>,
+    /// `quic` or `tcp`.
+    pub transport: &'static str,
+    /// RFC 3339.
+    pub connected_since: String,
+    /// The last heartbeat round trip, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// The agent's release.
+    pub agent_version: String,
+    /// Operator labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The relay holding the session.
+    pub relay_id: String,
+}
+
+/// All live sessions of this relay.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: DashMap<NodeId, Arc<Entry>>,
+    next_serial: AtomicU64,
+}
+
+impl Sessions {
+    /// Puts a session in the table, closing any older session of the node.
+    pub fn insert(
+        &self,
+        session: Session,
+        info: NodeInfo,
+        control: mpsc::Sender<ControlCommand>,
+    ) -> Arc<Entry> {
+        let node_id = info.hello.node_id.clone();
+        let entry = Arc::new(Entry {
+            session,
+            info: Mutex::new(info),
+            control,
+            serial: self.next_serial.fetch_add(1, Ordering::Relaxed),
+        });
+        if let Some(old) = self.map.insert(node_id.clone(), entry.clone()) {
+            tracing::info!(%node_id, "a newer session replaces the node's previous one");
+            old.session
+                .close("replaced by a newer session of the same node");
+        }
+        entry
+    }
+
+    /// Removes `entry` if it is still the node's current session.
+    pub fn remove(&self, entry: &Entry) -> bool {
+        let node_id = entry.node_id();
+        self.map
+            .remove_if(&node_id, |_, current| current.serial == entry.serial)
+            .is_some()
+    }
+
+    /// The session serving `node_id`.
+    pub fn get(&self, node_id: &NodeId) -> Option<Arc<Entry>> {
+        self.map.get(node_id).map(|e| e.value().clone())
+    }
+
+    /// Every live session.
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        self.map.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The node list, sorted by node id.
+    pub fn views(&self, relay_id: &str) -> Vec<NodeView> {
+        let mut views: Vec<_> = self.map.iter().map(|e| e.value().view(relay_id)).collect();
+        views.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        views
+    }
+}
+
+impl Entry {
+    /// The node this session serves.
+    pub fn node_id(&self) -> NodeId {
+        self.lock().hello.node_id.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NodeInfo> {
+        // A panic while holding this short, await-free lock leaves plain
+        // data behind; keep serving it.
+        self.info.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `f` to the node's facts.
+    pub fn update(&self, f: impl FnOnce(&mut NodeInfo)) {
+        f(&mut self.lock());
+    }
+
+    /// The node as `/v1/nodes` shows it.
+    pub fn view(&self, relay_id: &str) -> NodeView {
+        let info = self.lock();
+        NodeView {
+            node_id: info.hello.node_id.clone(),
+            hostname: info.hello.hostname.clone(),
+            docker_version: info.docker.version.clone(),
+            docker_api_version: info.docker.api_version.clone(),
+            daemon_reachable: info.docker.reachable,
+            daemon_error: info.docker.error.clone(),
+            transport: self.session.transport().as_str(),
+            connected_since: humantime::format_rfc3339_seconds(info.connected_since).to_string(),
+            rtt_ms: info.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            agent_version: info.hello.agent_version.clone(),
+            labels: info.hello.labels.clone(),
+            relay_id: relay_id.to_owned(),
+        }
+    }
+}
