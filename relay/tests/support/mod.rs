@@ -1,0 +1,448 @@
+//! Helpers for end-to-end tests: real relay and agent processes, the real
+//! `docker` CLI, and the real dockerd that `scripts/test` starts.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The real Docker daemon the tests drive, checked once. Fails with the
+/// way to get one; never skips.
+pub fn docker_endpoint() -> String {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT
+        .get_or_init(|| {
+            let endpoint = std::env::var("TUNNELGATE_TEST_DOCKER")
+                .unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+            let version = Command::new("docker")
+                .args(["version", "--format", "{{.Server.Version}}"])
+                .env("DOCKER_HOST", &endpoint)
+                .output();
+            match version {
+                Err(e) => panic!(
+                    "the docker CLI is missing ({e}); install it with `apt-get install docker.io`, \
+                     or run the suite with scripts/test, which installs and starts what it needs"
+                ),
+                Ok(out) if !out.status.success() => panic!(
+                    "no Docker daemon answers at {endpoint} ({}); run the suite with scripts/test, which \
+                     starts a private dockerd, or set TUNNELGATE_TEST_DOCKER=unix:///path/to/docker.sock",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Ok(_) => {}
+            }
+            let image = Command::new("docker")
+                .args(["image", "inspect", "busybox:latest"])
+                .env("DOCKER_HOST", &endpoint)
+                .output()
+                .expect("docker runs");
+            assert!(
+                image.status.success(),
+                "the busybox:latest test image is missing at {endpoint}; scripts/test makes it from busybox-static"
+            );
+            endpoint
+        })
+        .clone()
+}
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_tunnelgate-relay"))
+        .parent()
+        .expect("binary has a directory")
+        .to_owned()
+}
+
+/// Path of the relay binary cargo built for these tests.
+pub fn relay_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tunnelgate-relay"))
+}
+
+/// Path of the agent binary, built on demand: it belongs to another
+/// package, which cargo does not build for this one's tests.
+pub fn agent_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = bin_dir();
+            let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "tunnelgate-agent",
+                "--bin",
+                "tunnelgate-agent",
+            ]);
+            if dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            if let Some(target) = dir.parent() {
+                cmd.env("CARGO_TARGET_DIR", target);
+            }
+            let status = cmd.status().expect("cargo runs");
+            assert!(status.success(), "building tunnelgate-agent failed");
+            dir.join("tunnelgate-agent")
+        })
+        .clone()
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    name: &'static str,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM (graceful stop).
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.is_running() {
+            eprintln!("stopping {}", self.name);
+        }
+        self.kill();
+    }
+}
+
+/// A relay process on ephemeral loopback ports with its own state dir.
+pub struct Relay {
+    pub proc: Proc,
+    pub api: SocketAddr,
+    pub agent: SocketAddr,
+    pub metrics: SocketAddr,
+    pub state: PathBuf,
+    _stdout: ChildStdout,
+}
+
+impl Relay {
+    pub fn start(state: &Path) -> Result<Self> {
+        Self::start_on(state, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// Starts on given API and agent addresses (to restart in place).
+    pub fn start_on(state: &Path, api: &str, agent: &str) -> Result<Self> {
+        let mut child = Command::new(relay_bin())
+            .args(["serve", "--state-dir"])
+            .arg(state)
+            .args([
+                "--api-listen",
+                api,
+                "--agent-listen",
+                agent,
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--heartbeat-interval", "1s", "--shutdown-grace", "3s"])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawning tunnelgate-relay")?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let addr = |key: &str| -> Result<SocketAddr> {
+            let v = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .with_context(|| format!("no {key} in relay's first line {line:?}"))?;
+            Ok(v.parse()?)
+        };
+        let (api, agent, metrics) = (addr("api=")?, addr("agent=")?, addr("metrics=")?);
+        Ok(Self {
+            proc: Proc {
+                child,
+                name: "relay",
+            },
+            api,
+            agent,
+            metrics,
+            state: state.to_owned(),
+            _stdout: stdout.into_inner(),
+        })
+    }
+
+    /// A fresh join token from `token create`.
+    pub fn token(&self) -> Result<String> {
+        let out = Command::new(relay_bin())
+            .args(["token", "create", "--ttl", "10m", "--state-dir"])
+            .arg(&self.state)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout)?;
+        Ok(stdout
+            .lines()
+            .last()
+            .context("token create printed nothing")?
+            .to_owned())
+    }
+
+    /// `DOCKER_HOST` for `node` through this relay.
+    pub fn docker_host(&self, node: &str) -> String {
+        format!("tcp://{}/nodes/{node}", self.api)
+    }
+
+    /// Waits until `node` is in the node list with the daemon reachable.
+    pub fn wait_for_node(&self, node: &str) -> Result<serde_json::Value> {
+        self.wait_for(node, |n| n["daemon_reachable"] == true)
+    }
+
+    /// Waits until `node` is listed and `ready` holds for it.
+    pub fn wait_for(
+        &self,
+        node: &str,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, body)) = http_get(self.api, &format!("/v1/nodes/{node}")) {
+                let v: serde_json::Value = serde_json::from_str(&body)?;
+                if ready(&v) {
+                    return Ok(v);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("node {node} did not come up through the relay");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// An agent process.
+pub fn start_agent(
+    relay: &Relay,
+    node: &str,
+    docker: &str,
+    state: &Path,
+    token: Option<&str>,
+) -> Result<Proc> {
+    let mut cmd = Command::new(agent_bin());
+    cmd.args([
+        "--relay",
+        &relay.agent.to_string(),
+        "--node-id",
+        node,
+        "--docker",
+        docker,
+        "--state-dir",
+    ])
+    .arg(state)
+    .env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    let child = cmd.spawn().context("spawning tunnelgate-agent")?;
+    Ok(Proc {
+        child,
+        name: "agent",
+    })
+}
+
+/// A relay with one agent serving the real dockerd as node `node`.
+pub struct Tunnel {
+    pub relay: Relay,
+    pub agent: Proc,
+    pub node: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Tunnel {
+    pub fn start(node: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let relay = Relay::start(&dir.path().join("relay"))?;
+        let token = relay.token()?;
+        let agent = start_agent(
+            &relay,
+            node,
+            &docker_endpoint(),
+            &dir.path().join("agent"),
+            Some(&token),
+        )?;
+        relay.wait_for_node(node)?;
+        Ok(Self {
+            relay,
+            agent,
+            node: node.to_owned(),
+            dir,
+        })
+    }
+
+    pub fn docker(&self) -> Docker {
+        Docker::new(self.relay.docker_host(&self.node))
+    }
+}
+
+/// The docker CLI aimed at one `DOCKER_HOST`.
+#[derive(Clone, Debug)]
+pub struct Docker {
+    pub host: String,
+}
+
+impl Docker {
+    pub fn new(host: impl Into<String>) -> Self {
+        Self { host: host.into() }
+    }
+
+    /// The real daemon, directly.
+    pub fn direct() -> Self {
+        Self::new(docker_endpoint())
+    }
+
+    pub fn cmd<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut c = Command::new("docker");
+        c.args(args)
+            .env("DOCKER_HOST", &self.host)
+            .env("DOCKER_BUILDKIT", "0")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CONTEXT");
+        c
+    }
+
+    /// Runs docker with `stdin` and returns its output, whatever the status.
+    pub fn output_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Result<Output> {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut input = child.stdin.take().expect("piped stdin");
+        let data = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let out = child.wait_with_output()?;
+        let _ = writer.join();
+        Ok(out)
+    }
+
+    /// Runs docker and returns stdout; fails with stderr if it failed.
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        Ok(String::from_utf8(self.ok_bytes(args, b"")?)?)
+    }
+
+    /// Runs docker with `stdin`, returns stdout bytes; fails if it failed.
+    pub fn ok_bytes(&self, args: &[&str], stdin: &[u8]) -> Result<Vec<u8>> {
+        let out = self.output_with_stdin(args, stdin)?;
+        if !out.status.success() {
+            bail!(
+                "`docker {}` via {} failed ({}): {}",
+                args.join(" "),
+                self.host,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(out.stdout)
+    }
+}
+
+/// A plain HTTP/1.0 GET; returns status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .context("no status line")?
+        .parse()?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so large payloads can be
+/// compared without storing a copy.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Reads lines from a child's stdout on a thread, so a test can wait for
+/// one with a bound.
+pub struct LineReader {
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl LineReader {
+    pub fn new(stdout: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { rx }
+    }
+
+    /// The next line, or `None` at end of stream or after `wait`.
+    pub fn next_within(&self, wait: Duration) -> Option<String> {
+        self.rx.recv_timeout(wait).ok()
+    }
+
+    /// Waits for a line containing `needle`.
+    pub fn wait_for(&self, needle: &str, wait: Duration) -> Result<String> {
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("stream ended before {needle:?}")
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+            }
+        }
+        bail!("no line with {needle:?} within {wait:?}")
+    }
+}
+pub mod scenarios;
