@@ -122,7 +122,7 @@ async fn dial(
         .map_err(|e| AgentError::Session(format!("cannot open a UDP socket: {e}")))?;
     let connecting = endpoint
         .connect_with(client, addr, &host)
-        .map_err(|e| fatal(format_args!("cannot dial {}: {e}", config.relay)))?;
+        .map_err(|e| AgentError::Session(format!("cannot dial {}: {e}", config.relay)))?;
     let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
         .await
         .map_err(|_| {

@@ -191,11 +191,15 @@ async fn run_session(
     .await;
     session_done.cancel();
     match result {
+        _ if cancel.is_cancelled() => Ok(SessionEnd::Cancelled),
         Ok(()) if drained => Ok(SessionEnd::Drained),
-        Ok(()) => Ok(SessionEnd::Cancelled),
+        Ok(()) => Err(AgentError::Session("the session ended".into())),
+        // A refusal may be cured on the relay's side (an upgrade, a
+        // restored node record), so the agent keeps trying, loudly.
         Err(driver::DriveError::Control(tunnelgate_proto::control::ControlError::Refused(r))) => {
-            Err(AgentError::Fatal(format!(
-                "the relay refused this agent: {}",
+            tracing::error!(reason = %r.message, "the relay refused this agent's session");
+            Err(AgentError::Session(format!(
+                "refused by the relay: {}",
                 r.message
             )))
         }

@@ -34,8 +34,8 @@ pub async fn accept_streams(
             s = session.accept_stream() => match s {
                 Ok(s) => s,
                 Err(e) => {
+                    // The control stream notices the loss too and ends the session.
                     debug!(error = %e, "no more streams on this session");
-                    done.cancel();
                     return;
                 }
             },

@@ -156,6 +156,17 @@ impl Relay {
             api,
             metrics_listener,
         } = self;
+        let (api_addr, agent_addr, metrics_addr) = (
+            api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            endpoint
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            metrics_listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        );
         let tracker = TaskTracker::new();
         // `hard` ends sessions and connections; `shutdown` only stops accepting.
         let hard = CancellationToken::new();
@@ -186,8 +197,7 @@ impl Relay {
             move |req| metrics::handle(m.clone(), r.clone(), req),
         ));
         ready.store(true, Ordering::Release);
-        info!(relay_id = shared.authority.relay_id(), api = %shared.config.api_listen,
-              agents = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "relay serving");
+        info!(relay_id = shared.authority.relay_id(), %api_addr, %agent_addr, %metrics_addr, "relay serving");
 
         shutdown.cancelled().await;
         ready.store(false, Ordering::Release);
