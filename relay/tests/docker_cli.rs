@@ -3,6 +3,9 @@
 //! against the daemon (the baseline, which also proves the scenario) and
 //! then through the relay.
 
+// These tests drive processes from plain threads, where sleeping is fine.
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::time::Duration;

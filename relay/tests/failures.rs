@@ -2,6 +2,9 @@
 //! daemon that is down and comes back, an agent killed mid-stream, a relay
 //! restarted under its agents. Real processes, real dockerd.
 
+// These tests drive processes from plain threads, where sleeping is fine.
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::process::Stdio;
