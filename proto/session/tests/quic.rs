@@ -1,0 +1,147 @@
+//! Real QUIC sessions on loopback: first-contact trust by CA fingerprint,
+//! mutual TLS with node certificates, and half-close through a stream.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tunnelgate_session::tls::{self, Identity, Trust};
+use tunnelgate_session::{quic, Session, Transport};
+
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn new_ca() -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "test CA");
+    let pem = params.self_signed(&key).unwrap().pem();
+    Ca {
+        issuer: Issuer::from_ca_cert_pem(&pem, key).unwrap(),
+        pem,
+    }
+}
+
+fn issue(ca: &Ca, cn: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose) -> Identity {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(sans).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![usage];
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    Identity::from_pem(&format!("{}{}", cert.pem(), ca.pem), &key.serialize_pem()).unwrap()
+}
+
+fn ca_der(ca: &Ca) -> rustls::pki_types::CertificateDer<'static> {
+    tls::certs_from_pem(&ca.pem).unwrap().remove(0)
+}
+
+async fn server(ca: &Ca) -> quinn::Endpoint {
+    let id = issue(
+        ca,
+        "relay",
+        vec!["localhost".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let config = tls::server_config(id, &ca_der(ca)).unwrap();
+    quic::server_endpoint("127.0.0.1:0".parse().unwrap(), config).unwrap()
+}
+
+async fn dial(
+    server: &quinn::Endpoint,
+    trust: Trust,
+    id: Option<Identity>,
+) -> Result<Session, quinn::ConnectionError> {
+    let addr = server.local_addr().unwrap();
+    let client = quic::client_config(tls::client_config(trust, id).unwrap()).unwrap();
+    let endpoint = quic::client_endpoint(addr).unwrap();
+    let conn = endpoint
+        .connect_with(client, addr, "localhost")
+        .unwrap()
+        .await?;
+    Ok(Session::from_quic(conn))
+}
+
+#[tokio::test]
+async fn first_contact_trusts_only_the_pinned_ca() {
+    let ca = new_ca();
+    let server = server(&ca).await;
+    let accept = tokio::spawn({
+        let server = server.clone();
+        async move {
+            let mut sessions = Vec::new();
+            while let Some(incoming) = server.accept().await {
+                if let Ok(conn) = incoming.await {
+                    sessions.push(Session::from_quic(conn));
+                }
+            }
+            sessions.len()
+        }
+    });
+    let good = tls::fingerprint(&ca_der(&ca));
+    let session = dial(&server, Trust::Fingerprint(good), None)
+        .await
+        .expect("pinned CA is trusted");
+    assert_eq!(session.transport(), Transport::Quic);
+
+    let wrong = dial(&server, Trust::Fingerprint([0u8; 32]), None)
+        .await
+        .unwrap_err();
+    assert!(wrong.to_string().contains("fingerprint"), "{wrong}");
+
+    let other = new_ca();
+    let err = dial(&server, Trust::Ca(ca_der(&other)), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, quinn::ConnectionError::TransportError(_)),
+        "{err}"
+    );
+    server.close(0u32.into(), b"done");
+    accept.await.unwrap();
+}
+
+#[tokio::test]
+async fn node_certificates_identify_the_agent_and_streams_half_close() {
+    let ca = new_ca();
+    let server = server(&ca).await;
+    let node = issue(&ca, "web-01", vec![], ExtendedKeyUsagePurpose::ClientAuth);
+    let relay_side = tokio::spawn({
+        let server = server.clone();
+        async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let session = Session::from_quic(conn);
+            let chain = session
+                .peer_certificates()
+                .expect("client certificate presented");
+            let node_id = tls::node_id_from_cert(&chain[0]).unwrap();
+            // Echo after the peer half-closes, then keep writing: the
+            // peer must still read all of it.
+            let mut stream = session.open_stream().await.unwrap();
+            stream.write_all(b"hi").await.unwrap();
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.unwrap();
+            stream.write_all(&got).await.unwrap();
+            stream.write_all(b" after half-close").await.unwrap();
+            stream.shutdown().await.unwrap();
+            (node_id, session)
+        }
+    });
+    let agent = dial(&server, Trust::Ca(ca_der(&ca)), Some(node))
+        .await
+        .unwrap();
+    let mut stream = agent.accept_stream().await.unwrap();
+    let mut hi = [0u8; 2];
+    stream.read_exact(&mut hi).await.unwrap();
+    stream.write_all(b"request").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    assert_eq!(reply, "request after half-close");
+    let (node_id, _session) = relay_side.await.unwrap();
+    assert_eq!(node_id.as_str(), "web-01");
+}
