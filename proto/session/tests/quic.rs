@@ -1,6 +1,9 @@
 //! Real QUIC sessions on loopback: first-contact trust by CA fingerprint,
 //! mutual TLS with node certificates, and half-close through a stream.
 
+// Certificate-making helpers outside #[test] fns panic as the failure report.
+#![allow(clippy::unwrap_used)]
+
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };

@@ -1,6 +1,9 @@
 //! Helpers for end-to-end tests: real relay and agent processes, the real
 //! `docker` CLI, and the real dockerd that `scripts/test` starts.
-#![allow(dead_code)] // each test binary uses its own subset
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+// Helpers poll real processes from plain threads, where sleeping is fine.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
