@@ -10,7 +10,10 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{docker_endpoint, http_get, start_agent, Docker, LineReader, Relay, Tunnel};
+use support::{
+    docker_endpoint, http_get, http_get_full, relay_bin, start_agent, Docker, LineReader, Relay,
+    Tunnel,
+};
 
 #[test]
 fn unknown_node_gets_a_one_line_error_naming_it() {
@@ -258,4 +261,51 @@ fn token_create_prints_the_token_alone_on_the_last_line_and_bad_tokens_are_refus
     );
     let (status, _) = http_get(relay.api, "/v1/nodes/forger").unwrap();
     assert_eq!(status, 404);
+}
+
+#[test]
+fn daemon_redirects_keep_the_client_on_the_relay() {
+    let tunnel = Tunnel::start("redirected").unwrap();
+    // dockerd answers a path with `//` by redirecting to the cleaned path.
+    let (status, head, _) = http_get_full(
+        tunnel.relay.api,
+        "/nodes/redirected/v1.41//containers/json?all=1",
+    )
+    .unwrap();
+    assert_eq!(status, 301, "{head}");
+    let location = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
+        .unwrap_or_else(|| panic!("no Location in {head}"));
+    assert_eq!(location, "/nodes/redirected/v1.41/containers/json?all=1");
+    let (status, _) = http_get(tunnel.relay.api, location).unwrap();
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn serve_refuses_an_unauthenticated_api_on_a_non_loopback_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(relay_bin())
+        .args([
+            "serve",
+            "--api-listen",
+            "0.0.0.0:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("api_listen") && stderr.contains("loopback"),
+        "{stderr}"
+    );
 }

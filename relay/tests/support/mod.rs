@@ -64,13 +64,19 @@ pub fn relay_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tunnelgate-relay"))
 }
 
-/// Path of the agent binary, built on demand: it belongs to another
-/// package, which cargo does not build for this one's tests.
+/// Path of the agent binary. `cargo test --workspace` builds it (the
+/// agent package has integration tests of its own); when only this package
+/// is tested it may be missing or stale, and is built here then.
 pub fn agent_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let dir = bin_dir();
+            let bin = dir.join("tunnelgate-agent");
+            if is_fresh(&bin) {
+                return bin;
+            }
+            eprintln!("building tunnelgate-agent for the end-to-end tests");
             let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
             cmd.args([
                 "build",
@@ -88,9 +94,38 @@ pub fn agent_bin() -> PathBuf {
             }
             let status = cmd.status().expect("cargo runs");
             assert!(status.success(), "building tunnelgate-agent failed");
-            dir.join("tunnelgate-agent")
+            bin
         })
         .clone()
+}
+
+/// Whether `bin` exists and is newer than every source it is built from.
+fn is_fresh(bin: &Path) -> bool {
+    fn newest(dir: &Path) -> std::time::SystemTime {
+        let mut latest = std::time::UNIX_EPOCH;
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let modified = if path.is_dir() {
+                newest(&path)
+            } else {
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH)
+            };
+            latest = latest.max(modified);
+        }
+        latest
+    }
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    ["agent-side/src", "proto/src", "proto/session/src"]
+        .iter()
+        .all(|d| newest(&root.join(d)) <= built)
 }
 
 /// A child process killed when dropped.
@@ -375,6 +410,12 @@ impl Docker {
 
 /// A plain HTTP/1.0 GET; returns status and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let (status, _, body) = http_get_full(addr, path)?;
+    Ok((status, body))
+}
+
+/// A plain HTTP/1.0 GET; returns status, the raw header block and body.
+pub fn http_get_full(addr: SocketAddr, path: &str) -> Result<(u16, String, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
@@ -385,11 +426,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
         .nth(1)
         .context("no status line")?
         .parse()?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    Ok((status, head.to_owned(), body.to_owned()))
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so large payloads can be
