@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use tunnelgate_proto::NodeId;
@@ -13,10 +14,13 @@ use crate::docker::DockerEndpoint;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportChoice {
-    /// The best available (QUIC in this release).
+    /// QUIC, racing TLS/TCP when QUIC is slow to answer; while on TCP,
+    /// re-probe QUIC and move back when it works.
     Auto,
-    /// QUIC over UDP.
+    /// QUIC over UDP only.
     Quic,
+    /// TLS over TCP with yamux only (for networks that drop UDP).
+    Tcp,
 }
 
 /// Flags (and their environment variables) of `tunnelgate-agent`.
@@ -55,9 +59,12 @@ pub struct AgentArgs {
     /// Where the node certificate is kept [default: /var/lib/tunnelgate-agent].
     #[arg(long, env = "TUNNELGATE_AGENT_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Transport to dial.
+    /// Transport to dial [default: auto].
     #[arg(long, env = "TUNNELGATE_TRANSPORT", value_enum)]
     pub transport: Option<TransportChoice>,
+    /// With `auto`, how often to retry QUIC while on TCP [default: 30s].
+    #[arg(long, env = "TUNNELGATE_QUIC_PROBE_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub quic_probe_interval: Option<Duration>,
     /// A label for the node list, KEY=VALUE; repeatable.
     #[arg(
         long = "label",
@@ -77,6 +84,7 @@ struct FileConfig {
     docker: Option<String>,
     state_dir: Option<PathBuf>,
     transport: Option<TransportChoice>,
+    quic_probe_interval: Option<String>,
     labels: Option<BTreeMap<String, String>>,
 }
 
@@ -97,6 +105,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Transport to dial.
     pub transport: TransportChoice,
+    /// With `auto`, how often to retry QUIC while on TCP.
+    pub quic_probe_interval: Duration,
     /// Labels for the node list.
     pub labels: BTreeMap<String, String>,
 }
@@ -185,6 +195,16 @@ impl AgentConfig {
             Some(d) => d.parse().map_err(|e| invalid("docker", e))?,
             None => DockerEndpoint::from_env(),
         };
+        let quic_probe_interval = match (args.quic_probe_interval, file.quic_probe_interval) {
+            (Some(d), _) => d,
+            (None, Some(text)) => humantime::parse_duration(&text).map_err(|e| {
+                invalid(
+                    "quic_probe_interval",
+                    format!("{text:?} is not a duration ({e}); write e.g. \"30s\""),
+                )
+            })?,
+            (None, None) => Duration::from_secs(30),
+        };
         let mut labels = file.labels.unwrap_or_default();
         for l in args.labels {
             let (k, v) = l
@@ -206,6 +226,7 @@ impl AgentConfig {
                 .transport
                 .or(file.transport)
                 .unwrap_or(TransportChoice::Auto),
+            quic_probe_interval,
             labels,
         })
     }

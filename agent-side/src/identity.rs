@@ -9,7 +9,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,8 +19,8 @@ use tunnelgate_proto::message::{ControlMessage, Enroll};
 use tunnelgate_proto::token::JoinToken;
 use tunnelgate_proto::{NodeId, ProtocolVersion};
 use tunnelgate_session::tls::{self, Identity, Trust};
-use tunnelgate_session::Session;
 
+use crate::transport::{self, Credentials};
 use crate::{AgentConfig, AgentError};
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,61 +93,11 @@ impl NodeIdentity {
     }
 }
 
-async fn resolve(relay: &str) -> Result<(SocketAddr, String), AgentError> {
-    let host = relay
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-        .unwrap_or(relay)
-        .to_owned();
-    let addr = tokio::net::lookup_host(relay)
-        .await
-        .map_err(|e| AgentError::Session(format!("cannot resolve relay address {relay}: {e}")))?
-        .next()
-        .ok_or_else(|| AgentError::Session(format!("relay address {relay} resolves to nothing")))?;
-    Ok((addr, host))
-}
-
-/// Dials the relay over QUIC: with the node certificate when `identity` is
-/// given, else for enrolment, trusting the CA pinned by `token`.
-async fn dial(
-    config: &AgentConfig,
-    trust: Trust,
-    identity: Option<Identity>,
-) -> Result<Session, AgentError> {
-    let tls = tls::client_config(trust, identity).map_err(fatal)?;
-    let client = tunnelgate_session::quic::client_config(tls).map_err(fatal)?;
-    let (addr, host) = resolve(&config.relay).await?;
-    let endpoint = tunnelgate_session::quic::client_endpoint(addr)
-        .map_err(|e| AgentError::Session(format!("cannot open a UDP socket: {e}")))?;
-    let connecting = endpoint
-        .connect_with(client, addr, &host)
-        .map_err(|e| AgentError::Session(format!("cannot dial {}: {e}", config.relay)))?;
-    let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
-        .await
-        .map_err(|_| {
-            AgentError::Session(format!(
-                "no QUIC answer from {} within {DIAL_TIMEOUT:?}; is UDP to the relay blocked?",
-                config.relay
-            ))
-        })?
-        .map_err(|e| {
-            AgentError::Session(format!("QUIC handshake with {} failed: {e}", config.relay))
-        })?;
-    Ok(Session::from_quic(conn))
-}
-
-/// Connects with the stored node certificate.
-pub async fn connect(
-    config: &AgentConfig,
-    identity: Option<&NodeIdentity>,
-) -> Result<Session, AgentError> {
-    let identity = identity.ok_or_else(|| fatal("no node identity"))?;
-    dial(
-        config,
-        Trust::Ca(identity.ca.clone()),
-        Some(identity.identity.clone()),
-    )
-    .await
+impl NodeIdentity {
+    /// Credentials for mutual TLS with this identity.
+    pub fn credentials(&self) -> Result<Credentials, AgentError> {
+        Credentials::new(Trust::Ca(self.ca.clone()), Some(self.identity.clone()))
+    }
 }
 
 /// Trades the join token for a node certificate and stores it.
@@ -167,7 +116,8 @@ pub async fn enrol(config: &AgentConfig) -> Result<NodeIdentity, AgentError> {
         .and_then(|csr| csr.pem())
         .map_err(fatal)?;
 
-    let session = dial(config, Trust::Fingerprint(token.ca_fingerprint), None).await?;
+    let creds = Credentials::new(Trust::Fingerprint(token.ca_fingerprint), None)?;
+    let (session, _) = transport::dial(config, &creds).await?;
     let lost =
         |e: &dyn std::fmt::Display| AgentError::Session(format!("enrolment interrupted: {e}"));
     let mut control = session.open_stream().await.map_err(|e| lost(&e))?;

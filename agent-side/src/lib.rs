@@ -14,19 +14,23 @@ pub mod config;
 pub mod docker;
 pub mod identity;
 mod serve;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 use tunnelgate_proto::control::{AgentControl, AgentEvent};
 use tunnelgate_proto::message::{DockerFacts, Hello};
 use tunnelgate_proto::ProtocolVersion;
-use tunnelgate_session::{driver, Session};
+use tunnelgate_session::{driver, Session, Transport};
 
 pub use config::AgentConfig;
+use config::TransportChoice;
 use identity::NodeIdentity;
 
 /// This agent's release, reported to the relay.
@@ -59,6 +63,7 @@ impl AgentError {
 }
 
 /// How a session ended without error.
+#[derive(Debug)]
 enum SessionEnd {
     Cancelled,
     Drained,
@@ -112,6 +117,73 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + rand::random::<f64>() / 2.0)
 }
 
+/// Leaves the old session open this long after its last call ended, for a
+/// call the relay routed to it just before it switched.
+const RETIRE_QUIET: Duration = Duration::from_secs(2);
+
+/// One session being served, as the run loop holds it.
+struct Running {
+    session: Session,
+    stop: CancellationToken,
+    streams: TaskTracker,
+    task: JoinHandle<Result<SessionEnd, AgentError>>,
+}
+
+impl Running {
+    /// Serves `session` on a task of its own; the receiver fires once the
+    /// relay has welcomed it.
+    fn start(
+        config: &Arc<AgentConfig>,
+        session: Session,
+        cancel: &CancellationToken,
+    ) -> (Self, oneshot::Receiver<()>) {
+        let stop = cancel.child_token();
+        let streams = TaskTracker::new();
+        let (welcomed_tx, welcomed_rx) = oneshot::channel();
+        let task = tokio::spawn(
+            run_session(
+                config.clone(),
+                session.clone(),
+                stop.clone(),
+                streams.clone(),
+                welcomed_tx,
+                cancel.clone(),
+            )
+            .in_current_span(),
+        );
+        (
+            Self {
+                session,
+                stop,
+                streams,
+                task,
+            },
+            welcomed_rx,
+        )
+    }
+
+    /// Make-before-break: lets the calls in flight on this session finish,
+    /// then closes it.
+    fn retire(self) {
+        tokio::spawn(
+            async move {
+                self.streams.close();
+                loop {
+                    self.streams.wait().await;
+                    tokio::time::sleep(RETIRE_QUIET).await;
+                    if self.streams.is_empty() {
+                        break;
+                    }
+                }
+                self.stop.cancel();
+                self.session.close("moved to another transport");
+                info!(transport = %self.session.transport(), "previous session closed after its calls finished");
+            }
+            .in_current_span(),
+        );
+    }
+}
+
 async fn connect_once(
     config: &Arc<AgentConfig>,
     cancel: &CancellationToken,
@@ -121,18 +193,57 @@ async fn connect_once(
         None => identity::enrol(config).await?,
     };
     identity.check_node(&config.node_id)?;
-    let session = identity::connect(config, Some(&identity)).await?;
-    let result = run_session(config, session.clone(), cancel).await;
-    if matches!(result, Ok(SessionEnd::Cancelled)) {
-        session.close("agent shutting down");
+    let creds = identity.credentials()?;
+    let (session, why) = transport::dial(config, &creds).await?;
+    info!(transport = %session.transport(), reason = %why, "transport chosen");
+    let (mut current, _) = Running::start(config, session, cancel);
+    loop {
+        let probe_quic = current.session.transport() == Transport::Tcp
+            && config.transport == TransportChoice::Auto;
+        let upgrade = async {
+            if !probe_quic {
+                return std::future::pending().await;
+            }
+            loop {
+                tokio::time::sleep(config.quic_probe_interval).await;
+                match transport::dial_quic(config, &creds).await {
+                    Ok(s) => return s,
+                    Err(e) => debug!(error = %e, "QUIC still unavailable; staying on TLS/TCP"),
+                }
+            }
+        };
+        tokio::select! {
+            end = &mut current.task => {
+                let end = end.unwrap_or_else(|e| Err(AgentError::Session(format!("session task failed: {e}"))));
+                if matches!(end, Ok(SessionEnd::Cancelled)) {
+                    current.session.close("agent shutting down");
+                }
+                return end;
+            }
+            quic = upgrade => {
+                info!("QUIC answers again; opening a QUIC session before leaving TLS/TCP");
+                let (mut next, welcomed) = Running::start(config, quic, cancel);
+                tokio::select! {
+                    Ok(()) = welcomed => {
+                        std::mem::replace(&mut current, next).retire();
+                        info!("moved to QUIC; the TLS/TCP session closes once its calls finish");
+                    }
+                    end = &mut next.task => {
+                        debug!(?end, "the QUIC session ended before the relay welcomed it; staying on TLS/TCP");
+                    }
+                }
+            }
+        }
     }
-    result
 }
 
 async fn run_session(
-    config: &Arc<AgentConfig>,
+    config: Arc<AgentConfig>,
     session: Session,
-    cancel: &CancellationToken,
+    session_done: CancellationToken,
+    streams: TaskTracker,
+    welcomed: oneshot::Sender<()>,
+    cancel: CancellationToken,
 ) -> Result<SessionEnd, AgentError> {
     let session_err =
         |what: &str, e: &dyn std::fmt::Display| AgentError::Session(format!("{what}: {e}"));
@@ -153,14 +264,15 @@ async fn run_session(
     };
     let mut machine = AgentControl::new(hello, Instant::now());
     let (tx, rx) = mpsc::channel(8);
-    let session_done = cancel.child_token();
     let reprobe = Arc::new(Notify::new());
+    let mut welcomed = Some(welcomed);
 
     tokio::spawn(
         serve::accept_streams(
             session.clone(),
             config.clone(),
             reprobe.clone(),
+            streams,
             session_done.clone(),
         )
         .in_current_span(),
@@ -178,6 +290,9 @@ async fn run_session(
         |event| match event {
             AgentEvent::Welcomed(w) => {
                 info!(relay_id = %w.relay_id, %transport, remote = %session.remote_addr(), "connected to relay");
+                if let Some(tx) = welcomed.take() {
+                    let _ = tx.send(());
+                }
             }
             AgentEvent::Rtt(rtt) => debug!(?rtt, "heartbeat"),
             AgentEvent::Drain(d) => {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, Instrument};
 use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
 use tunnelgate_proto::message::{StreamErrorCode, StreamHeader, StreamKind, StreamReply};
@@ -27,6 +28,7 @@ pub async fn accept_streams(
     session: Session,
     config: Arc<AgentConfig>,
     reprobe: Arc<Notify>,
+    streams: TaskTracker,
     done: CancellationToken,
 ) {
     loop {
@@ -42,7 +44,7 @@ pub async fn accept_streams(
             () = done.cancelled() => return,
         };
         // In-flight streams outlive `done`: a drained session's calls finish.
-        tokio::spawn(serve_stream(stream, config.clone(), reprobe.clone()).in_current_span());
+        streams.spawn(serve_stream(stream, config.clone(), reprobe.clone()).in_current_span());
     }
 }
 

@@ -73,6 +73,8 @@ pub enum RelayError {
 pub struct Relay {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
+    agent_tcp: TcpListener,
+    agent_tls: Arc<rustls::ServerConfig>,
     api: TcpListener,
     metrics_listener: TcpListener,
 }
@@ -99,8 +101,17 @@ impl Relay {
         let tls = tunnelgate_session::tls::server_config(identity, authority.ca_der())
             .map_err(identity::IdentityError::from)?;
         let bind_err = |what, addr| move |source| RelayError::Bind { what, addr, source };
-        let endpoint = tunnelgate_session::quic::server_endpoint(config.agent_listen, tls)
+        let tls = Arc::new(tls);
+        let endpoint =
+            tunnelgate_session::quic::server_endpoint(config.agent_listen, (*tls).clone())
+                .map_err(bind_err("agent-listen", config.agent_listen))?;
+        // TLS/TCP listens on the port QUIC got, so agents need one address.
+        let quic_addr = endpoint
+            .local_addr()
             .map_err(bind_err("agent-listen", config.agent_listen))?;
+        let agent_tcp = TcpListener::bind(quic_addr)
+            .await
+            .map_err(bind_err("agent-listen", quic_addr))?;
         let api = TcpListener::bind(config.api_listen)
             .await
             .map_err(bind_err("api-listen", config.api_listen))?;
@@ -116,6 +127,8 @@ impl Relay {
                 metrics,
             }),
             endpoint,
+            agent_tcp,
+            agent_tls: tls,
             api,
             metrics_listener,
         })
@@ -153,6 +166,8 @@ impl Relay {
         let Self {
             shared,
             endpoint,
+            agent_tcp,
+            agent_tls,
             api,
             metrics_listener,
         } = self;
@@ -174,6 +189,13 @@ impl Relay {
 
         tracker.spawn(listen::run_quic(
             endpoint.clone(),
+            shared.clone(),
+            hard.clone(),
+            tracker.clone(),
+        ));
+        tracker.spawn(listen::run_tcp(
+            agent_tcp,
+            agent_tls,
             shared.clone(),
             hard.clone(),
             tracker.clone(),

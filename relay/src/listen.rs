@@ -1,5 +1,7 @@
-//! The agent listener: accepts agent sessions, enrols new agents, runs each
-//! session's control stream and keeps the session table current.
+//! The agent listener: accepts agent sessions over QUIC (UDP) and TLS/TCP
+//! with yamux on the same port number, enrols new agents, runs each
+//! session's control stream and keeps the session table current. Past the
+//! handshake nothing here knows which transport carries a session.
 //!
 //! ```text
 //! QUIC handshake ── no client cert ──► control stream: Enroll ─► Enrolled | Refused, close
@@ -74,6 +76,48 @@ pub async fn run_quic(
     }
 }
 
+/// Accepts TLS/TCP agent sessions until `cancel` fires.
+pub async fn run_tcp(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, "agent accept failed; raise the file-descriptor limit if this repeats");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = cancel.cancelled() => return,
+        };
+        let (shared, cancel, acceptor) = (shared.clone(), cancel.clone(), acceptor.clone());
+        let span = info_span!("conn", %peer, transport = "tcp");
+        tracker.spawn(
+            async move {
+                match tunnelgate_session::tcp::accept(tcp, &acceptor).await {
+                    Ok(mux) => serve_session(Session::from_mux(mux), shared, cancel).await,
+                    Err(e) => {
+                        shared
+                            .metrics
+                            .agent_handshakes
+                            .with_label_values(&["tls_failed"])
+                            .inc();
+                        info!(error = %e, "agent TLS handshake refused");
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
 /// Serves one authenticated transport connection, whatever the transport.
 pub async fn serve_session(session: Session, shared: Arc<Shared>, cancel: CancellationToken) {
     let certified = session
@@ -82,7 +126,8 @@ pub async fn serve_session(session: Session, shared: Arc<Shared>, cancel: Cancel
     let control = match tokio::time::timeout(HANDSHAKE_TIMEOUT, session.accept_stream()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            debug!(error = %e, "session ended before its control stream opened");
+            // Garbage on the transport (e.g. malformed yamux frames) ends up here.
+            info!(error = %e, "agent session failed before its control stream opened");
             return;
         }
         Err(_) => {

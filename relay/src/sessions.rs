@@ -2,9 +2,11 @@
 //! node last told us about itself.
 //!
 //! Keyed by node id in a `DashMap`, so the front's lookups never contend
-//! with each other. At most one session per node: a newer one replaces
-//! (and closes) the older, since an agent that reconnects after a network
-//! change arrives before the relay notices its old session is dead.
+//! with each other. New calls go to a node's newest session. A replaced
+//! session is not closed here: an agent moving from TLS/TCP to QUIC lets
+//! the calls in flight on the old one finish and closes it itself, and a
+//! dead one (the agent reconnected after a network change) ends by its
+//! heartbeat timeout.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,7 +85,7 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Puts a session in the table, closing any older session of the node.
+    /// Makes `session` the node's current session.
     pub fn insert(
         &self,
         session: Session,

@@ -1,7 +1,7 @@
 //! The real `docker` CLI through a real relay and agent, against a real
-//! dockerd: every scenario of the acceptance list, run first directly
-//! against the daemon (the baseline, which also proves the scenario) and
-//! then through the relay.
+//! dockerd: every scenario of the acceptance list, run directly against
+//! the daemon (the baseline, which also proves the scenario), then through
+//! the relay over each transport with the same scenario code.
 
 // These tests drive processes from plain threads, where sleeping is fine.
 #![allow(clippy::disallowed_methods)]
@@ -12,27 +12,50 @@ use std::time::Duration;
 
 use support::{scenarios, Docker, Tunnel};
 
+fn through(transport: &str) -> Vec<(&'static str, Duration)> {
+    let tunnel = Tunnel::start_with(
+        &format!("scenario-{transport}"),
+        &["--transport", transport],
+    )
+    .expect("relay and agent start");
+    let node = tunnel.relay.wait_for_node(&tunnel.node).unwrap();
+    assert_eq!(
+        node["transport"], transport,
+        "the session runs over the requested transport"
+    );
+    scenarios::run_all(&tunnel.docker())
+        .unwrap_or_else(|e| panic!("scenarios fail over {transport}: {e:#}"))
+}
+
 #[test]
-fn docker_cli_scenarios_through_the_relay() {
+fn docker_cli_scenarios_over_quic_and_tcp() {
     let direct =
         scenarios::run_all(&Docker::direct()).expect("scenarios pass directly against dockerd");
-    let tunnel = Tunnel::start("scenario-node").expect("relay and agent start");
-    let relayed = scenarios::run_all(&tunnel.docker()).expect("scenarios pass through the relay");
+    let quic = through("quic");
+    let tcp = through("tcp");
 
     // A report, not an assertion: timings on a shared machine are noise.
-    let total = |t: &[(&str, Duration)]| t.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>();
+    let secs = |d: &Duration| d.as_secs_f64();
+    let total = |t: &[(&str, Duration)]| t.iter().map(|(_, d)| secs(d)).sum::<f64>();
     eprintln!(
-        "{:<34} {:>9} {:>9} {:>6}",
-        "scenario", "direct s", "relay s", "ratio"
+        "{:<34} {:>8} {:>8} {:>8} {:>6} {:>6}",
+        "scenario", "direct s", "quic s", "tcp s", "q/d", "t/d"
     );
-    for ((name, d), (_, r)) in direct.iter().zip(&relayed) {
+    for (((name, d), (_, q)), (_, t)) in direct.iter().zip(&quic).zip(&tcp) {
         eprintln!(
-            "{name:<34} {:>9.2} {:>9.2} {:>6.2}",
-            d.as_secs_f64(),
-            r.as_secs_f64(),
-            r.as_secs_f64() / d.as_secs_f64()
+            "{name:<34} {:>8.2} {:>8.2} {:>8.2} {:>6.2} {:>6.2}",
+            secs(d),
+            secs(q),
+            secs(t),
+            secs(q) / secs(d),
+            secs(t) / secs(d)
         );
     }
-    let (d, r) = (total(&direct), total(&relayed));
-    eprintln!("{:<34} {d:>9.2} {r:>9.2} {:>6.2}", "total", r / d);
+    let (d, q, t) = (total(&direct), total(&quic), total(&tcp));
+    eprintln!(
+        "{:<34} {d:>8.2} {q:>8.2} {t:>8.2} {:>6.2} {:>6.2}",
+        "total",
+        q / d,
+        t / d
+    );
 }

@@ -14,6 +14,7 @@ pub mod driver;
 pub mod quic;
 mod session;
 mod stream;
+pub mod tcp;
 pub mod tls;
 
 pub use session::{Session, SessionError, Transport};

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use rustls::pki_types::CertificateDer;
 
+use crate::tcp::{MuxError, MuxSession};
 use crate::Stream;
 
 /// Which transport carries a session.
@@ -35,23 +36,12 @@ impl fmt::Display for Transport {
 /// A session could not open or accept a stream.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    /// The connection is gone.
+    /// The QUIC connection is gone.
     #[error("session lost: {0}")]
     Lost(#[from] quinn::ConnectionError),
-}
-
-impl SessionError {
-    /// Whether the peer closed the session on purpose (as opposed to a
-    /// timeout or a transport failure).
-    pub fn is_closed_by_peer(&self) -> bool {
-        matches!(
-            self,
-            Self::Lost(
-                quinn::ConnectionError::ApplicationClosed(_)
-                    | quinn::ConnectionError::ConnectionClosed(_)
-            )
-        )
-    }
+    /// The yamux session over TLS/TCP is gone.
+    #[error("session lost: {0}")]
+    Mux(#[from] MuxError),
 }
 
 /// A live session. Cloning is cheap and yields another handle to the same
@@ -64,6 +54,7 @@ pub struct Session {
 #[derive(Clone)]
 enum Inner {
     Quic(quinn::Connection),
+    Mux(MuxSession),
 }
 
 impl fmt::Debug for Session {
@@ -83,10 +74,18 @@ impl Session {
         }
     }
 
+    /// Wraps an established yamux session over TLS/TCP.
+    pub fn from_mux(mux: MuxSession) -> Self {
+        Self {
+            inner: Inner::Mux(mux),
+        }
+    }
+
     /// The transport under this session.
     pub fn transport(&self) -> Transport {
         match &self.inner {
             Inner::Quic(_) => Transport::Quic,
+            Inner::Mux(_) => Transport::Tcp,
         }
     }
 
@@ -94,6 +93,7 @@ impl Session {
     pub fn remote_addr(&self) -> SocketAddr {
         match &self.inner {
             Inner::Quic(c) => c.remote_address(),
+            Inner::Mux(m) => m.remote_addr(),
         }
     }
 
@@ -105,6 +105,7 @@ impl Session {
                 .downcast::<Vec<CertificateDer<'static>>>()
                 .ok()
                 .map(|b| *b),
+            Inner::Mux(m) => m.peer_certificates(),
         }
     }
 
@@ -117,6 +118,7 @@ impl Session {
                 let (send, recv) = c.open_bi().await?;
                 Ok(Stream::new(recv, send))
             }
+            Inner::Mux(m) => Ok(m.open_stream().await?),
         }
     }
 
@@ -129,6 +131,7 @@ impl Session {
                 let (send, recv) = c.accept_bi().await?;
                 Ok(Stream::new(recv, send))
             }
+            Inner::Mux(m) => Ok(m.accept_stream().await?),
         }
     }
 
@@ -136,6 +139,7 @@ impl Session {
     pub fn close(&self, reason: &str) {
         match &self.inner {
             Inner::Quic(c) => c.close(0u32.into(), reason.as_bytes()),
+            Inner::Mux(m) => m.close(),
         }
     }
 
@@ -143,13 +147,15 @@ impl Session {
     pub async fn closed(&self) -> SessionError {
         match &self.inner {
             Inner::Quic(c) => SessionError::Lost(c.closed().await),
+            Inner::Mux(m) => SessionError::Mux(m.closed().await),
         }
     }
 
-    /// The transport's own round-trip estimate.
-    pub fn rtt(&self) -> std::time::Duration {
+    /// The transport's own round-trip estimate, where it has one.
+    pub fn rtt(&self) -> Option<std::time::Duration> {
         match &self.inner {
-            Inner::Quic(c) => c.rtt(),
+            Inner::Quic(c) => Some(c.rtt()),
+            Inner::Mux(_) => None,
         }
     }
 }

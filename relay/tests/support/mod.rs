@@ -176,8 +176,15 @@ impl Relay {
         Self::start_on(state, "127.0.0.1:0", "127.0.0.1:0")
     }
 
-    /// Starts on given API and agent addresses (to restart in place).
+    /// Starts on given API and agent addresses (to restart in place). The
+    /// relay's log goes to `relay.log` in the state dir's parent, and to
+    /// this test's stderr when `TUNNELGATE_TEST_LOG` is set.
     pub fn start_on(state: &Path, api: &str, agent: &str) -> Result<Self> {
+        std::fs::create_dir_all(state)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state.with_extension("log"))?;
         let mut child = Command::new(relay_bin())
             .args(["serve", "--state-dir"])
             .arg(state)
@@ -194,7 +201,9 @@ impl Relay {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
+            .stderr(log)
             .spawn()
             .context("spawning tunnelgate-relay")?;
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
@@ -219,6 +228,11 @@ impl Relay {
             state: state.to_owned(),
             _stdout: stdout.into_inner(),
         })
+    }
+
+    /// Everything the relay has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.with_extension("log")).unwrap_or_default()
     }
 
     /// A fresh join token from `token create`.
@@ -280,29 +294,68 @@ pub fn start_agent(
     state: &Path,
     token: Option<&str>,
 ) -> Result<Proc> {
-    let mut cmd = Command::new(agent_bin());
-    cmd.args([
-        "--relay",
-        &relay.agent.to_string(),
-        "--node-id",
-        node,
-        "--docker",
-        docker,
-        "--state-dir",
-    ])
-    .arg(state)
-    .env(
-        "RUST_LOG",
-        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-    );
-    if let Some(t) = token {
-        cmd.args(["--token", t]);
+    AgentCmd::new(relay, node, docker, state, token).spawn()
+}
+
+/// An agent command line to adjust before spawning.
+pub struct AgentCmd {
+    /// Runs the agent inside this command (e.g. `ip netns exec NS`).
+    pub prefix: Vec<String>,
+    pub args: Vec<String>,
+}
+
+impl AgentCmd {
+    pub fn new(relay: &Relay, node: &str, docker: &str, state: &Path, token: Option<&str>) -> Self {
+        let mut args: Vec<String> = [
+            "--relay",
+            &relay.agent.to_string(),
+            "--node-id",
+            node,
+            "--docker",
+            docker,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push("--state-dir".into());
+        args.push(state.display().to_string());
+        if let Some(t) = token {
+            args.push("--token".into());
+            args.push(t.into());
+        }
+        Self {
+            prefix: Vec::new(),
+            args,
+        }
     }
-    let child = cmd.spawn().context("spawning tunnelgate-agent")?;
-    Ok(Proc {
-        child,
-        name: "agent",
-    })
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_owned());
+        self
+    }
+
+    pub fn spawn(self) -> Result<Proc> {
+        let bin = agent_bin();
+        let mut cmd = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1");
+        let child = cmd.spawn().context("spawning tunnelgate-agent")?;
+        Ok(Proc {
+            child,
+            name: "agent",
+        })
+    }
 }
 
 /// A relay with one agent serving the real dockerd as node `node`.
@@ -315,16 +368,25 @@ pub struct Tunnel {
 
 impl Tunnel {
     pub fn start(node: &str) -> Result<Self> {
+        Self::start_with(node, &[])
+    }
+
+    /// Starts with extra agent flags, e.g. `["--transport", "tcp"]`.
+    pub fn start_with(node: &str, agent_args: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let relay = Relay::start(&dir.path().join("relay"))?;
         let token = relay.token()?;
-        let agent = start_agent(
+        let mut cmd = AgentCmd::new(
             &relay,
             node,
             &docker_endpoint(),
             &dir.path().join("agent"),
             Some(&token),
-        )?;
+        );
+        for a in agent_args {
+            cmd = cmd.arg(a);
+        }
+        let agent = cmd.spawn()?;
         relay.wait_for_node(node)?;
         Ok(Self {
             relay,

@@ -1,0 +1,132 @@
+//! Dialling the relay: QUIC, TLS/TCP with yamux, or both raced.
+//!
+//! `auto` starts QUIC and gives it a head start; if no QUIC handshake has
+//! completed by then (UDP blocked, or just slow), it races TCP and keeps
+//! whichever authenticates first. A QUIC that fails outright hands over to
+//! TCP at once. The caller re-probes QUIC later while on TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tunnelgate_session::tls::{self, Identity, Trust};
+use tunnelgate_session::Session;
+
+use crate::config::TransportChoice;
+use crate::{AgentConfig, AgentError};
+
+/// How long QUIC may try alone before TCP joins the race.
+pub const QUIC_HEAD_START: Duration = Duration::from_millis(300);
+/// How long one QUIC dial may take.
+const QUIC_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS settings for one connection attempt.
+#[derive(Clone)]
+pub struct Credentials {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Credentials {
+    /// Trust `trust`; present `identity` if given (else this is enrolment).
+    pub fn new(trust: Trust, identity: Option<Identity>) -> Result<Self, AgentError> {
+        let tls =
+            tls::client_config(trust, identity).map_err(|e| AgentError::Fatal(e.to_string()))?;
+        Ok(Self { tls: Arc::new(tls) })
+    }
+}
+
+async fn resolve(relay: &str) -> Result<(SocketAddr, String), AgentError> {
+    let host = relay
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(relay)
+        .to_owned();
+    let addr = tokio::net::lookup_host(relay)
+        .await
+        .map_err(|e| AgentError::Session(format!("cannot resolve relay address {relay}: {e}")))?
+        .next()
+        .ok_or_else(|| AgentError::Session(format!("relay address {relay} resolves to nothing")))?;
+    Ok((addr, host))
+}
+
+/// Dials over QUIC only.
+pub async fn dial_quic(config: &AgentConfig, creds: &Credentials) -> Result<Session, AgentError> {
+    let (addr, host) = resolve(&config.relay).await?;
+    let client = tunnelgate_session::quic::client_config((*creds.tls).clone())
+        .map_err(|e| AgentError::Fatal(e.to_string()))?;
+    let endpoint = tunnelgate_session::quic::client_endpoint(addr)
+        .map_err(|e| AgentError::Session(format!("cannot open a UDP socket: {e}")))?;
+    let connecting = endpoint
+        .connect_with(client, addr, &host)
+        .map_err(|e| AgentError::Session(format!("cannot dial {}: {e}", config.relay)))?;
+    let conn = tokio::time::timeout(QUIC_DIAL_TIMEOUT, connecting)
+        .await
+        .map_err(|_| {
+            AgentError::Session(format!(
+                "no QUIC answer from {} within {QUIC_DIAL_TIMEOUT:?}; is UDP to the relay blocked?",
+                config.relay
+            ))
+        })?
+        .map_err(|e| {
+            AgentError::Session(format!("QUIC handshake with {} failed: {e}", config.relay))
+        })?;
+    Ok(Session::from_quic(conn))
+}
+
+/// Dials over TLS/TCP with yamux only.
+pub async fn dial_tcp(config: &AgentConfig, creds: &Credentials) -> Result<Session, AgentError> {
+    let (addr, host) = resolve(&config.relay).await?;
+    let mux = tunnelgate_session::tcp::connect(addr, &host, creds.tls.clone())
+        .await
+        .map_err(|e| {
+            AgentError::Session(format!(
+                "TLS/TCP connection to {} failed: {e}",
+                config.relay
+            ))
+        })?;
+    Ok(Session::from_mux(mux))
+}
+
+/// Dials as `config.transport` says; returns the session and why that
+/// transport was chosen, for the log.
+pub async fn dial(
+    config: &AgentConfig,
+    creds: &Credentials,
+) -> Result<(Session, String), AgentError> {
+    match config.transport {
+        TransportChoice::Quic => Ok((dial_quic(config, creds).await?, "--transport quic".into())),
+        TransportChoice::Tcp => Ok((dial_tcp(config, creds).await?, "--transport tcp".into())),
+        TransportChoice::Auto => race(config, creds).await,
+    }
+}
+
+async fn race(config: &AgentConfig, creds: &Credentials) -> Result<(Session, String), AgentError> {
+    let quic = dial_quic(config, creds);
+    tokio::pin!(quic);
+    let quic_error = tokio::select! {
+        r = &mut quic => match r {
+            Ok(s) => return Ok((s, "QUIC handshake completed first".into())),
+            Err(e) => Some(e),
+        },
+        () = tokio::time::sleep(QUIC_HEAD_START) => None,
+    };
+    let tcp = dial_tcp(config, creds);
+    tokio::pin!(tcp);
+    if let Some(e) = quic_error {
+        let s = tcp.await?;
+        return Ok((s, format!("QUIC failed ({e}); using TLS/TCP")));
+    }
+    tokio::select! {
+        r = &mut quic => match r {
+            Ok(s) => Ok((s, "QUIC handshake completed first".into())),
+            Err(e) => Ok((tcp.await?, format!("QUIC failed ({e}); using TLS/TCP"))),
+        },
+        r = &mut tcp => match r {
+            Ok(s) => Ok((s, format!("no QUIC handshake within {QUIC_HEAD_START:?} (UDP may be blocked); TLS/TCP won the race"))),
+            Err(e) => {
+                tracing::debug!(error = %e, "TCP lost the race by failing; waiting for QUIC");
+                Ok((quic.await?, "QUIC handshake completed (TCP failed)".into()))
+            }
+        },
+    }
+}
