@@ -109,6 +109,7 @@ async fn serve_stream(mut stream: Stream, config: Arc<AgentConfig>, reprobe: Arc
                 return;
             }
         };
+        debug!("stream accepted");
         if let Err(e) = stream
             .write_message(&StreamReply::Accept, DEFAULT_MAX_FRAME)
             .await

@@ -1,6 +1,9 @@
 //! The agent binary as an operator meets it: help that explains, and
 //! configuration mistakes that say what to fix.
 
+// A panic is a test failure report, in helpers as in #[test] fns.
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 fn agent() -> Command {

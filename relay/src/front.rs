@@ -264,6 +264,7 @@ async fn proxy(
         }
     }
 
+    debug!(transport = %entry.session.transport(), "call accepted by the agent");
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let path_and_query = match req.uri().query() {

@@ -56,7 +56,7 @@ pub async fn run_quic(
                             .agent_handshakes
                             .with_label_values(&["tls_failed"])
                             .inc();
-                        debug!(error = %e, "agent handshake failed");
+                        info!(error = %e, "agent QUIC handshake refused");
                         return;
                     }
                     Err(_) => {

@@ -100,9 +100,8 @@ impl Sessions {
             serial: self.next_serial.fetch_add(1, Ordering::Relaxed),
         });
         if let Some(old) = self.map.insert(node_id.clone(), entry.clone()) {
-            tracing::info!(%node_id, "a newer session replaces the node's previous one");
-            old.session
-                .close("replaced by a newer session of the same node");
+            tracing::info!(%node_id, old = %old.session.transport(), new = %entry.session.transport(),
+                           "new calls go to the node's newer session");
         }
         entry
     }

@@ -3,6 +3,8 @@
 //! the daemon (the baseline, which also proves the scenario), then through
 //! the relay over each transport with the same scenario code.
 
+// A panic is a test failure report, in helpers as in #[test] fns.
+#![allow(clippy::unwrap_used)]
 // These tests drive processes from plain threads, where sleeping is fine.
 #![allow(clippy::disallowed_methods)]
 

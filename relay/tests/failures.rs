@@ -2,6 +2,8 @@
 //! daemon that is down and comes back, an agent killed mid-stream, a relay
 //! restarted under its agents. Real processes, real dockerd.
 
+// A panic is a test failure report, in helpers as in #[test] fns.
+#![allow(clippy::unwrap_used)]
 // These tests drive processes from plain threads, where sleeping is fine.
 #![allow(clippy::disallowed_methods)]
 

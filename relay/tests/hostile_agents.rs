@@ -4,6 +4,9 @@
 //! is refused with a clear log line while the relay keeps serving an
 //! honest agent.
 
+// A panic is a test failure report, in helpers as in #[test] fns.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::Arc;

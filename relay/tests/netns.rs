@@ -5,6 +5,8 @@
 //!
 //! Needs root (for `ip netns` and iptables), as CI has.
 
+// A panic is a test failure report, in helpers as in #[test] fns.
+#![allow(clippy::unwrap_used)]
 // These tests drive processes from plain threads, where sleeping is fine.
 #![allow(clippy::disallowed_methods)]
 
@@ -186,6 +188,7 @@ fn blocked_udp_falls_back_to_tcp_and_moves_to_quic_without_failing_a_call() {
         .unwrap_or_else(|e| panic!("scenarios fail over the fallback: {e:#}"));
 
     // Short calls and calls that stay open across the move.
+    eprintln!("scenarios passed over the fallback; starting call loops");
     let quick = CallLoop::start(docker.clone(), &["ps"]);
     let slow = CallLoop::start(
         docker.clone(),
@@ -205,10 +208,13 @@ fn blocked_udp_falls_back_to_tcp_and_moves_to_quic_without_failing_a_call() {
     relay
         .wait_for("behind-firewall", |n| n["transport"] == "quic")
         .unwrap();
+    eprintln!("on QUIC; letting the loops run on");
     // Keep calling until the old session has had time to wind down.
     std::thread::sleep(Duration::from_secs(5));
     let (quick_ok, quick_failed) = quick.finish();
+    eprintln!("quick loop stopped");
     let (slow_ok, slow_failed) = slow.finish();
+    eprintln!("slow loop stopped");
     assert!(
         quick_failed.is_empty() && slow_failed.is_empty(),
         "calls failed during the move: {quick_failed:?} {slow_failed:?}"

@@ -1,6 +1,9 @@
 //! `tunnelgate-relay quickstart`: one command gives a working DOCKER_HOST,
 //! and Ctrl-C stops relay and agent cleanly.
 
+// A panic is a test failure report, in helpers as in #[test] fns.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::process::{Command, Stdio};

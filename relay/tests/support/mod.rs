@@ -401,6 +401,10 @@ impl Tunnel {
     }
 }
 
+/// Longest a single docker call may take in a test: generous, since the
+/// machine is shared, but finite.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The docker CLI aimed at one `DOCKER_HOST`.
 #[derive(Clone, Debug)]
 pub struct Docker {
@@ -432,6 +436,8 @@ impl Docker {
     }
 
     /// Runs docker with `stdin` and returns its output, whatever the status.
+    /// A call still running after [`CALL_TIMEOUT`] is killed and reported,
+    /// so a hang fails the test instead of stalling the suite.
     pub fn output_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Result<Output> {
         let mut child = self
             .cmd(args)
@@ -444,9 +450,37 @@ impl Docker {
         let writer = std::thread::spawn(move || {
             let _ = input.write_all(&data);
         });
-        let out = child.wait_with_output()?;
+        let read_all = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf);
+                buf
+            })
+        };
+        let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+        let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "`docker {}` via {} hung for {CALL_TIMEOUT:?} and was killed",
+                    args.join(" "),
+                    self.host
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         let _ = writer.join();
-        Ok(out)
+        Ok(Output {
+            status,
+            stdout: stdout.join().expect("reader thread"),
+            stderr: stderr.join().expect("reader thread"),
+        })
     }
 
     /// Runs docker and returns stdout; fails with stderr if it failed.
