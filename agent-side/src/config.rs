@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tunnelgate_proto::NodeId;
+use tunnelgate_session::config::parse_duration;
 
 use crate::docker::DockerEndpoint;
 
@@ -124,21 +125,7 @@ impl std::fmt::Debug for AgentConfig {
     }
 }
 
-/// The agent's configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The config file is unusable.
-    #[error(transparent)]
-    File(#[from] tunnelgate_session::config::ConfigFileError),
-    /// A setting is missing or has a bad value.
-    #[error("setting `{key}`: {reason}")]
-    Invalid {
-        /// Which setting.
-        key: &'static str,
-        /// What is wrong and what to do.
-        reason: String,
-    },
-}
+pub use tunnelgate_session::config::ConfigError;
 
 /// The host's name, as the kernel knows it.
 pub fn hostname() -> String {
@@ -197,12 +184,7 @@ impl AgentConfig {
         };
         let quic_probe_interval = match (args.quic_probe_interval, file.quic_probe_interval) {
             (Some(d), _) => d,
-            (None, Some(text)) => humantime::parse_duration(&text).map_err(|e| {
-                invalid(
-                    "quic_probe_interval",
-                    format!("{text:?} is not a duration ({e}); write e.g. \"30s\""),
-                )
-            })?,
+            (None, Some(text)) => parse_duration("quic_probe_interval", &text)?,
             (None, None) => Duration::from_secs(30),
         };
         let mut labels = file.labels.unwrap_or_default();

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tunnelgate_session::config::parse_duration;
 
 /// Flags (and their environment variables) of `tunnelgate-relay serve`.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -75,21 +76,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
 }
 
-/// The configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The config file is unusable.
-    #[error(transparent)]
-    File(#[from] tunnelgate_session::config::ConfigFileError),
-    /// A setting has a bad value.
-    #[error("setting `{key}`: {reason}")]
-    Invalid {
-        /// Which setting.
-        key: &'static str,
-        /// What is wrong and what to do.
-        reason: String,
-    },
-}
+pub use tunnelgate_session::config::ConfigError;
 
 impl Default for Config {
     fn default() -> Self {
@@ -109,14 +96,7 @@ fn file_duration(
     key: &'static str,
     value: Option<String>,
 ) -> Result<Option<Duration>, ConfigError> {
-    value
-        .map(|v| {
-            humantime::parse_duration(&v).map_err(|e| ConfigError::Invalid {
-                key,
-                reason: format!("{v:?} is not a duration ({e}); write e.g. \"5s\" or \"2m\""),
-            })
-        })
-        .transpose()
+    value.map(|v| parse_duration(key, &v)).transpose()
 }
 
 impl Config {

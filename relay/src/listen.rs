@@ -51,20 +51,12 @@ pub async fn run_quic(
                 let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                     Ok(Ok(conn)) => conn,
                     Ok(Err(e)) => {
-                        shared
-                            .metrics
-                            .agent_handshakes
-                            .with_label_values(&["tls_failed"])
-                            .inc();
+                        shared.metrics.handshake("tls_failed");
                         info!(error = %e, "agent QUIC handshake refused");
                         return;
                     }
                     Err(_) => {
-                        shared
-                            .metrics
-                            .agent_handshakes
-                            .with_label_values(&["timeout"])
-                            .inc();
+                        shared.metrics.handshake("timeout");
                         debug!("agent handshake timed out");
                         return;
                     }
@@ -104,11 +96,7 @@ pub async fn run_tcp(
                 match tunnelgate_session::tcp::accept(tcp, &acceptor).await {
                     Ok(mux) => serve_session(Session::from_mux(mux), shared, cancel).await,
                     Err(e) => {
-                        shared
-                            .metrics
-                            .agent_handshakes
-                            .with_label_values(&["tls_failed"])
-                            .inc();
+                        shared.metrics.handshake("tls_failed");
                         info!(error = %e, "agent TLS handshake refused");
                     }
                 }
@@ -131,11 +119,7 @@ pub async fn serve_session(session: Session, shared: Arc<Shared>, cancel: Cancel
             return;
         }
         Err(_) => {
-            shared
-                .metrics
-                .agent_handshakes
-                .with_label_values(&["timeout"])
-                .inc();
+            shared.metrics.handshake("timeout");
             session.close("no control stream within the handshake timeout");
             return;
         }
@@ -198,19 +182,11 @@ async fn enrol(session: Session, mut control: Stream, shared: &Shared) {
     };
     let reply = match outcome {
         Ok(enrolled) => {
-            shared
-                .metrics
-                .agent_handshakes
-                .with_label_values(&["enrolled"])
-                .inc();
+            shared.metrics.handshake("enrolled");
             ControlMessage::Enrolled(enrolled)
         }
         Err(refused) => {
-            shared
-                .metrics
-                .agent_handshakes
-                .with_label_values(&["refused"])
-                .inc();
+            shared.metrics.handshake("refused");
             info!(reason = %refused.message, "enrolment refused");
             ControlMessage::Refused(refused)
         }
@@ -259,11 +235,7 @@ async fn run_control(
                     .agents_connected
                     .with_label_values(&[transport])
                     .inc();
-                shared
-                    .metrics
-                    .agent_handshakes
-                    .with_label_values(&["accepted"])
-                    .inc();
+                shared.metrics.handshake("accepted");
             }
             RelayEvent::Rtt(rtt) => {
                 if let Some(e) = &entry {

@@ -76,7 +76,7 @@ struct QuickstartArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_tracing();
+    tunnelgate_session::process::init_tracing();
     match Cli::parse().command {
         Command::Serve(args) => {
             let config = Config::resolve(args).context("invalid configuration")?;
@@ -92,7 +92,9 @@ async fn main() -> anyhow::Result<()> {
                 relay.metrics_addr()
             );
             let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signals(shutdown.clone()));
+            tokio::spawn(tunnelgate_session::process::stop_on_signals(
+                shutdown.clone(),
+            ));
             relay.run(shutdown).await;
         }
         Command::Token(TokenCommand::Create { state_dir, ttl }) => {
@@ -145,7 +147,9 @@ async fn quickstart(args: QuickstartArgs) -> anyhow::Result<()> {
     let node_id = agent_config.node_id.clone();
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signals(shutdown.clone()));
+    tokio::spawn(tunnelgate_session::process::stop_on_signals(
+        shutdown.clone(),
+    ));
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
     let agent_cancel = shutdown.clone();
     let agent_task = tokio::spawn(tunnelgate_agent::run(agent_config, agent_cancel));
@@ -175,29 +179,4 @@ async fn quickstart(args: QuickstartArgs) -> anyhow::Result<()> {
     relay_task.await.context("relay task panicked")?;
     agent_result.context("the agent stopped")?;
     Ok(())
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-/// First SIGTERM or Ctrl-C: drain and stop. Second: exit at once.
-async fn stop_on_signals(cancel: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::info!("stopping; send the signal again to exit at once");
-    cancel.cancel();
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    std::process::exit(130);
 }

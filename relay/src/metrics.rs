@@ -90,6 +90,11 @@ impl Metrics {
         })
     }
 
+    /// Counts one agent handshake that ended with `result`.
+    pub fn handshake(&self, result: &str) {
+        self.agent_handshakes.with_label_values(&[result]).inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();

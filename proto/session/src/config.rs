@@ -37,3 +37,27 @@ pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError>
         source: Box::new(source),
     })
 }
+
+/// A configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file is unusable.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+    /// A setting is missing or has a bad value.
+    #[error("setting `{key}`: {reason}")]
+    Invalid {
+        /// Which setting.
+        key: &'static str,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+/// Parses a duration setting from a config file (e.g. `"5s"`, `"2m"`).
+pub fn parse_duration(key: &'static str, text: &str) -> Result<std::time::Duration, ConfigError> {
+    humantime::parse_duration(text).map_err(|e| ConfigError::Invalid {
+        key,
+        reason: format!("{text:?} is not a duration ({e}); write e.g. \"5s\" or \"2m\""),
+    })
+}

@@ -41,6 +41,23 @@ pub fn run_all(docker: &Docker) -> Result<Vec<(&'static str, Duration)>> {
     Ok(times)
 }
 
+/// Runs `f` with a detached busybox container running `cmd`, and removes
+/// the container afterwards whatever `f` returned.
+pub fn with_container(
+    d: &Docker,
+    prefix: &str,
+    cmd: &[&str],
+    f: impl FnOnce(&str) -> Result<()>,
+) -> Result<()> {
+    let name = unique(prefix);
+    let mut args = vec!["run", "-d", "--name", &name, "--network", "none", "busybox"];
+    args.extend_from_slice(cmd);
+    d.ok(&args)?;
+    let result = f(&name);
+    d.ok(&["rm", "-f", &name])?;
+    result
+}
+
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{:x}", std::process::id(), rand_u32())
 }
@@ -164,28 +181,16 @@ fn big_stdout(d: &Docker) -> Result<()> {
 /// its second line only after the test has seen the first through
 /// `logs -f` and then told it to go on.
 fn logs_follow(d: &Docker) -> Result<()> {
-    let name = unique("tg-logs");
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        "none",
-        "busybox",
-        "sh",
-        "-c",
-        "echo first; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo second; sleep 60",
-    ])?;
-    let result = (|| {
+    let script = "echo first; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo second; sleep 60";
+    with_container(d, "tg-logs", &["sh", "-c", script], |name| {
         let mut follow = d
-            .cmd(["logs", "-f", &name])
+            .cmd(["logs", "-f", name])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
         let lines = LineReader::new(follow.stdout.take().expect("piped"));
         let first = lines.wait_for("first", Duration::from_secs(30));
-        let go = d.ok(&["exec", &name, "touch", "/tmp/go"]);
+        let go = d.ok(&["exec", name, "touch", "/tmp/go"]);
         let second = lines.wait_for("second", Duration::from_secs(30));
         let _ = follow.kill();
         let _ = follow.wait();
@@ -193,9 +198,7 @@ fn logs_follow(d: &Docker) -> Result<()> {
         go?;
         second?;
         Ok(())
-    })();
-    d.ok(&["rm", "-f", &name])?;
-    result
+    })
 }
 
 fn events(d: &Docker) -> Result<()> {
@@ -242,23 +245,11 @@ fn events(d: &Docker) -> Result<()> {
 }
 
 fn exec(d: &Docker) -> Result<()> {
-    let name = unique("tg-exec");
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        "none",
-        "busybox",
-        "sleep",
-        "120",
-    ])?;
-    let result = (|| {
-        let out = d.ok(&["exec", &name, "echo", "exec works"])?;
+    with_container(d, "tg-exec", &["sleep", "120"], |name| {
+        let out = d.ok(&["exec", name, "echo", "exec works"])?;
         ensure!(out == "exec works\n", "exec gave {out:?}");
         let out = d.ok_bytes(
-            &["exec", "-i", &name, "sh", "-c", "cat; echo done"],
+            &["exec", "-i", name, "sh", "-c", "cat; echo done"],
             b"piped in\n",
         )?;
         ensure!(
@@ -284,9 +275,7 @@ fn exec(d: &Docker) -> Result<()> {
             "exec -it gave {text:?}"
         );
         Ok(())
-    })();
-    d.ok(&["rm", "-f", &name])?;
-    result
+    })
 }
 
 impl Docker {
@@ -306,25 +295,13 @@ fn cp(d: &Docker) -> Result<()> {
     let back = dir.path().join("back.bin");
     let data = pseudo_random(10 * 1024 * 1024, 0xc0ffee);
     std::fs::write(&src, &data)?;
-    let name = unique("tg-cp");
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        "none",
-        "busybox",
-        "sleep",
-        "120",
-    ])?;
-    let result = (|| {
+    with_container(d, "tg-cp", &["sleep", "120"], |name| {
         d.ok(&[
             "cp",
             src.to_str().expect("utf-8 path"),
             &format!("{name}:/tmp/payload.bin"),
         ])?;
-        let inside = d.ok(&["exec", &name, "sha256sum", "/tmp/payload.bin"])?;
+        let inside = d.ok(&["exec", name, "sha256sum", "/tmp/payload.bin"])?;
         let want = hex(&Sha256::digest(&data));
         ensure!(
             inside.starts_with(&want),
@@ -338,9 +315,7 @@ fn cp(d: &Docker) -> Result<()> {
         let got = std::fs::read(&back)?;
         ensure!(got == data, "file copied out differs ({} bytes)", got.len());
         Ok(())
-    })();
-    d.ok(&["rm", "-f", &name])?;
-    result
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
