@@ -203,3 +203,98 @@ impl Fixture {
         self.stop.cancel();
     }
 }
+
+/// Two ends of one session over `transport` ("quic" or "tcp") on
+/// loopback, authenticated as relay and agent are, for splice benches.
+pub async fn session_pair(
+    transport: &str,
+) -> (tunnelgate_session::Session, tunnelgate_session::Session) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    use tunnelgate_session::tls::{self, Identity, Trust};
+    use tunnelgate_session::Session;
+
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "bench CA");
+    let ca_pem = ca.self_signed(&ca_key).expect("ca").pem();
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
+    let issue = |cn: &str, sans: Vec<String>, usage| {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(sans).expect("params");
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &issuer).expect("cert");
+        Identity::from_pem(&format!("{}{ca_pem}", cert.pem()), &key.serialize_pem())
+            .expect("identity")
+    };
+    let ca_der = tls::certs_from_pem(&ca_pem).expect("ca pem").remove(0);
+    let server_tls = tls::server_config(
+        issue(
+            "relay",
+            vec!["localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ),
+        &ca_der,
+    )
+    .expect("server tls");
+    let client_tls = tls::client_config(
+        Trust::Ca(ca_der.clone()),
+        Some(issue(
+            "bench-node",
+            vec![],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )),
+    )
+    .expect("client tls");
+
+    if transport == "quic" {
+        let server = tunnelgate_session::quic::server_endpoint(
+            "127.0.0.1:0".parse().expect("addr"),
+            server_tls,
+        )
+        .expect("server endpoint");
+        let addr = server.local_addr().expect("bound");
+        let accept = tokio::spawn(async move {
+            let conn = server
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("handshake");
+            Session::from_quic(conn)
+        });
+        let client = tunnelgate_session::quic::client_endpoint(addr).expect("client endpoint");
+        let conn = client
+            .connect_with(
+                tunnelgate_session::quic::client_config(client_tls).expect("quic config"),
+                addr,
+                "localhost",
+            )
+            .expect("connect")
+            .await
+            .expect("handshake");
+        (accept.await.expect("accept task"), Session::from_quic(conn))
+    } else {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_tls));
+        let accept = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            Session::from_mux(
+                tunnelgate_session::tcp::accept(tcp, &acceptor)
+                    .await
+                    .expect("tls accept"),
+            )
+        });
+        let mux =
+            tunnelgate_session::tcp::connect(addr, "localhost", std::sync::Arc::new(client_tls))
+                .await
+                .expect("tls connect");
+        (accept.await.expect("accept task"), Session::from_mux(mux))
+    }
+}
