@@ -32,10 +32,10 @@ fn bulk(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
-                    let mut client = Client::connect(addr).await;
+                    let mut client = Client::new(addr);
                     let started = Instant::now();
                     for _ in 0..iters {
-                        assert_eq!(client.get(&path).await, GIB);
+                        assert_eq!(client.get(&path).await.expect("download").0, GIB);
                     }
                     started.elapsed()
                 })
@@ -52,9 +52,11 @@ fn small_call(c: &mut Criterion) {
     let mut group = c.benchmark_group("small_call");
     for (name, addr, prefix) in targets(&fixture) {
         let path = format!("{prefix}/_ping");
-        let mut client = rt.block_on(Client::connect(addr));
+        let mut client = Client::new(addr);
         group.bench_function(name, |b| {
-            b.iter(|| rt.block_on(async { assert_eq!(client.get(&path).await, 2) }))
+            b.iter(|| {
+                rt.block_on(async { assert_eq!(client.get(&path).await.expect("call").0, 2) })
+            })
         });
     }
     group.finish();

@@ -1,136 +1,15 @@
-//! Bench harness: an in-process relay with in-process agents in front of a
-//! synthetic Docker responder, and a minimal HTTP client, so a bench can
-//! send the same request directly and through the relay in one run.
-//!
-//! The responder is synthetic on purpose and named so: it answers only
-//! what the benches ask (`/_ping`, `/bulk?bytes=N`) and stands in for
-//! dockerd so the relay's cost is measured, not the daemon's.
+//! Bench harness: an in-process relay with in-process agents in front of
+//! the load tester's synthetic Docker responder, so a bench can send the
+//! same request directly and through the relay in one run.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Body, Frame};
-use http_body_util::{BodyExt, Empty};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tunnelgate_proto::NodeId;
 
-/// Bytes per body chunk the synthetic responder sends.
-const CHUNK: usize = 256 * 1024;
-
-/// A body of `left` bytes made of one shared chunk, so the responder costs
-/// next to nothing per byte.
-struct Bulk {
-    left: u64,
-    chunk: Bytes,
-}
-
-impl Body for Bulk {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.left == 0 {
-            return Poll::Ready(None);
-        }
-        let n = self.left.min(self.chunk.len() as u64) as usize;
-        self.left -= n as u64;
-        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.left)
-    }
-}
-
-/// Starts the synthetic Docker responder on loopback; returns its address.
-pub async fn spawn_synthetic_docker() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("bound");
-    let chunk = Bytes::from(vec![0x5a; CHUNK]);
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let chunk = chunk.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let chunk = chunk.clone();
-                    async move {
-                        let bytes = req
-                            .uri()
-                            .query()
-                            .and_then(|q| q.strip_prefix("bytes="))
-                            .and_then(|n| n.parse().ok())
-                            .unwrap_or(2);
-                        let body = if req.uri().path() == "/bulk" {
-                            Bulk { left: bytes, chunk }
-                        } else {
-                            Bulk {
-                                left: 2,
-                                chunk: Bytes::from_static(b"OK"),
-                            }
-                        };
-                        Ok::<_, Infallible>(hyper::Response::new(body))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-/// A keep-alive HTTP/1.1 client connection.
-pub struct Client {
-    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-}
-
-impl Client {
-    /// Connects to `addr`.
-    pub async fn connect(addr: SocketAddr) -> Self {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        tcp.set_nodelay(true).expect("nodelay");
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .expect("http handshake");
-        tokio::spawn(conn);
-        Self { sender }
-    }
-
-    /// GETs `path` and returns how many body bytes arrived.
-    pub async fn get(&mut self, path: &str) -> u64 {
-        self.sender.ready().await.expect("connection ready");
-        let req = hyper::Request::get(path)
-            .header("host", "bench")
-            .body(Empty::new())
-            .expect("valid request");
-        let resp = self.sender.send_request(req).await.expect("response");
-        assert!(resp.status().is_success(), "{path}: {}", resp.status());
-        let mut body = resp.into_body();
-        let mut n = 0u64;
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.expect("body frame").into_data() {
-                n += data.len() as u64;
-            }
-        }
-        n
-    }
-}
+pub use tunnelgate_loadtest::client::Client;
+pub use tunnelgate_loadtest::synthetic_docker;
 
 /// A relay with one agent per transport, all in this process, in front of
 /// the synthetic Docker responder.
@@ -147,7 +26,9 @@ impl Fixture {
     /// Starts everything; returns once both nodes (`bench-quic`,
     /// `bench-tcp`) are connected.
     pub async fn start() -> Self {
-        let docker = spawn_synthetic_docker().await;
+        let docker = synthetic_docker::spawn()
+            .await
+            .expect("synthetic responder starts");
         let state = tempfile::tempdir().expect("tempdir");
         let config = tunnelgate_relay::Config::resolve(tunnelgate_relay::ServeArgs {
             state_dir: Some(state.path().join("relay")),

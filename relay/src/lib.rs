@@ -102,16 +102,7 @@ impl Relay {
             .map_err(identity::IdentityError::from)?;
         let bind_err = |what, addr| move |source| RelayError::Bind { what, addr, source };
         let tls = Arc::new(tls);
-        let endpoint =
-            tunnelgate_session::quic::server_endpoint(config.agent_listen, (*tls).clone())
-                .map_err(bind_err("agent-listen", config.agent_listen))?;
-        // TLS/TCP listens on the port QUIC got, so agents need one address.
-        let quic_addr = endpoint
-            .local_addr()
-            .map_err(bind_err("agent-listen", config.agent_listen))?;
-        let agent_tcp = TcpListener::bind(quic_addr)
-            .await
-            .map_err(bind_err("agent-listen", quic_addr))?;
+        let (endpoint, agent_tcp) = bind_agent_listeners(config.agent_listen, &tls).await?;
         let api = TcpListener::bind(config.api_listen)
             .await
             .map_err(bind_err("api-listen", config.api_listen))?;
@@ -257,6 +248,40 @@ impl Relay {
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         info!("relay stopped");
+    }
+}
+
+/// Binds QUIC (UDP) and TLS/TCP on the same port, so agents need one
+/// address. With port 0 the UDP port is picked first and the TCP port of
+/// the same number may be taken by someone else: then it tries another.
+async fn bind_agent_listeners(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ServerConfig>,
+) -> Result<(quinn::Endpoint, TcpListener), RelayError> {
+    let bind_err = |addr| {
+        move |source| RelayError::Bind {
+            what: "agent-listen",
+            addr,
+            source,
+        }
+    };
+    let mut attempts = 0;
+    loop {
+        let endpoint = tunnelgate_session::quic::server_endpoint(addr, (**tls).clone())
+            .map_err(bind_err(addr))?;
+        let quic_addr = endpoint.local_addr().map_err(bind_err(addr))?;
+        match TcpListener::bind(quic_addr).await {
+            Ok(tcp) => return Ok((endpoint, tcp)),
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempts < 20 =>
+            {
+                attempts += 1;
+                endpoint.close(0u32.into(), b"");
+            }
+            Err(e) => return Err(bind_err(quic_addr)(e)),
+        }
     }
 }
 

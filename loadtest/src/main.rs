@@ -1,0 +1,163 @@
+//! `tunnelgate-loadtest`: run one scenario, print a summary, write a JSON report.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tunnelgate_agent::config::TransportChoice;
+use tunnelgate_loadtest::relay_proc::default_relay_bin;
+use tunnelgate_loadtest::scenarios::{self, Setup};
+
+#[derive(Parser)]
+#[command(
+    name = "tunnelgate-loadtest",
+    version,
+    about = "Load-tests a real tunnelgate relay process with simulated agents and clients (loopback only).",
+    long_about = "Load-tests a real tunnelgate relay process with simulated agents and clients, on loopback only.\n\n\
+Each run starts a fresh `tunnelgate-relay serve` (from --relay-bin), simulated agents that are real \
+agent sessions in this process serving a synthetic Docker responder, and the scenario's clients. \
+A progress line updates every second; a summary and (with --json) a JSON report come at the end. \
+Every scenario is bounded in count and time.\n\n\
+Many agents need a raised file-descriptor limit: `ulimit -n 65536`."
+)]
+struct Cli {
+    /// The relay binary [default: tunnelgate-relay next to this binary].
+    #[arg(long, global = true)]
+    relay_bin: Option<PathBuf>,
+    /// Transport of the simulated agents.
+    #[arg(long, global = true, value_enum, default_value = "quic")]
+    transport: TransportChoice,
+    /// Also write the report as JSON to FILE.
+    #[arg(long, global = true, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Longest wait for agents to connect.
+    #[arg(long, global = true, default_value = "120s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// N agents connect at once: time until all are connected, handshakes/s, failures.
+    ConnectStorm {
+        #[arg(long, default_value_t = 500)]
+        agents: usize,
+    },
+    /// N agents sit idle for a while: relay memory per agent and idle CPU.
+    IdleHold {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+    },
+    /// Small calls spread over many nodes: throughput and latency percentiles.
+    RequestRate {
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 20_000)]
+        requests: u64,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Large bodies each way through one agent: Gbit/s and relay CPU-s per GB.
+    Bulk {
+        /// Bytes per transfer.
+        #[arg(long, default_value_t = 1 << 30)]
+        bytes: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
+    /// Some agents drop and reconnect over and over while calls run against the others.
+    Churn {
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        #[arg(long, default_value_t = 20)]
+        churners: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let setup = Setup {
+        relay_bin: cli.relay_bin.unwrap_or_else(default_relay_bin),
+        transport: cli.transport,
+    };
+    let t = cli.connect_timeout;
+    let (name, results) = match cli.scenario {
+        Scenario::ConnectStorm { agents } => (
+            "connect-storm",
+            scenarios::connect_storm(&setup, agents, t).await,
+        ),
+        Scenario::IdleHold { agents, hold } => (
+            "idle-hold",
+            scenarios::idle_hold(&setup, agents, hold, t).await,
+        ),
+        Scenario::RequestRate {
+            agents,
+            clients,
+            requests,
+            duration,
+        } => (
+            "request-rate",
+            scenarios::request_rate(&setup, agents, clients, requests, duration, t).await,
+        ),
+        Scenario::Bulk { bytes, rounds } => {
+            ("bulk", scenarios::bulk(&setup, bytes, rounds, t).await)
+        }
+        Scenario::Churn {
+            agents,
+            churners,
+            clients,
+            duration,
+        } => (
+            "churn",
+            scenarios::churn(&setup, agents, churners, clients, duration, t).await,
+        ),
+    };
+    let results = results.with_context(|| format!("scenario {name} failed"))?;
+    let report = serde_json::json!({
+        "scenario": name,
+        "transport": format!("{:?}", setup.transport).to_lowercase(),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "results": results,
+    });
+    print_summary(&report);
+    if let Some(path) = cli.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// One line per result, nested keys joined with dots.
+fn print_summary(report: &serde_json::Value) {
+    fn walk(prefix: &str, v: &serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v);
+                }
+            }
+            serde_json::Value::Number(n) => match n.as_f64() {
+                Some(f) if f.fract() != 0.0 => println!("{prefix:<44} {f:.3}"),
+                _ => println!("{prefix:<44} {n}"),
+            },
+            other => println!("{prefix:<44} {other}"),
+        }
+    }
+    walk("", report);
+}

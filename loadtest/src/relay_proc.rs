@@ -1,0 +1,142 @@
+//! The relay under test: a real `tunnelgate-relay serve` process on
+//! loopback with a throwaway state dir, and its resource use read from
+//! `/proc`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// A relay process, killed when dropped.
+pub struct RelayProc {
+    child: Child,
+    /// Docker API listener.
+    pub api: SocketAddr,
+    /// Agent listener (QUIC and TLS/TCP).
+    pub agents: SocketAddr,
+    state: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+/// CPU time and memory of a process at one instant.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// User plus system CPU seconds so far.
+    pub cpu_secs: f64,
+    /// Resident set size, bytes.
+    pub rss_bytes: u64,
+}
+
+/// Where the relay binary is: next to this binary, as cargo builds them.
+pub fn default_relay_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| {
+            // Test binaries live one level deeper, in deps/.
+            let dir = p.parent()?.to_owned();
+            let dir = if dir.ends_with("deps") {
+                dir.parent()?.to_owned()
+            } else {
+                dir
+            };
+            Some(dir.join("tunnelgate-relay"))
+        })
+        .unwrap_or_else(|| PathBuf::from("tunnelgate-relay"))
+}
+
+impl RelayProc {
+    /// Starts `bin serve` on ephemeral loopback ports.
+    pub fn start(bin: &Path) -> Result<Self> {
+        let state = tempfile::tempdir()?;
+        let mut child = Command::new(bin)
+            .args(["serve", "--api-listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(state.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}; build it with `cargo build --release -p tunnelgate-relay` or pass --relay-bin", bin.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("relay stdout")?).read_line(&mut line)?;
+        let addr = |key: &str| -> Result<SocketAddr> {
+            let v = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .with_context(|| format!("relay printed {line:?}, without {key}"))?;
+            Ok(v.parse()?)
+        };
+        Ok(Self {
+            api: addr("api=")?,
+            agents: addr("agent=")?,
+            child,
+            state,
+            bin: bin.to_owned(),
+        })
+    }
+
+    /// A join token for simulated agents.
+    pub fn token(&self) -> Result<String> {
+        let out = Command::new(&self.bin)
+            .args(["token", "create", "--ttl", "2h", "--state-dir"])
+            .arg(self.state.path())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "token create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?
+            .lines()
+            .last()
+            .context("no token printed")?
+            .to_owned())
+    }
+
+    /// The relay's CPU time and memory now.
+    pub fn usage(&self) -> Result<Usage> {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name, which may hold spaces, in parens.
+        let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields.get(11).context("no utime")?.parse::<f64>()?
+            + fields.get(12).context("no stime")?.parse::<f64>()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .context("no VmRSS")?
+            .parse()?;
+        Ok(Usage {
+            cpu_secs: ticks / clock_ticks(),
+            rss_bytes: rss_kib * 1024,
+        })
+    }
+}
+
+/// Kernel clock ticks per second, as `getconf CLK_TCK` reports (100 on
+/// every common Linux build).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

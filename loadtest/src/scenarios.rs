@@ -1,0 +1,358 @@
+//! The scenarios. Each starts a fresh relay process, is bounded in count
+//! and in time, stops by itself, and returns its results as JSON.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tunnelgate_agent::config::TransportChoice;
+
+use crate::client::{Client, Percentiles};
+use crate::fleet::{node_name, Fleet};
+use crate::progress::{spawn_progress, Counters};
+use crate::relay_proc::{RelayProc, Usage};
+use crate::synthetic_docker;
+
+/// What every scenario needs.
+pub struct Setup {
+    /// The relay binary to run.
+    pub relay_bin: std::path::PathBuf,
+    /// The agents' transport.
+    pub transport: TransportChoice,
+}
+
+/// A relay, the synthetic daemon and a fleet, with live counters.
+struct Rig {
+    relay: RelayProc,
+    fleet: Fleet,
+    docker: std::net::SocketAddr,
+    counters: Arc<Counters>,
+    stop_progress: CancellationToken,
+    progress: tokio::task::JoinHandle<()>,
+}
+
+impl Rig {
+    async fn start(setup: &Setup, scenario: &'static str, agents: usize) -> Result<Self> {
+        let relay = RelayProc::start(&setup.relay_bin)?;
+        let docker = synthetic_docker::spawn().await?;
+        let fleet = Fleet::new(
+            agents,
+            relay.agents,
+            docker,
+            relay.token()?,
+            setup.transport,
+        )?;
+        let counters = Arc::new(Counters::default());
+        let stop_progress = CancellationToken::new();
+        let progress = spawn_progress(scenario, counters.clone(), stop_progress.clone());
+        Ok(Self {
+            relay,
+            fleet,
+            docker,
+            counters,
+            stop_progress,
+            progress,
+        })
+    }
+
+    /// How many nodes the relay lists.
+    async fn connected(&self) -> Result<usize> {
+        let n = count_nodes(self.relay.api).await?;
+        self.counters.connected.store(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Polls until `want` nodes are listed or `timeout`; returns the time it took.
+    async fn wait_connected(&self, want: usize, timeout: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let n = self.connected().await?;
+            if n >= want {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                bail!("only {n} of {want} agents connected within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn finish(mut self) {
+        self.stop_progress.cancel();
+        let _ = (&mut self.progress).await;
+        self.fleet.stop_all().await;
+    }
+}
+
+async fn count_nodes(api: std::net::SocketAddr) -> Result<usize> {
+    let list: Vec<Value> = serde_json::from_str(&fetch_text(api, "/v1/nodes").await?)?;
+    Ok(list.len())
+}
+
+async fn fetch_text(api: std::net::SocketAddr, path: &str) -> Result<String> {
+    let tcp = tokio::net::TcpStream::connect(api).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", "loadtest")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let body = sender
+        .send_request(req)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
+    Ok(String::from_utf8(body.to_vec())?)
+}
+
+fn usage_json(before: Usage, after: Usage, secs: f64) -> Value {
+    json!({
+        "cpu_secs": after.cpu_secs - before.cpu_secs,
+        "cpu_percent_of_one_core": (after.cpu_secs - before.cpu_secs) / secs.max(1e-9) * 100.0,
+        "rss_bytes_before": before.rss_bytes,
+        "rss_bytes_after": after.rss_bytes,
+    })
+}
+
+/// `connect-storm`: `agents` agents connect at once.
+pub async fn connect_storm(setup: &Setup, agents: usize, timeout: Duration) -> Result<Value> {
+    let mut rig = Rig::start(setup, "connect-storm", agents).await?;
+    let before = rig.relay.usage()?;
+    let started = Instant::now();
+    for i in 0..agents {
+        rig.fleet.start(i)?;
+    }
+    let outcome = rig.wait_connected(agents, timeout).await;
+    let elapsed = started.elapsed();
+    let connected = rig.connected().await?;
+    let after = rig.relay.usage()?;
+    rig.finish().await;
+    Ok(json!({
+        "agents": agents,
+        "connected": connected,
+        "failures": agents - connected.min(agents),
+        "time_to_all_connected_s": outcome.as_ref().ok().map(|d| d.as_secs_f64()),
+        "handshakes_per_s": connected as f64 / elapsed.as_secs_f64(),
+        "relay": usage_json(before, after, elapsed.as_secs_f64()),
+        "note": "each handshake here includes the agent's first-contact enrolment (CSR signing)",
+    }))
+}
+
+/// `idle-hold`: `agents` idle agents held for `hold`.
+pub async fn idle_hold(
+    setup: &Setup,
+    agents: usize,
+    hold: Duration,
+    timeout: Duration,
+) -> Result<Value> {
+    let mut rig = Rig::start(setup, "idle-hold", agents).await?;
+    let empty = rig.relay.usage()?;
+    for i in 0..agents {
+        rig.fleet.start(i)?;
+    }
+    rig.wait_connected(agents, timeout).await?;
+    // Let enrolment and handshake garbage settle before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = rig.relay.usage()?;
+    tokio::time::sleep(hold).await;
+    let after = rig.relay.usage()?;
+    let connected = rig.connected().await?;
+    rig.finish().await;
+    let per_agent = (held.rss_bytes.saturating_sub(empty.rss_bytes)) as f64 / agents.max(1) as f64;
+    Ok(json!({
+        "agents": agents,
+        "connected_at_end": connected,
+        "hold_s": hold.as_secs_f64(),
+        "relay_rss_empty_bytes": empty.rss_bytes,
+        "relay_rss_held_bytes": held.rss_bytes,
+        "relay_rss_per_agent_bytes": per_agent,
+        "relay_cpu_percent_while_idle": (after.cpu_secs - held.cpu_secs) / hold.as_secs_f64() * 100.0,
+    }))
+}
+
+/// `request-rate`: small calls spread over `agents` nodes by `clients`
+/// concurrent clients, `requests` in all or until `duration`.
+pub async fn request_rate(
+    setup: &Setup,
+    agents: usize,
+    clients: usize,
+    requests: u64,
+    duration: Duration,
+    timeout: Duration,
+) -> Result<Value> {
+    let mut rig = Rig::start(setup, "request-rate", agents).await?;
+    for i in 0..agents {
+        rig.fleet.start(i)?;
+    }
+    rig.wait_connected(agents, timeout).await?;
+    let before = rig.relay.usage()?;
+    let left = Arc::new(AtomicI64::new(requests as i64));
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (left, counters, api) = (left.clone(), rig.counters.clone(), rig.relay.api);
+            tokio::spawn(async move {
+                let mut client = Client::new(api);
+                let mut samples = Vec::new();
+                let mut n = c;
+                while left.fetch_sub(1, Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                    n = (n * 7919 + 13) % agents;
+                    match client.get(&format!("/nodes/{}/_ping", node_name(n))).await {
+                        Ok((_, took)) => {
+                            samples.push(took);
+                            Counters::bump(&counters.ok);
+                        }
+                        Err(_) => Counters::bump(&counters.failed),
+                    }
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = rig.relay.usage()?;
+    let failed = rig.counters.failed.load(Ordering::Relaxed);
+    rig.finish().await;
+    let ok = samples.len();
+    Ok(json!({
+        "agents": agents,
+        "clients": clients,
+        "ok": ok,
+        "failed": failed,
+        "requests_per_s": ok as f64 / elapsed,
+        "latency": Percentiles::of(&mut samples),
+        "relay": usage_json(before, after, elapsed),
+        "relay_cpu_us_per_request": (after.cpu_secs - before.cpu_secs) / ok.max(1) as f64 * 1e6,
+    }))
+}
+
+/// `bulk`: `bytes` each way through one agent, `rounds` times, next to the
+/// same download straight from the synthetic daemon as the baseline.
+pub async fn bulk(setup: &Setup, bytes: u64, rounds: u32, timeout: Duration) -> Result<Value> {
+    let mut rig = Rig::start(setup, "bulk", 1).await?;
+    rig.fleet.start(0)?;
+    rig.wait_connected(1, timeout).await?;
+    let node = node_name(0);
+    let gbit = |b: u64, d: Duration| b as f64 * 8.0 / d.as_secs_f64() / 1e9;
+
+    let mut direct = Client::new(rig.docker);
+    let mut direct_time = Duration::ZERO;
+    for _ in 0..rounds {
+        let (n, took) = direct.get(&format!("/bulk?bytes={bytes}")).await?;
+        anyhow::ensure!(n == bytes, "direct download returned {n} bytes");
+        direct_time += took;
+    }
+
+    let mut relayed = Client::new(rig.relay.api);
+    let before = rig.relay.usage()?;
+    let mut down_time = Duration::ZERO;
+    for _ in 0..rounds {
+        let (n, took) = relayed
+            .get(&format!("/nodes/{node}/bulk?bytes={bytes}"))
+            .await?;
+        anyhow::ensure!(n == bytes, "relayed download returned {n} bytes");
+        rig.counters.bytes.fetch_add(n, Ordering::Relaxed);
+        down_time += took;
+    }
+    let mid = rig.relay.usage()?;
+    let mut up_time = Duration::ZERO;
+    for _ in 0..rounds {
+        let body = synthetic_docker::Bulk::new(bytes).boxed();
+        let (_, took) = relayed
+            .call(http::Method::POST, &format!("/nodes/{node}/upload"), body)
+            .await?;
+        rig.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+        up_time += took;
+    }
+    let after = rig.relay.usage()?;
+    rig.finish().await;
+    let total = bytes * rounds as u64;
+    let gb = total as f64 / 1e9;
+    Ok(json!({
+        "bytes_per_transfer": bytes,
+        "rounds": rounds,
+        "direct_download_gbit_s": gbit(total, direct_time),
+        "relayed_download_gbit_s": gbit(total, down_time),
+        "relayed_upload_gbit_s": gbit(total, up_time),
+        "download_ratio_to_direct": direct_time.as_secs_f64() / down_time.as_secs_f64(),
+        "relay_cpu_s_per_gb_download": (mid.cpu_secs - before.cpu_secs) / gb,
+        "relay_cpu_s_per_gb_upload": (after.cpu_secs - mid.cpu_secs) / gb,
+    }))
+}
+
+/// `churn`: `churners` of `agents` agents drop and reconnect over and over
+/// while `clients` call the steady ones, for `duration`.
+pub async fn churn(
+    setup: &Setup,
+    agents: usize,
+    churners: usize,
+    clients: usize,
+    duration: Duration,
+    timeout: Duration,
+) -> Result<Value> {
+    anyhow::ensure!(churners < agents, "--churners must be fewer than --agents");
+    let mut rig = Rig::start(setup, "churn", agents).await?;
+    for i in 0..agents {
+        rig.fleet.start(i)?;
+    }
+    rig.wait_connected(agents, timeout).await?;
+    let steady = agents - churners;
+    let deadline = Instant::now() + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (counters, api) = (rig.counters.clone(), rig.relay.api);
+            tokio::spawn(async move {
+                let mut client = Client::new(api);
+                let mut n = c;
+                // Bounded in count as well as time.
+                for _ in 0..1_000_000 {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    n = (n * 7919 + 13) % steady;
+                    match client.get(&format!("/nodes/{}/_ping", node_name(n))).await {
+                        Ok(_) => Counters::bump(&counters.ok),
+                        Err(_) => Counters::bump(&counters.failed),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut reconnects = 0u64;
+    while Instant::now() < deadline {
+        for i in steady..agents {
+            rig.fleet.stop(i).await;
+            rig.fleet.start(i)?;
+            reconnects += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let (ok, failed) = (
+        rig.counters.ok.load(Ordering::Relaxed),
+        rig.counters.failed.load(Ordering::Relaxed),
+    );
+    let final_count = rig.wait_connected(agents, timeout).await.is_ok();
+    rig.finish().await;
+    Ok(json!({
+        "agents": agents,
+        "churners": churners,
+        "reconnects": reconnects,
+        "calls_to_steady_nodes_ok": ok,
+        "calls_to_steady_nodes_failed": failed,
+        "all_back_at_end": final_count,
+    }))
+}

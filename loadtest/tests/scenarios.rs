@@ -1,0 +1,89 @@
+//! Every scenario at a tiny scale against a real relay process: it runs,
+//! stops by itself, and reports numbers that make sense.
+
+// A panic is a test failure report, in helpers as in #[test] fns.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use tunnelgate_agent::config::TransportChoice;
+use tunnelgate_loadtest::relay_proc::default_relay_bin;
+use tunnelgate_loadtest::scenarios::{self, Setup};
+
+fn setup(transport: TransportChoice) -> Setup {
+    let relay_bin = default_relay_bin();
+    assert!(
+        relay_bin.exists(),
+        "{} is missing; `cargo test --workspace` builds it (or `cargo build -p tunnelgate-relay`)",
+        relay_bin.display()
+    );
+    Setup {
+        relay_bin,
+        transport,
+    }
+}
+
+const T: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_storm_and_idle_hold_report_every_agent() {
+    let r = scenarios::connect_storm(&setup(TransportChoice::Quic), 30, T)
+        .await
+        .unwrap();
+    assert_eq!(r["connected"], 30, "{r}");
+    assert_eq!(r["failures"], 0);
+    assert!(r["handshakes_per_s"].as_f64().unwrap() > 0.0);
+
+    let r = scenarios::idle_hold(&setup(TransportChoice::Tcp), 20, Duration::from_secs(1), T)
+        .await
+        .unwrap();
+    assert_eq!(r["connected_at_end"], 20, "{r}");
+    assert!(
+        r["relay_rss_held_bytes"].as_u64().unwrap()
+            >= r["relay_rss_empty_bytes"].as_u64().unwrap() / 2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_rate_counts_calls_and_latencies() {
+    let r = scenarios::request_rate(&setup(TransportChoice::Quic), 4, 3, 300, T, T)
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], 300, "{r}");
+    assert_eq!(r["failed"], 0);
+    let lat = &r["latency"];
+    let (p50, p99) = (
+        lat["p50_us"].as_f64().unwrap(),
+        lat["p99_us"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p99 >= p50, "{lat}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_moves_every_byte_both_ways() {
+    // The scenario itself checks every transfer's byte count.
+    let r = scenarios::bulk(&setup(TransportChoice::Tcp), 8 << 20, 2, T)
+        .await
+        .unwrap();
+    assert!(r["relayed_download_gbit_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["relayed_upload_gbit_s"].as_f64().unwrap() > 0.0);
+    assert!(r["download_ratio_to_direct"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_never_fails_calls_to_steady_nodes() {
+    let r = scenarios::churn(
+        &setup(TransportChoice::Quic),
+        8,
+        3,
+        2,
+        Duration::from_secs(3),
+        T,
+    )
+    .await
+    .unwrap();
+    assert!(r["reconnects"].as_u64().unwrap() >= 3, "{r}");
+    assert!(r["calls_to_steady_nodes_ok"].as_u64().unwrap() > 0);
+    assert_eq!(r["calls_to_steady_nodes_failed"], 0);
+    assert_eq!(r["all_back_at_end"], true);
+}
