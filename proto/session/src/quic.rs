@@ -13,10 +13,15 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// within this time, and the calls it carried fail.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// Streams either side may have open at once in one session.
-const MAX_STREAMS: u32 = 1024;
+/// Streams the relay may have open to an agent at once (calls in flight).
+const MAX_STREAMS_TO_AGENT: u32 = 1024;
+/// Streams an agent may open to the relay: only its control stream, with
+/// room to spare. quinn sets up state for every stream the peer may open
+/// when the connection starts, so this bounds the relay's memory per
+/// idle agent.
+const MAX_STREAMS_FROM_AGENT: u32 = 4;
 
-fn transport() -> Arc<TransportConfig> {
+fn transport(peer_may_open: u32) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     // Windows sized for a high bandwidth-delay product on one stream; they
     // cap memory use per session but are not allocated up front, so idle
@@ -24,7 +29,7 @@ fn transport() -> Arc<TransportConfig> {
     t.stream_receive_window(VarInt::from_u32(8 * 1024 * 1024));
     t.receive_window(VarInt::from_u32(32 * 1024 * 1024));
     t.send_window(32 * 1024 * 1024);
-    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(peer_may_open));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(
@@ -40,7 +45,7 @@ pub fn server_endpoint(
 ) -> std::io::Result<quinn::Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(MAX_STREAMS_FROM_AGENT));
     quinn::Endpoint::server(config, addr)
 }
 
@@ -48,7 +53,7 @@ pub fn server_endpoint(
 pub fn client_config(tls: rustls::ClientConfig) -> std::io::Result<quinn::ClientConfig> {
     let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(MAX_STREAMS_TO_AGENT));
     Ok(config)
 }
 
