@@ -21,11 +21,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, info_span, Instrument};
 use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
-use tunnelgate_proto::message::{StreamErrorCode, StreamHeader, StreamKind, StreamReply};
+use tunnelgate_proto::message::{StreamErrorCode, StreamHeader, StreamKind};
 use tunnelgate_proto::{NodeId, ProtocolVersion, RequestId};
 
 use crate::error::{ErrorSource, FrontError};
 use crate::io::Counted;
+use crate::reply::{find_setup_error, ReplyFirst, SetupError};
 use crate::Shared;
 
 /// The response body type of every front response.
@@ -203,6 +204,8 @@ async fn proxy(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // Pipelined: the request follows the header at once; ReplyFirst reads
+    // the agent's accept (or refusal) off the stream before the response.
     let setup = async {
         let mut stream = entry.session.open_stream().await.map_err(|e| {
             FrontError::new(
@@ -226,45 +229,20 @@ async fn proxy(
                     format!("node {node_id}'s agent did not take the call: {e}"),
                 )
             })?;
-        let reply = stream
-            .read_message::<StreamReply>(DEFAULT_MAX_FRAME)
-            .await
-            .map_err(|e| {
-                FrontError::new(
-                    ErrorSource::Agent,
-                    format!("node {node_id}'s agent did not answer the call: {e}"),
-                )
-            })?;
-        Ok::<_, FrontError>((stream, reply))
+        Ok::<_, FrontError>(stream)
     };
-    let (stream, reply) = tokio::time::timeout(STREAM_SETUP_TIMEOUT, setup)
-        .await
-        .map_err(|_| {
-            FrontError::new(
-                ErrorSource::Agent,
-                format!("node {node_id}'s agent did not answer within {STREAM_SETUP_TIMEOUT:?}"),
-            )
-        })??;
-    match reply {
-        StreamReply::Accept => {}
-        StreamReply::Error {
-            code: StreamErrorCode::DaemonUnreachable,
-            message,
-        } => {
-            return Err(FrontError::new(
-                ErrorSource::Daemon,
-                format!("node {node_id}: the Docker daemon is unreachable: {message}"),
-            ));
-        }
-        StreamReply::Error { code, message } => {
-            return Err(FrontError::new(
-                ErrorSource::Agent,
-                format!("node {node_id}'s agent refused the call ({code:?}): {message}"),
-            ));
-        }
-    }
+    let stream =
+        tokio::time::timeout(STREAM_SETUP_TIMEOUT, setup)
+            .await
+            .map_err(|_| {
+                FrontError::new(
+            ErrorSource::Agent,
+            format!("node {node_id}'s agent did not take the call within {STREAM_SETUP_TIMEOUT:?}"),
+        )
+            })??;
+    let stream = ReplyFirst::new(stream, STREAM_SETUP_TIMEOUT);
 
-    debug!(transport = %entry.session.transport(), "call accepted by the agent");
+    debug!(transport = %entry.session.transport(), "call sent to the agent");
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let path_and_query = match req.uri().query() {
@@ -293,12 +271,10 @@ async fn proxy(
         }
         .in_current_span(),
     );
-    let mut resp = sender.send_request(req).await.map_err(|e| {
-        FrontError::new(
-            ErrorSource::Agent,
-            format!("node {node_id}: the call failed before the daemon answered: {e}"),
-        )
-    })?;
+    let mut resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| setup_failure(&node_id, &e))?;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let node_upgrade = hyper::upgrade::on(&mut resp);
@@ -316,6 +292,28 @@ async fn proxy(
     }
     rewrite_location(resp.headers_mut(), &node_id);
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// The error for a call that failed before the daemon answered.
+fn setup_failure(node_id: &NodeId, err: &hyper::Error) -> FrontError {
+    match find_setup_error(err) {
+        Some(SetupError::Refused {
+            code: StreamErrorCode::DaemonUnreachable,
+            message,
+        }) => FrontError::new(
+            ErrorSource::Daemon,
+            format!("node {node_id}: the Docker daemon is unreachable: {message}"),
+        ),
+        Some(SetupError::Refused { code, message }) => FrontError::new(
+            ErrorSource::Agent,
+            format!("node {node_id}'s agent refused the call ({code:?}): {message}"),
+        ),
+        Some(other) => FrontError::new(ErrorSource::Agent, format!("node {node_id}: {other}")),
+        None => FrontError::new(
+            ErrorSource::Agent,
+            format!("node {node_id}: the call failed before the daemon answered: {err}"),
+        ),
+    }
 }
 
 /// Pipes bytes between a hijacked client connection and the hijacked node

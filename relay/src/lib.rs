@@ -16,6 +16,7 @@ pub mod identity;
 mod io;
 pub mod listen;
 pub mod metrics;
+mod reply;
 pub mod sessions;
 
 use std::net::SocketAddr;
