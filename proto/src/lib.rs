@@ -18,8 +18,9 @@
 //!   | -- NodeUpdate (daemon up/down) ----->  |
 //!   | <--------------------------- Drain --  |   relay shutting down: reconnect
 //!   |                                        |
-//!   | <-- data stream: StreamHeader -------  |   one per control-plane call
-//!   | -- StreamReply (accept | error) ---->  |
+//!   | <-- data stream: StreamHeader -------  |   one per control-plane call,
+//!   | <-- request bytes (pipelined) -------  |   sent without waiting
+//!   | -- StreamReply (accept | error) ---->  |   before any byte reaches the daemon
 //!   | <=========== raw bytes ============>   |   half-close carried through
 //! ```
 #![warn(missing_docs)]
