@@ -126,6 +126,8 @@ struct Running {
     session: Session,
     stop: CancellationToken,
     streams: TaskTracker,
+    /// Fires when the relay asks this agent to move.
+    drain: Arc<Notify>,
     task: JoinHandle<Result<SessionEnd, AgentError>>,
 }
 
@@ -139,14 +141,18 @@ impl Running {
     ) -> (Self, oneshot::Receiver<()>) {
         let stop = cancel.child_token();
         let streams = TaskTracker::new();
+        let drain = Arc::new(Notify::new());
         let (welcomed_tx, welcomed_rx) = oneshot::channel();
         let task = tokio::spawn(
             run_session(
                 config.clone(),
                 session.clone(),
-                stop.clone(),
-                streams.clone(),
-                welcomed_tx,
+                SessionLinks {
+                    stop: stop.clone(),
+                    streams: streams.clone(),
+                    drain: drain.clone(),
+                    welcomed: welcomed_tx,
+                },
                 cancel.clone(),
             )
             .in_current_span(),
@@ -156,6 +162,7 @@ impl Running {
                 session,
                 stop,
                 streams,
+                drain,
                 task,
             },
             welcomed_rx,
@@ -222,29 +229,70 @@ async fn connect_once(
             }
             quic = upgrade => {
                 info!("QUIC answers again; opening a QUIC session before leaving TLS/TCP");
-                let (mut next, welcomed) = Running::start(config, quic, cancel);
-                tokio::select! {
-                    Ok(()) = welcomed => {
-                        std::mem::replace(&mut current, next).retire();
-                        info!("moved to QUIC; the TLS/TCP session closes once its calls finish");
+                if switch_to(&mut current, config, quic, cancel).await {
+                    info!("moved to QUIC; the TLS/TCP session closes once its calls finish");
+                }
+            }
+            () = current.drain.notified() => {
+                info!("relay asks this agent to move; connecting anew before leaving");
+                match transport::dial(config, &creds).await {
+                    Ok((next, _)) => {
+                        if switch_to(&mut current, config, next, cancel).await {
+                            info!("moved to a new session; the drained one closes once its calls finish");
+                        }
                     }
-                    end = &mut next.task => {
-                        debug!(?end, "the QUIC session ended before the relay welcomed it; staying on TLS/TCP");
-                    }
+                    Err(e) => info!(error = %e, "no new session yet; the drained one serves its calls until the relay closes it"),
                 }
             }
         }
     }
 }
 
+/// Make-before-break: starts `next`, and once the relay has welcomed it
+/// retires `current` in its favour. Returns whether it switched.
+async fn switch_to(
+    current: &mut Running,
+    config: &Arc<AgentConfig>,
+    next: Session,
+    cancel: &CancellationToken,
+) -> bool {
+    let (mut next, welcomed) = Running::start(config, next, cancel);
+    tokio::select! {
+        Ok(()) = welcomed => {
+            std::mem::replace(current, next).retire();
+            true
+        }
+        end = &mut next.task => {
+            debug!(?end, "the new session ended before the relay welcomed it; keeping the old one");
+            false
+        }
+    }
+}
+
+/// What ties a session's task to the run loop.
+struct SessionLinks {
+    /// Ends the session (its calls in flight go on).
+    stop: CancellationToken,
+    /// The calls in flight.
+    streams: TaskTracker,
+    /// Notified when the relay asks the agent to move.
+    drain: Arc<Notify>,
+    /// Fires once the relay welcomes the session.
+    welcomed: oneshot::Sender<()>,
+}
+
 async fn run_session(
     config: Arc<AgentConfig>,
     session: Session,
-    session_done: CancellationToken,
-    streams: TaskTracker,
-    welcomed: oneshot::Sender<()>,
+    links: SessionLinks,
     cancel: CancellationToken,
 ) -> Result<SessionEnd, AgentError> {
+    let SessionLinks {
+        stop: session_done,
+        streams,
+        drain,
+        welcomed,
+    } = links;
     let session_err =
         |what: &str, e: &dyn std::fmt::Display| AgentError::Session(format!("{what}: {e}"));
     let mut control = session
@@ -297,8 +345,11 @@ async fn run_session(
             AgentEvent::Rtt(rtt) => debug!(?rtt, "heartbeat"),
             AgentEvent::Drain(d) => {
                 info!(reason = %d.reason, grace_ms = d.grace_ms, "relay asks this agent to move");
+                // Keep serving (and heartbeating) until the run loop has a
+                // new session or the relay closes this one: ending the
+                // control stream now would cut the calls in flight.
                 drained = true;
-                session_done.cancel();
+                drain.notify_one();
             }
         },
         session_done.clone(),
@@ -307,7 +358,7 @@ async fn run_session(
     session_done.cancel();
     match result {
         _ if cancel.is_cancelled() => Ok(SessionEnd::Cancelled),
-        Ok(()) if drained => Ok(SessionEnd::Drained),
+        _ if drained => Ok(SessionEnd::Drained),
         Ok(()) => Err(AgentError::Session("the session ended".into())),
         // A refusal may be cured on the relay's side (an upgrade, a
         // restored node record), so the agent keeps trying, loudly.

@@ -182,6 +182,7 @@ impl Relay {
         tracker.spawn(listen::run_quic(
             endpoint.clone(),
             shared.clone(),
+            shutdown.clone(),
             hard.clone(),
             tracker.clone(),
         ));
@@ -189,6 +190,7 @@ impl Relay {
             agent_tcp,
             agent_tls,
             shared.clone(),
+            shutdown.clone(),
             hard.clone(),
             tracker.clone(),
         ));

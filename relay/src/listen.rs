@@ -28,10 +28,12 @@ use crate::Shared;
 /// How long an agent has for its QUIC handshake and first control message.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts QUIC agent sessions until `cancel` fires.
+/// Accepts QUIC agent sessions until `stop_accepting` fires (a draining
+/// relay takes no new agents); each session runs until `cancel`.
 pub async fn run_quic(
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
+    stop_accepting: CancellationToken,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -41,7 +43,11 @@ pub async fn run_quic(
                 Some(i) => i,
                 None => return,
             },
-            () = cancel.cancelled() => return,
+            () = stop_accepting.cancelled() => {
+                // Refuse handshakes outright instead of leaving them queued.
+                endpoint.set_server_config(None);
+                return;
+            }
         };
         let shared = shared.clone();
         let cancel = cancel.clone();
@@ -68,11 +74,13 @@ pub async fn run_quic(
     }
 }
 
-/// Accepts TLS/TCP agent sessions until `cancel` fires.
+/// Accepts TLS/TCP agent sessions until `stop_accepting` fires; each
+/// session runs until `cancel`.
 pub async fn run_tcp(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     shared: Arc<Shared>,
+    stop_accepting: CancellationToken,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -87,7 +95,7 @@ pub async fn run_tcp(
                     continue;
                 }
             },
-            () = cancel.cancelled() => return,
+            () = stop_accepting.cancelled() => return,
         };
         let (shared, cancel, acceptor) = (shared.clone(), cancel.clone(), acceptor.clone());
         let span = info_span!("conn", %peer, transport = "tcp");

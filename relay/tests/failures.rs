@@ -311,3 +311,65 @@ fn serve_refuses_an_unauthenticated_api_on_a_non_loopback_address() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_draining_relay_finishes_calls_in_flight_and_takes_no_new_agents() {
+    let mut tunnel = Tunnel::start("draining").unwrap();
+    let docker = tunnel.docker();
+    let name = format!("tg-drain-{}", std::process::id());
+    let in_flight = {
+        let (docker, name) = (docker.clone(), name.clone());
+        std::thread::spawn(move || {
+            docker.ok(&[
+                "run",
+                "--rm",
+                "--name",
+                &name,
+                "--network",
+                "none",
+                "busybox",
+                "sh",
+                "-c",
+                "sleep 2; echo finished",
+            ])
+        })
+    };
+    // SIGTERM only once the call is under way (the container runs).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !Docker::direct()
+        .ok(&["ps", "-q", "--filter", &format!("name={name}")])
+        .unwrap()
+        .contains(char::is_alphanumeric)
+    {
+        assert!(Instant::now() < deadline, "the container never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tunnel.relay.proc.terminate();
+    let token = tunnel.relay.token().unwrap();
+    let _late = start_agent(
+        &tunnel.relay,
+        "latecomer",
+        &docker_endpoint(),
+        &tunnel.dir.path().join("late"),
+        Some(&token),
+    )
+    .unwrap();
+
+    assert_eq!(
+        in_flight.join().unwrap().unwrap(),
+        "finished\n",
+        "the call in flight was cut"
+    );
+    let status = tunnel.relay.proc.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "graceful stop exits cleanly, got {status}"
+    );
+    let log = tunnel.relay.log();
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.contains("node_id=latecomer")
+            && (l.contains("agent connected") || l.contains("node enrolled"))),
+        "a draining relay took a new agent:\n{log}"
+    );
+}
