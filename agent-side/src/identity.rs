@@ -1,5 +1,5 @@
-//! The agent's identity: enrolment with a join token, the stored node
-//! certificate, and dialling the relay with it.
+//! The agent's identity: enrolment with a join token, and the stored node
+//! certificate with the credentials it makes for dialling the relay.
 //!
 //! ```text
 //! state-dir/node.pem      node certificate (CN = node id)
@@ -8,7 +8,6 @@
 //! ```
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,7 +22,8 @@ use tunnelgate_session::tls::{self, Identity, Trust};
 use crate::transport::{self, Credentials};
 use crate::{AgentConfig, AgentError};
 
-const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the relay has to answer an enrolment request.
+const ENROL_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The node certificate, its key and the CA, as stored.
 pub struct NodeIdentity {
@@ -36,20 +36,8 @@ fn fatal(what: impl std::fmt::Display) -> AgentError {
 }
 
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), AgentError> {
-    let tmp = path.with_extension("tmp");
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    }
-    let write = || -> std::io::Result<()> {
-        let mut f = opts.open(&tmp)?;
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| fatal(format_args!("cannot write {}: {e}", path.display())))
+    tunnelgate_session::files::write_atomic(path, contents.as_bytes(), private)
+        .map_err(|e| fatal(format_args!("cannot write {}: {e}", path.display())))
 }
 
 impl NodeIdentity {
@@ -91,9 +79,7 @@ impl NodeIdentity {
             )))
         }
     }
-}
 
-impl NodeIdentity {
     /// Credentials for mutual TLS with this identity.
     pub fn credentials(&self) -> Result<Credentials, AgentError> {
         Credentials::new(Trust::Ca(self.ca.clone()), Some(self.identity.clone()))
@@ -132,7 +118,7 @@ pub async fn enrol(config: &AgentConfig) -> Result<NodeIdentity, AgentError> {
         .await
         .map_err(|e| lost(&e))?;
     let reply = tokio::time::timeout(
-        DIAL_TIMEOUT,
+        ENROL_ANSWER_TIMEOUT,
         control.read_message::<ControlMessage>(DEFAULT_MAX_FRAME),
     )
     .await

@@ -183,7 +183,7 @@ impl Running {
                     }
                 }
                 self.stop.cancel();
-                self.session.close("moved to another transport");
+                self.session.close("moved to a new session");
                 info!(transport = %self.session.transport(), "previous session closed after its calls finished");
             }
             .in_current_span(),

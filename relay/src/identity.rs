@@ -16,7 +16,6 @@
 //! Join tokens have the format of [`tunnelgate_proto::token`].
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -122,18 +121,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
     }
 }
 
-/// Writes a file readable by its owner only, atomically (write then rename),
-/// so a crash never leaves half a key behind.
+/// Writes a state file readable by its owner only, atomically.
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
-    let tmp = path.with_extension("tmp");
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(contents).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    tunnelgate_session::files::write_atomic(path, contents, true).map_err(io_err(path))
 }
 
 fn unix_now() -> u64 {

@@ -155,6 +155,8 @@ impl Relay {
     /// Serves until `shutdown` fires, then drains: stops accepting, asks
     /// agents to move, gives in-flight calls the shutdown grace, and stops.
     pub async fn run(self, shutdown: CancellationToken) {
+        let (api_addr, agent_addr, metrics_addr) =
+            (self.api_addr(), self.agent_addr(), self.metrics_addr());
         let Self {
             shared,
             endpoint,
@@ -163,17 +165,6 @@ impl Relay {
             api,
             metrics_listener,
         } = self;
-        let (api_addr, agent_addr, metrics_addr) = (
-            api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            endpoint
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            metrics_listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-        );
         let tracker = TaskTracker::new();
         // `hard` ends sessions and connections; `shutdown` only stops accepting.
         let hard = CancellationToken::new();
@@ -288,6 +279,29 @@ async fn bind_agent_listeners(
     }
 }
 
+/// The next TCP connection, or `None` once `stop` fires. Accept errors
+/// (usually EMFILE) are logged and retried after a pause, not spun on.
+///
+/// Cancel-safe.
+pub(crate) async fn accept_tcp(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => return Some(pair),
+                Err(e) => {
+                    warn!(error = %e, addr = ?listener.local_addr().ok(),
+                          "accept failed; raise the file-descriptor limit if this repeats");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = stop.cancelled() => return None,
+        }
+    }
+}
+
 /// Accepts HTTP/1.1 connections until `stop_accepting`; open connections
 /// are asked to finish gracefully then, and dropped at `hard`.
 async fn serve_http<F, Fut, B>(
@@ -307,17 +321,8 @@ async fn serve_http<F, Fut, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    warn!(error = %e, "accept failed; raise the file-descriptor limit if this repeats");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = stop_accepting.cancelled() => return,
+        let Some((tcp, peer)) = accept_tcp(&listener, &stop_accepting).await else {
+            return;
         };
         let _ = tcp.set_nodelay(true);
         let handler = handler.clone();

@@ -86,16 +86,8 @@ pub async fn run_tcp(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(error = %e, "agent accept failed; raise the file-descriptor limit if this repeats");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = stop_accepting.cancelled() => return,
+        let Some((tcp, peer)) = crate::accept_tcp(&listener, &stop_accepting).await else {
+            return;
         };
         let (shared, cancel, acceptor) = (shared.clone(), cancel.clone(), acceptor.clone());
         let span = info_span!("conn", %peer, transport = "tcp");

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod files;
 pub mod process;
 pub mod quic;
 mod session;
