@@ -10,6 +10,7 @@ use tunnelgate_proto::NodeId;
 use tunnelgate_session::config::parse_duration;
 
 use crate::docker::DockerEndpoint;
+use crate::policy::Policy;
 
 /// Which transport the agent dials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -74,6 +75,11 @@ pub struct AgentArgs {
         value_name = "KEY=VALUE"
     )]
     pub labels: Vec<String>,
+    /// What the relay may ask of the daemon: `full`, `read-only` (GET and
+    /// HEAD only, no attach or exec), or a TOML allow-list file. Enforced
+    /// here on the host [default: full].
+    #[arg(long, env = "TUNNELGATE_POLICY", value_name = "PROFILE|FILE")]
+    pub policy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +93,7 @@ struct FileConfig {
     transport: Option<TransportChoice>,
     quic_probe_interval: Option<String>,
     labels: Option<BTreeMap<String, String>>,
+    policy: Option<String>,
 }
 
 /// The agent's validated configuration.
@@ -110,6 +117,8 @@ pub struct AgentConfig {
     pub quic_probe_interval: Duration,
     /// Labels for the node list.
     pub labels: BTreeMap<String, String>,
+    /// What the relay may ask of the daemon.
+    pub policy: Policy,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -121,6 +130,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("docker", &self.docker)
             .field("state_dir", &self.state_dir)
             .field("transport", &self.transport)
+            .field("policy", &self.policy.name)
             .finish_non_exhaustive()
     }
 }
@@ -210,6 +220,10 @@ impl AgentConfig {
                 .unwrap_or(TransportChoice::Auto),
             quic_probe_interval,
             labels,
+            policy: match args.policy.or(file.policy) {
+                Some(spec) => Policy::load(&spec).map_err(|e| invalid("policy", e))?,
+                None => Policy::full(),
+            },
         })
     }
 }

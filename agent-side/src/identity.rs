@@ -2,10 +2,15 @@
 //! certificate with the credentials it makes for dialling the relay.
 //!
 //! ```text
-//! state-dir/node.pem      node certificate (CN = node id)
-//! state-dir/node-key.pem  its key, generated here, never sent anywhere (0600)
+//! state-dir/node.pem      node certificate (CN = node id, O = tenant) and its
+//!                         key, generated here and never sent anywhere (0600);
+//!                         one file, so a renewal replaces both at once
 //! state-dir/ca.pem        the installation's CA, trusted from enrolment on
 //! ```
+//!
+//! Node certificates are short-lived: the relay says when to renew, and
+//! the agent trades a new key's request for a new certificate over its
+//! session ([`renewal_request`], [`NodeIdentity::store`]).
 
 use std::fs;
 use std::path::Path;
@@ -43,11 +48,7 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), AgentErr
 impl NodeIdentity {
     /// Reads the stored identity, if the agent has enrolled.
     pub fn load(dir: &Path) -> Result<Option<Self>, AgentError> {
-        let (cert, key, ca) = (
-            dir.join("node.pem"),
-            dir.join("node-key.pem"),
-            dir.join("ca.pem"),
-        );
+        let (cert, ca) = (dir.join("node.pem"), dir.join("ca.pem"));
         if !cert.exists() {
             return Ok(None);
         }
@@ -61,7 +62,14 @@ impl NodeIdentity {
                 dir.display()
             ))
         };
-        let identity = Identity::from_pem(&read(&cert)?, &read(&key)?).map_err(corrupt)?;
+        let cert_pem = read(&cert)?;
+        // Releases before renewal kept the key in a file of its own.
+        let key_pem = if cert_pem.contains("PRIVATE KEY-----") {
+            cert_pem.clone()
+        } else {
+            read(&dir.join("node-key.pem"))?
+        };
+        let identity = Identity::from_pem(&cert_pem, &key_pem).map_err(corrupt)?;
         let ca = tls::certs_from_pem(&read(&ca)?).map_err(corrupt)?.remove(0);
         Ok(Some(Self { identity, ca }))
     }
@@ -80,6 +88,13 @@ impl NodeIdentity {
         }
     }
 
+    /// Replaces the stored certificate and key in one atomic write.
+    pub fn store(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(), AgentError> {
+        write_file(&dir.join("node.pem"), &format!("{cert_pem}{key_pem}"), true)?;
+        let _ = fs::remove_file(dir.join("node-key.pem"));
+        Ok(())
+    }
+
     /// Credentials for mutual TLS with this identity.
     pub fn credentials(&self) -> Result<Credentials, AgentError> {
         Credentials::new(Trust::Ca(self.ca.clone()), Some(self.identity.clone()))
@@ -96,11 +111,7 @@ pub async fn enrol(config: &AgentConfig) -> Result<NodeIdentity, AgentError> {
         ))
     })?;
     let token: JoinToken = text.parse().map_err(fatal)?;
-    let key = rcgen::KeyPair::generate().map_err(fatal)?;
-    let csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())
-        .and_then(|p| p.serialize_request(&key))
-        .and_then(|csr| csr.pem())
-        .map_err(fatal)?;
+    let (key_pem, csr_pem) = renewal_request()?;
 
     let creds = Credentials::new(Trust::Fingerprint(token.ca_fingerprint), None)?;
     let (session, _) = transport::dial(config, &creds).await?;
@@ -140,9 +151,19 @@ pub async fn enrol(config: &AgentConfig) -> Result<NodeIdentity, AgentError> {
         ))
     })?;
     let dir = &config.state_dir;
-    write_file(&dir.join("node-key.pem"), &key.serialize_pem(), true)?;
     write_file(&dir.join("ca.pem"), &enrolled.ca_pem, false)?;
-    write_file(&dir.join("node.pem"), &enrolled.cert_pem, false)?;
+    NodeIdentity::store(dir, &enrolled.cert_pem, &key_pem)?;
     info!(node_id = %config.node_id, dir = %dir.display(), "enrolled; the join token is no longer needed");
     NodeIdentity::load(dir)?.ok_or_else(|| fatal("the stored identity vanished"))
+}
+
+/// A fresh key (PEM) and a certificate request for it (PEM). The relay
+/// takes only the key from the request.
+pub fn renewal_request() -> Result<(String, String), AgentError> {
+    let key = rcgen::KeyPair::generate().map_err(fatal)?;
+    let csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .and_then(|csr| csr.pem())
+        .map_err(fatal)?;
+    Ok((key.serialize_pem(), csr_pem))
 }

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod docker;
 pub mod identity;
+pub mod policy;
 mod serve;
 pub mod transport;
 
@@ -326,8 +327,17 @@ async fn run_session(
         .in_current_span(),
     );
     tokio::spawn(
-        watch_daemon(config.clone(), facts, tx, reprobe, session_done.clone()).in_current_span(),
+        watch_daemon(
+            config.clone(),
+            facts,
+            tx.clone(),
+            reprobe,
+            session_done.clone(),
+        )
+        .in_current_span(),
     );
+    // The key waiting for its renewed certificate.
+    let mut renewing: Option<String> = None;
 
     let transport = session.transport();
     let mut drained = false;
@@ -351,6 +361,22 @@ async fn run_session(
                 drained = true;
                 drain.notify_one();
             }
+            AgentEvent::RenewDue => match identity::renewal_request() {
+                Ok((key_pem, csr_pem)) => {
+                    info!("node certificate due for renewal; asking the relay");
+                    renewing = Some(key_pem);
+                    let cmd: driver::Command<AgentControl> = Box::new(move |m| m.renew_cert(csr_pem));
+                    let _ = tx.try_send(cmd);
+                }
+                Err(e) => warn!(error = %e, "cannot make a key for renewal; will try again"),
+            },
+            AgentEvent::CertRenewed(cert_pem) => match renewing.take() {
+                Some(key_pem) => match NodeIdentity::store(&config.state_dir, &cert_pem, &key_pem) {
+                    Ok(()) => info!("node certificate renewed and stored"),
+                    Err(e) => tracing::error!(error = %e, "cannot store the renewed node certificate; the current one stays in use until it expires"),
+                },
+                None => debug!("a certificate arrived that this agent did not ask for; ignored"),
+            },
         },
         session_done.clone(),
     )

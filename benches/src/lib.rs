@@ -47,7 +47,12 @@ impl Fixture {
         for transport in ["quic", "tcp"] {
             let (token, _) = shared
                 .authority
-                .create_token(Duration::from_secs(60))
+                .create_join_token(tunnelgate_relay::credentials::NewCredential {
+                    tenant: tunnelgate_proto::TenantId::default_tenant(),
+                    ttl: Some(Duration::from_secs(60)),
+                    uses: Some(1),
+                    name: None,
+                })
                 .expect("token");
             let args = tunnelgate_agent::config::AgentArgs {
                 relay: Some(agents.to_string()),
@@ -67,7 +72,11 @@ impl Fixture {
         }
         for node in ["bench-quic", "bench-tcp"] {
             let id = NodeId::new(node).expect("valid id");
-            while shared.sessions.get(&id).is_none() {
+            while shared
+                .sessions
+                .get_in(&tunnelgate_proto::TenantId::default_tenant(), &id)
+                .is_none()
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -17,8 +17,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::message::{
-    ControlMessage, DockerFacts, Drain, Heartbeat, HeartbeatAck, Hello, NodeUpdate, RefusalCode,
-    Refused, Welcome,
+    CertRenewed, ControlMessage, DockerFacts, Drain, Heartbeat, HeartbeatAck, Hello, NodeUpdate,
+    RefusalCode, Refused, RenewCert, Welcome,
 };
 use crate::version::IncompatibleVersion;
 use crate::{NodeId, ProtocolVersion};
@@ -28,6 +28,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Heartbeats that may go missing before a side declares its peer gone.
 pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// How long the agent waits for a renewed certificate before asking again.
+pub const RENEW_RETRY: Duration = Duration::from_secs(60);
 
 /// Why a control stream ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,6 +91,8 @@ fn kind(msg: &ControlMessage) -> &'static str {
         ControlMessage::HeartbeatAck(_) => "heartbeat_ack",
         ControlMessage::NodeUpdate(_) => "node_update",
         ControlMessage::Drain(_) => "drain",
+        ControlMessage::RenewCert(_) => "renew_cert",
+        ControlMessage::CertRenewed(_) => "cert_renewed",
         ControlMessage::Unknown => "unknown",
     }
 }
@@ -101,6 +106,11 @@ pub enum AgentEvent {
     Rtt(Duration),
     /// The relay asks the agent to move.
     Drain(Drain),
+    /// Time to renew the node certificate: the owner makes a new key and
+    /// passes its request to [`AgentControl::renew_cert`].
+    RenewDue,
+    /// The relay signed a fresh node certificate.
+    CertRenewed(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +129,7 @@ pub struct AgentControl {
     last_rtt: Option<Duration>,
     last_heard: Instant,
     next_heartbeat: Instant,
+    renew_at: Option<Instant>,
     transmit: VecDeque<ControlMessage>,
     events: VecDeque<AgentEvent>,
 }
@@ -136,6 +147,7 @@ impl AgentControl {
             last_rtt: None,
             last_heard: now,
             next_heartbeat: now,
+            renew_at: None,
             transmit: VecDeque::from([ControlMessage::Hello(hello)]),
             events: VecDeque::new(),
         }
@@ -145,6 +157,12 @@ impl AgentControl {
     pub fn update_node(&mut self, docker: DockerFacts) {
         self.transmit
             .push_back(ControlMessage::NodeUpdate(NodeUpdate { docker }));
+    }
+
+    /// Asks the relay to sign `csr_pem`, after a [`AgentEvent::RenewDue`].
+    pub fn renew_cert(&mut self, csr_pem: String) {
+        self.transmit
+            .push_back(ControlMessage::RenewCert(RenewCert { csr_pem }));
     }
 
     /// The last measured heartbeat round trip.
@@ -170,7 +188,14 @@ impl Machine for AgentControl {
                 self.state = AgentState::Established;
                 self.last_heard = now;
                 self.next_heartbeat = now + self.interval;
+                self.renew_at = w.cert_renew_in_ms.map(|ms| now + Duration::from_millis(ms));
                 self.events.push_back(AgentEvent::Welcomed(w));
+                Ok(())
+            }
+            (AgentState::Established, ControlMessage::CertRenewed(r)) => {
+                self.last_heard = now;
+                self.renew_at = r.renew_in_ms.map(|ms| now + Duration::from_millis(ms));
+                self.events.push_back(AgentEvent::CertRenewed(r.cert_pem));
                 Ok(())
             }
             (AgentState::Established, ControlMessage::HeartbeatAck(ack)) => {
@@ -204,6 +229,11 @@ impl Machine for AgentControl {
                 if silent >= self.dead_after() {
                     return Err(ControlError::PeerSilent(silent));
                 }
+                if self.renew_at.is_some_and(|at| now >= at) {
+                    // Asked again later if no certificate comes back.
+                    self.renew_at = Some(now + RENEW_RETRY);
+                    self.events.push_back(AgentEvent::RenewDue);
+                }
                 if now >= self.next_heartbeat {
                     self.seq += 1;
                     self.in_flight = Some((self.seq, now));
@@ -230,7 +260,10 @@ impl Machine for AgentControl {
     fn poll_timeout(&self) -> Option<Instant> {
         Some(match self.state {
             AgentState::AwaitWelcome { deadline } => deadline,
-            AgentState::Established => self.next_heartbeat.min(self.last_heard + self.dead_after()),
+            AgentState::Established => {
+                let next = self.next_heartbeat.min(self.last_heard + self.dead_after());
+                self.renew_at.map_or(next, |at| next.min(at))
+            }
         })
     }
 }
@@ -244,6 +277,9 @@ pub enum RelayEvent {
     Rtt(Duration),
     /// The agent's daemon facts changed.
     NodeUpdated(DockerFacts),
+    /// The agent asks for a fresh certificate for this PEM request; answer
+    /// with [`RelayControl::cert_renewed`].
+    RenewRequested(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +296,7 @@ pub struct RelayControl {
     node_id: NodeId,
     relay_id: String,
     interval: Duration,
+    cert_renew_in: Option<Duration>,
     last_heard: Instant,
     transmit: VecDeque<ControlMessage>,
     events: VecDeque<RelayEvent>,
@@ -275,10 +312,36 @@ impl RelayControl {
             node_id,
             relay_id,
             interval,
+            cert_renew_in: None,
             last_heard: now,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// Tells the agent, in the welcome, to renew its certificate after `after`.
+    pub fn with_cert_renewal(mut self, after: Duration) -> Self {
+        self.cert_renew_in = Some(after);
+        self
+    }
+
+    /// Sends a certificate signed after [`RelayEvent::RenewRequested`]; the
+    /// agent renews again after `renew_in`.
+    pub fn cert_renewed(&mut self, cert_pem: String, renew_in: Duration) {
+        self.transmit
+            .push_back(ControlMessage::CertRenewed(CertRenewed {
+                cert_pem,
+                renew_in_ms: Some(renew_in.as_millis() as u64),
+            }));
+    }
+
+    /// Ends the session with a refusal the agent logs, e.g. after a
+    /// revocation.
+    pub fn refuse_now(&mut self, code: RefusalCode, message: impl Into<String>) {
+        self.transmit.push_back(ControlMessage::Refused(Refused {
+            code,
+            message: message.into(),
+        }));
     }
 
     /// Asks the agent to move elsewhere within `grace`.
@@ -321,6 +384,7 @@ impl Machine for RelayControl {
                     version: ProtocolVersion::CURRENT,
                     relay_id: self.relay_id.clone(),
                     heartbeat_interval_ms: self.interval.as_millis() as u64,
+                    cert_renew_in_ms: self.cert_renew_in.map(|d| d.as_millis() as u64),
                 }));
                 self.events
                     .push_back(RelayEvent::Registered(Box::new(hello)));
@@ -339,6 +403,11 @@ impl Machine for RelayControl {
             (RelayState::Established, ControlMessage::NodeUpdate(u)) => {
                 self.last_heard = now;
                 self.events.push_back(RelayEvent::NodeUpdated(u.docker));
+                Ok(())
+            }
+            (RelayState::Established, ControlMessage::RenewCert(r)) => {
+                self.last_heard = now;
+                self.events.push_back(RelayEvent::RenewRequested(r.csr_pem));
                 Ok(())
             }
             (_, other) => {

@@ -4,71 +4,108 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The longest node id accepted, in bytes.
+/// The longest node or tenant id accepted, in bytes.
 pub const MAX_NODE_ID_LEN: usize = 63;
 
-/// A node's identity within an installation: DNS-label-like, so it is safe
-/// in URL paths, certificate names and file names.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct NodeId(String);
-
-/// Why a string is not a valid [`NodeId`].
+/// Why a string is not a valid [`NodeId`] or [`TenantId`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidNodeId {
+pub enum InvalidId {
     /// The id is empty.
-    #[error("node id is empty")]
-    Empty,
+    #[error("{0} is empty")]
+    Empty(&'static str),
     /// The id is longer than [`MAX_NODE_ID_LEN`].
-    #[error("node id is {0} bytes long; at most {MAX_NODE_ID_LEN} are allowed")]
-    TooLong(usize),
+    #[error("{0} is {1} bytes long; at most {MAX_NODE_ID_LEN} are allowed")]
+    TooLong(&'static str, usize),
     /// The id holds a character outside `[A-Za-z0-9._-]` or starts with `.`/`-`.
-    #[error("node id {0:?} may only hold letters, digits, '.', '_' and '-', and must start with a letter or digit")]
-    BadCharacter(String),
+    #[error("{0} {1:?} may only hold letters, digits, '.', '_' and '-', and must start with a letter or digit")]
+    BadCharacter(&'static str, String),
 }
 
-impl NodeId {
-    /// Checks `id` and wraps it.
-    pub fn new(id: impl Into<String>) -> Result<Self, InvalidNodeId> {
-        let id = id.into();
-        if id.is_empty() {
-            return Err(InvalidNodeId::Empty);
+/// The error of [`NodeId::new`].
+pub type InvalidNodeId = InvalidId;
+
+/// DNS-label-like: safe in URL paths, certificate names and file names.
+fn check(what: &'static str, id: String) -> Result<String, InvalidId> {
+    if id.is_empty() {
+        return Err(InvalidId::Empty(what));
+    }
+    if id.len() > MAX_NODE_ID_LEN {
+        return Err(InvalidId::TooLong(what, id.len()));
+    }
+    let first_ok = id.as_bytes()[0].is_ascii_alphanumeric();
+    let rest_ok = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !first_ok || !rest_ok {
+        return Err(InvalidId::BadCharacter(what, id));
+    }
+    Ok(id)
+}
+
+macro_rules! label_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Checks `id` and wraps it.
+            pub fn new(id: impl Into<String>) -> Result<Self, InvalidId> {
+                check($what, id.into()).map(Self)
+            }
+
+            /// The id as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
         }
-        if id.len() > MAX_NODE_ID_LEN {
-            return Err(InvalidNodeId::TooLong(id.len()));
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidId;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::new(s)
+            }
         }
-        let first_ok = id.as_bytes()[0].is_ascii_alphanumeric();
-        let rest_ok = id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if !first_ok || !rest_ok {
-            return Err(InvalidNodeId::BadCharacter(id));
+
+        impl std::str::FromStr for $name {
+            type Err = InvalidId;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::new(s)
+            }
         }
-        Ok(Self(id))
-    }
 
-    /// The id as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+        impl From<$name> for String {
+            fn from(id: $name) -> Self {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl TryFrom<String> for NodeId {
-    type Error = InvalidNodeId;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::new(s)
-    }
-}
+label_id!(
+    /// A node's identity within its tenant.
+    NodeId,
+    "node id"
+);
 
-impl From<NodeId> for String {
-    fn from(id: NodeId) -> Self {
-        id.0
-    }
-}
+label_id!(
+    /// The customer (or team) that owns nodes, join tokens and
+    /// control-plane credentials. Nobody sees across tenants.
+    TenantId,
+    "tenant"
+);
 
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl TenantId {
+    /// The tenant of single-tenant installs and the quickstart.
+    pub fn default_tenant() -> Self {
+        Self("default".to_owned())
     }
 }
 
@@ -91,16 +128,20 @@ mod tests {
     #[test]
     fn node_ids_are_checked() {
         assert!(NodeId::new("web-01.eu").is_ok());
-        assert_eq!(NodeId::new(""), Err(InvalidNodeId::Empty));
+        assert_eq!(NodeId::new(""), Err(InvalidId::Empty("node id")));
         assert!(matches!(
             NodeId::new("a/b"),
-            Err(InvalidNodeId::BadCharacter(_))
+            Err(InvalidId::BadCharacter(..))
         ));
         assert!(matches!(
             NodeId::new("..x"),
-            Err(InvalidNodeId::BadCharacter(_))
+            Err(InvalidId::BadCharacter(..))
         ));
-        assert_eq!(NodeId::new("a".repeat(64)), Err(InvalidNodeId::TooLong(64)));
+        assert_eq!(
+            NodeId::new("a".repeat(64)),
+            Err(InvalidId::TooLong("node id", 64))
+        );
+        assert!(TenantId::new("acme").is_ok() && TenantId::new("a/b").is_err());
     }
 
     #[test]

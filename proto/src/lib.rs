@@ -32,5 +32,5 @@ pub mod message;
 pub mod token;
 pub mod version;
 
-pub use ids::{NodeId, RequestId};
+pub use ids::{NodeId, RequestId, TenantId};
 pub use version::ProtocolVersion;

@@ -74,6 +74,10 @@ pub struct Welcome {
     pub relay_id: String,
     /// How often the agent sends a heartbeat.
     pub heartbeat_interval_ms: u64,
+    /// When the agent should ask for a fresh node certificate, counted from
+    /// this message; the relay knows the lifetime it issued.
+    #[serde(default)]
+    pub cert_renew_in_ms: Option<u64>,
 }
 
 /// Why the relay refused a session or enrolment.
@@ -90,6 +94,8 @@ pub enum RefusalCode {
     ProtocolViolation,
     /// The relay failed on its side.
     Internal,
+    /// The node was revoked by an operator; it must enrol again.
+    Revoked,
     /// A code from a newer version.
     #[serde(other)]
     Unknown,
@@ -170,6 +176,24 @@ pub struct Drain {
     pub grace_ms: u64,
 }
 
+/// Agent → relay: sign a fresh certificate for this session's node, for
+/// the key in `csr_pem` (names in the request are ignored).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewCert {
+    /// A PEM certificate signing request for the agent's new key.
+    pub csr_pem: String,
+}
+
+/// Relay → agent, answering a [`RenewCert`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRenewed {
+    /// The new node certificate, PEM.
+    pub cert_pem: String,
+    /// When to renew again, counted from this message.
+    #[serde(default)]
+    pub renew_in_ms: Option<u64>,
+}
+
 /// Everything that travels on the control stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -184,6 +208,8 @@ pub enum ControlMessage {
     HeartbeatAck(HeartbeatAck),
     NodeUpdate(NodeUpdate),
     Drain(Drain),
+    RenewCert(RenewCert),
+    CertRenewed(CertRenewed),
     /// A message type from a newer minor version; receivers ignore it.
     #[serde(other)]
     Unknown,
@@ -393,7 +419,7 @@ mod tests {
 
         #[test]
         fn truncated_messages_are_errors_not_panics(cut in 0usize..200) {
-            let msg = ControlMessage::Welcome(Welcome { version: ProtocolVersion::CURRENT, relay_id: "relay-a".into(), heartbeat_interval_ms: 5000 });
+            let msg = ControlMessage::Welcome(Welcome { version: ProtocolVersion::CURRENT, relay_id: "relay-a".into(), heartbeat_interval_ms: 5000, cert_renew_in_ms: None });
             let payload = serde_json::to_vec(&msg).unwrap();
             let cut = cut.min(payload.len().saturating_sub(1));
             prop_assert!(ControlMessage::decode(&payload[..cut]).is_err());

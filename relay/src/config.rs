@@ -42,6 +42,64 @@ pub struct ServeArgs {
     /// How long in-flight calls may finish after SIGTERM [default: 10s].
     #[arg(long, env = "TUNNELGATE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Option<Duration>,
+    /// Serve the Docker API over TLS (always on when --api-listen is not loopback).
+    #[arg(long, env = "TUNNELGATE_API_TLS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub api_tls: Option<bool>,
+    /// `required`: every API call needs a client certificate or an API key;
+    /// `loopback-open`: calls without credentials act for the `default`
+    /// tenant (only allowed on a loopback --api-listen) [default: required
+    /// off loopback, loopback-open on it].
+    #[arg(long, env = "TUNNELGATE_API_AUTH", value_name = "MODE")]
+    pub api_auth: Option<ApiAuth>,
+    /// Lifetime of node certificates; agents renew them over their session
+    /// after two thirds of it [default: 7d].
+    #[arg(long, env = "TUNNELGATE_NODE_CERT_TTL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub node_cert_ttl: Option<Duration>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Whether the API asks for credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApiAuth {
+    /// Every call needs a client certificate or an API key.
+    Required,
+    /// Calls without credentials act for the `default` tenant.
+    LoopbackOpen,
+}
+
+/// Limits that protect the relay from hostile or runaway peers. Each hit
+/// counts in `tunnelgate_relay_limit_hits_total{limit=...}`.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct LimitArgs {
+    /// Largest request head (request line and headers) accepted [default: 64KiB, in bytes].
+    #[arg(long, env = "TUNNELGATE_MAX_HEADER_BYTES", value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most request headers accepted [default: 100].
+    #[arg(long, env = "TUNNELGATE_MAX_HEADERS", value_name = "N")]
+    pub max_headers: Option<usize>,
+    /// How long a client may take to send a request head [default: 10s].
+    #[arg(long, env = "TUNNELGATE_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub header_read_timeout: Option<Duration>,
+    /// A call with no bytes either way for this long is cut [default: 1h].
+    #[arg(long, env = "TUNNELGATE_IDLE_STREAM_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub idle_stream_timeout: Option<Duration>,
+    /// Calls in flight to one node [default: 256].
+    #[arg(long, env = "TUNNELGATE_MAX_STREAMS_PER_NODE", value_name = "N")]
+    pub max_streams_per_node: Option<usize>,
+    /// Calls in flight to all nodes of one tenant [default: 4096].
+    #[arg(long, env = "TUNNELGATE_MAX_STREAMS_PER_TENANT", value_name = "N")]
+    pub max_streams_per_tenant: Option<usize>,
+    /// New agent handshakes accepted per second; the rest are refused and
+    /// retry with backoff, so a reconnect storm cannot starve live calls
+    /// [default: 500].
+    #[arg(
+        long,
+        env = "TUNNELGATE_MAX_AGENT_HANDSHAKES_PER_SEC",
+        value_name = "N"
+    )]
+    pub max_agent_handshakes_per_sec: Option<u32>,
 }
 
 /// The settings a TOML file may hold.
@@ -55,6 +113,16 @@ struct FileConfig {
     advertise: Option<Vec<String>>,
     heartbeat_interval: Option<String>,
     shutdown_grace: Option<String>,
+    api_tls: Option<bool>,
+    api_auth: Option<ApiAuth>,
+    node_cert_ttl: Option<String>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    header_read_timeout: Option<String>,
+    idle_stream_timeout: Option<String>,
+    max_streams_per_node: Option<usize>,
+    max_streams_per_tenant: Option<usize>,
+    max_agent_handshakes_per_sec: Option<u32>,
 }
 
 /// The relay's validated configuration.
@@ -74,6 +142,41 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Time in-flight calls get after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Whether the API listener speaks TLS.
+    pub api_tls: bool,
+    /// Whether API calls need credentials.
+    pub api_auth: ApiAuth,
+    /// Lifetime of node certificates.
+    pub node_cert_ttl: Duration,
+    /// Protection limits.
+    pub limits: Limits,
+}
+
+/// The validated limits; see [`LimitArgs`].
+#[derive(Debug, Clone)]
+#[allow(missing_docs)] // documented on LimitArgs
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub idle_stream_timeout: Duration,
+    pub max_streams_per_node: usize,
+    pub max_streams_per_tenant: usize,
+    pub max_agent_handshakes_per_sec: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            idle_stream_timeout: Duration::from_secs(3600),
+            max_streams_per_node: 256,
+            max_streams_per_tenant: 4096,
+            max_agent_handshakes_per_sec: 500,
+        }
+    }
 }
 
 pub use tunnelgate_session::config::ConfigError;
@@ -88,6 +191,10 @@ impl Default for Config {
             advertise: Vec::new(),
             heartbeat_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            api_tls: false,
+            api_auth: ApiAuth::LoopbackOpen,
+            node_cert_ttl: Duration::from_secs(7 * 24 * 3600),
+            limits: Limits::default(),
         }
     }
 }
@@ -107,9 +214,70 @@ impl Config {
             None => FileConfig::default(),
         };
         let d = Self::default();
+        let (l, fl, dl) = (args.limits, &file, Limits::default());
+        let limits = Limits {
+            max_header_bytes: l
+                .max_header_bytes
+                .or(fl.max_header_bytes)
+                .unwrap_or(dl.max_header_bytes),
+            max_headers: l.max_headers.or(fl.max_headers).unwrap_or(dl.max_headers),
+            header_read_timeout: l
+                .header_read_timeout
+                .or(file_duration(
+                    "header_read_timeout",
+                    fl.header_read_timeout.clone(),
+                )?)
+                .unwrap_or(dl.header_read_timeout),
+            idle_stream_timeout: l
+                .idle_stream_timeout
+                .or(file_duration(
+                    "idle_stream_timeout",
+                    fl.idle_stream_timeout.clone(),
+                )?)
+                .unwrap_or(dl.idle_stream_timeout),
+            max_streams_per_node: l
+                .max_streams_per_node
+                .or(fl.max_streams_per_node)
+                .unwrap_or(dl.max_streams_per_node),
+            max_streams_per_tenant: l
+                .max_streams_per_tenant
+                .or(fl.max_streams_per_tenant)
+                .unwrap_or(dl.max_streams_per_tenant),
+            max_agent_handshakes_per_sec: l
+                .max_agent_handshakes_per_sec
+                .or(fl.max_agent_handshakes_per_sec)
+                .unwrap_or(dl.max_agent_handshakes_per_sec),
+        };
+        let api_listen = args.api_listen.or(file.api_listen).unwrap_or(d.api_listen);
+        let loopback = api_listen.ip().is_loopback();
+        let api_tls = args.api_tls.or(file.api_tls);
+        if !loopback && api_tls == Some(false) {
+            return Err(ConfigError::Invalid {
+                key: "api_tls",
+                reason: format!("{api_listen} is not a loopback address, so the API must speak TLS; remove api_tls = false"),
+            });
+        }
+        let api_auth = args.api_auth.or(file.api_auth);
+        if !loopback && api_auth == Some(ApiAuth::LoopbackOpen) {
+            return Err(ConfigError::Invalid {
+                key: "api_auth",
+                reason: format!("{api_listen} is not a loopback address, so API calls must authenticate; use api_auth = \"required\" and give clients a certificate (client-cert create) or an API key (api-key create)"),
+            });
+        }
         let config = Self {
             state_dir: args.state_dir.or(file.state_dir).unwrap_or(d.state_dir),
-            api_listen: args.api_listen.or(file.api_listen).unwrap_or(d.api_listen),
+            api_listen,
+            api_tls: api_tls.unwrap_or(!loopback),
+            api_auth: api_auth.unwrap_or(if loopback {
+                ApiAuth::LoopbackOpen
+            } else {
+                ApiAuth::Required
+            }),
+            node_cert_ttl: args
+                .node_cert_ttl
+                .or(file_duration("node_cert_ttl", file.node_cert_ttl)?)
+                .unwrap_or(d.node_cert_ttl),
+            limits,
             agent_listen: args
                 .agent_listen
                 .or(file.agent_listen)
@@ -140,14 +308,10 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if !self.api_listen.ip().is_loopback() {
+        if self.node_cert_ttl < Duration::from_secs(3) {
             return Err(ConfigError::Invalid {
-                key: "api_listen",
-                reason: format!(
-                    "{} is not a loopback address, and this relay has no control-plane authentication yet; \
-                     bind it to 127.0.0.1 and put an authenticating proxy in front",
-                    self.api_listen
-                ),
+                key: "node_cert_ttl",
+                reason: "must be at least 3s".into(),
             });
         }
         if self.heartbeat_interval < Duration::from_millis(100) {
@@ -203,15 +367,30 @@ mod tests {
     }
 
     #[test]
-    fn unauthenticated_api_refuses_non_loopback_addresses() {
-        let args = ServeArgs {
+    fn an_api_off_loopback_always_speaks_tls_and_authenticates() {
+        let public = || ServeArgs {
             api_listen: Some("0.0.0.0:7375".parse().unwrap()),
             ..Default::default()
         };
-        let err = Config::resolve(args).unwrap_err();
-        assert!(
-            err.to_string().contains("api_listen") && err.to_string().contains("loopback"),
-            "{err}"
-        );
+        let c = Config::resolve(public()).unwrap();
+        assert!(c.api_tls);
+        assert_eq!(c.api_auth, ApiAuth::Required);
+
+        let err = Config::resolve(ServeArgs {
+            api_auth: Some(ApiAuth::LoopbackOpen),
+            ..public()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("api_auth"), "{err}");
+        let err = Config::resolve(ServeArgs {
+            api_tls: Some(false),
+            ..public()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("api_tls"), "{err}");
+
+        let local = Config::resolve(ServeArgs::default()).unwrap();
+        assert!(!local.api_tls);
+        assert_eq!(local.api_auth, ApiAuth::LoopbackOpen);
     }
 }

@@ -14,6 +14,12 @@ use crate::front::{json_error, Body};
 pub enum ErrorSource {
     /// The client's request is wrong.
     Client,
+    /// The request's head has too many header fields.
+    HeaderFields,
+    /// No or bad credentials.
+    Unauthenticated,
+    /// A concurrency limit is reached; retry later.
+    TooBusy,
     /// No such node (for this client).
     UnknownNode,
     /// The node is known but its agent is not connected.
@@ -74,6 +80,9 @@ impl FrontError {
     pub fn status(&self) -> StatusCode {
         match self.side {
             ErrorSource::Client => StatusCode::BAD_REQUEST,
+            ErrorSource::HeaderFields => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorSource::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorSource::TooBusy => StatusCode::TOO_MANY_REQUESTS,
             ErrorSource::UnknownNode => StatusCode::NOT_FOUND,
             ErrorSource::NodeOffline => StatusCode::SERVICE_UNAVAILABLE,
             ErrorSource::Agent | ErrorSource::Daemon => StatusCode::BAD_GATEWAY,
@@ -83,6 +92,13 @@ impl FrontError {
 
     /// The Docker-style JSON response.
     pub fn into_response(self) -> Response<Body> {
-        json_error(self.status(), self.message)
+        let mut resp = json_error(self.status(), self.message);
+        if self.side == ErrorSource::Unauthenticated {
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"tunnelgate\""),
+            );
+        }
+        resp
     }
 }

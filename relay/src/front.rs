@@ -1,7 +1,12 @@
 //! The HTTP front: where control-plane clients speak the Docker API.
 //!
-//! `/nodes/<node-id>/<docker path>` goes to that node with the prefix
-//! stripped; `/v1/nodes[/<id>]` lists connected nodes. For each Docker call
+//! Every call is authenticated ([`crate::auth`]) and sees only its
+//! tenant's nodes: another tenant's node id answers exactly as a node that
+//! does not exist. `/nodes/<node-id>/<docker path>` goes to that node with
+//! the prefix stripped; `/v1/nodes[/<id>]` lists connected nodes. Paths
+//! with dot-segments or encoded slashes are refused before routing, and
+//! each call holds a concurrency slot of its node and its tenant. Every
+//! call leaves one audit line ([`crate::audit`]). For each Docker call
 //! the front opens one stream on the node's session, exchanges the stream
 //! header, then speaks HTTP/1.1 over it to the daemon behind the agent.
 //! Bodies stream both ways as they are produced, and `Connection: Upgrade`
@@ -14,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dashmap::DashMap;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
@@ -22,10 +28,13 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, info_span, Instrument};
 use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
 use tunnelgate_proto::message::{StreamErrorCode, StreamHeader, StreamKind};
-use tunnelgate_proto::{NodeId, ProtocolVersion, RequestId};
+use tunnelgate_proto::{NodeId, ProtocolVersion, RequestId, TenantId};
 
+use crate::audit::CallRecord;
+use crate::auth::{self, ConnInfo, Principal};
 use crate::error::{ErrorSource, FrontError};
-use crate::io::Counted;
+use crate::identity::NodeKey;
+use crate::io::CallStream;
 use crate::reply::{find_setup_error, ReplyFirst, SetupError};
 use crate::Shared;
 
@@ -88,19 +97,103 @@ fn route(path: &str) -> Route<'_> {
     Route::NotFound
 }
 
-/// Answers one control-plane request.
+/// Refuses paths that could mean something else after normalisation:
+/// dot-segments, encoded slashes, backslashes and NULs, plain or
+/// percent-encoded. No Docker API path needs them, and refusing them
+/// means no spelling of a path can leave the node it names.
+fn check_path(path: &str) -> Result<(), FrontError> {
+    let lower = path.to_ascii_lowercase();
+    let encoded_separator = ["%2f", "%5c", "%00", "\\"]
+        .iter()
+        .any(|bad| lower.contains(bad));
+    let dot_segment = lower.split('/').any(|seg| {
+        let decoded = seg.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    });
+    if encoded_separator || dot_segment {
+        return Err(FrontError::new(
+            ErrorSource::Client,
+            "the request path holds dot-segments ('.', '..') or encoded separators (%2F, %5C, %00), \
+             which the relay refuses; send the plain path, e.g. /nodes/<node-id>/v1.45/containers/json",
+        ));
+    }
+    Ok(())
+}
+
+/// Answers one control-plane request on connection `conn`.
 pub async fn handle(
     shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let request_id = next_request_id();
+    let mut record = CallRecord::new(request_id, req.method().as_str(), req.uri().path());
+    let response = match admit(&shared, &conn, &req) {
+        Ok(principal) => {
+            record.tenant = principal.tenant.to_string();
+            record.principal = principal.name.clone();
+            route_call(&shared, principal, req, record, started).await
+        }
+        Err(e) => {
+            let resp = e.into_response();
+            record.set_status(resp.status());
+            resp
+        }
+    };
+    shared
+        .metrics
+        .requests
+        .with_label_values(&[response.status().as_str()])
+        .inc();
+    Ok(response)
+}
+
+/// The checks every call passes before it is routed.
+fn admit(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: &Request<Incoming>,
+) -> Result<Principal, FrontError> {
+    let limits = &shared.config.limits;
+    if req.headers().len() > limits.max_headers {
+        shared.metrics.limit_hit("header_count");
+        return Err(FrontError::new(
+            ErrorSource::HeaderFields,
+            format!(
+                "the request has {} header fields; the relay accepts at most {} (max_headers)",
+                req.headers().len(),
+                limits.max_headers
+            ),
+        ));
+    }
+    let principal = auth::authenticate(
+        shared.config.api_auth,
+        &shared.api_keys,
+        conn,
+        req.headers(),
+        &shared.metrics,
+    )?;
+    check_path(req.uri().path())?;
+    Ok(principal)
+}
+
+async fn route_call(
+    shared: &Arc<Shared>,
+    principal: Principal,
+    req: Request<Incoming>,
+    mut record: CallRecord,
+    started: Instant,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    Ok(match route(&path) {
+    let tenant = &principal.tenant;
+    let response = match route(&path) {
         Route::NodeList if req.method() == Method::GET => {
-            let views = shared.sessions.views(shared.authority.relay_id());
+            let views = shared.sessions.views(tenant, shared.authority.relay_id());
             json_response(StatusCode::OK, serde_json::to_string(&views).expect("views serialize"))
         }
         Route::NodeInfo(id) if req.method() == Method::GET => {
-            let entry = NodeId::new(id).ok().and_then(|n| shared.sessions.get(&n));
+            let entry = NodeId::new(id).ok().and_then(|n| shared.sessions.get_in(tenant, &n));
             match entry {
                 Some(e) => {
                     let view = e.view(shared.authority.relay_id());
@@ -111,13 +204,13 @@ pub async fn handle(
         }
         Route::NodeList | Route::NodeInfo(_) => json_error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported on /v1/nodes"),
         Route::Docker { node, rest } => {
-            let request_id = next_request_id();
-            let span = info_span!("request", %request_id, node_id = %node, method = %req.method(), path = %rest);
-            let started = Instant::now();
-            let node = node.to_owned();
+            record.node = node.to_owned();
+            let span = info_span!("request", request_id = %record.request_id, %tenant, node_id = %node, method = %req.method(), path = %rest);
             let rest = rest.to_owned();
+            let node = node.to_owned();
+            let record = Arc::new(record);
             let response = async {
-                match proxy(&shared, req, &node, &rest, request_id).await {
+                match proxy(shared, tenant, req, &node, &rest, record.clone()).await {
                     Ok(resp) => resp,
                     Err(e) => {
                         debug!(error = %e, source = ?e.source_side(), "request failed");
@@ -128,18 +221,76 @@ pub async fn handle(
             .instrument(span)
             .await;
             shared.metrics.request_duration.observe(started.elapsed().as_secs_f64());
-            shared
-                .metrics
-                .requests
-                .with_label_values(&[response.status().as_str()])
-                .inc();
-            return Ok(response);
+            record.set_status(response.status());
+            return response;
         }
         Route::NotFound => json_error(
             StatusCode::NOT_FOUND,
             format!("no such endpoint {path}; Docker API calls go to /nodes/<node-id>/..., the node list is at /v1/nodes"),
         ),
-    })
+    };
+    record.set_status(response.status());
+    response
+}
+
+/// Calls in flight per node and per tenant, against the configured limits.
+#[derive(Debug, Default)]
+pub struct StreamSlots {
+    per_node: DashMap<NodeKey, usize>,
+    per_tenant: DashMap<TenantId, usize>,
+}
+
+/// The slots one call holds; released when dropped.
+pub struct Slots {
+    table: Arc<StreamSlots>,
+    key: NodeKey,
+}
+
+impl StreamSlots {
+    /// Takes a slot of `key`'s node and of its tenant, or names the limit
+    /// that is reached.
+    fn acquire(
+        self: &Arc<Self>,
+        key: &NodeKey,
+        per_node: usize,
+        per_tenant: usize,
+    ) -> Result<Slots, &'static str> {
+        if !take(&self.per_tenant, &key.tenant, per_tenant) {
+            return Err("streams_per_tenant");
+        }
+        if !take(&self.per_node, key, per_node) {
+            give_back(&self.per_tenant, &key.tenant);
+            return Err("streams_per_node");
+        }
+        Ok(Slots {
+            table: self.clone(),
+            key: key.clone(),
+        })
+    }
+}
+
+fn take<K: std::hash::Hash + Eq + Clone>(map: &DashMap<K, usize>, k: &K, max: usize) -> bool {
+    let mut n = map.entry(k.clone()).or_insert(0);
+    if *n >= max {
+        return false;
+    }
+    *n += 1;
+    true
+}
+
+fn give_back<K: std::hash::Hash + Eq>(map: &DashMap<K, usize>, k: &K) {
+    if let Some(mut n) = map.get_mut(k) {
+        *n = n.saturating_sub(1);
+    }
+    // Idle nodes and tenants leave no entry behind.
+    map.remove_if(k, |_, n| *n == 0);
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        give_back(&self.table.per_node, &self.key);
+        give_back(&self.table.per_tenant, &self.key.tenant);
+    }
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -185,19 +336,43 @@ fn rewrite_location(headers: &mut HeaderMap, node: &NodeId) {
 
 async fn proxy(
     shared: &Shared,
+    tenant: &TenantId,
     mut req: Request<Incoming>,
     node: &str,
     rest: &str,
-    request_id: RequestId,
+    record: Arc<CallRecord>,
 ) -> Result<Response<Body>, FrontError> {
+    let request_id = record.request_id;
     let node_id = NodeId::new(node).map_err(|_| FrontError::unknown_node(node))?;
-    let Some(entry) = shared.sessions.get(&node_id) else {
-        return Err(if shared.authority.is_enrolled(&node_id) {
+    let key = NodeKey {
+        tenant: tenant.clone(),
+        node_id: node_id.clone(),
+    };
+    // Only the caller's tenant is looked in: another tenant's node is
+    // simply not there, so it answers as a missing one does.
+    let Some(entry) = shared.sessions.get(&key) else {
+        return Err(if shared.authority.is_enrolled(&key) {
             FrontError::node_offline(&node_id)
         } else {
             FrontError::unknown_node(node)
         });
     };
+    let limits = &shared.config.limits;
+    let slots = shared
+        .slots
+        .acquire(&key, limits.max_streams_per_node, limits.max_streams_per_tenant)
+        .map_err(|limit| {
+            shared.metrics.limit_hit(limit);
+            let (what, max) = if limit == "streams_per_node" {
+                (format!("node {node_id}"), limits.max_streams_per_node)
+            } else {
+                (format!("tenant {tenant}"), limits.max_streams_per_tenant)
+            };
+            FrontError::new(
+                ErrorSource::TooBusy,
+                format!("{what} already has {max} calls in flight (max_{limit}); retry when some have finished"),
+            )
+        })?;
 
     let traceparent = req
         .headers()
@@ -253,7 +428,13 @@ async fn proxy(
         .map_err(|e| FrontError::new(ErrorSource::Client, format!("invalid request path: {e}")))?;
     strip_hop_by_hop(req.headers_mut(), upgrade);
 
-    let io = TokioIo::new(Counted::new(stream, shared.metrics.clone()));
+    let io = TokioIo::new(CallStream::new(
+        stream,
+        shared.metrics.clone(),
+        record,
+        slots,
+        limits.idle_stream_timeout,
+    ));
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake::<_, Incoming>(io)
         .await
@@ -371,6 +552,30 @@ mod tests {
             }
         );
         assert_eq!(route("/containers/json"), Route::NotFound);
+    }
+
+    #[test]
+    fn paths_that_could_leave_their_node_are_refused() {
+        for bad in [
+            "/nodes/a/../b/_ping",
+            "/nodes/a/%2e%2e/b/_ping",
+            "/nodes/a/%2E./b",
+            "/nodes/a%2fb/_ping",
+            "/nodes/a/x%2F..%2Fb",
+            "/nodes/a/./_ping",
+            "/nodes/a\\..\\b",
+            "/nodes/a/%00",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/nodes/a/_ping",
+            "/nodes/a/v1.45/images/library/busybox:1.36/json",
+            "/nodes/a/v1.45/containers/my..name/json",
+            "/v1/nodes",
+        ] {
+            assert!(check_path(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

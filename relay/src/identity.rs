@@ -1,19 +1,25 @@
 //! The installation's identity: its CA, the relay's server certificate,
-//! join tokens and the node certificates issued against them.
+//! node and client certificates, and the node records that say which
+//! certificates are still good.
 //!
-//! Everything lives as files in the state dir, so `token create` run from a
-//! shell is seen by a relay that is already serving:
+//! Everything lives as files in the state dir, so `token create` or
+//! `node revoke` run from a shell are seen by a relay that is serving:
 //!
 //! ```text
 //! state-dir/
-//!   ca.pem  ca-key.pem         the installation's CA (key 0600)
-//!   server.pem server-key.pem  re-issued at every start, for the names in use
-//!   tokens.json                join tokens: id, SHA-256 of the secret, expiry
-//!   nodes/<node-id>.json       nodes that enrolled, and when
-//!   relay-id                   this relay's stable name
+//!   ca.pem  ca-key.pem           the installation's CA (key 0600)
+//!   server.pem server-key.pem    re-issued at every start, for the names in use
+//!   tokens.json api-keys.json    hashed secrets (see `credentials`)
+//!   nodes/<tenant>/<node>.json   enrolled nodes: current certificate serials, revocation
+//!   revoked.json                 serials of revoked node certificates, watched by the relay
+//!   relay-id                     this relay's stable name
+//!   state.lock                   taken for every read-modify-write
 //! ```
 //!
-//! Join tokens have the format of [`tunnelgate_proto::token`].
+//! Certificates name their holder in the subject: CN is the node id or
+//! client name, O the tenant, OU the role (`node` or `client`), so a node
+//! certificate never opens the control-plane API and a client certificate
+//! never serves as an agent.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,13 +31,15 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tunnelgate_proto::token::{JoinToken, MalformedToken};
-use tunnelgate_proto::NodeId;
-use tunnelgate_session::tls::{self, Identity};
+use tunnelgate_proto::{NodeId, TenantId};
+use tunnelgate_session::tls::{self, Identity, Role};
 
-/// How long issued node certificates are valid.
-const NODE_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+use crate::credentials::{Credential, Kind, Locked, NewCredential, Refusal, Store};
+
+/// How long the relay's own server certificate is valid (re-issued at
+/// every start).
+const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Certificates are back-dated a little so a host with a slow clock accepts them.
 const CLOCK_SKEW: Duration = Duration::from_secs(3600);
@@ -61,39 +69,9 @@ pub enum IdentityError {
     /// TLS material is unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-}
-
-/// Why a join token was refused. The messages go back to the agent, so
-/// they say what to do and never echo the secret.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    /// Not of the `tgjoin1.…` form.
-    #[error(transparent)]
-    Malformed(#[from] MalformedToken),
-    /// Made for another installation's CA.
-    #[error("the join token was made by another relay installation (its CA fingerprint differs)")]
-    WrongInstallation,
-    /// No such token, or the secret does not match.
-    #[error("the join token is not known to this relay; create one with `tunnelgate-relay token create`")]
-    Unknown,
-    /// Past its expiry.
-    #[error(
-        "the join token expired at {0}; create a new one with `tunnelgate-relay token create`"
-    )]
-    Expired(String),
-}
-
-/// A stored join token; the secret is kept only as its hash.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StoredToken {
-    /// Public id, safe to log.
-    pub id: String,
-    /// Hex SHA-256 of the secret.
-    pub secret_sha256: String,
-    /// Seconds since the epoch.
-    pub created_at: u64,
-    /// Seconds since the epoch.
-    pub expires_at: u64,
+    /// A revoked node asked for a certificate.
+    #[error("the node was revoked")]
+    Revoked,
 }
 
 /// The installation's CA and everything issued from it.
@@ -103,6 +81,7 @@ pub struct Authority {
     ca_der: rustls::pki_types::CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
     relay_id: String,
+    store: Store,
 }
 
 impl std::fmt::Debug for Authority {
@@ -114,7 +93,7 @@ impl std::fmt::Debug for Authority {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
     move |source| IdentityError::Io {
         path: path.to_owned(),
         source,
@@ -122,11 +101,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
 }
 
 /// Writes a state file readable by its owner only, atomically.
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
     tunnelgate_session::files::write_atomic(path, contents, true).map_err(io_err(path))
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -191,6 +171,7 @@ impl Authority {
             ca_der,
             issuer,
             relay_id,
+            store: Store::new(dir),
         })
     }
 
@@ -220,7 +201,7 @@ impl Authority {
             format!("tunnelgate relay {}", self.relay_id),
         );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        validity(&mut params, NODE_CERT_LIFETIME);
+        validity(&mut params, SERVER_CERT_LIFETIME);
         let cert = params.signed_by(&key, &self.issuer)?;
         let chain_pem = format!("{}{}", cert.pem(), self.ca_pem);
         let key_pem = key.serialize_pem();
@@ -229,12 +210,215 @@ impl Authority {
         Ok(Identity::from_pem(&chain_pem, &key_pem)?)
     }
 
-    fn tokens_path(&self) -> PathBuf {
-        self.dir.join("tokens.json")
+    /// The join tokens and API keys.
+    pub fn credentials(&self) -> &Store {
+        &self.store
     }
 
-    fn load_tokens(&self) -> Result<Vec<StoredToken>, IdentityError> {
-        let path = self.tokens_path();
+    /// Makes a join token for `new.tenant` and returns its full text, the
+    /// only time the secret is ever seen.
+    pub fn create_join_token(
+        &self,
+        new: NewCredential,
+    ) -> Result<(String, Credential), IdentityError> {
+        let (stored, secret) = self.store.create(Kind::JoinToken, new)?;
+        let text = JoinToken {
+            ca_fingerprint: self.ca_fingerprint(),
+            id: stored.id.clone(),
+            secret,
+        };
+        Ok((text.to_string(), stored))
+    }
+
+    /// Checks a join token presented by an agent and consumes one use.
+    pub fn use_join_token(&self, text: &str) -> Result<Result<Credential, Refusal>, IdentityError> {
+        let token: JoinToken = match text.parse() {
+            Ok(t) => t,
+            Err(MalformedToken) => {
+                return Ok(Err(Refusal::Malformed(
+                    "join token",
+                    "tunnelgate-relay token create",
+                )))
+            }
+        };
+        if token.ca_fingerprint != self.ca_fingerprint() {
+            return Ok(Err(Refusal::WrongInstallation));
+        }
+        self.store.use_token(&token.id, &token.secret)
+    }
+
+    fn issue(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        subject: (&TenantId, &str, Role),
+        lifetime: Duration,
+    ) -> Result<rcgen::Certificate, IdentityError> {
+        let (tenant, name, role) = subject;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, tenant.as_str());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, role.as_str());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        validity(&mut params, lifetime);
+        Ok(params.signed_by(public_key, &self.issuer)?)
+    }
+
+    fn node_path(&self, tenant: &TenantId, node_id: &NodeId) -> PathBuf {
+        self.dir
+            .join("nodes")
+            .join(tenant.as_str())
+            .join(format!("{node_id}.json"))
+    }
+
+    /// The record of a node that enrolled, if any.
+    pub fn node_record(
+        &self,
+        tenant: &TenantId,
+        node_id: &NodeId,
+    ) -> Result<Option<NodeRecord>, IdentityError> {
+        let path = self.node_path(tenant, node_id);
+        match fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| IdentityError::Corrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    fn save_node(&self, record: &NodeRecord) -> Result<(), IdentityError> {
+        let path = self.node_path(&record.tenant, &record.node_id);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        let json = serde_json::to_vec_pretty(record).expect("node record serializes");
+        write_private(&path, &json)
+    }
+
+    /// Signs an agent's certificate request for `node_id` of `tenant`. Only
+    /// the key is taken from the request; names and usages are ours. On
+    /// `renew` the previous certificate stays good (the agent may not have
+    /// stored the new one yet); otherwise (a new enrolment) it is replaced.
+    pub fn issue_node_cert(
+        &self,
+        tenant: &TenantId,
+        node_id: &NodeId,
+        csr_pem: &str,
+        lifetime: Duration,
+        renew: bool,
+    ) -> Result<String, IdentityError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let cert = self.issue(
+            &csr.public_key,
+            (tenant, node_id.as_str(), Role::Node),
+            lifetime,
+        )?;
+        let serial = tls::subject(cert.der())
+            .map(|s| s.serial)
+            .unwrap_or_default();
+        let _lock = Locked::take(&self.dir)?;
+        let mut record = match self.node_record(tenant, node_id)? {
+            Some(r) if renew => r,
+            _ => NodeRecord {
+                tenant: tenant.clone(),
+                node_id: node_id.clone(),
+                enrolled_at: unix_now(),
+                serials: Vec::new(),
+                revoked_at: None,
+            },
+        };
+        if renew && record.revoked_at.is_some() {
+            return Err(IdentityError::Revoked);
+        }
+        record.serials.push(serial);
+        let keep = record.serials.len().saturating_sub(2);
+        record.serials.drain(..keep);
+        self.save_node(&record)?;
+        Ok(cert.pem())
+    }
+
+    /// Makes a control-plane client certificate and key for `name` of
+    /// `tenant`; returns (certificate PEM, key PEM).
+    pub fn issue_client_cert(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        lifetime: Duration,
+    ) -> Result<(String, String), IdentityError> {
+        let key = KeyPair::generate()?;
+        let cert = self.issue(&key, (tenant, name, Role::Client), lifetime)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// Whether a node certificate presented by an agent may still be used:
+    /// its node enrolled, is not revoked, and this is one of its current
+    /// certificates. The error is a sentence for the agent.
+    pub fn check_node_cert(&self, subject: &tls::Subject) -> Result<NodeKey, String> {
+        let (Some(tenant), Some(Role::Node), Ok(node_id)) = (
+            subject.tenant.clone(),
+            subject.role,
+            NodeId::new(subject.name.clone()),
+        ) else {
+            return Err("this certificate is not a node certificate of this installation; enrol with a join token".into());
+        };
+        let record = match self.node_record(&tenant, &node_id) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a node record");
+                return Err("the relay cannot read its node records; see the relay's log".into());
+            }
+        };
+        let key = NodeKey { tenant, node_id };
+        match record {
+            Some(r) if r.revoked_at.is_some() => Err(format!(
+                "node {key} was revoked at {}; enrol it again with a new join token",
+                rfc3339(r.revoked_at.unwrap_or_default())
+            )),
+            Some(r) if r.serials.contains(&subject.serial) => Ok(key),
+            Some(_) => Err(format!("this certificate for node {key} was replaced by a newer one; use the newest node.pem, or enrol again with a new join token")),
+            None => Err(format!("node {key} is not enrolled here (its record is gone); enrol it again with a new join token")),
+        }
+    }
+
+    /// Revokes a node: its certificates are refused from now on, and a
+    /// serving relay drops its session (it watches `revoked.json`).
+    pub fn revoke_node(&self, key: &NodeKey) -> Result<Option<NodeRecord>, IdentityError> {
+        let _lock = Locked::take(&self.dir)?;
+        let Some(mut record) = self.node_record(&key.tenant, &key.node_id)? else {
+            return Ok(None);
+        };
+        let now = unix_now();
+        record.revoked_at.get_or_insert(now);
+        let serials = std::mem::take(&mut record.serials);
+        self.save_node(&record)?;
+        let mut revoked = self.revoked()?;
+        revoked.push(Revocation {
+            tenant: key.tenant.clone(),
+            node_id: key.node_id.clone(),
+            serials,
+            at: now,
+        });
+        let json = serde_json::to_vec_pretty(&revoked).expect("revocations serialize");
+        write_private(&self.revoked_path(), &json)?;
+        Ok(Some(record))
+    }
+
+    fn revoked_path(&self) -> PathBuf {
+        self.dir.join("revoked.json")
+    }
+
+    /// Every revocation so far.
+    pub fn revoked(&self) -> Result<Vec<Revocation>, IdentityError> {
+        let path = self.revoked_path();
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IdentityError::Corrupt {
                 path: path.clone(),
@@ -245,76 +429,16 @@ impl Authority {
         }
     }
 
-    /// Makes a join token valid for `ttl` and returns its full text, the
-    /// only time the secret is ever seen.
-    pub fn create_token(&self, ttl: Duration) -> Result<(String, StoredToken), IdentityError> {
-        let mut tokens = self.load_tokens()?;
-        let now = unix_now();
-        // Expired tokens are useless; drop them while rewriting the file.
-        tokens.retain(|t| t.expires_at > now);
-        let id = random_hex(4);
-        let secret = random_hex(16);
-        let stored = StoredToken {
-            id: id.clone(),
-            secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
-            created_at: now,
-            expires_at: now + ttl.as_secs(),
-        };
-        tokens.push(stored.clone());
-        let json = serde_json::to_vec_pretty(&tokens).expect("tokens serialize");
-        write_private(&self.tokens_path(), &json)?;
-        let text = JoinToken {
-            ca_fingerprint: self.ca_fingerprint(),
-            id,
-            secret,
-        };
-        Ok((text.to_string(), stored))
-    }
-
-    /// Checks a join token presented by an agent.
-    pub fn check_token(
-        &self,
-        text: &str,
-    ) -> Result<Result<StoredToken, TokenError>, IdentityError> {
-        let token: JoinToken = match text.parse() {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        if token.ca_fingerprint != self.ca_fingerprint() {
-            return Ok(Err(TokenError::WrongInstallation));
-        }
-        let hash = hex::encode(Sha256::digest(token.secret.as_bytes()));
-        let found = self.load_tokens()?.into_iter().find(|t| {
-            t.id == token.id && constant_time_eq(t.secret_sha256.as_bytes(), hash.as_bytes())
-        });
-        Ok(match found {
-            None => Err(TokenError::Unknown),
-            Some(t) if t.expires_at <= unix_now() => {
-                Err(TokenError::Expired(rfc3339(t.expires_at)))
-            }
-            Some(t) => Ok(t),
-        })
-    }
-
-    /// Signs an agent's certificate request for `node_id`. Only the key is
-    /// taken from the request; names and usages are ours.
-    pub fn issue_node_cert(
-        &self,
-        node_id: &NodeId,
-        csr_pem: &str,
-    ) -> Result<String, IdentityError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, node_id.as_str());
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        validity(&mut params, NODE_CERT_LIFETIME);
-        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
-        let record = serde_json::json!({ "node_id": node_id, "enrolled_at": rfc3339(unix_now()) });
-        let path = self.dir.join("nodes").join(format!("{node_id}.json"));
-        write_private(&path, record.to_string().as_bytes())?;
-        Ok(cert.pem())
+    /// Modification time of the files a serving relay watches, so it
+    /// rereads them only when they changed.
+    pub fn watched_stamp(&self) -> Vec<Option<SystemTime>> {
+        [
+            self.revoked_path(),
+            self.dir.join(crate::credentials::Kind::ApiKey.file_name()),
+        ]
+        .iter()
+        .map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
     }
 
     /// The CA certificate, PEM.
@@ -322,92 +446,186 @@ impl Authority {
         &self.ca_pem
     }
 
-    /// Whether `node_id` ever enrolled here.
-    pub fn is_enrolled(&self, node_id: &NodeId) -> bool {
-        self.dir
-            .join("nodes")
-            .join(format!("{node_id}.json"))
-            .exists()
+    /// Whether `key` ever enrolled here (and was not revoked).
+    pub fn is_enrolled(&self, key: &NodeKey) -> bool {
+        matches!(self.node_record(&key.tenant, &key.node_id), Ok(Some(r)) if r.revoked_at.is_none())
     }
 }
 
-fn random_hex(bytes: usize) -> String {
+/// When the holder of `cert` (issued here) should renew it: after two
+/// thirds of its lifetime, counted from now.
+pub fn renew_in(cert: &tls::Subject) -> Duration {
+    let skew = CLOCK_SKEW.as_secs() as i64;
+    let lifetime = (cert.not_after - cert.not_before - skew).max(0);
+    let renew_at = cert.not_after - lifetime / 3;
+    let now = unix_now() as i64;
+    Duration::from_secs(renew_at.saturating_sub(now).max(0) as u64)
+}
+
+/// A node as the relay addresses it: node ids are unique within a tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeKey {
+    /// The owner.
+    pub tenant: TenantId,
+    /// The node.
+    pub node_id: NodeId,
+}
+
+impl NodeKey {
+    /// Parses `tenant/node`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (tenant, node) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not of the form TENANT/NODE"))?;
+        Ok(Self {
+            tenant: TenantId::new(tenant).map_err(|e| e.to_string())?,
+            node_id: NodeId::new(node).map_err(|e| e.to_string())?,
+        })
+    }
+}
+
+impl std::fmt::Display for NodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.node_id)
+    }
+}
+
+/// What the relay keeps about an enrolled node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The owner.
+    pub tenant: TenantId,
+    /// The node.
+    pub node_id: NodeId,
+    /// Seconds since the epoch.
+    pub enrolled_at: u64,
+    /// Serials of the certificates that are good: the newest two.
+    pub serials: Vec<String>,
+    /// When an operator revoked it.
+    #[serde(default)]
+    pub revoked_at: Option<u64>,
+}
+
+/// One `node revoke`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Revocation {
+    /// The owner.
+    pub tenant: TenantId,
+    /// The node.
+    pub node_id: NodeId,
+    /// The certificates that were good until then.
+    pub serials: Vec<String>,
+    /// Seconds since the epoch.
+    pub at: u64,
+}
+
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut buf);
     hex::encode(buf)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn node(id: &str) -> NodeId {
-        NodeId::new(id).expect("valid")
+    fn key(t: &str, n: &str) -> NodeKey {
+        NodeKey::parse(&format!("{t}/{n}")).unwrap()
     }
 
-    #[test]
-    fn tokens_are_checked_by_secret_installation_and_expiry() {
-        let dir = tempfile::tempdir().unwrap();
-        let auth = Authority::open(dir.path()).unwrap();
-        let (text, _) = auth.create_token(Duration::from_secs(600)).unwrap();
-        assert!(auth.check_token(&text).unwrap().is_ok());
-
-        let stored = fs::read_to_string(dir.path().join("tokens.json")).unwrap();
-        let secret = text.rsplit('.').next().unwrap();
-        assert!(!stored.contains(secret), "the secret is stored only hashed");
-
-        let mut forged = text.clone();
-        forged.pop();
-        forged.push('x');
-        assert_eq!(
-            auth.check_token(&forged).unwrap().unwrap_err(),
-            TokenError::Unknown
-        );
-        assert!(matches!(
-            auth.check_token("nonsense").unwrap(),
-            Err(TokenError::Malformed(_))
-        ));
-
-        let (expired, _) = auth.create_token(Duration::ZERO).unwrap();
-        assert!(matches!(
-            auth.check_token(&expired).unwrap(),
-            Err(TokenError::Expired(_))
-        ));
-
-        let other = tempfile::tempdir().unwrap();
-        let (foreign, _) = Authority::open(other.path())
-            .unwrap()
-            .create_token(Duration::from_secs(60))
-            .unwrap();
-        assert_eq!(
-            auth.check_token(&foreign).unwrap().unwrap_err(),
-            TokenError::WrongInstallation
-        );
-    }
-
-    #[test]
-    fn the_ca_survives_restarts_and_node_certs_name_the_node() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = Authority::open(dir.path()).unwrap();
-        let again = Authority::open(dir.path()).unwrap();
-        assert_eq!(first.ca_fingerprint(), again.ca_fingerprint());
-        assert_eq!(first.relay_id(), again.relay_id());
-
+    fn csr() -> String {
         let key = KeyPair::generate().unwrap();
-        let csr = CertificateParams::new(vec!["evil.example".into()])
+        CertificateParams::new(vec!["evil.example".into()])
             .unwrap()
             .serialize_request(&key)
             .unwrap()
             .pem()
+            .unwrap()
+    }
+
+    fn subject_of(pem: &str) -> tls::Subject {
+        tls::subject(&tls::certs_from_pem(pem).unwrap()[0]).unwrap()
+    }
+
+    #[test]
+    fn join_tokens_carry_their_tenant_and_installation() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Authority::open(dir.path()).unwrap();
+        let new = |tenant: &str| NewCredential {
+            tenant: TenantId::new(tenant).unwrap(),
+            ttl: Some(Duration::from_secs(60)),
+            uses: None,
+            name: None,
+        };
+        let (text, _) = auth.create_join_token(new("acme")).unwrap();
+        let used = auth.use_join_token(&text).unwrap().unwrap();
+        assert_eq!(used.tenant.as_str(), "acme");
+        assert!(matches!(
+            auth.use_join_token("nonsense").unwrap(),
+            Err(Refusal::Malformed(..))
+        ));
+        let other = tempfile::tempdir().unwrap();
+        let (foreign, _) = Authority::open(other.path())
+            .unwrap()
+            .create_join_token(new("acme"))
             .unwrap();
-        let pem = again.issue_node_cert(&node("web-1"), &csr).unwrap();
-        let der = tls::certs_from_pem(&pem).unwrap().remove(0);
-        assert_eq!(tls::node_id_from_cert(&der), Some(node("web-1")));
-        assert!(again.is_enrolled(&node("web-1")));
-        assert!(!again.is_enrolled(&node("web-2")));
+        assert_eq!(
+            auth.use_join_token(&foreign).unwrap().unwrap_err(),
+            Refusal::WrongInstallation
+        );
+    }
+
+    #[test]
+    fn certificates_name_tenant_node_and_role_and_revocation_sticks() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Authority::open(dir.path()).unwrap();
+        let auth = Authority::open(dir.path()).unwrap();
+        assert_eq!(first.ca_fingerprint(), auth.ca_fingerprint());
+        assert_eq!(first.relay_id(), auth.relay_id());
+
+        let web = key("acme", "web-1");
+        let ttl = Duration::from_secs(600);
+        let pem = auth
+            .issue_node_cert(&web.tenant, &web.node_id, &csr(), ttl, false)
+            .unwrap();
+        let subject = subject_of(&pem);
+        assert_eq!(subject.name, "web-1");
+        assert_eq!(subject.tenant, Some(web.tenant.clone()));
+        assert_eq!(subject.role, Some(Role::Node));
+        assert_eq!(auth.check_node_cert(&subject), Ok(web.clone()));
+        assert!(auth.is_enrolled(&web));
+        assert!(!auth.is_enrolled(&key("other", "web-1")));
+
+        // Renewal keeps the previous certificate good, and only that one.
+        let renewed = auth
+            .issue_node_cert(&web.tenant, &web.node_id, &csr(), ttl, true)
+            .unwrap();
+        assert!(auth.check_node_cert(&subject).is_ok());
+        let third = auth
+            .issue_node_cert(&web.tenant, &web.node_id, &csr(), ttl, true)
+            .unwrap();
+        let err = auth.check_node_cert(&subject).unwrap_err();
+        assert!(err.contains("replaced"), "{err}");
+        assert!(auth.check_node_cert(&subject_of(&renewed)).is_ok());
+
+        auth.revoke_node(&web).unwrap().unwrap();
+        let err = auth.check_node_cert(&subject_of(&third)).unwrap_err();
+        assert!(err.contains("revoked"), "{err}");
+        assert!(!auth.is_enrolled(&web));
+        assert!(matches!(
+            auth.issue_node_cert(&web.tenant, &web.node_id, &csr(), ttl, true),
+            Err(IdentityError::Revoked)
+        ));
+        let revoked = auth.revoked().unwrap();
+        assert_eq!(revoked.len(), 1);
+        assert_eq!(revoked[0].serials.len(), 2);
+
+        // A client certificate is not a node certificate.
+        let (client, _key) = auth
+            .issue_client_cert(&web.tenant, "ci", Duration::from_secs(60))
+            .unwrap();
+        let client = subject_of(&client);
+        assert_eq!(client.role, Some(Role::Client));
+        assert!(auth.check_node_cert(&client).is_err());
     }
 }

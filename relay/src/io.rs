@@ -1,58 +1,121 @@
-//! An IO wrapper that counts relayed bytes and open streams in the metrics.
+//! The stream of one control-plane call to a node, as the front uses it:
+//! counts relayed bytes for the metrics and the call's audit line, holds
+//! the call's concurrency slots, and cuts the call when no byte has moved
+//! either way for the idle timeout.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
+use crate::audit::CallRecord;
+use crate::front::Slots;
 use crate::metrics::Metrics;
 
-/// Wraps a stream to a node; counts bytes each way while it lives.
-pub struct Counted<S> {
+/// A stream to a node with the bookkeeping of the call it carries.
+pub struct CallStream<S> {
     inner: S,
     metrics: Arc<Metrics>,
     to_node: prometheus::IntCounter,
     from_node: prometheus::IntCounter,
+    record: Arc<CallRecord>,
+    _slots: Slots,
+    idle_timeout: Duration,
+    last_activity: Instant,
+    idle: Pin<Box<Sleep>>,
 }
 
-impl<S> Counted<S> {
+impl<S> CallStream<S> {
     /// Starts counting; the stream counts as open until dropped.
-    pub fn new(inner: S, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        inner: S,
+        metrics: Arc<Metrics>,
+        record: Arc<CallRecord>,
+        slots: Slots,
+        idle_timeout: Duration,
+    ) -> Self {
         metrics.streams_open.inc();
+        let now = Instant::now();
         Self {
             to_node: metrics.bytes.with_label_values(&["to_node"]),
             from_node: metrics.bytes.with_label_values(&["from_node"]),
             inner,
             metrics,
+            record,
+            _slots: slots,
+            idle_timeout,
+            last_activity: now,
+            idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
+        }
+    }
+
+    /// Whether the call has been idle too long; re-arms the timer (to the
+    /// last activity plus the timeout) when it has not. Only when its timer
+    /// fires, so busy streams pay no timer work per byte.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            if self.idle.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let deadline = self.last_activity + self.idle_timeout;
+            if deadline <= Instant::now() {
+                self.metrics.limit_hit("idle_stream");
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no bytes moved either way for {:?} (the relay's idle stream timeout)",
+                        self.idle_timeout
+                    ),
+                ));
+            }
+            self.idle.as_mut().reset(deadline);
+        }
+    }
+
+    fn sent(&mut self, n: usize) {
+        if n > 0 {
+            self.last_activity = Instant::now();
+            self.to_node.inc_by(n as u64);
+            self.record.to_node.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 }
 
-impl<S> Drop for Counted<S> {
+impl<S> Drop for CallStream<S> {
     fn drop(&mut self) {
         self.metrics.streams_open.dec();
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for CallStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.from_node.inc_by(n as u64);
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(res) => {
+                let n = buf.filled().len() - before;
+                if n > 0 {
+                    self.last_activity = Instant::now();
+                    self.from_node.inc_by(n as u64);
+                    self.record.from_node.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(res)
+            }
+            Poll::Pending => self.poll_idle(cx).map(Err),
         }
-        res
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for CallStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -60,7 +123,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
-            self.to_node.inc_by(n as u64);
+            self.sent(n);
         }
         res
     }
@@ -80,7 +143,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = res {
-            self.to_node.inc_by(n as u64);
+            self.sent(n);
         }
         res
     }

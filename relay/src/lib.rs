@@ -2,14 +2,20 @@
 //!
 //! Agents dial in on the agent listener ([`listen`]) and hold a session in
 //! the session table ([`sessions`]); control-plane clients speak the Docker
-//! API to the front ([`front`]), which carries each call over a stream of
-//! the node's session. [`identity`] keeps the installation's CA and join
-//! tokens; [`metrics`] serves Prometheus metrics and health checks.
+//! API to the front ([`front`]), which authenticates them ([`auth`]) and
+//! carries each call over a stream of the node's session, leaving an audit
+//! line ([`audit`]). [`identity`] keeps the installation's CA, node records
+//! and revocations, [`credentials`] the join tokens and API keys; a watcher
+//! picks up their changes made by the CLI while the relay serves.
+//! [`metrics`] serves Prometheus metrics and health checks.
 //!
 //! This crate must not know how an agent serves a stream: it speaks only
 //! the protocol of `tunnelgate-proto` over `tunnelgate-session`.
 
+pub mod audit;
+pub mod auth;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod front;
 pub mod identity;
@@ -27,6 +33,7 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -47,6 +54,12 @@ pub struct Shared {
     pub sessions: Sessions,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// API keys, as last read from the state dir.
+    pub api_keys: auth::ApiKeys,
+    /// Calls in flight per node and tenant.
+    pub slots: Arc<front::StreamSlots>,
+    /// New agent handshakes allowed now.
+    pub handshakes: listen::HandshakeBudget,
 }
 
 /// The relay could not start.
@@ -77,6 +90,7 @@ pub struct Relay {
     agent_tcp: TcpListener,
     agent_tls: Arc<rustls::ServerConfig>,
     api: TcpListener,
+    api_tls: Option<tokio_rustls::TlsAcceptor>,
     metrics_listener: TcpListener,
 }
 
@@ -99,6 +113,14 @@ impl Relay {
         names.sort();
         names.dedup();
         let identity = authority.server_identity(&names)?;
+        let api_tls = if config.api_tls {
+            let tls =
+                tunnelgate_session::tls::api_server_config(identity.clone(), authority.ca_der())
+                    .map_err(identity::IdentityError::from)?;
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+        } else {
+            None
+        };
         let tls = tunnelgate_session::tls::server_config(identity, authority.ca_der())
             .map_err(identity::IdentityError::from)?;
         let bind_err = |what, addr| move |source| RelayError::Bind { what, addr, source };
@@ -111,17 +133,24 @@ impl Relay {
             .await
             .map_err(bind_err("metrics-listen", config.metrics_listen))?;
         let metrics = Arc::new(Metrics::new(prometheus::Registry::new())?);
+        let api_keys = auth::ApiKeys::default();
+        api_keys.set(authority.credentials().list(credentials::Kind::ApiKey)?);
+        let handshakes = listen::HandshakeBudget::new(config.limits.max_agent_handshakes_per_sec);
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
                 authority,
                 sessions: Sessions::default(),
                 metrics,
+                api_keys,
+                slots: Arc::default(),
+                handshakes,
             }),
             endpoint,
             agent_tcp,
             agent_tls: tls,
             api,
+            api_tls,
             metrics_listener,
         })
     }
@@ -163,6 +192,7 @@ impl Relay {
             agent_tcp,
             agent_tls,
             api,
+            api_tls,
             metrics_listener,
         } = self;
         let tracker = TaskTracker::new();
@@ -188,21 +218,28 @@ impl Relay {
         let front_shared = shared.clone();
         tracker.spawn(serve_http(
             api,
-            shutdown.clone(),
-            hard.clone(),
+            HttpOptions {
+                tls: api_tls,
+                upgrades: true,
+                limits: Some((shared.config.limits.clone(), shared.metrics.clone())),
+            },
+            (shutdown.clone(), hard.clone()),
             tracker.clone(),
-            true,
-            move |req| front::handle(front_shared.clone(), req),
+            move |conn, req| front::handle(front_shared.clone(), conn, req),
         ));
         let (m, r) = (shared.metrics.clone(), ready.clone());
         tracker.spawn(serve_http(
             metrics_listener,
-            hard.clone(),
-            hard.clone(),
+            HttpOptions {
+                tls: None,
+                upgrades: false,
+                limits: None,
+            },
+            (hard.clone(), hard.clone()),
             tracker.clone(),
-            false,
-            move |req| metrics::handle(m.clone(), r.clone(), req),
+            move |_, req| metrics::handle(m.clone(), r.clone(), req),
         ));
+        tracker.spawn(watch_state_dir(shared.clone(), hard.clone()));
         ready.store(true, Ordering::Release);
         info!(relay_id = shared.authority.relay_id(), %api_addr, %agent_addr, %metrics_addr, "relay serving");
 
@@ -302,17 +339,79 @@ pub(crate) async fn accept_tcp(
     }
 }
 
+/// How often the relay looks for changes the CLI made in the state dir.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Picks up what `api-key revoke`/`create` and `node revoke` changed while
+/// the relay serves: reloads the API keys, and closes at once the session
+/// of a node whose certificate was revoked.
+async fn watch_state_dir(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut seen = shared.authority.watched_stamp();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(WATCH_INTERVAL) => {}
+            () = stop.cancelled() => return,
+        }
+        let stamp = shared.authority.watched_stamp();
+        if stamp == seen {
+            continue;
+        }
+        seen = stamp;
+        match shared
+            .authority
+            .credentials()
+            .list(credentials::Kind::ApiKey)
+        {
+            Ok(keys) => shared.api_keys.set(keys),
+            Err(e) => warn!(error = %e, "cannot reread the API keys; keeping the previous list"),
+        }
+        let revoked = match shared.authority.revoked() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot read the revocations");
+                continue;
+            }
+        };
+        for entry in shared.sessions.entries() {
+            let hit = revoked.iter().any(|r| {
+                r.tenant == entry.key.tenant
+                    && r.node_id == entry.key.node_id
+                    && r.serials.contains(&entry.cert_serial)
+            });
+            if hit {
+                info!(tenant = %entry.key.tenant, node_id = %entry.key.node_id,
+                      "node revoked by an operator; closing its session");
+                shared.sessions.remove(&entry);
+                entry.session.close("node revoked by an operator");
+            }
+        }
+    }
+}
+
+/// How one HTTP listener serves.
+struct HttpOptions {
+    /// Speak TLS first (client certificates optional).
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Let handlers hijack connections (attach, exec).
+    upgrades: bool,
+    /// Request-head limits, and the metrics counting their hits.
+    limits: Option<(config::Limits, Arc<Metrics>)>,
+}
+
 /// Accepts HTTP/1.1 connections until `stop_accepting`; open connections
 /// are asked to finish gracefully then, and dropped at `hard`.
 async fn serve_http<F, Fut, B>(
     listener: TcpListener,
-    stop_accepting: CancellationToken,
-    hard: CancellationToken,
+    options: HttpOptions,
+    (stop_accepting, hard): (CancellationToken, CancellationToken),
     tracker: TaskTracker,
-    upgrades: bool,
     handler: F,
 ) where
-    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
+    F: Fn(Arc<auth::ConnInfo>, hyper::Request<hyper::body::Incoming>) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     Fut: std::future::Future<Output = Result<hyper::Response<B>, std::convert::Infallible>>
         + Send
         + 'static,
@@ -320,22 +419,58 @@ async fn serve_http<F, Fut, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let options = Arc::new(options);
     loop {
         let Some((tcp, peer)) = accept_tcp(&listener, &stop_accepting).await else {
             return;
         };
         let _ = tcp.set_nodelay(true);
         let handler = handler.clone();
+        let options = options.clone();
         let (stop, hard) = (stop_accepting.clone(), hard.clone());
         tracker.spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .max_buf_size(256 * 1024);
-            let svc = service_fn(handler);
-            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
-            let result = if upgrades {
+            builder.timer(TokioTimer::new());
+            let header_timeout = match &options.limits {
+                Some((limits, _)) => {
+                    builder
+                        .header_read_timeout(limits.header_read_timeout)
+                        .max_header_size(limits.max_header_bytes)
+                        // The front answers too many headers itself with a
+                        // clear message; hyper stops only the absurd.
+                        .max_headers(limits.max_headers.saturating_mul(4).max(100));
+                    limits.header_read_timeout
+                }
+                None => Duration::from_secs(30),
+            };
+            let (io, client_cert) = match &options.tls {
+                None => (Either::Left(tcp), None),
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let cert = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(tunnelgate_session::tls::subject);
+                            (Either::Right(Box::new(tls)), cert)
+                        }
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "API TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "API TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let conn_info = Arc::new(auth::ConnInfo { peer, client_cert });
+            let svc = service_fn(move |req| handler(conn_info.clone(), req));
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
+            let result = if options.upgrades {
                 let conn = conn.with_upgrades();
                 tokio::pin!(conn);
                 drive_conn(conn, &stop, &hard, |c| c.graceful_shutdown()).await
@@ -344,6 +479,13 @@ async fn serve_http<F, Fut, B>(
                 drive_conn(conn, &stop, &hard, |c| c.graceful_shutdown()).await
             };
             if let Some(Err(e)) = result {
+                if let Some((_, metrics)) = &options.limits {
+                    if e.is_parse_too_large() {
+                        metrics.limit_hit("header_size");
+                    } else if e.is_timeout() {
+                        metrics.limit_hit("header_read_timeout");
+                    }
+                }
                 debug!(%peer, error = %e, "client connection ended with an error");
             }
         });

@@ -5,11 +5,18 @@
 //!
 //! ```text
 //! QUIC handshake ── no client cert ──► control stream: Enroll ─► Enrolled | Refused, close
-//!        └──────── node cert ───────► control stream: Hello ──► Welcome ─► in session table
-//!                                      heartbeats … until lost, replaced or drained
+//!        └──────── node cert ───────► record check (enrolled, not revoked, current serial)
+//!                                      control stream: Hello ──► Welcome ─► in session table
+//!                                      heartbeats, certificate renewals … until lost,
+//!                                      replaced, drained or revoked
 //! ```
+//!
+//! New handshakes beyond `max_agent_handshakes_per_sec` are refused before
+//! any cryptography, so a reconnect storm after a restart cannot starve the
+//! sessions and calls already running; the refused agents retry with
+//! backoff and jitter.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
@@ -19,14 +26,48 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use tunnelgate_proto::control::{RelayControl, RelayEvent};
 use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
 use tunnelgate_proto::message::{ControlMessage, Enrolled, RefusalCode, Refused};
-use tunnelgate_proto::NodeId;
 use tunnelgate_session::{driver, tls, Session, Stream};
 
+use crate::identity::NodeKey;
 use crate::sessions::{ControlCommand, Entry, NodeInfo};
 use crate::Shared;
 
 /// How long an agent has for its QUIC handshake and first control message.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A token bucket of agent handshakes: `rate` per second, bursts of as
+/// many.
+#[derive(Debug)]
+pub struct HandshakeBudget {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl HandshakeBudget {
+    /// A full bucket of `per_sec`.
+    pub fn new(per_sec: u32) -> Self {
+        let rate = f64::from(per_sec.max(1));
+        Self {
+            rate,
+            state: Mutex::new((rate, Instant::now())),
+        }
+    }
+
+    /// Takes one handshake from the budget, if there is one.
+    pub fn try_take(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = &mut *state;
+        let now = Instant::now();
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// Accepts QUIC agent sessions until `stop_accepting` fires (a draining
 /// relay takes no new agents); each session runs until `cancel`.
@@ -49,6 +90,11 @@ pub async fn run_quic(
                 return;
             }
         };
+        if !shared.handshakes.try_take() {
+            shared.metrics.limit_hit("agent_handshakes");
+            incoming.refuse();
+            continue;
+        }
         let shared = shared.clone();
         let cancel = cancel.clone();
         let span = info_span!("conn", peer = %incoming.remote_address(), transport = "quic");
@@ -89,6 +135,11 @@ pub async fn run_tcp(
         let Some((tcp, peer)) = crate::accept_tcp(&listener, &stop_accepting).await else {
             return;
         };
+        if !shared.handshakes.try_take() {
+            shared.metrics.limit_hit("agent_handshakes");
+            drop(tcp);
+            continue;
+        }
         let (shared, cancel, acceptor) = (shared.clone(), cancel.clone(), acceptor.clone());
         let span = info_span!("conn", %peer, transport = "tcp");
         tracker.spawn(
@@ -110,7 +161,7 @@ pub async fn run_tcp(
 pub async fn serve_session(session: Session, shared: Arc<Shared>, cancel: CancellationToken) {
     let certified = session
         .peer_certificates()
-        .and_then(|chain| chain.first().and_then(tls::node_id_from_cert));
+        .and_then(|chain| chain.first().and_then(tls::subject));
     let control = match tokio::time::timeout(HANDSHAKE_TIMEOUT, session.accept_stream()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -124,15 +175,46 @@ pub async fn serve_session(session: Session, shared: Arc<Shared>, cancel: Cancel
             return;
         }
     };
-    match certified {
-        None => enrol(session, control, &shared).await,
-        Some(node_id) => {
-            let span = info_span!("session", %node_id);
-            run_control(session, control, node_id, shared, cancel)
+    let Some(subject) = certified else {
+        return enrol(session, control, &shared).await;
+    };
+    match shared.authority.check_node_cert(&subject) {
+        Ok(key) => {
+            let span = info_span!("session", tenant = %key.tenant, node_id = %key.node_id);
+            run_control(session, control, key, subject, shared, cancel)
                 .instrument(span)
                 .await
         }
+        Err(reason) => {
+            shared.metrics.handshake("refused");
+            info!(node = %subject.name, %reason, "agent certificate refused");
+            let code = if reason.contains("revoked") {
+                RefusalCode::Revoked
+            } else {
+                RefusalCode::IdentityMismatch
+            };
+            refuse_and_close(
+                session,
+                control,
+                Refused {
+                    code,
+                    message: reason,
+                },
+            )
+            .await;
+        }
     }
+}
+
+/// Sends `refused` on the control stream, lets the agent read it, closes.
+async fn refuse_and_close(session: Session, mut control: Stream, refused: Refused) {
+    let reason = refused.message.clone();
+    let _ = control
+        .write_message(&ControlMessage::Refused(refused), DEFAULT_MAX_FRAME)
+        .await;
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut control).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), session.closed()).await;
+    session.close(&reason);
 }
 
 /// First contact: trade a join token and a CSR for a node certificate.
@@ -152,7 +234,7 @@ async fn enrol(session: Session, mut control: Stream, shared: &Shared) {
             RefusalCode::ProtocolViolation,
             format!("unreadable enrolment request: {e}"),
         )),
-        Ok(Ok(ControlMessage::Enroll(req))) => match shared.authority.check_token(&req.token) {
+        Ok(Ok(ControlMessage::Enroll(req))) => match shared.authority.use_join_token(&req.token) {
             Err(e) => {
                 warn!(error = %e, "cannot read the token store");
                 Err(refuse(
@@ -161,9 +243,15 @@ async fn enrol(session: Session, mut control: Stream, shared: &Shared) {
                 ))
             }
             Ok(Err(e)) => Err(refuse(RefusalCode::BadToken, e.to_string())),
-            Ok(Ok(token)) => match shared.authority.issue_node_cert(&req.node_id, &req.csr_pem) {
+            Ok(Ok(token)) => match shared.authority.issue_node_cert(
+                &token.tenant,
+                &req.node_id,
+                &req.csr_pem,
+                shared.config.node_cert_ttl,
+                false,
+            ) {
                 Ok(cert_pem) => {
-                    info!(node_id = %req.node_id, token_id = %token.id, "node enrolled");
+                    info!(tenant = %token.tenant, node_id = %req.node_id, token_id = %token.id, "node enrolled");
                     Ok(Enrolled {
                         cert_pem,
                         ca_pem: shared.authority.ca_pem().to_owned(),
@@ -202,16 +290,19 @@ async fn enrol(session: Session, mut control: Stream, shared: &Shared) {
 async fn run_control(
     session: Session,
     mut control: Stream,
-    node_id: NodeId,
+    key: NodeKey,
+    cert: tls::Subject,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
+    let ttl = shared.config.node_cert_ttl;
     let mut machine = RelayControl::new(
-        node_id.clone(),
+        key.node_id.clone(),
         shared.authority.relay_id().to_owned(),
         shared.config.heartbeat_interval,
         Instant::now(),
-    );
+    )
+    .with_cert_renewal(crate::identity::renew_in(&cert));
     let (tx, rx) = mpsc::channel::<ControlCommand>(8);
     let transport = session.transport().as_str();
     let mut entry: Option<Arc<Entry>> = None;
@@ -229,7 +320,13 @@ async fn run_control(
                     connected_since: SystemTime::now(),
                     rtt: None,
                 };
-                entry = Some(shared.sessions.insert(session.clone(), info, tx.clone()));
+                entry = Some(shared.sessions.insert(
+                    session.clone(),
+                    key.clone(),
+                    cert.serial.clone(),
+                    info,
+                    tx.clone(),
+                ));
                 shared
                     .metrics
                     .agents_connected
@@ -250,6 +347,21 @@ async fn run_control(
                 );
                 if let Some(e) = &entry {
                     e.update(|i| i.docker = docker);
+                }
+            }
+            RelayEvent::RenewRequested(csr) => {
+                match shared
+                    .authority
+                    .issue_node_cert(&key.tenant, &key.node_id, &csr, ttl, true)
+                {
+                    Ok(pem) => {
+                        info!("node certificate renewed");
+                        let cmd: ControlCommand =
+                            Box::new(move |m| m.cert_renewed(pem, ttl.mul_f64(2.0 / 3.0)));
+                        let _ = tx.try_send(cmd);
+                    }
+                    // The agent asks again; a revoked node is dropped by the watcher.
+                    Err(e) => warn!(error = %e, "cannot renew the node certificate"),
                 }
             }
         },

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub bytes: IntCounterVec,
     /// Time from a request's arrival to its response headers.
     pub request_duration: Histogram,
+    /// Protection limits hit, by limit.
+    pub limit_hits: IntCounterVec,
+    /// Control-plane calls refused for their credentials, by reason.
+    pub auth_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -73,6 +77,22 @@ impl Metrics {
             )
             .buckets(prometheus::exponential_buckets(0.0001, 2.5, 14)?),
         )?;
+        let limit_hits = IntCounterVec::new(
+            Opts::new(
+                "tunnelgate_relay_limit_hits_total",
+                "Requests, streams or handshakes stopped by a protection limit, by limit.",
+            ),
+            &["limit"],
+        )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "tunnelgate_front_auth_failures_total",
+                "Control-plane calls refused for missing or bad credentials, by reason.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(limit_hits.clone()))?;
+        registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(agents_connected.clone()))?;
         registry.register(Box::new(agent_handshakes.clone()))?;
         registry.register(Box::new(streams_open.clone()))?;
@@ -87,7 +107,14 @@ impl Metrics {
             requests,
             bytes,
             request_duration,
+            limit_hits,
+            auth_failures,
         })
+    }
+
+    /// Counts one hit of the protection limit `limit`.
+    pub fn limit_hit(&self, limit: &str) {
+        self.limit_hits.with_label_values(&[limit]).inc();
     }
 
     /// Counts one agent handshake that ended with `result`.

@@ -1,7 +1,7 @@
 //! The session table: which agent session serves which node, and what the
 //! node last told us about itself.
 //!
-//! Keyed by node id in a `DashMap`, so the front's lookups never contend
+//! Keyed by tenant and node id in a `DashMap`, so the front's lookups never contend
 //! with each other. New calls go to a node's newest session. A replaced
 //! session is not closed here: an agent moving from TLS/TCP to QUIC lets
 //! the calls in flight on the old one finish and closes it itself, and a
@@ -17,8 +17,10 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tunnelgate_proto::control::RelayControl;
 use tunnelgate_proto::message::{DockerFacts, Hello};
-use tunnelgate_proto::NodeId;
+use tunnelgate_proto::{NodeId, TenantId};
 use tunnelgate_session::Session;
+
+use crate::identity::NodeKey;
 
 /// A command run against a session's control machine (e.g. a drain).
 pub type ControlCommand = tunnelgate_session::driver::Command<RelayControl>;
@@ -45,6 +47,10 @@ pub struct Entry {
     pub info: Mutex<NodeInfo>,
     /// Reaches the session's control machine.
     pub control: mpsc::Sender<ControlCommand>,
+    /// Tenant and node.
+    pub key: NodeKey,
+    /// Serial of the certificate the agent connected with.
+    pub cert_serial: String,
     serial: u64,
 }
 
@@ -80,7 +86,7 @@ pub struct NodeView {
 /// All live sessions of this relay.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    map: DashMap<NodeId, Arc<Entry>>,
+    map: DashMap<NodeKey, Arc<Entry>>,
     next_serial: AtomicU64,
 }
 
@@ -89,18 +95,21 @@ impl Sessions {
     pub fn insert(
         &self,
         session: Session,
+        key: NodeKey,
+        cert_serial: String,
         info: NodeInfo,
         control: mpsc::Sender<ControlCommand>,
     ) -> Arc<Entry> {
-        let node_id = info.hello.node_id.clone();
         let entry = Arc::new(Entry {
             session,
             info: Mutex::new(info),
             control,
+            key: key.clone(),
+            cert_serial,
             serial: self.next_serial.fetch_add(1, Ordering::Relaxed),
         });
-        if let Some(old) = self.map.insert(node_id.clone(), entry.clone()) {
-            tracing::info!(%node_id, old = %old.session.transport(), new = %entry.session.transport(),
+        if let Some(old) = self.map.insert(key, entry.clone()) {
+            tracing::info!(old = %old.session.transport(), new = %entry.session.transport(),
                            "new calls go to the node's newer session");
         }
         entry
@@ -108,15 +117,22 @@ impl Sessions {
 
     /// Removes `entry` if it is still the node's current session.
     pub fn remove(&self, entry: &Entry) -> bool {
-        let node_id = entry.node_id();
         self.map
-            .remove_if(&node_id, |_, current| current.serial == entry.serial)
+            .remove_if(&entry.key, |_, current| current.serial == entry.serial)
             .is_some()
     }
 
-    /// The session serving `node_id`.
-    pub fn get(&self, node_id: &NodeId) -> Option<Arc<Entry>> {
-        self.map.get(node_id).map(|e| e.value().clone())
+    /// The session serving `key`.
+    pub fn get(&self, key: &NodeKey) -> Option<Arc<Entry>> {
+        self.map.get(key).map(|e| e.value().clone())
+    }
+
+    /// The session serving `node_id` of `tenant`.
+    pub fn get_in(&self, tenant: &TenantId, node_id: &NodeId) -> Option<Arc<Entry>> {
+        self.get(&NodeKey {
+            tenant: tenant.clone(),
+            node_id: node_id.clone(),
+        })
     }
 
     /// Every live session.
@@ -134,20 +150,20 @@ impl Sessions {
         self.map.is_empty()
     }
 
-    /// The node list, sorted by node id.
-    pub fn views(&self, relay_id: &str) -> Vec<NodeView> {
-        let mut views: Vec<_> = self.map.iter().map(|e| e.value().view(relay_id)).collect();
+    /// The node list of `tenant`, sorted by node id.
+    pub fn views(&self, tenant: &TenantId, relay_id: &str) -> Vec<NodeView> {
+        let mut views: Vec<_> = self
+            .map
+            .iter()
+            .filter(|e| &e.key().tenant == tenant)
+            .map(|e| e.value().view(relay_id))
+            .collect();
         views.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         views
     }
 }
 
 impl Entry {
-    /// The node this session serves.
-    pub fn node_id(&self) -> NodeId {
-        self.lock().hello.node_id.clone()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, NodeInfo> {
         // A panic while holding this short, await-free lock leaves plain
         // data behind; keep serving it.

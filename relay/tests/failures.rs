@@ -288,13 +288,17 @@ fn daemon_redirects_keep_the_client_on_the_relay() {
 }
 
 #[test]
-fn serve_refuses_an_unauthenticated_api_on_a_non_loopback_address() {
+fn an_api_off_loopback_speaks_tls_and_requires_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(relay_bin())
         .args([
             "serve",
             "--api-listen",
             "0.0.0.0:0",
+            "--api-auth",
+            "loopback-open",
+        ])
+        .args([
             "--agent-listen",
             "127.0.0.1:0",
             "--metrics-listen",
@@ -307,9 +311,24 @@ fn serve_refuses_an_unauthenticated_api_on_a_non_loopback_address() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("api_listen") && stderr.contains("loopback"),
+        stderr.contains("api_auth") && stderr.contains("loopback"),
         "{stderr}"
     );
+
+    let state = dir.path().join("relay");
+    let relay = Relay::start_args(&state, "0.0.0.0:0", "127.0.0.1:0", &[]).unwrap();
+    let api = std::net::SocketAddr::from(([127, 0, 0, 1], relay.api.port()));
+    // Plain HTTP gets nowhere; TLS without credentials gets a 401.
+    let plain = support::http_get(api, "/v1/nodes");
+    assert!(
+        !matches!(plain, Ok((200, _))),
+        "plain HTTP answered: {plain:?}"
+    );
+    let (status, body) = support::ApiClient::new(api, &state)
+        .unwrap()
+        .get("/v1/nodes")
+        .unwrap();
+    assert_eq!(status, 401, "{body}");
 }
 
 #[test]

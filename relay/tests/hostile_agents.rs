@@ -102,7 +102,7 @@ async fn hostile_agent_connections_are_refused_and_logged() {
     //    garbage where yamux frames belong.
     let agent_dir = tunnel.dir.path().join("agent");
     let read = |f: &str| std::fs::read_to_string(agent_dir.join(f)).unwrap();
-    let identity = Identity::from_pem(&read("node.pem"), &read("node-key.pem")).unwrap();
+    let identity = Identity::from_pem(&read("node.pem"), &read("node.pem")).unwrap();
     let config = tls::client_config(Trust::Ca(relay_ca(&tunnel)), Some(identity)).unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
-use tunnelgate_proto::NodeId;
+use tunnelgate_proto::{NodeId, TenantId};
 
 /// TLS material could not be loaded or combined.
 #[derive(Debug, thiserror::Error)]
@@ -83,16 +83,98 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
 
 /// The node id a node certificate was issued for (its subject common name).
 pub fn node_id_from_cert(cert: &CertificateDer<'_>) -> Option<NodeId> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?;
-    NodeId::new(cn).ok()
+    NodeId::new(subject(cert)?.name).ok()
 }
 
-/// The relay's TLS configuration: present `identity`; accept agents with a
-/// certificate from `ca`, and agents without one (they may only enrol).
+/// What a certificate issued by the installation's CA is for: the
+/// organisational unit of its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An agent's node certificate (`OU=node`).
+    Node,
+    /// A control-plane client's certificate (`OU=client`).
+    Client,
+}
+
+impl Role {
+    /// The subject OU that marks the role.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Node => "node",
+            Self::Client => "client",
+        }
+    }
+}
+
+/// Who a certificate from the installation's CA names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    /// Node id or client name (the common name).
+    pub name: String,
+    /// The owning tenant (the organisation).
+    pub tenant: Option<TenantId>,
+    /// What the certificate may be used for.
+    pub role: Option<Role>,
+    /// Hex serial number, to tell one issue from the next.
+    pub serial: String,
+    /// Start of validity, seconds since the epoch.
+    pub not_before: i64,
+    /// End of validity, seconds since the epoch.
+    pub not_after: i64,
+}
+
+/// Reads the subject of a certificate.
+pub fn subject(cert: &CertificateDer<'_>) -> Option<Subject> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let subject = parsed.subject();
+    let name = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
+    let tenant = subject
+        .iter_organization()
+        .next()
+        .and_then(|o| o.as_str().ok())
+        .and_then(|o| TenantId::new(o).ok());
+    let role = subject
+        .iter_organizational_unit()
+        .next()
+        .and_then(|o| o.as_str().ok())
+        .and_then(|ou| match ou {
+            "node" => Some(Role::Node),
+            "client" => Some(Role::Client),
+            _ => None,
+        });
+    Some(Subject {
+        name,
+        tenant,
+        role,
+        serial: parsed.raw_serial_as_string().replace(':', ""),
+        not_before: parsed.validity().not_before.timestamp(),
+        not_after: parsed.validity().not_after.timestamp(),
+    })
+}
+
+/// The relay's TLS configuration for agents: present `identity`; accept
+/// agents with a certificate from `ca`, and agents without one (they may
+/// only enrol).
 pub fn server_config(
     identity: Identity,
     ca: &CertificateDer<'static>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    server_config_for(identity, ca, crate::ALPN)
+}
+
+/// The relay's TLS configuration for the control-plane API: HTTP/1.1,
+/// client certificates from `ca` optional (API keys are the other way in).
+pub fn api_server_config(
+    identity: Identity,
+    ca: &CertificateDer<'static>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    server_config_for(identity, ca, b"http/1.1")
+}
+
+fn server_config_for(
+    identity: Identity,
+    ca: &CertificateDer<'static>,
+    alpn: &[u8],
 ) -> Result<rustls::ServerConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.clone())?;
@@ -103,7 +185,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain, identity.key)?;
-    config.alpn_protocols = vec![crate::ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
 }
 

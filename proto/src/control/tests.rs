@@ -105,6 +105,7 @@ fn handshake_then_heartbeats_carry_rtt() {
         &p.agent_events[0],
         AgentEvent::Welcomed(Welcome {
             heartbeat_interval_ms: 5000,
+            cert_renew_in_ms: None,
             ..
         })
     ));
@@ -210,6 +211,54 @@ fn drain_reaches_the_agent_and_unknown_messages_are_ignored() {
     p.relay.drain("shutting down", Duration::from_secs(3));
     assert_ok(p.drive());
     assert!(matches!(p.agent_events.last(), Some(AgentEvent::Drain(d)) if d.grace_ms == 3000));
+}
+
+#[test]
+fn certificates_are_renewed_when_the_relay_says_and_retried_if_unanswered() {
+    let mut p = Pair::new(hello("n1", ProtocolVersion::CURRENT), "n1");
+    let renew_in = Duration::from_secs(7);
+    p.relay = RelayControl::new(node("n1"), "relay-a".into(), INTERVAL, p.now)
+        .with_cert_renewal(renew_in);
+    assert_ok(p.drive());
+    assert!(!p.agent_events.contains(&AgentEvent::RenewDue));
+
+    // Due after 7 s: one heartbeat interval (5 s) is not enough.
+    assert_ok(p.advance(INTERVAL));
+    assert!(!p.agent_events.contains(&AgentEvent::RenewDue));
+    assert_ok(p.advance(Duration::from_secs(2)));
+    assert_eq!(
+        p.agent_events
+            .iter()
+            .filter(|e| **e == AgentEvent::RenewDue)
+            .count(),
+        1
+    );
+
+    p.agent.renew_cert("CSR".into());
+    assert_ok(p.drive());
+    assert_eq!(
+        p.relay_events.last(),
+        Some(&RelayEvent::RenewRequested("CSR".into()))
+    );
+    p.relay.cert_renewed("CERT".into(), renew_in);
+    assert_ok(p.drive());
+    assert_eq!(
+        p.agent_events.last(),
+        Some(&AgentEvent::CertRenewed("CERT".into()))
+    );
+
+    // Next renewal is due 7 s after the new certificate; if the relay never
+    // answers, the agent asks again after RENEW_RETRY.
+    p.agent_events.clear();
+    assert_ok(p.advance(renew_in));
+    assert!(p.agent_events.contains(&AgentEvent::RenewDue));
+    p.agent_events.clear();
+    let mut waited = Duration::ZERO;
+    while waited < RENEW_RETRY {
+        assert_ok(p.advance(INTERVAL));
+        waited += INTERVAL;
+    }
+    assert!(p.agent_events.contains(&AgentEvent::RenewDue));
 }
 
 #[test]

@@ -180,6 +180,15 @@ impl Relay {
     /// relay's log goes to `relay.log` in the state dir's parent, and to
     /// this test's stderr when `TUNNELGATE_TEST_LOG` is set.
     pub fn start_on(state: &Path, api: &str, agent: &str) -> Result<Self> {
+        Self::start_args(state, api, agent, &[])
+    }
+
+    /// Starts on loopback ephemeral ports with extra `serve` flags.
+    pub fn start_with(state: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_args(state, "127.0.0.1:0", "127.0.0.1:0", extra)
+    }
+
+    pub fn start_args(state: &Path, api: &str, agent: &str, extra: &[&str]) -> Result<Self> {
         std::fs::create_dir_all(state)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -197,6 +206,7 @@ impl Relay {
                 "127.0.0.1:0",
             ])
             .args(["--heartbeat-interval", "1s", "--shutdown-grace", "3s"])
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -237,20 +247,32 @@ impl Relay {
 
     /// A fresh join token from `token create`.
     pub fn token(&self) -> Result<String> {
+        self.cli_last_line(&["token", "create", "--ttl", "10m"])
+    }
+
+    /// Runs an admin command (`token ...`, `api-key ...`, `node ...`) on
+    /// this relay's state dir; returns stdout, failing on a non-zero exit.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(relay_bin())
-            .args(["token", "create", "--ttl", "10m", "--state-dir"])
+            .args(args)
+            .arg("--state-dir")
             .arg(&self.state)
             .output()?;
         anyhow::ensure!(
             out.status.success(),
-            "token create failed: {}",
+            "tunnelgate-relay {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let stdout = String::from_utf8(out.stdout)?;
-        Ok(stdout
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// The last line an admin command printed (where tokens and keys go).
+    pub fn cli_last_line(&self, args: &[&str]) -> Result<String> {
+        Ok(self
+            .cli(args)?
             .lines()
             .last()
-            .context("token create printed nothing")?
+            .with_context(|| format!("{args:?} printed nothing"))?
             .to_owned())
     }
 
@@ -583,3 +605,93 @@ impl LineReader {
     }
 }
 pub mod scenarios;
+
+/// A control-plane client of a relay whose API speaks TLS: trusts the
+/// installation's CA, optionally presents a client certificate and an API
+/// key. Plain HTTP/1.0, one request per connection.
+#[derive(Clone)]
+pub struct ApiClient {
+    pub addr: SocketAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    pub bearer: Option<String>,
+}
+
+impl ApiClient {
+    /// Trusts `ca.pem` of `dir`; presents `cert.pem`/`key.pem` there if they exist.
+    pub fn new(addr: SocketAddr, dir: &Path) -> Result<Self> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = std::fs::read_to_string(dir.join("ca.pem"))?;
+        for cert in tunnelgate_session::tls::certs_from_pem(&ca)? {
+            roots.add(cert)?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        let config = if dir.join("cert.pem").exists() {
+            let id = tunnelgate_session::tls::Identity::from_pem(
+                &std::fs::read_to_string(dir.join("cert.pem"))?,
+                &std::fs::read_to_string(dir.join("key.pem"))?,
+            )?;
+            builder.with_client_auth_cert(id.chain, id.key)?
+        } else {
+            builder.with_no_client_auth()
+        };
+        Ok(Self {
+            addr,
+            tls: std::sync::Arc::new(config),
+            bearer: None,
+        })
+    }
+
+    pub fn with_bearer(mut self, key: &str) -> Self {
+        self.bearer = Some(key.to_owned());
+        self
+    }
+
+    /// GET `path`; returns status and body.
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        let tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+        let conn = rustls::ClientConnection::new(self.tls.clone(), name.to_owned())?;
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        let auth = self
+            .bearer
+            .as_ref()
+            .map(|k| format!("Authorization: Bearer {k}\r\n"))
+            .unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n{auth}\r\n")?;
+        let mut resp = Vec::new();
+        // A TLS peer may close without close_notify after HTTP/1.0; keep what came.
+        if let Err(e) = s.read_to_end(&mut resp) {
+            if resp.is_empty() {
+                return Err(e.into());
+            }
+        }
+        let resp = String::from_utf8_lossy(&resp).into_owned();
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .context("no status line")?
+            .parse()?;
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        Ok((status, body.to_owned()))
+    }
+
+    /// Waits until `GET /v1/nodes/<node>` answers 200 with the daemon reachable.
+    pub fn wait_for_node(&self, node: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, body)) = self.get(&format!("/v1/nodes/{node}")) {
+                if body.contains("\"daemon_reachable\":true") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("node {node} did not come up through the relay");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

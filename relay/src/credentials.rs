@@ -1,0 +1,459 @@
+//! Join tokens and API keys: tenant-owned secrets stored only as hashes.
+//!
+//! Both live in a JSON list in the state dir (`tokens.json`,
+//! `api-keys.json`) and share one lifecycle: create (the only time the
+//! secret is shown), list, revoke, and check. Join tokens also expire and
+//! may be limited to a number of uses; every successful check of one
+//! consumes a use. The CLI and a running relay change these files under
+//! the state dir's lock, so neither loses the other's update.
+//!
+//! Texts: a join token is `tgjoin1.<ca-sha256>.<id>.<secret>` (see
+//! [`tunnelgate_proto::token`]), an API key `tgkey1.<id>.<secret>`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tunnelgate_proto::TenantId;
+
+use crate::identity::{io_err, random_hex, rfc3339, unix_now, write_private, IdentityError};
+
+/// The prefix of API keys.
+pub const API_KEY_PREFIX: &str = "tgkey1";
+
+/// Which kind of secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Lets a new agent enrol.
+    JoinToken,
+    /// Lets a control-plane client call the API.
+    ApiKey,
+}
+
+impl Kind {
+    /// The file in the state dir.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::JoinToken => "tokens.json",
+            Self::ApiKey => "api-keys.json",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Self::JoinToken => "join token",
+            Self::ApiKey => "API key",
+        }
+    }
+
+    fn create_hint(self) -> &'static str {
+        match self {
+            Self::JoinToken => "tunnelgate-relay token create",
+            Self::ApiKey => "tunnelgate-relay api-key create",
+        }
+    }
+}
+
+/// A stored secret; the secret itself is kept only as its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    /// Public id, safe to log.
+    pub id: String,
+    /// The tenant it belongs to.
+    pub tenant: TenantId,
+    /// An operator's note (e.g. which CI system holds an API key).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+    /// Seconds since the epoch; `None` never expires.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    /// How many successful uses are allowed; `None` is unlimited.
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    /// Successful uses so far (join tokens only).
+    #[serde(default)]
+    pub uses: u32,
+    /// When an operator revoked it.
+    #[serde(default)]
+    pub revoked_at: Option<u64>,
+}
+
+impl Credential {
+    /// `active`, `expired`, `used up` or `revoked`, for `token list`.
+    pub fn state(&self, now: u64) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.expires_at.is_some_and(|t| t <= now) {
+            "expired"
+        } else if self.max_uses.is_some_and(|m| self.uses >= m) {
+            "used up"
+        } else {
+            "active"
+        }
+    }
+}
+
+/// Why a presented secret was refused. The messages go back to the
+/// presenter, so they say what to do and never echo the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Not of the expected form.
+    #[error("the {0} is malformed; copy the whole line printed by `{1}`")]
+    Malformed(&'static str, &'static str),
+    /// A join token made for another installation's CA.
+    #[error("the join token was made by another relay installation (its CA fingerprint differs)")]
+    WrongInstallation,
+    /// No such id, or the secret does not match.
+    #[error("the {0} is not known to this relay; create one with `{1}`")]
+    Unknown(&'static str, &'static str),
+    /// Revoked by an operator.
+    #[error("the {noun} {id} was revoked at {at}; create a new one with `{hint}`")]
+    Revoked {
+        /// Which kind.
+        noun: &'static str,
+        /// Its id.
+        id: String,
+        /// When.
+        at: String,
+        /// The create command.
+        hint: &'static str,
+    },
+    /// Past its expiry.
+    #[error("the {noun} {id} expired at {at}; create a new one with `{hint}`")]
+    Expired {
+        /// Which kind.
+        noun: &'static str,
+        /// Its id.
+        id: String,
+        /// When.
+        at: String,
+        /// The create command.
+        hint: &'static str,
+    },
+    /// All its uses are spent.
+    #[error(
+        "the {noun} {id} is used up (it allowed {uses} use(s)); create a new one with `{hint}`"
+    )]
+    UsedUp {
+        /// Which kind.
+        noun: &'static str,
+        /// Its id.
+        id: String,
+        /// How many uses it allowed.
+        uses: u32,
+        /// The create command.
+        hint: &'static str,
+    },
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct NewCredential {
+    /// Owner.
+    pub tenant: TenantId,
+    /// Lifetime; `None` never expires.
+    pub ttl: Option<Duration>,
+    /// Allowed uses; `None` is unlimited.
+    pub uses: Option<u32>,
+    /// Operator's note.
+    pub name: Option<String>,
+}
+
+/// The credential files of one state dir.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+fn hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Holds the state dir's lock for a read-modify-write of its files.
+pub(crate) struct Locked(fs::File);
+
+impl Locked {
+    pub(crate) fn take(dir: &Path) -> Result<Self, IdentityError> {
+        let path = dir.join("state.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.lock().map_err(io_err(&path))?;
+        Ok(Self(file))
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+impl Store {
+    /// The store in `dir` (the state dir).
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn path(&self, kind: Kind) -> PathBuf {
+        self.dir.join(kind.file_name())
+    }
+
+    /// Every stored credential of `kind`.
+    pub fn list(&self, kind: Kind) -> Result<Vec<Credential>, IdentityError> {
+        let path = self.path(kind);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IdentityError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    fn save(&self, kind: Kind, list: &[Credential]) -> Result<(), IdentityError> {
+        let json = serde_json::to_vec_pretty(list).expect("credentials serialize");
+        write_private(&self.path(kind), &json)
+    }
+
+    /// Stores a new credential and returns it with its secret, the only
+    /// time the secret is ever seen.
+    pub fn create(
+        &self,
+        kind: Kind,
+        new: NewCredential,
+    ) -> Result<(Credential, String), IdentityError> {
+        let _lock = Locked::take(&self.dir)?;
+        let mut list = self.list(kind)?;
+        let now = unix_now();
+        // Dead join tokens are useless; drop those a week past their end.
+        list.retain(|c| c.expires_at.is_none_or(|t| t + 7 * 24 * 3600 > now));
+        let secret = random_hex(16);
+        let credential = Credential {
+            id: random_hex(4),
+            tenant: new.tenant,
+            name: new.name,
+            secret_sha256: hash(&secret),
+            created_at: now,
+            expires_at: new.ttl.map(|d| now + d.as_secs()),
+            max_uses: new.uses,
+            uses: 0,
+            revoked_at: None,
+        };
+        list.push(credential.clone());
+        self.save(kind, &list)?;
+        Ok((credential, secret))
+    }
+
+    /// Revokes the credential `id`; returns it, or `None` if unknown.
+    pub fn revoke(&self, kind: Kind, id: &str) -> Result<Option<Credential>, IdentityError> {
+        let _lock = Locked::take(&self.dir)?;
+        let mut list = self.list(kind)?;
+        let Some(c) = list.iter_mut().find(|c| c.id == id) else {
+            return Ok(None);
+        };
+        c.revoked_at.get_or_insert(unix_now());
+        let revoked = c.clone();
+        self.save(kind, &list)?;
+        Ok(Some(revoked))
+    }
+
+    /// Checks `id` and `secret` against `list`, without consuming a use.
+    pub fn check_in(
+        kind: Kind,
+        list: &[Credential],
+        id: &str,
+        secret: &str,
+        now: u64,
+    ) -> Result<Credential, Refusal> {
+        let hashed = hash(secret);
+        let found = list.iter().find(|c| {
+            c.id == id && constant_time_eq(c.secret_sha256.as_bytes(), hashed.as_bytes())
+        });
+        let (noun, hint) = (kind.noun(), kind.create_hint());
+        let Some(c) = found else {
+            return Err(Refusal::Unknown(noun, hint));
+        };
+        let id = c.id.clone();
+        if let Some(at) = c.revoked_at {
+            return Err(Refusal::Revoked {
+                noun,
+                id,
+                at: rfc3339(at),
+                hint,
+            });
+        }
+        if let Some(at) = c.expires_at.filter(|t| *t <= now) {
+            return Err(Refusal::Expired {
+                noun,
+                id,
+                at: rfc3339(at),
+                hint,
+            });
+        }
+        if let Some(uses) = c.max_uses.filter(|m| c.uses >= *m) {
+            return Err(Refusal::UsedUp {
+                noun,
+                id,
+                uses,
+                hint,
+            });
+        }
+        Ok(c.clone())
+    }
+
+    /// Checks a join token's id and secret and, if it is good, consumes one
+    /// of its uses.
+    pub fn use_token(
+        &self,
+        id: &str,
+        secret: &str,
+    ) -> Result<Result<Credential, Refusal>, IdentityError> {
+        let _lock = Locked::take(&self.dir)?;
+        let mut list = self.list(Kind::JoinToken)?;
+        let checked = Self::check_in(Kind::JoinToken, &list, id, secret, unix_now());
+        if let Ok(c) = &checked {
+            if let Some(stored) = list.iter_mut().find(|s| s.id == c.id) {
+                stored.uses += 1;
+            }
+            self.save(Kind::JoinToken, &list)?;
+        }
+        Ok(checked)
+    }
+}
+
+/// Splits `tgkey1.<id>.<secret>`.
+pub fn parse_api_key(text: &str) -> Option<(&str, &str)> {
+    let mut parts = text.trim().split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(API_KEY_PREFIX), Some(id), Some(secret), None)
+            if !id.is_empty() && secret.len() >= 16 =>
+        {
+            Some((id, secret))
+        }
+        _ => None,
+    }
+}
+
+/// The text of an API key.
+pub fn api_key_text(id: &str, secret: &str) -> String {
+    format!("{API_KEY_PREFIX}.{id}.{secret}")
+}
+
+/// Checks an API key's text against `list` (a cached copy of the store).
+pub fn check_api_key(list: &[Credential], text: &str) -> Result<Credential, Refusal> {
+    let Some((id, secret)) = parse_api_key(text) else {
+        return Err(Refusal::Malformed(
+            Kind::ApiKey.noun(),
+            Kind::ApiKey.create_hint(),
+        ));
+    };
+    Store::check_in(Kind::ApiKey, list, id, secret, unix_now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(t: &str) -> TenantId {
+        TenantId::new(t).unwrap()
+    }
+
+    fn new(ttl: Option<u64>, uses: Option<u32>) -> NewCredential {
+        NewCredential {
+            tenant: tenant("acme"),
+            ttl: ttl.map(Duration::from_secs),
+            uses,
+            name: None,
+        }
+    }
+
+    #[test]
+    fn join_tokens_say_whether_they_are_unknown_revoked_expired_or_used_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let (good, secret) = store.create(Kind::JoinToken, new(Some(600), None)).unwrap();
+        assert_eq!(
+            store.use_token(&good.id, &secret).unwrap().unwrap().tenant,
+            tenant("acme")
+        );
+        let stored = fs::read_to_string(dir.path().join("tokens.json")).unwrap();
+        assert!(
+            !stored.contains(&secret),
+            "the secret is stored only hashed"
+        );
+        assert!(matches!(
+            store.use_token(&good.id, "0123456789abcdef0123").unwrap(),
+            Err(Refusal::Unknown(..))
+        ));
+
+        let (once, s1) = store
+            .create(Kind::JoinToken, new(Some(600), Some(1)))
+            .unwrap();
+        assert!(store.use_token(&once.id, &s1).unwrap().is_ok());
+        let err = store.use_token(&once.id, &s1).unwrap().unwrap_err();
+        assert!(err.to_string().contains("used up"), "{err}");
+
+        let (old, s2) = store.create(Kind::JoinToken, new(Some(0), None)).unwrap();
+        let err = store.use_token(&old.id, &s2).unwrap().unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
+
+        let (gone, s3) = store.create(Kind::JoinToken, new(None, None)).unwrap();
+        assert!(store.revoke(Kind::JoinToken, &gone.id).unwrap().is_some());
+        let err = store.use_token(&gone.id, &s3).unwrap().unwrap_err();
+        assert!(err.to_string().contains("revoked"), "{err}");
+        assert!(store.revoke(Kind::JoinToken, "nope").unwrap().is_none());
+
+        let now = unix_now();
+        let states: Vec<_> = store
+            .list(Kind::JoinToken)
+            .unwrap()
+            .iter()
+            .map(|c| c.state(now))
+            .collect();
+        assert_eq!(states, ["active", "used up", "expired", "revoked"]);
+    }
+
+    #[test]
+    fn api_keys_check_against_a_cached_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let (key, secret) = store.create(Kind::ApiKey, new(None, None)).unwrap();
+        let text = api_key_text(&key.id, &secret);
+        let list = store.list(Kind::ApiKey).unwrap();
+        assert_eq!(check_api_key(&list, &text).unwrap().id, key.id);
+        assert!(matches!(
+            check_api_key(&list, "Bearer nonsense"),
+            Err(Refusal::Malformed(..))
+        ));
+        let mut forged = text.clone();
+        forged.pop();
+        forged.push('x');
+        assert!(matches!(
+            check_api_key(&list, &forged),
+            Err(Refusal::Unknown(..))
+        ));
+        store.revoke(Kind::ApiKey, &key.id).unwrap();
+        let list = store.list(Kind::ApiKey).unwrap();
+        assert!(matches!(
+            check_api_key(&list, &text),
+            Err(Refusal::Revoked { .. })
+        ));
+    }
+}

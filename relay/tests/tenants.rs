@@ -1,0 +1,396 @@
+//! Identity and tenants end to end, against real relay and agent processes
+//! and the real dockerd: control-plane authentication (client
+//! certificates, API keys), tenant isolation, join-token and node
+//! lifecycle, certificate renewal, the agent's read-only policy, the audit
+//! log, and secrets kept out of logs.
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{agent_bin, docker_endpoint, AgentCmd, ApiClient, Docker, Relay, Tunnel};
+
+/// Runs an agent that is expected to stop by itself (a refused
+/// enrolment); returns its output. Killed after a minute.
+fn agent_until_exit(relay: &Relay, node: &str, state: &Path, token: &str) -> Output {
+    let mut child = Command::new(agent_bin())
+        .args(["--relay", &relay.agent.to_string(), "--node-id", node])
+        .args(["--docker", &docker_endpoint(), "--token", token])
+        .arg("--state-dir")
+        .arg(state)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("agent with a bad token kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn secure_relay(dir: &Path) -> Relay {
+    Relay::start_with(&dir.join("relay"), &["--api-tls", "--api-auth", "required"]).unwrap()
+}
+
+fn docker_tls(relay: &Relay, node: &str, cert_dir: &Path) -> Command {
+    let mut c = Docker::new(relay.docker_host(node)).cmd(Vec::<&str>::new());
+    c.env("DOCKER_TLS_VERIFY", "1")
+        .env("DOCKER_CERT_PATH", cert_dir);
+    c
+}
+
+fn run(mut c: Command, args: &[&str]) -> Output {
+    c.args(args).output().unwrap()
+}
+
+#[test]
+fn the_api_needs_credentials_and_shows_each_tenant_only_its_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = secure_relay(dir.path());
+    let acme_token = relay
+        .cli_last_line(&["token", "create", "--tenant", "acme"])
+        .unwrap();
+    let globex_token = relay
+        .cli_last_line(&["token", "create", "--tenant", "globex"])
+        .unwrap();
+    let _web = AgentCmd::new(
+        &relay,
+        "web",
+        &docker_endpoint(),
+        &dir.path().join("web"),
+        Some(&acme_token),
+    )
+    .spawn()
+    .unwrap();
+    let _db = AgentCmd::new(
+        &relay,
+        "db",
+        &docker_endpoint(),
+        &dir.path().join("db"),
+        Some(&globex_token),
+    )
+    .spawn()
+    .unwrap();
+
+    let acme_certs = dir.path().join("acme-certs");
+    relay
+        .cli(&[
+            "client-cert",
+            "create",
+            "--tenant",
+            "acme",
+            "--name",
+            "ci",
+            "--out",
+            acme_certs.to_str().unwrap(),
+        ])
+        .unwrap();
+    let key = relay
+        .cli_last_line(&["api-key", "create", "--tenant", "globex", "--name", "ops"])
+        .unwrap();
+    let ca_only = dir.path().join("ca-only");
+    std::fs::create_dir_all(&ca_only).unwrap();
+    std::fs::copy(acme_certs.join("ca.pem"), ca_only.join("ca.pem")).unwrap();
+
+    let acme = ApiClient::new(relay.api, &acme_certs).unwrap();
+    let globex = ApiClient::new(relay.api, &ca_only)
+        .unwrap()
+        .with_bearer(&key);
+    let anonymous = ApiClient::new(relay.api, &ca_only).unwrap();
+    acme.wait_for_node("web").unwrap();
+    globex.wait_for_node("db").unwrap();
+
+    // No credentials: 401 saying how to authenticate, on every path.
+    for path in ["/v1/nodes", "/nodes/web/_ping", "/nodes/db/_ping"] {
+        let (status, body) = anonymous.get(path).unwrap();
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body.contains("authentication required"), "{body}");
+    }
+    let (status, body) = ApiClient::new(relay.api, &ca_only)
+        .unwrap()
+        .with_bearer("tgkey1.nope.0123456789abcdef0123")
+        .get("/v1/nodes")
+        .unwrap();
+    assert_eq!(status, 401);
+    assert!(body.contains("not known"), "{body}");
+
+    // Each tenant lists only its own nodes.
+    let (_, list) = acme.get("/v1/nodes").unwrap();
+    assert!(
+        list.contains("\"web\"") && !list.contains("\"db\""),
+        "{list}"
+    );
+    let (_, list) = globex.get("/v1/nodes").unwrap();
+    assert!(
+        list.contains("\"db\"") && !list.contains("\"web\""),
+        "{list}"
+    );
+
+    // Another tenant's node answers exactly as a node that does not exist.
+    for (client, theirs) in [(&acme, "db"), (&globex, "web")] {
+        for path in [
+            "/nodes/{}/_ping",
+            "/v1/nodes/{}",
+            "/nodes/{}/v1.45/containers/json",
+        ] {
+            let (s1, b1) = client.get(&path.replace("{}", theirs)).unwrap();
+            let (s2, b2) = client.get(&path.replace("{}", "zz")).unwrap();
+            assert_eq!(s1, 404, "{path} of {theirs}: {b1}");
+            assert_eq!(
+                (s1, b1.replace(theirs, "<node>")),
+                (s2, b2.replace("zz", "<node>")),
+                "{path}"
+            );
+        }
+    }
+
+    // The real docker CLI over mTLS with the client certificate.
+    let out = run(docker_tls(&relay, "web", &acme_certs), &["ps"]);
+    assert!(
+        out.status.success(),
+        "docker ps with a client cert: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(docker_tls(&relay, "db", &acme_certs), &["ps"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such node"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // ... and with the API key in the CLI's HttpHeaders.
+    let config_dir = dir.path().join("docker-config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("config.json"),
+        serde_json::json!({ "HttpHeaders": { "Authorization": format!("Bearer {key}") } })
+            .to_string(),
+    )
+    .unwrap();
+    let with_key = |node: &str| {
+        let mut c = docker_tls(&relay, node, &ca_only);
+        c.env("DOCKER_CONFIG", &config_dir);
+        c
+    };
+    let out = run(with_key("db"), &["ps"]);
+    assert!(
+        out.status.success(),
+        "docker ps with an API key: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(docker_tls(&relay, "db", &ca_only), &["ps"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("authentication required"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A revoked API key stops working while the relay serves.
+    let key_id = key.split('.').nth(1).unwrap();
+    relay.cli(&["api-key", "revoke", key_id]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = globex.get("/v1/nodes").unwrap();
+        if status == 401 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "revoked key still accepted");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains("revoked"), "{body}");
+
+    // One audit line per call, naming who did what; no secret in any log.
+    let log = relay.log();
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tunnelgate::audit"))
+        .collect();
+    assert!(
+        audit.iter().any(|l| l.contains("tenant=acme")
+            && l.contains("principal=cert:ci")
+            && l.contains("node=web")
+            && l.contains("status=200")),
+        "no audit line for acme's docker ps in:\n{}",
+        audit.join("\n")
+    );
+    assert!(audit
+        .iter()
+        .any(|l| l.contains(&format!("principal=api-key:{key_id}")) && l.contains("node=db")));
+    assert!(audit.iter().any(|l| l.contains("status=401")));
+    let secret = key.rsplit('.').next().unwrap();
+    for (what, token) in [
+        ("API key", secret),
+        ("acme token", acme_token.rsplit('.').next().unwrap()),
+    ] {
+        assert!(
+            !log.contains(token),
+            "the {what} secret is in the relay's log"
+        );
+    }
+    let listed = relay.cli(&["api-key", "list"]).unwrap();
+    assert!(listed.contains(key_id) && listed.contains("revoked") && !listed.contains(secret));
+}
+
+#[test]
+fn join_tokens_say_whether_they_expired_were_revoked_or_are_used_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay")).unwrap();
+
+    let expired = relay
+        .cli_last_line(&["token", "create", "--ttl", "1s"])
+        .unwrap();
+    let revoked = relay.cli_last_line(&["token", "create"]).unwrap();
+    relay
+        .cli(&["token", "revoke", revoked.split('.').nth(2).unwrap()])
+        .unwrap();
+    let once = relay
+        .cli_last_line(&["token", "create", "--uses", "1"])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+
+    let mut first = AgentCmd::new(
+        &relay,
+        "first",
+        &docker_endpoint(),
+        &dir.path().join("first"),
+        Some(&once),
+    )
+    .spawn()
+    .unwrap();
+    relay.wait_for_node("first").unwrap();
+    first.terminate();
+
+    for (token, node, why) in [
+        (&expired, "late", "expired"),
+        (&revoked, "unlucky", "revoked"),
+        (&once, "second", "used up"),
+    ] {
+        let out = agent_until_exit(&relay, node, &dir.path().join(node), token);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{node} enrolled with a bad token");
+        assert!(
+            stderr.contains("enrolment refused") && stderr.contains(why),
+            "{node}: expected a refusal saying {why:?}:\n{stderr}"
+        );
+        let secret = token.rsplit('.').next().unwrap();
+        assert!(
+            !stderr.contains(secret),
+            "the agent logged the token secret"
+        );
+    }
+    let list = relay.cli(&["token", "list"]).unwrap();
+    for state in ["expired", "revoked", "used up"] {
+        assert!(list.contains(state), "{state} missing in:\n{list}");
+    }
+}
+
+#[test]
+fn a_revoked_node_is_dropped_at_once_and_cannot_come_back() {
+    let tunnel = Tunnel::start("doomed").unwrap();
+    let docker = tunnel.docker();
+    docker.ok(&["ps"]).unwrap();
+
+    let revoked_at = Instant::now();
+    let out = tunnel
+        .relay
+        .cli(&["node", "revoke", "default/doomed"])
+        .unwrap();
+    assert!(out.contains("revoked"), "{out}");
+    // Bounded wait, not a speed assertion: the figure is printed.
+    let deadline = revoked_at + Duration::from_secs(10);
+    loop {
+        let (status, _) = support::http_get(tunnel.relay.api, "/v1/nodes/doomed").unwrap();
+        if status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "revoked node still connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("revoked node dropped after {:?}", revoked_at.elapsed());
+
+    // The agent keeps trying; the relay keeps refusing it, saying why.
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, _) = support::http_get(tunnel.relay.api, "/v1/nodes/doomed").unwrap();
+    assert_eq!(status, 404);
+    let err = docker.cmd(["ps"]).output().unwrap();
+    assert!(!err.status.success());
+    let log = tunnel.relay.log();
+    assert!(log.contains("closing its session"), "{log}");
+    assert!(log.contains("agent certificate refused") && log.contains("was revoked"));
+}
+
+fn cert_serial(state: &Path) -> String {
+    let pem = std::fs::read_to_string(state.join("node.pem")).unwrap();
+    let cert = tunnelgate_session::tls::certs_from_pem(&pem).unwrap();
+    tunnelgate_session::tls::subject(&cert[0]).unwrap().serial
+}
+
+#[test]
+fn node_certificates_are_renewed_over_the_session_before_they_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with(&dir.path().join("relay"), &["--node-cert-ttl", "10s"]).unwrap();
+    let token = relay.token().unwrap();
+    let state = dir.path().join("agent");
+    let mut agent = AgentCmd::new(&relay, "short", &docker_endpoint(), &state, Some(&token))
+        .spawn()
+        .unwrap();
+    relay.wait_for_node("short").unwrap();
+    let enrolled_at = Instant::now();
+    let first = cert_serial(&state);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cert_serial(&state) == first {
+        assert!(
+            Instant::now() < deadline,
+            "the certificate was never renewed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(relay.log().contains("node certificate renewed"));
+
+    // Past the first certificate's end, a restarted agent connects with
+    // the renewed one from its state dir, without a token.
+    while enrolled_at.elapsed() < Duration::from_secs(11) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.kill();
+    let _again = AgentCmd::new(&relay, "short", &docker_endpoint(), &state, None)
+        .spawn()
+        .unwrap();
+    relay.wait_for_node("short").unwrap();
+    Docker::new(relay.docker_host("short")).ok(&["ps"]).unwrap();
+}
+
+#[test]
+fn the_read_only_policy_lets_ps_through_and_refuses_run_naming_the_policy() {
+    let tunnel = Tunnel::start_with("readonly", &["--policy", "read-only"]).unwrap();
+    let docker = tunnel.docker();
+    let ps = docker.ok(&["ps", "-a"]).unwrap();
+    assert!(ps.contains("CONTAINER ID"), "{ps}");
+    docker.ok(&["images"]).unwrap();
+
+    let out = docker
+        .cmd(["run", "--rm", "--network", "none", "busybox:latest", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "docker run passed a read-only policy"
+    );
+    assert!(
+        stderr.contains("policy \"read-only\"") && stderr.contains("POST /containers/create"),
+        "{stderr}"
+    );
+}
