@@ -384,6 +384,14 @@ async fn run_control(
         Err(e) => {
             // Agents come and go; this is routine, the agent logs its side.
             info!(error = %e, "agent session ended");
+            if matches!(
+                e,
+                driver::DriveError::Message(_) | driver::DriveError::Truncated(_)
+            ) {
+                // Closing a QUIC connection drops unacknowledged stream data:
+                // give the refusal just written a moment to arrive.
+                let _ = tokio::time::timeout(Duration::from_secs(1), session.closed()).await;
+            }
             session.close(&e.to_string());
         }
     }

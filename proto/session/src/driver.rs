@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tunnelgate_proto::control::{ControlError, Machine};
 use tunnelgate_proto::frame;
-use tunnelgate_proto::message::{ControlMessage, Message, MessageError};
+use tunnelgate_proto::message::{ControlMessage, Message, MessageError, RefusalCode, Refused};
 
 use crate::Stream;
 
@@ -32,6 +32,9 @@ pub enum DriveError {
     /// The peer closed the control stream.
     #[error("peer closed the control stream")]
     Closed,
+    /// The peer closed the control stream inside a frame.
+    #[error("peer closed the control stream inside a frame ({0} bytes of it arrived)")]
+    Truncated(usize),
 }
 
 /// Runs `machine` over `stream` until the session ends or `cancel` fires.
@@ -77,10 +80,26 @@ pub async fn drive<M: Machine>(
             // `read_buf` is cancel-safe: bytes read are kept in `inbuf`.
             n = stream.read_buf(&mut inbuf) => {
                 if n? == 0 {
-                    return Err(DriveError::Closed);
+                    if inbuf.is_empty() {
+                        return Err(DriveError::Closed);
+                    }
+                    let err = DriveError::Truncated(inbuf.len());
+                    refuse(stream, &err).await;
+                    return Err(err);
                 }
-                while let Some(payload) = frame::decode(&mut inbuf, max).map_err(MessageError::from)? {
-                    let msg = ControlMessage::decode(&payload)?;
+                loop {
+                    let decoded = frame::decode(&mut inbuf, max)
+                        .map_err(MessageError::from)
+                        .and_then(|p| p.map(|p| ControlMessage::decode(&p)).transpose());
+                    let msg = match decoded {
+                        Ok(Some(msg)) => msg,
+                        Ok(None) => break,
+                        Err(e) => {
+                            let err = DriveError::Message(e);
+                            refuse(stream, &err).await;
+                            return Err(err);
+                        }
+                    };
                     if let Err(e) = machine.handle_message(msg, Instant::now()) {
                         flush_queued(machine, stream).await;
                         return Err(e.into());
@@ -99,6 +118,22 @@ pub async fn drive<M: Machine>(
             },
             () = cancel.cancelled() => {}
         }
+    }
+}
+
+/// Best effort: tells the peer that its bytes broke the protocol, and how.
+async fn refuse(stream: &mut Stream, err: &DriveError) {
+    let msg = ControlMessage::Refused(Refused {
+        code: RefusalCode::ProtocolViolation,
+        message: format!("protocol violation on the control stream: {err}"),
+    });
+    let mut out = BytesMut::new();
+    if msg.encode_frame(frame::DEFAULT_MAX_FRAME, &mut out).is_ok() {
+        let write = async {
+            stream.write_all(&out).await?;
+            stream.shutdown().await
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), write).await;
     }
 }
 
