@@ -303,10 +303,12 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Drops hop-by-hop headers; upgrade requests keep `Connection` and
+/// Drops hop-by-hop headers and the caller's credentials (the node must
+/// never see a tenant's API key); upgrade requests keep `Connection` and
 /// `Upgrade`, which the daemon needs to hijack the connection.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     for name in [
+        "authorization",
         "keep-alive",
         "proxy-connection",
         "proxy-authorization",
@@ -603,10 +605,18 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer tgkey1.x.y"),
+        );
         assert!(is_upgrade(&h));
         let mut kept = h.clone();
         strip_hop_by_hop(&mut kept, true);
         assert!(kept.contains_key(header::UPGRADE) && !kept.contains_key("keep-alive"));
+        assert!(
+            !kept.contains_key(header::AUTHORIZATION),
+            "credentials never reach the node"
+        );
         strip_hop_by_hop(&mut h, false);
         assert!(!h.contains_key(header::UPGRADE) && !h.contains_key(header::CONNECTION));
     }

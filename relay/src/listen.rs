@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 use tunnelgate_proto::control::{RelayControl, RelayEvent};
-use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
-use tunnelgate_proto::message::{ControlMessage, Enrolled, RefusalCode, Refused};
+use tunnelgate_proto::frame::{FrameError, DEFAULT_MAX_FRAME};
+use tunnelgate_proto::message::{ControlMessage, Enrolled, MessageError, RefusalCode, Refused};
 use tunnelgate_session::{driver, tls, Session, Stream};
 
 use crate::identity::NodeKey;
@@ -384,6 +384,12 @@ async fn run_control(
         Err(e) => {
             // Agents come and go; this is routine, the agent logs its side.
             info!(error = %e, "agent session ended");
+            if let driver::DriveError::Message(MessageError::Frame(FrameError::TooLarge {
+                ..
+            })) = e
+            {
+                shared.metrics.limit_hit("frame_size");
+            }
             if matches!(
                 e,
                 driver::DriveError::Message(_) | driver::DriveError::Truncated(_)

@@ -382,6 +382,11 @@ async fn hostile_input_gets_clear_errors_and_never_disturbs_honest_calls() {
             );
         }
     }
+    let metrics = String::from_utf8(f.shared.metrics.render()).unwrap();
+    assert!(
+        metrics.contains("tunnelgate_relay_limit_hits_total{limit=\"frame_size\"} 2"),
+        "oversized frames not counted:\n{metrics}"
+    );
     for transport in ["tcp", "quic"] {
         // Not even a session: random bytes on the agent port.
         case(&format!("{transport}: random bytes instead of a handshake"));
