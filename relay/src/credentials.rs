@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tunnelgate_proto::TenantId;
 
-use crate::identity::{io_err, random_hex, rfc3339, unix_now, write_private, IdentityError};
+use crate::identity::{
+    io_err, random_hex, read_json, rfc3339, unix_now, write_json, IdentityError,
+};
 
 /// The prefix of API keys.
 pub const API_KEY_PREFIX: &str = "tgkey1";
@@ -216,20 +218,11 @@ impl Store {
 
     /// Every stored credential of `kind`.
     pub fn list(&self, kind: Kind) -> Result<Vec<Credential>, IdentityError> {
-        let path = self.path(kind);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IdentityError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        Ok(read_json(&self.path(kind))?.unwrap_or_default())
     }
 
     fn save(&self, kind: Kind, list: &[Credential]) -> Result<(), IdentityError> {
-        let json = serde_json::to_vec_pretty(list).expect("credentials serialize");
-        write_private(&self.path(kind), &json)
+        write_json(&self.path(kind), &list)
     }
 
     /// Stores a new credential and returns it with its secret, the only

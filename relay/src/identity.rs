@@ -105,6 +105,28 @@ pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), Identity
     tunnelgate_session::files::write_atomic(path, contents, true).map_err(io_err(path))
 }
 
+/// Reads a JSON state file; `None` if it does not exist yet.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Option<T>, IdentityError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| IdentityError::Corrupt {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Writes a JSON state file readable by its owner only, atomically.
+pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), IdentityError> {
+    let json = serde_json::to_vec_pretty(value).expect("state files serialize");
+    write_private(path, &json)
+}
+
 /// Seconds since the epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -280,19 +302,7 @@ impl Authority {
         tenant: &TenantId,
         node_id: &NodeId,
     ) -> Result<Option<NodeRecord>, IdentityError> {
-        let path = self.node_path(tenant, node_id);
-        match fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| IdentityError::Corrupt {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        read_json(&self.node_path(tenant, node_id))
     }
 
     fn save_node(&self, record: &NodeRecord) -> Result<(), IdentityError> {
@@ -300,8 +310,7 @@ impl Authority {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
-        let json = serde_json::to_vec_pretty(record).expect("node record serializes");
-        write_private(&path, &json)
+        write_json(&path, record)
     }
 
     /// Signs an agent's certificate request for `node_id` of `tenant`. Only
@@ -407,8 +416,7 @@ impl Authority {
             serials,
             at: now,
         });
-        let json = serde_json::to_vec_pretty(&revoked).expect("revocations serialize");
-        write_private(&self.revoked_path(), &json)?;
+        write_json(&self.revoked_path(), &revoked)?;
         Ok(Some(record))
     }
 
@@ -418,15 +426,7 @@ impl Authority {
 
     /// Every revocation so far.
     pub fn revoked(&self) -> Result<Vec<Revocation>, IdentityError> {
-        let path = self.revoked_path();
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IdentityError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        Ok(read_json(&self.revoked_path())?.unwrap_or_default())
     }
 
     /// Modification time of the files a serving relay watches, so it
