@@ -88,8 +88,20 @@ impl NodeIdentity {
         }
     }
 
-    /// Replaces the stored certificate and key in one atomic write.
+    /// Replaces the stored certificate and key in one atomic write,
+    /// after checking that the certificate is for that key (a late answer
+    /// to an earlier renewal request must not pair with a newer key).
     pub fn store(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(), AgentError> {
+        use rcgen::PublicKeyData;
+        let key = rcgen::KeyPair::from_pem(key_pem).map_err(fatal)?;
+        let certified = tls::certs_from_pem(cert_pem)
+            .ok()
+            .and_then(|c| c.first().and_then(tls::public_key_info));
+        if certified.as_deref() != Some(key.subject_public_key_info().as_slice()) {
+            return Err(fatal(
+                "the certificate from the relay is not for this agent's key",
+            ));
+        }
         write_file(&dir.join("node.pem"), &format!("{cert_pem}{key_pem}"), true)?;
         let _ = fs::remove_file(dir.join("node-key.pem"));
         Ok(())
@@ -166,4 +178,27 @@ pub fn renewal_request() -> Result<(String, String), AgentError> {
         .and_then(|csr| csr.pem())
         .map_err(fatal)?;
     Ok((key.serialize_pem(), csr_pem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_is_stored_only_with_its_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key_pem, _) = renewal_request().unwrap();
+        let (other_key, _) = renewal_request().unwrap();
+        let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "n1");
+        let cert = params.self_signed(&key).unwrap().pem();
+        assert!(NodeIdentity::store(dir.path(), &cert, &other_key).is_err());
+        assert!(!dir.path().join("node.pem").exists());
+        NodeIdentity::store(dir.path(), &cert, &key_pem).unwrap();
+        let stored = fs::read_to_string(dir.path().join("node.pem")).unwrap();
+        assert!(stored.contains("CERTIFICATE") && stored.contains("PRIVATE KEY"));
+    }
 }

@@ -152,6 +152,12 @@ pub fn subject(cert: &CertificateDer<'_>) -> Option<Subject> {
     })
 }
 
+/// The DER SubjectPublicKeyInfo a certificate certifies.
+pub fn public_key_info(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.public_key().raw.to_vec())
+}
+
 /// The relay's TLS configuration for agents: present `identity`; accept
 /// agents with a certificate from `ca`, and agents without one (they may
 /// only enrol).
