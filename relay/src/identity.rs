@@ -31,6 +31,7 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use serde::{Deserialize, Serialize};
+use tunnelgate_proto::message::{RefusalCode, Refused};
 use tunnelgate_proto::token::{JoinToken, MalformedToken};
 use tunnelgate_proto::{NodeId, TenantId};
 use tunnelgate_session::tls::{self, Identity, Role};
@@ -370,31 +371,36 @@ impl Authority {
 
     /// Whether a node certificate presented by an agent may still be used:
     /// its node enrolled, is not revoked, and this is one of its current
-    /// certificates. The error is a sentence for the agent.
-    pub fn check_node_cert(&self, subject: &tls::Subject) -> Result<NodeKey, String> {
+    /// certificates. The refusal goes to the agent as it is.
+    pub fn check_node_cert(&self, subject: &tls::Subject) -> Result<NodeKey, Refused> {
+        let refuse = |code, message: String| Refused { code, message };
+        let mismatch = |message: String| refuse(RefusalCode::IdentityMismatch, message);
         let (Some(tenant), Some(Role::Node), Ok(node_id)) = (
             subject.tenant.clone(),
             subject.role,
             NodeId::new(subject.name.clone()),
         ) else {
-            return Err("this certificate is not a node certificate of this installation; enrol with a join token".into());
+            return Err(mismatch("this certificate is not a node certificate of this installation; enrol with a join token".into()));
         };
-        let record = match self.node_record(&tenant, &node_id) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read a node record");
-                return Err("the relay cannot read its node records; see the relay's log".into());
-            }
-        };
+        let record = self.node_record(&tenant, &node_id).map_err(|e| {
+            tracing::warn!(error = %e, "cannot read a node record");
+            mismatch("the relay cannot read its node records; see the relay's log".into())
+        })?;
         let key = NodeKey { tenant, node_id };
         match record {
-            Some(r) if r.revoked_at.is_some() => Err(format!(
-                "node {key} was revoked at {}; enrol it again with a new join token",
-                rfc3339(r.revoked_at.unwrap_or_default())
+            Some(NodeRecord {
+                revoked_at: Some(at),
+                ..
+            }) => Err(refuse(
+                RefusalCode::Revoked,
+                format!(
+                    "node {key} was revoked at {}; enrol it again with a new join token",
+                    rfc3339(at)
+                ),
             )),
             Some(r) if r.serials.contains(&subject.serial) => Ok(key),
-            Some(_) => Err(format!("this certificate for node {key} was replaced by a newer one; use the newest node.pem, or enrol again with a new join token")),
-            None => Err(format!("node {key} is not enrolled here (its record is gone); enrol it again with a new join token")),
+            Some(_) => Err(mismatch(format!("this certificate for node {key} was replaced by a newer one; use the newest node.pem, or enrol again with a new join token"))),
+            None => Err(mismatch(format!("node {key} is not enrolled here (its record is gone); enrol it again with a new join token"))),
         }
     }
 
@@ -605,12 +611,14 @@ mod tests {
             .issue_node_cert(&web.tenant, &web.node_id, &csr(), ttl, true)
             .unwrap();
         let err = auth.check_node_cert(&subject).unwrap_err();
-        assert!(err.contains("replaced"), "{err}");
+        assert!(err.message.contains("replaced"), "{err:?}");
+        assert_eq!(err.code, RefusalCode::IdentityMismatch);
         assert!(auth.check_node_cert(&subject_of(&renewed)).is_ok());
 
         auth.revoke_node(&web).unwrap().unwrap();
         let err = auth.check_node_cert(&subject_of(&third)).unwrap_err();
-        assert!(err.contains("revoked"), "{err}");
+        assert!(err.message.contains("revoked"), "{err:?}");
+        assert_eq!(err.code, RefusalCode::Revoked);
         assert!(!auth.is_enrolled(&web));
         assert!(matches!(
             auth.issue_node_cert(&web.tenant, &web.node_id, &csr(), ttl, true),

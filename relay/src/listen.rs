@@ -185,23 +185,10 @@ pub async fn serve_session(session: Session, shared: Arc<Shared>, cancel: Cancel
                 .instrument(span)
                 .await
         }
-        Err(reason) => {
+        Err(refused) => {
             shared.metrics.handshake("refused");
-            info!(node = %subject.name, %reason, "agent certificate refused");
-            let code = if reason.contains("revoked") {
-                RefusalCode::Revoked
-            } else {
-                RefusalCode::IdentityMismatch
-            };
-            refuse_and_close(
-                session,
-                control,
-                Refused {
-                    code,
-                    message: reason,
-                },
-            )
-            .await;
+            info!(node = %subject.name, reason = %refused.message, "agent certificate refused");
+            refuse_and_close(session, control, refused).await;
         }
     }
 }
