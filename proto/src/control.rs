@@ -335,15 +335,6 @@ impl RelayControl {
             }));
     }
 
-    /// Ends the session with a refusal the agent logs, e.g. after a
-    /// revocation.
-    pub fn refuse_now(&mut self, code: RefusalCode, message: impl Into<String>) {
-        self.transmit.push_back(ControlMessage::Refused(Refused {
-            code,
-            message: message.into(),
-        }));
-    }
-
     /// Asks the agent to move elsewhere within `grace`.
     pub fn drain(&mut self, reason: impl Into<String>, grace: Duration) {
         self.transmit.push_back(ControlMessage::Drain(Drain {
