@@ -458,14 +458,22 @@ impl Authority {
     }
 }
 
-/// When the holder of `cert` (issued here) should renew it: after two
-/// thirds of its lifetime, counted from now.
+/// How long after its issue a node certificate of `lifetime` is renewed:
+/// two thirds of the way, leaving a third for retries and outages.
+pub fn renewal_delay(lifetime: Duration) -> Duration {
+    lifetime.mul_f64(2.0 / 3.0)
+}
+
+/// When the holder of `cert` (issued here) should renew it, counted from
+/// now.
 pub fn renew_in(cert: &tls::Subject) -> Duration {
-    let skew = CLOCK_SKEW.as_secs() as i64;
-    let lifetime = (cert.not_after - cert.not_before - skew).max(0);
-    let renew_at = cert.not_after - lifetime / 3;
-    let now = unix_now() as i64;
-    Duration::from_secs(renew_at.saturating_sub(now).max(0) as u64)
+    let issued = cert.not_before + CLOCK_SKEW.as_secs() as i64;
+    let lifetime = Duration::from_secs((cert.not_after - issued).max(0) as u64);
+    let renew_at = Duration::from_secs(issued.max(0) as u64) + renewal_delay(lifetime);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    renew_at.saturating_sub(now)
 }
 
 /// A node as the relay addresses it: node ids are unique within a tenant.

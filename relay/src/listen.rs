@@ -28,7 +28,7 @@ use tunnelgate_proto::frame::{FrameError, DEFAULT_MAX_FRAME};
 use tunnelgate_proto::message::{ControlMessage, Enrolled, MessageError, RefusalCode, Refused};
 use tunnelgate_session::{driver, tls, Session, Stream};
 
-use crate::identity::NodeKey;
+use crate::identity::{renewal_delay, NodeKey};
 use crate::sessions::{ControlCommand, Entry, NodeInfo};
 use crate::Shared;
 
@@ -344,7 +344,7 @@ async fn run_control(
                     Ok(pem) => {
                         info!("node certificate renewed");
                         let cmd: ControlCommand =
-                            Box::new(move |m| m.cert_renewed(pem, ttl.mul_f64(2.0 / 3.0)));
+                            Box::new(move |m| m.cert_renewed(pem, renewal_delay(ttl)));
                         let _ = tx.try_send(cmd);
                     }
                     // The agent asks again; a revoked node is dropped by the watcher.
