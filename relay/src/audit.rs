@@ -56,6 +56,11 @@ impl CallRecord {
         }
     }
 
+    /// Time since the call arrived.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
     /// Records the response status.
     pub fn set_status(&self, status: http::StatusCode) {
         self.status.store(status.as_u16(), Ordering::Relaxed);
@@ -75,7 +80,7 @@ impl Drop for CallRecord {
             status = self.status.load(Ordering::Relaxed),
             bytes_to_node = self.to_node.load(Ordering::Relaxed),
             bytes_from_node = self.from_node.load(Ordering::Relaxed),
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = self.elapsed().as_secs_f64() * 1000.0,
             "call"
         );
     }

@@ -16,7 +16,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -126,14 +126,13 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let started = Instant::now();
     let request_id = next_request_id();
     let mut record = CallRecord::new(request_id, req.method().as_str(), req.uri().path());
     let response = match admit(&shared, &conn, &req) {
         Ok(principal) => {
             record.tenant = principal.tenant.to_string();
             record.principal = principal.name.clone();
-            route_call(&shared, principal, req, record, started).await
+            route_call(&shared, principal, req, record).await
         }
         Err(e) => {
             let resp = e.into_response();
@@ -183,7 +182,6 @@ async fn route_call(
     principal: Principal,
     req: Request<Incoming>,
     mut record: CallRecord,
-    started: Instant,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let tenant = &principal.tenant;
@@ -220,7 +218,7 @@ async fn route_call(
             }
             .instrument(span)
             .await;
-            shared.metrics.request_duration.observe(started.elapsed().as_secs_f64());
+            shared.metrics.request_duration.observe(record.elapsed().as_secs_f64());
             record.set_status(response.status());
             return response;
         }
