@@ -170,7 +170,6 @@ async fn serve_checked(stream: Stream, daemon: Pin<Box<dyn DaemonIo>>, policy: &
     let sender = Arc::new(tokio::sync::Mutex::new(sender));
     let service = service_fn(move |mut req: Request<Incoming>| {
         let sender = sender.clone();
-        let policy = policy.clone();
         async move {
             let upgrade = req.headers().contains_key(http::header::UPGRADE);
             if let Err(why) = policy.check(req.method().as_str(), req.uri().path(), upgrade) {
