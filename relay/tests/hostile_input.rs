@@ -121,22 +121,11 @@ async fn fixture() -> Fixture {
                 name: None,
             })
             .unwrap();
-        let mut args: Vec<String> = ["--relay", &agent_addr.to_string(), "--node-id", node]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(["--docker".into(), docker, "--token".into(), token]);
-        args.extend([
-            "--state-dir".into(),
-            dir.path().join(node).display().to_string(),
-        ]);
+        let state = dir.path().join(node);
         agents.push(
-            AgentCmd {
-                prefix: vec![],
-                args,
-            }
-            .spawn()
-            .unwrap(),
+            AgentCmd::to(agent_addr, node, &docker, &state, Some(&token))
+                .spawn()
+                .unwrap(),
         );
     }
     for node in ["a", "b"] {

@@ -17,11 +17,9 @@ use support::{agent_bin, docker_endpoint, AgentCmd, ApiClient, Docker, Relay, Tu
 /// Runs an agent that is expected to stop by itself (a refused
 /// enrolment); returns its output. Killed after a minute.
 fn agent_until_exit(relay: &Relay, node: &str, state: &Path, token: &str) -> Output {
+    let cmd = AgentCmd::new(relay, node, &docker_endpoint(), state, Some(token));
     let mut child = Command::new(agent_bin())
-        .args(["--relay", &relay.agent.to_string(), "--node-id", node])
-        .args(["--docker", &docker_endpoint(), "--token", token])
-        .arg("--state-dir")
-        .arg(state)
+        .args(cmd.args)
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

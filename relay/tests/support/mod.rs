@@ -328,9 +328,21 @@ pub struct AgentCmd {
 
 impl AgentCmd {
     pub fn new(relay: &Relay, node: &str, docker: &str, state: &Path, token: Option<&str>) -> Self {
+        Self::to(relay.agent, node, docker, state, token)
+    }
+
+    /// The same for a relay whose agent listener is at `agent` (e.g. one
+    /// running in the test's own process).
+    pub fn to(
+        agent: SocketAddr,
+        node: &str,
+        docker: &str,
+        state: &Path,
+        token: Option<&str>,
+    ) -> Self {
         let mut args: Vec<String> = [
             "--relay",
-            &relay.agent.to_string(),
+            &agent.to_string(),
             "--node-id",
             node,
             "--docker",
