@@ -26,7 +26,7 @@ impl Fixture {
     /// Starts everything; returns once both nodes (`bench-quic`,
     /// `bench-tcp`) are connected.
     pub async fn start() -> Self {
-        let docker = synthetic_docker::spawn()
+        let docker = synthetic_docker::spawn(0)
             .await
             .expect("synthetic responder starts");
         let state = tempfile::tempdir().expect("tempdir");

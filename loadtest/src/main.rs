@@ -31,6 +31,10 @@ struct Cli {
     /// Also write the report as JSON to FILE.
     #[arg(long, global = true, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Port for the synthetic Docker responder [default: any free port].
+    /// Fix it when another tunnel is set up to forward to it (--peer).
+    #[arg(long, global = true, default_value_t = 0)]
+    responder_port: u16,
     /// Longest wait for agents to connect.
     #[arg(long, global = true, default_value = "120s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
@@ -70,6 +74,12 @@ enum Scenario {
         bytes: u64,
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// Also download through another tunnel to the synthetic responder,
+        /// in the same run: NAME=ADDR[,PID], where ADDR is the tunnel's
+        /// plain-HTTP entry and PID its server process (for CPU per GB).
+        /// Repeatable. See benches/peers/ for rathole.
+        #[arg(long = "peer", value_name = "NAME=ADDR[,PID]")]
+        peers: Vec<scenarios::Peer>,
     },
     /// Some agents drop and reconnect over and over while calls run against the others.
     Churn {
@@ -90,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
     let setup = Setup {
         relay_bin: cli.relay_bin.unwrap_or_else(default_relay_bin),
         transport: cli.transport,
+        responder_port: cli.responder_port,
     };
     let t = cli.connect_timeout;
     let (name, results) = match cli.scenario {
@@ -110,9 +121,14 @@ async fn main() -> anyhow::Result<()> {
             "request-rate",
             scenarios::request_rate(&setup, agents, clients, requests, duration, t).await,
         ),
-        Scenario::Bulk { bytes, rounds } => {
-            ("bulk", scenarios::bulk(&setup, bytes, rounds, t).await)
-        }
+        Scenario::Bulk {
+            bytes,
+            rounds,
+            peers,
+        } => (
+            "bulk",
+            scenarios::bulk(&setup, bytes, rounds, &peers, t).await,
+        ),
         Scenario::Churn {
             agents,
             churners,

@@ -98,7 +98,13 @@ impl RelayProc {
 
     /// The relay's CPU time and memory now.
     pub fn usage(&self) -> Result<Usage> {
-        let pid = self.child.id();
+        Usage::of(self.child.id())
+    }
+}
+
+impl Usage {
+    /// CPU and RSS of process `pid` so far, from `/proc`.
+    pub fn of(pid: u32) -> Result<Self> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
         // Fields after the command name, which may hold spaces, in parens.
         let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;

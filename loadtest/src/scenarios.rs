@@ -23,6 +23,42 @@ pub struct Setup {
     pub relay_bin: std::path::PathBuf,
     /// The agents' transport.
     pub transport: TransportChoice,
+    /// Port of the synthetic Docker responder; 0 for any free one.
+    pub responder_port: u16,
+}
+
+/// Another tunnel to the synthetic responder, measured beside the relay
+/// in the same run (e.g. rathole): plain HTTP in at `addr`, and the pid of
+/// its relay-side process when its CPU is to be counted.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The name it is reported under.
+    pub name: String,
+    /// Where its forwarded port listens.
+    pub addr: std::net::SocketAddr,
+    /// Its relay-side (server) process.
+    pub pid: Option<u32>,
+}
+
+impl std::str::FromStr for Peer {
+    type Err = String;
+
+    /// `NAME=ADDR` or `NAME=ADDR,PID`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let usage = || {
+            format!("--peer {s:?}: expected NAME=ADDR or NAME=ADDR,PID, e.g. rathole-tls=127.0.0.1:5202,4242")
+        };
+        let (name, rest) = s.split_once('=').ok_or_else(usage)?;
+        let (addr, pid) = match rest.split_once(',') {
+            Some((a, p)) => (a, Some(p.parse().map_err(|_| usage())?)),
+            None => (rest, None),
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            addr: addr.parse().map_err(|_| usage())?,
+            pid,
+        })
+    }
 }
 
 /// A relay, the synthetic daemon and a fleet, with live counters.
@@ -38,7 +74,7 @@ struct Rig {
 impl Rig {
     async fn start(setup: &Setup, scenario: &'static str, agents: usize) -> Result<Self> {
         let relay = RelayProc::start(&setup.relay_bin)?;
-        let docker = synthetic_docker::spawn().await?;
+        let docker = synthetic_docker::spawn(setup.responder_port).await?;
         let fleet = Fleet::new(
             agents,
             relay.agents,
@@ -239,33 +275,52 @@ pub async fn request_rate(
 
 /// `bulk`: `bytes` each way through one agent, `rounds` times, next to the
 /// same download straight from the synthetic daemon as the baseline.
-pub async fn bulk(setup: &Setup, bytes: u64, rounds: u32, timeout: Duration) -> Result<Value> {
+pub async fn bulk(
+    setup: &Setup,
+    bytes: u64,
+    rounds: u32,
+    peers: &[Peer],
+    timeout: Duration,
+) -> Result<Value> {
     let mut rig = Rig::start(setup, "bulk", 1).await?;
     rig.fleet.start(0)?;
     rig.wait_connected(1, timeout).await?;
     let node = node_name(0);
     let gbit = |b: u64, d: Duration| b as f64 * 8.0 / d.as_secs_f64() / 1e9;
 
-    let mut direct = Client::new(rig.docker);
-    let mut direct_time = Duration::ZERO;
-    for _ in 0..rounds {
-        let (n, took) = direct.get(&format!("/bulk?bytes={bytes}")).await?;
-        anyhow::ensure!(n == bytes, "direct download returned {n} bytes");
-        direct_time += took;
+    let total = bytes * rounds as u64;
+    let gb = total as f64 / 1e9;
+    let direct_time = download(rig.docker, "/", bytes, rounds, "direct").await?;
+    let mut peer_results = serde_json::Map::new();
+    for peer in peers {
+        let before = peer.pid.map(Usage::of).transpose()?;
+        let took = download(peer.addr, "/", bytes, rounds, &peer.name).await?;
+        let cpu = match (before, peer.pid) {
+            (Some(b), Some(pid)) => json!((Usage::of(pid)?.cpu_secs - b.cpu_secs) / gb),
+            _ => Value::Null,
+        };
+        peer_results.insert(
+            peer.name.clone(),
+            json!({
+                "download_gbit_s": gbit(total, took),
+                "ratio_to_direct": direct_time.as_secs_f64() / took.as_secs_f64(),
+                "server_cpu_s_per_gb": cpu,
+            }),
+        );
     }
 
-    let mut relayed = Client::new(rig.relay.api);
     let before = rig.relay.usage()?;
-    let mut down_time = Duration::ZERO;
-    for _ in 0..rounds {
-        let (n, took) = relayed
-            .get(&format!("/nodes/{node}/bulk?bytes={bytes}"))
-            .await?;
-        anyhow::ensure!(n == bytes, "relayed download returned {n} bytes");
-        rig.counters.bytes.fetch_add(n, Ordering::Relaxed);
-        down_time += took;
-    }
+    let down_time = download(
+        rig.relay.api,
+        &format!("/nodes/{node}/"),
+        bytes,
+        rounds,
+        "relayed",
+    )
+    .await?;
+    rig.counters.bytes.fetch_add(total, Ordering::Relaxed);
     let mid = rig.relay.usage()?;
+    let mut relayed = Client::new(rig.relay.api);
     let mut up_time = Duration::ZERO;
     for _ in 0..rounds {
         let body = synthetic_docker::Bulk::new(bytes).boxed();
@@ -277,9 +332,19 @@ pub async fn bulk(setup: &Setup, bytes: u64, rounds: u32, timeout: Duration) -> 
     }
     let after = rig.relay.usage()?;
     rig.finish().await;
-    let total = bytes * rounds as u64;
-    let gb = total as f64 / 1e9;
+    let relayed_ratio = |peer: &str| {
+        peer_results
+            .get(peer)
+            .and_then(|p| p["download_gbit_s"].as_f64())
+            .map(|g| gbit(total, down_time) / g)
+    };
+    let vs_peers: serde_json::Map<String, Value> = peers
+        .iter()
+        .map(|p| (p.name.clone(), json!(relayed_ratio(&p.name))))
+        .collect();
     Ok(json!({
+        "peers": peer_results,
+        "relayed_download_ratio_to_peer": vs_peers,
         "bytes_per_transfer": bytes,
         "rounds": rounds,
         "direct_download_gbit_s": gbit(total, direct_time),
@@ -289,6 +354,25 @@ pub async fn bulk(setup: &Setup, bytes: u64, rounds: u32, timeout: Duration) -> 
         "relay_cpu_s_per_gb_download": (mid.cpu_secs - before.cpu_secs) / gb,
         "relay_cpu_s_per_gb_upload": (after.cpu_secs - mid.cpu_secs) / gb,
     }))
+}
+
+/// Downloads `bytes` from `{prefix}bulk` `rounds` times over one kept-alive
+/// connection to `addr`; returns the total time.
+async fn download(
+    addr: std::net::SocketAddr,
+    prefix: &str,
+    bytes: u64,
+    rounds: u32,
+    what: &str,
+) -> Result<Duration> {
+    let mut client = Client::new(addr);
+    let mut total = Duration::ZERO;
+    for _ in 0..rounds {
+        let (n, took) = client.get(&format!("{prefix}bulk?bytes={bytes}")).await?;
+        anyhow::ensure!(n == bytes, "{what} download returned {n} of {bytes} bytes");
+        total += took;
+    }
+    Ok(total)
 }
 
 /// `churn`: `churners` of `agents` agents drop and reconnect over and over

@@ -95,8 +95,8 @@ async fn answer(
 }
 
 /// Starts the responder on loopback; returns its address.
-pub async fn spawn() -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+pub async fn spawn(port: u16) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     let chunk = Bytes::from(vec![0x5a; CHUNK]);
     tokio::spawn(async move {

@@ -20,7 +20,32 @@ fn setup(transport: TransportChoice) -> Setup {
     Setup {
         relay_bin,
         transport,
+        responder_port: 0,
     }
+}
+
+/// A free loopback port (bound, then let go).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A plain TCP forwarder standing in for another tunnel: every
+/// connection to the returned address is piped to `target`.
+async fn forwarder(target: u16) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut out = tokio::net::TcpStream::connect(("127.0.0.1", target))
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+            });
+        }
+    });
+    addr
 }
 
 const T: Duration = Duration::from_secs(60);
@@ -62,12 +87,45 @@ async fn request_rate_counts_calls_and_latencies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_moves_every_byte_both_ways() {
     // The scenario itself checks every transfer's byte count.
-    let r = scenarios::bulk(&setup(TransportChoice::Tcp), 8 << 20, 2, T)
+    let port = free_port();
+    let peer = scenarios::Peer {
+        name: "forwarder".into(),
+        addr: forwarder(port).await,
+        pid: Some(std::process::id()),
+    };
+    let setup = Setup {
+        responder_port: port,
+        ..setup(TransportChoice::Tcp)
+    };
+    let r = scenarios::bulk(&setup, 8 << 20, 2, &[peer], T)
         .await
         .unwrap();
     assert!(r["relayed_download_gbit_s"].as_f64().unwrap() > 0.0, "{r}");
     assert!(r["relayed_upload_gbit_s"].as_f64().unwrap() > 0.0);
     assert!(r["download_ratio_to_direct"].as_f64().unwrap() > 0.0);
+    // The peer's transfer went through it, was timed and its CPU counted.
+    let peer = &r["peers"]["forwarder"];
+    assert!(peer["download_gbit_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(peer["server_cpu_s_per_gb"].as_f64().unwrap() >= 0.0, "{r}");
+    assert!(
+        r["relayed_download_ratio_to_peer"]["forwarder"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}
+
+#[test]
+fn peers_are_parsed_from_name_address_and_pid() {
+    let p: scenarios::Peer = "rathole-tls=127.0.0.1:5202,42".parse().unwrap();
+    assert_eq!(
+        (p.name.as_str(), p.addr.port(), p.pid),
+        ("rathole-tls", 5202, Some(42))
+    );
+    let p: scenarios::Peer = "bore=127.0.0.1:7000".parse().unwrap();
+    assert_eq!(p.pid, None);
+    let err = "nonsense".parse::<scenarios::Peer>().unwrap_err();
+    assert!(err.contains("NAME=ADDR"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

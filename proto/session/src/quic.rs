@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{IdleTimeout, TransportConfig, VarInt};
+use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 
 /// An idle session sends a keep-alive this often, so NAT bindings stay open.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
@@ -21,8 +21,24 @@ const MAX_STREAMS_TO_AGENT: u32 = 1024;
 /// idle agent.
 const MAX_STREAMS_FROM_AGENT: u32 = 4;
 
+/// Largest UDP payload MTU discovery may probe for. The default (1452)
+/// suits the internet's common 1500-byte paths; raising the ceiling lets
+/// discovery climb on paths that carry more (jumbo-frame LANs, loopback),
+/// where each packet's fixed cost (syscall, header, AEAD setup) is then
+/// spread over many more bytes. Discovery only ever settles on a size the
+/// path has acknowledged, so lower-MTU paths lose nothing but a few probes.
+const MTU_CEILING: u16 = 65_527;
+/// UDP socket buffer size asked of the kernel (it caps the request at
+/// `net.core.rmem_max`/`wmem_max`). The 208 KiB default drops packets as
+/// soon as a bulk transfer outruns the reader for a moment, and QUIC reads
+/// every drop as congestion.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
 fn transport(peer_may_open: u32) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
+    let mut mtu = MtuDiscoveryConfig::default();
+    mtu.upper_bound(MTU_CEILING);
+    t.mtu_discovery_config(Some(mtu));
     // Windows sized for a high bandwidth-delay product on one stream; they
     // cap memory use per session but are not allocated up front, so idle
     // sessions stay cheap.
@@ -46,7 +62,7 @@ pub fn server_endpoint(
     let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(MAX_STREAMS_FROM_AGENT));
-    quinn::Endpoint::server(config, addr)
+    endpoint(addr, Some(config))
 }
 
 /// A QUIC client configuration from the agent's TLS configuration.
@@ -64,5 +80,33 @@ pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    quinn::Endpoint::client(bind)
+    endpoint(bind, None)
+}
+
+/// An endpoint on a UDP socket with enlarged kernel buffers.
+fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        // Accept v4-mapped peers too, as std's bind would on most systems.
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a kernel that refuses larger buffers still works.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("QUIC needs a tokio runtime"))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket.into(),
+        runtime,
+    )
 }

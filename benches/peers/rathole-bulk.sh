@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Side by side: one 1 GiB HTTP response through tunnelgate (relay + agent)
+# and through rathole (over TLS and over plain TCP), with the direct
+# download as the baseline, all in one load-test run.
+#
+#   benches/peers/rathole-bulk.sh [quic|tcp] [BYTES] [ROUNDS]
+#
+# rathole is not part of this repository: set RATHOLE=/path/to/rathole, or
+# the script runs `cargo install rathole` into a temporary root outside the
+# repository (needs libssl-dev and pkg-config for its native-tls build).
+# Loopback only; every process it starts is stopped when it exits.
+set -euo pipefail
+
+transport=${1:-quic}
+bytes=${2:-1073741824}
+rounds=${3:-2}
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+work=$(mktemp -d /tmp/tunnelgate-peers.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [[ -z "${RATHOLE:-}" ]]; then
+    RATHOLE=/tmp/tunnelgate-rathole/bin/rathole
+    if [[ ! -x $RATHOLE ]]; then
+        echo "installing rathole into /tmp/tunnelgate-rathole (once)" >&2
+        cargo install --quiet rathole --root /tmp/tunnelgate-rathole
+    fi
+fi
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# A throwaway CA and a server identity for rathole's TLS transport.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench-ca \
+    -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=localhost \
+    -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost\n' > "$work/san.ext"
+openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+    -CAcreateserial -days 2 -extfile "$work/san.ext" -out "$work/server.pem" 2>/dev/null
+openssl pkcs12 -export -out "$work/server.p12" -inkey "$work/server.key" \
+    -in "$work/server.pem" -passout pass:bench
+
+responder=$(free_port)
+peer_args=()
+for kind in tls tcp; do
+    control=$(free_port)
+    entry=$(free_port)
+    for side in server client; do
+        sed -e "s|@CONTROL_PORT@|$control|; s|@ENTRY_PORT@|$entry|; s|@RESPONDER_PORT@|$responder|" \
+            -e "s|@TRANSPORT@|$kind|; s|@DIR@|$work|" \
+            "$here/rathole-$side.toml" > "$work/$kind-$side.toml"
+    done
+    "$RATHOLE" --server "$work/$kind-server.toml" > "$work/$kind-server.log" 2>&1 &
+    server=$!
+    pids+=("$server")
+    "$RATHOLE" --client "$work/$kind-client.toml" > "$work/$kind-client.log" 2>&1 &
+    pids+=("$!")
+    peer_args+=(--peer "rathole-$kind=127.0.0.1:$entry,$server")
+done
+# rathole opens its service port once the client has registered.
+sleep 2
+
+cd "$repo"
+cargo build --quiet --release -p tunnelgate-relay -p tunnelgate-loadtest
+target/release/tunnelgate-loadtest --transport "$transport" --responder-port "$responder" \
+    --json "${JSON:-/dev/null}" bulk --bytes "$bytes" --rounds "$rounds" "${peer_args[@]}"
