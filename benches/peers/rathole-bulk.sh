@@ -71,4 +71,4 @@ sleep 2
 cd "$repo"
 cargo build --quiet --release -p tunnelgate-relay -p tunnelgate-loadtest
 target/release/tunnelgate-loadtest --transport "$transport" --responder-port "$responder" \
-    --json "${JSON:-/dev/null}" bulk --bytes "$bytes" --rounds "$rounds" "${peer_args[@]}"
+    --json "${JSON:-/dev/null}" ${SCENARIO:-bulk --bytes "$bytes" --rounds "$rounds"} "${peer_args[@]}"

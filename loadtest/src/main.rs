@@ -67,6 +67,17 @@ enum Scenario {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// One client's small calls in turn, direct and relayed, interleaved:
+    /// added latency percentiles on a kept-alive connection and on a new
+    /// connection per call.
+    Latency {
+        #[arg(long, default_value_t = 5_000)]
+        calls: u32,
+        /// Also call through another tunnel to the synthetic responder, as
+        /// for `bulk` (NAME=ADDR[,PID]). Repeatable.
+        #[arg(long = "peer", value_name = "NAME=ADDR[,PID]")]
+        peers: Vec<scenarios::Peer>,
+    },
     /// Large bodies each way through one agent: Gbit/s and relay CPU-s per GB.
     Bulk {
         /// Bytes per transfer.
@@ -120,6 +131,10 @@ async fn main() -> anyhow::Result<()> {
         } => (
             "request-rate",
             scenarios::request_rate(&setup, agents, clients, requests, duration, t).await,
+        ),
+        Scenario::Latency { calls, peers } => (
+            "latency",
+            scenarios::latency(&setup, calls, &peers, t).await,
         ),
         Scenario::Bulk {
             bytes,

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -270,6 +270,90 @@ pub async fn request_rate(
         "latency": Percentiles::of(&mut samples),
         "relay": usage_json(before, after, elapsed),
         "relay_cpu_us_per_request": (after.cpu_secs - before.cpu_secs) / ok.max(1) as f64 * 1e6,
+    }))
+}
+
+/// `latency`: one client's small calls one after another, direct to the
+/// synthetic daemon and through the relay, interleaved so both see the
+/// same machine state; over a kept-alive connection, and on a new client
+/// connection per call (a new Docker API call over the existing agent
+/// session).
+pub async fn latency(
+    setup: &Setup,
+    calls: u32,
+    peers: &[Peer],
+    timeout: Duration,
+) -> Result<Value> {
+    let mut rig = Rig::start(setup, "latency", 1).await?;
+    rig.fleet.start(0)?;
+    rig.wait_connected(1, timeout).await?;
+    let relayed_path = format!("/nodes/{}/_ping", node_name(0));
+    let (mut direct, mut relayed) = (Client::new(rig.docker), Client::new(rig.relay.api));
+    let mut through_peers: Vec<Client> = peers.iter().map(|p| Client::new(p.addr)).collect();
+    let mut samples: [Vec<Duration>; 4] = Default::default();
+    let mut peer_samples: Vec<[Vec<Duration>; 2]> =
+        peers.iter().map(|_| Default::default()).collect();
+    // Warm up every path (connections, the kept stream, caches).
+    for _ in 0..calls.min(200) {
+        direct.get("/_ping").await?;
+        relayed.get(&relayed_path).await?;
+        for client in &mut through_peers {
+            client.get("/_ping").await?;
+        }
+    }
+    for _ in 0..calls {
+        samples[0].push(direct.get("/_ping").await?.1);
+        samples[1].push(relayed.get(&relayed_path).await?.1);
+        samples[2].push(Client::new(rig.docker).get("/_ping").await?.1);
+        samples[3].push(Client::new(rig.relay.api).get(&relayed_path).await?.1);
+        for ((client, peer), s) in through_peers.iter_mut().zip(peers).zip(&mut peer_samples) {
+            s[0].push(client.get("/_ping").await?.1);
+            s[1].push(Client::new(peer.addr).get("/_ping").await?.1);
+        }
+        Counters::bump(&rig.counters.ok);
+    }
+    // The relay's CPU per kept-alive call, from a run of those alone.
+    let before = rig.relay.usage()?;
+    for _ in 0..calls {
+        relayed.get(&relayed_path).await?;
+    }
+    let relay_cpu = rig.relay.usage()?.cpu_secs - before.cpu_secs;
+    rig.finish().await;
+    let [direct_kept, relayed_kept, direct_new, relayed_new] =
+        samples.map(|mut s| Percentiles::of(&mut s).context("no samples"));
+    let (direct_kept, relayed_kept) = (direct_kept?, relayed_kept?);
+    let (direct_new, relayed_new) = (direct_new?, relayed_new?);
+    let mut peer_results = serde_json::Map::new();
+    for (peer, [mut kept, mut new]) in peers.iter().zip(peer_samples) {
+        let kept = Percentiles::of(&mut kept).context("no samples")?;
+        let new = Percentiles::of(&mut new).context("no samples")?;
+        peer_results.insert(
+            peer.name.clone(),
+            json!({
+                "kept_alive": kept,
+                "kept_alive_added_p50_us": kept.p50_us - direct_kept.p50_us,
+                "kept_alive_added_p99_us": kept.p99_us - direct_kept.p99_us,
+                "new_connection": new,
+                "new_connection_added_p50_us": new.p50_us - direct_new.p50_us,
+            }),
+        );
+    }
+    Ok(json!({
+        "peers": peer_results,
+        "calls": calls,
+        "kept_alive": {
+            "direct": direct_kept,
+            "relayed": relayed_kept,
+            "added_p50_us": relayed_kept.p50_us - direct_kept.p50_us,
+            "added_p99_us": relayed_kept.p99_us - direct_kept.p99_us,
+            "relayed_p99_over_p50": relayed_kept.p99_us / relayed_kept.p50_us,
+        },
+        "new_connection": {
+            "direct": direct_new,
+            "relayed": relayed_new,
+            "added_p50_us": relayed_new.p50_us - direct_new.p50_us,
+        },
+        "relay_cpu_us_per_kept_alive_call": relay_cpu / calls.max(1) as f64 * 1e6,
     }))
 }
 

@@ -85,6 +85,26 @@ async fn request_rate_counts_calls_and_latencies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_reports_both_paths_and_the_difference() {
+    let r = scenarios::latency(&setup(TransportChoice::Tcp), 50, &[], T)
+        .await
+        .unwrap();
+    for path in ["kept_alive", "new_connection"] {
+        for side in ["direct", "relayed"] {
+            let p = &r[path][side];
+            assert!(p["p50_us"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(p["p99_us"].as_f64().unwrap() >= p["p50_us"].as_f64().unwrap());
+        }
+        let added = r[path]["added_p50_us"].as_f64().unwrap();
+        let (relayed, direct) = (
+            r[path]["relayed"]["p50_us"].as_f64().unwrap(),
+            r[path]["direct"]["p50_us"].as_f64().unwrap(),
+        );
+        assert!((added - (relayed - direct)).abs() < 1e-6, "{r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_moves_every_byte_both_ways() {
     // The scenario itself checks every transfer's byte count.
     let port = free_port();

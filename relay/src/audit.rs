@@ -6,16 +6,20 @@
 //! without the query) and how it went (status, bytes, duration). Never the
 //! body, the query string or any header: those may carry credentials.
 
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tunnelgate_proto::RequestId;
+
+use crate::io::StreamBytes;
 
 /// The tracing target of audit lines.
 pub const TARGET: &str = "tunnelgate::audit";
 
 /// One call, as the audit line will show it; the line is written when the
-/// last holder drops it (the front, and the call's stream if it got one).
+/// last holder drops it (the front, and the call's response body or
+/// hijacked pipe if it got one).
 #[derive(Debug)]
 pub struct CallRecord {
     /// The call.
@@ -32,11 +36,16 @@ pub struct CallRecord {
     pub path: String,
     /// The response status; 0 until known.
     pub status: AtomicU16,
-    /// Bytes sent to the node.
-    pub to_node: AtomicU64,
-    /// Bytes received from the node.
-    pub from_node: AtomicU64,
+    stream: Mutex<Option<Tap>>,
     started: Instant,
+}
+
+/// The stream a call went over, and its byte counts when the call started
+/// on it.
+#[derive(Debug)]
+struct Tap {
+    stream: Arc<StreamBytes>,
+    at_start: (u64, u64),
 }
 
 impl CallRecord {
@@ -50,8 +59,7 @@ impl CallRecord {
             method: method.to_owned(),
             path: path.to_owned(),
             status: AtomicU16::new(0),
-            to_node: AtomicU64::new(0),
-            from_node: AtomicU64::new(0),
+            stream: Mutex::new(None),
             started: Instant::now(),
         }
     }
@@ -59,6 +67,24 @@ impl CallRecord {
     /// Time since the call arrived.
     pub fn elapsed(&self) -> std::time::Duration {
         self.started.elapsed()
+    }
+
+    /// Counts the bytes that `stream` moves from now on as this call's.
+    pub fn count_on(&self, stream: &Arc<StreamBytes>) {
+        let mut slot = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = Some(Tap {
+            stream: stream.clone(),
+            at_start: stream.now(),
+        });
+    }
+
+    /// Bytes moved for this call so far: (to node, from node).
+    pub fn bytes(&self) -> (u64, u64) {
+        let slot = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().map_or((0, 0), |tap| {
+            let (to, from) = tap.stream.now();
+            (to - tap.at_start.0, from - tap.at_start.1)
+        })
     }
 
     /// Records the response status.
@@ -69,6 +95,7 @@ impl CallRecord {
 
 impl Drop for CallRecord {
     fn drop(&mut self) {
+        let (to_node, from_node) = self.bytes();
         tracing::info!(
             target: TARGET,
             request_id = %self.request_id,
@@ -78,8 +105,8 @@ impl Drop for CallRecord {
             method = %self.method,
             path = %self.path,
             status = self.status.load(Ordering::Relaxed),
-            bytes_to_node = self.to_node.load(Ordering::Relaxed),
-            bytes_from_node = self.from_node.load(Ordering::Relaxed),
+            bytes_to_node = to_node,
+            bytes_from_node = from_node,
             duration_ms = self.elapsed().as_secs_f64() * 1000.0,
             "call"
         );

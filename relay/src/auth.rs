@@ -19,12 +19,25 @@ use crate::error::{ErrorSource, FrontError};
 use crate::metrics::Metrics;
 
 /// What the relay knows about one API connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
     /// The subject of the client certificate it presented over TLS.
     pub client_cert: Option<Subject>,
+    /// The node stream this connection's calls may go on again.
+    pub node_stream: crate::front::KeptStream,
+}
+
+impl ConnInfo {
+    /// A new connection from `peer`.
+    pub fn new(peer: SocketAddr, client_cert: Option<Subject>) -> Self {
+        Self {
+            peer,
+            client_cert,
+            node_stream: Default::default(),
+        }
+    }
 }
 
 /// An authenticated caller.

@@ -34,8 +34,9 @@ use crate::audit::CallRecord;
 use crate::auth::{self, ConnInfo, Principal};
 use crate::error::{ErrorSource, FrontError};
 use crate::identity::NodeKey;
-use crate::io::CallStream;
+use crate::io::{CallStream, StreamBytes};
 use crate::reply::{find_setup_error, ReplyFirst, SetupError};
+use crate::sessions::Entry;
 use crate::Shared;
 
 /// The response body type of every front response.
@@ -132,7 +133,7 @@ pub async fn handle(
         Ok(principal) => {
             record.tenant = principal.tenant.to_string();
             record.principal = principal.name.clone();
-            route_call(&shared, principal, req, record).await
+            route_call(&shared, &conn, principal, req, record).await
         }
         Err(e) => {
             let resp = e.into_response();
@@ -179,6 +180,7 @@ fn admit(
 
 async fn route_call(
     shared: &Arc<Shared>,
+    conn: &ConnInfo,
     principal: Principal,
     req: Request<Incoming>,
     mut record: CallRecord,
@@ -208,7 +210,7 @@ async fn route_call(
             let node = node.to_owned();
             let record = Arc::new(record);
             let response = async {
-                match proxy(shared, tenant, req, &node, &rest, record.clone()).await {
+                match proxy(shared, conn, tenant, req, &node, &rest, record.clone()).await {
                     Ok(resp) => resp,
                     Err(e) => {
                         debug!(error = %e, source = ?e.source_side(), "request failed");
@@ -334,15 +336,106 @@ fn rewrite_location(headers: &mut HeaderMap, node: &NodeId) {
     }
 }
 
+/// The HTTP/1.1 client end of one stream to a node.
+type NodeSender = hyper::client::conn::http1::SendRequest<Incoming>;
+
+/// How long a kept stream may take to finish its previous call before a
+/// new stream is opened instead. Calls on one client connection come one
+/// after another, so the wait is normally nil.
+const KEPT_STREAM_WAIT: Duration = Duration::from_millis(100);
+
+/// The node stream a client connection's last call went over, kept so the
+/// connection's next call to the same node skips the stream setup: no new
+/// stream, no new daemon connection at the agent, no HTTP handshake. This
+/// is what makes a kept-alive `docker` client's calls cheap. Upgraded
+/// calls never leave their stream behind; the stream closes with the
+/// client connection.
+#[derive(Default)]
+pub struct KeptStream(std::sync::Mutex<Option<Kept>>);
+
+struct Kept {
+    key: NodeKey,
+    session: u64,
+    sender: NodeSender,
+    bytes: Arc<StreamBytes>,
+}
+
+impl std::fmt::Debug for KeptStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptStream").finish_non_exhaustive()
+    }
+}
+
+impl KeptStream {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Kept>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The kept stream, if it goes to `key`'s node over session `session`
+    /// and is free for another call.
+    async fn take(&self, key: &NodeKey, session: u64) -> Option<(NodeSender, Arc<StreamBytes>)> {
+        let kept = self.slot().take()?;
+        if kept.key != *key || kept.session != session {
+            return None;
+        }
+        let mut sender = kept.sender;
+        match tokio::time::timeout(KEPT_STREAM_WAIT, sender.ready()).await {
+            Ok(Ok(())) => Some((sender, kept.bytes)),
+            _ => None,
+        }
+    }
+
+    fn keep(&self, kept: Kept) {
+        *self.slot() = Some(kept);
+    }
+}
+
+/// What a call holds until its last byte is relayed: its audit record and
+/// its concurrency slots.
+struct CallGuard {
+    _record: Arc<CallRecord>,
+    _slots: Slots,
+}
+
+/// A response body from the node that releases its call when it ends.
+struct CallBody {
+    inner: Incoming,
+    guard: Option<CallGuard>,
+}
+
+impl hyper::body::Body for CallBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            self.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 async fn proxy(
     shared: &Shared,
+    conn: &ConnInfo,
     tenant: &TenantId,
     mut req: Request<Incoming>,
     node: &str,
     rest: &str,
     record: Arc<CallRecord>,
 ) -> Result<Response<Body>, FrontError> {
-    let request_id = record.request_id;
     let node_id = NodeId::new(node).map_err(|_| FrontError::unknown_node(node))?;
     let key = NodeKey {
         tenant: tenant.clone(),
@@ -374,13 +467,109 @@ async fn proxy(
             )
         })?;
 
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let traceparent = req
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    // Pipelined: the request follows the header at once; ReplyFirst reads
-    // the agent's accept (or refusal) off the stream before the response.
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_owned(),
+    };
+    *req.uri_mut() = Uri::try_from(path_and_query)
+        .map_err(|e| FrontError::new(ErrorSource::Client, format!("invalid request path: {e}")))?;
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+
+    let open = || {
+        open_stream(
+            shared,
+            &entry,
+            &node_id,
+            record.request_id,
+            traceparent.clone(),
+        )
+    };
+    let kept = match upgrade {
+        true => None,
+        false => conn.node_stream.take(&key, entry.serial()).await,
+    };
+    let reused = kept.is_some();
+    let (mut sender, mut bytes) = match kept {
+        Some(kept) => kept,
+        None => open().await?,
+    };
+    record.count_on(&bytes);
+    let mut resp = match sender.try_send_request(req).await {
+        Ok(resp) => resp,
+        Err(mut e) => match e.take_message() {
+            // A kept stream that died between calls (its agent reconnected,
+            // its idle timer fired) took nothing: send on a fresh one.
+            Some(req) if reused => {
+                debug!(error = %e.error(), "kept stream failed; opening a new one");
+                (sender, bytes) = open().await?;
+                record.count_on(&bytes);
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| setup_failure(&node_id, &e))?
+            }
+            _ => return Err(setup_failure(&node_id, e.error())),
+        },
+    };
+    let guard = CallGuard {
+        _record: record,
+        _slots: slots,
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let node_upgrade = hyper::upgrade::on(&mut resp);
+        match client_upgrade {
+            Some(client_upgrade) => {
+                tokio::spawn(
+                    splice_upgraded(client_upgrade, node_upgrade, guard).in_current_span(),
+                );
+            }
+            None => {
+                return Err(FrontError::new(
+                    ErrorSource::Daemon,
+                    "the daemon switched protocols on a request that did not ask to upgrade",
+                ))
+            }
+        }
+        rewrite_location(resp.headers_mut(), &node_id);
+        return Ok(resp.map(|b| b.boxed()));
+    }
+    if !upgrade {
+        conn.node_stream.keep(Kept {
+            key,
+            session: entry.serial(),
+            sender,
+            bytes,
+        });
+    }
+    rewrite_location(resp.headers_mut(), &node_id);
+    Ok(resp.map(|inner| {
+        CallBody {
+            inner,
+            guard: Some(guard),
+        }
+        .boxed()
+    }))
+}
+
+/// Opens a stream to the node, sends the stream header and starts HTTP/1.1
+/// on it. Pipelined: the first request follows the header at once;
+/// [`ReplyFirst`] reads the agent's accept (or refusal) off the stream
+/// before the response.
+async fn open_stream(
+    shared: &Shared,
+    entry: &Entry,
+    node_id: &NodeId,
+    request_id: RequestId,
+    traceparent: Option<String>,
+) -> Result<(NodeSender, Arc<StreamBytes>), FrontError> {
     let setup = async {
         let mut stream = entry.session.open_stream().await.map_err(|e| {
             FrontError::new(
@@ -406,37 +595,25 @@ async fn proxy(
             })?;
         Ok::<_, FrontError>(stream)
     };
-    let stream =
-        tokio::time::timeout(STREAM_SETUP_TIMEOUT, setup)
-            .await
-            .map_err(|_| {
-                FrontError::new(
-            ErrorSource::Agent,
-            format!("node {node_id}'s agent did not take the call within {STREAM_SETUP_TIMEOUT:?}"),
-        )
-            })??;
-    let stream = ReplyFirst::new(stream, STREAM_SETUP_TIMEOUT);
-
-    debug!(transport = %entry.session.transport(), "call sent to the agent");
-    let upgrade = is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let path_and_query = match req.uri().query() {
-        Some(q) => format!("{rest}?{q}"),
-        None => rest.to_owned(),
-    };
-    *req.uri_mut() = Uri::try_from(path_and_query)
-        .map_err(|e| FrontError::new(ErrorSource::Client, format!("invalid request path: {e}")))?;
-    strip_hop_by_hop(req.headers_mut(), upgrade);
-
-    let io = TokioIo::new(CallStream::new(
-        stream,
+    let stream = tokio::time::timeout(STREAM_SETUP_TIMEOUT, setup)
+        .await
+        .map_err(|_| {
+            FrontError::new(
+                ErrorSource::Agent,
+                format!(
+                    "node {node_id}'s agent did not take the call within {STREAM_SETUP_TIMEOUT:?}"
+                ),
+            )
+        })??;
+    debug!(transport = %entry.session.transport(), "stream opened to the agent");
+    let stream = CallStream::new(
+        ReplyFirst::new(stream, STREAM_SETUP_TIMEOUT),
         shared.metrics.clone(),
-        record,
-        slots,
-        limits.idle_stream_timeout,
-    ));
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake::<_, Incoming>(io)
+        shared.config.limits.idle_stream_timeout,
+    );
+    let bytes = stream.bytes();
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, Incoming>(TokioIo::new(stream))
         .await
         .map_err(|e| {
             FrontError::new(
@@ -452,27 +629,7 @@ async fn proxy(
         }
         .in_current_span(),
     );
-    let mut resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| setup_failure(&node_id, &e))?;
-
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let node_upgrade = hyper::upgrade::on(&mut resp);
-        match client_upgrade {
-            Some(client_upgrade) => {
-                tokio::spawn(splice_upgraded(client_upgrade, node_upgrade).in_current_span());
-            }
-            None => {
-                return Err(FrontError::new(
-                    ErrorSource::Daemon,
-                    "the daemon switched protocols on a request that did not ask to upgrade",
-                ))
-            }
-        }
-    }
-    rewrite_location(resp.headers_mut(), &node_id);
-    Ok(resp.map(|b| b.boxed()))
+    Ok((sender, bytes))
 }
 
 /// The error for a call that failed before the daemon answered.
@@ -500,7 +657,11 @@ fn setup_failure(node_id: &NodeId, err: &hyper::Error) -> FrontError {
 /// Pipes bytes between a hijacked client connection and the hijacked node
 /// stream. Each direction ends on its own: a client that half-closes still
 /// receives everything the node sends after.
-async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, node: hyper::upgrade::OnUpgrade) {
+async fn splice_upgraded(
+    client: hyper::upgrade::OnUpgrade,
+    node: hyper::upgrade::OnUpgrade,
+    _call: CallGuard,
+) {
     let (client, node) = match tokio::try_join!(client, node) {
         Ok(pair) => pair,
         Err(e) => {

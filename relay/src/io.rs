@@ -1,12 +1,12 @@
-//! The stream of one control-plane call to a node, as the front uses it:
-//! counts relayed bytes for the metrics and the call's audit line, holds
-//! the call's concurrency slots, and cuts the call when no byte has moved
-//! either way for the idle timeout.
+//! A stream to a node as the front uses it: counts relayed bytes for the
+//! metrics and for the audit lines of the calls it carries (one, or several
+//! in turn when a client connection's calls reuse it), and cuts it when no
+//! byte has moved either way for the idle timeout.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,18 +14,35 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::audit::CallRecord;
-use crate::front::Slots;
 use crate::metrics::Metrics;
 
-/// A stream to a node with the bookkeeping of the call it carries.
+/// Bytes moved over one stream so far, each way. A call's audit line
+/// takes the difference between its start and its end.
+#[derive(Debug, Default)]
+pub struct StreamBytes {
+    /// Sent to the node.
+    pub to_node: AtomicU64,
+    /// Received from the node.
+    pub from_node: AtomicU64,
+}
+
+impl StreamBytes {
+    /// Both counters now: (to node, from node).
+    pub fn now(&self) -> (u64, u64) {
+        (
+            self.to_node.load(Ordering::Relaxed),
+            self.from_node.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A stream to a node with its byte counts and idle timer.
 pub struct CallStream<S> {
     inner: S,
     metrics: Arc<Metrics>,
     to_node: prometheus::IntCounter,
     from_node: prometheus::IntCounter,
-    record: Arc<CallRecord>,
-    _slots: Slots,
+    bytes: Arc<StreamBytes>,
     idle_timeout: Duration,
     last_activity: Instant,
     idle: Pin<Box<Sleep>>,
@@ -33,29 +50,28 @@ pub struct CallStream<S> {
 
 impl<S> CallStream<S> {
     /// Starts counting; the stream counts as open until dropped.
-    pub fn new(
-        inner: S,
-        metrics: Arc<Metrics>,
-        record: Arc<CallRecord>,
-        slots: Slots,
-        idle_timeout: Duration,
-    ) -> Self {
+    pub fn new(inner: S, metrics: Arc<Metrics>, idle_timeout: Duration) -> Self {
         metrics.streams_open.inc();
+        metrics.streams_opened.inc();
         let now = Instant::now();
         Self {
             to_node: metrics.bytes.with_label_values(&["to_node"]),
             from_node: metrics.bytes.with_label_values(&["from_node"]),
             inner,
             metrics,
-            record,
-            _slots: slots,
+            bytes: Arc::default(),
             idle_timeout,
             last_activity: now,
             idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
         }
     }
 
-    /// Whether the call has been idle too long; re-arms the timer (to the
+    /// The stream's byte counts, shared.
+    pub fn bytes(&self) -> Arc<StreamBytes> {
+        self.bytes.clone()
+    }
+
+    /// Whether the stream has been idle too long; re-arms the timer (to the
     /// last activity plus the timeout) when it has not. Only when its timer
     /// fires, so busy streams pay no timer work per byte.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
@@ -82,7 +98,7 @@ impl<S> CallStream<S> {
         if n > 0 {
             self.last_activity = Instant::now();
             self.to_node.inc_by(n as u64);
-            self.record.to_node.fetch_add(n as u64, Ordering::Relaxed);
+            self.bytes.to_node.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 }
@@ -106,7 +122,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for CallStream<S> {
                 if n > 0 {
                     self.last_activity = Instant::now();
                     self.from_node.inc_by(n as u64);
-                    self.record.from_node.fetch_add(n as u64, Ordering::Relaxed);
+                    self.bytes.from_node.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Poll::Ready(res)
             }

@@ -467,7 +467,7 @@ async fn serve_http<F, Fut, B>(
                     }
                 }
             };
-            let conn_info = Arc::new(auth::ConnInfo { peer, client_cert });
+            let conn_info = Arc::new(auth::ConnInfo::new(peer, client_cert));
             let svc = service_fn(move |req| handler(conn_info.clone(), req));
             let conn = builder.serve_connection(TokioIo::new(io), svc);
             let result = if options.upgrades {

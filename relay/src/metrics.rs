@@ -23,6 +23,9 @@ pub struct Metrics {
     pub agent_handshakes: IntCounterVec,
     /// Data streams open to agents.
     pub streams_open: IntGauge,
+    /// Data streams opened to agents; against the request count, how
+    /// often a client connection's calls reuse their kept stream.
+    pub streams_opened: prometheus::IntCounter,
     /// Control-plane requests answered, by status code.
     pub requests: IntCounterVec,
     /// Bytes relayed, by direction (`to_node`, `from_node`).
@@ -55,6 +58,10 @@ impl Metrics {
         let streams_open = IntGauge::new(
             "tunnelgate_relay_streams_open",
             "Data streams currently open to agents.",
+        )?;
+        let streams_opened = prometheus::IntCounter::new(
+            "tunnelgate_relay_streams_opened_total",
+            "Data streams opened to agents (a client connection's later calls to the same node reuse its stream).",
         )?;
         let requests = IntCounterVec::new(
             Opts::new(
@@ -96,6 +103,7 @@ impl Metrics {
         registry.register(Box::new(agents_connected.clone()))?;
         registry.register(Box::new(agent_handshakes.clone()))?;
         registry.register(Box::new(streams_open.clone()))?;
+        registry.register(Box::new(streams_opened.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -104,6 +112,7 @@ impl Metrics {
             agents_connected,
             agent_handshakes,
             streams_open,
+            streams_opened,
             requests,
             bytes,
             request_duration,

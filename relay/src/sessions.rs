@@ -164,6 +164,11 @@ impl Sessions {
 }
 
 impl Entry {
+    /// Tells this session from any other the node had or will have.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, NodeInfo> {
         // A panic while holding this short, await-free lock leaves plain
         // data behind; keep serving it.
