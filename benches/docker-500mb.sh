@@ -14,18 +14,9 @@ set -euo pipefail
 
 rounds=${1:-3}
 repo=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d /tmp/tunnelgate-docker500.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=script-lib.sh
+source "$repo/benches/script-lib.sh"
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 now() { date +%s.%N; }
 
 cd "$repo"

@@ -16,14 +16,8 @@ bytes=${2:-1073741824}
 rounds=${3:-2}
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-work=$(mktemp -d /tmp/tunnelgate-peers.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=../script-lib.sh
+source "$repo/benches/script-lib.sh"
 
 if [[ -z "${RATHOLE:-}" ]]; then
     RATHOLE=/tmp/tunnelgate-rathole/bin/rathole
@@ -33,9 +27,6 @@ if [[ -z "${RATHOLE:-}" ]]; then
     fi
 fi
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # A throwaway CA and a server identity for rathole's TLS transport.
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench-ca \

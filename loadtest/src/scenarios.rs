@@ -95,6 +95,18 @@ impl Rig {
         })
     }
 
+    /// A rig whose single agent is connected.
+    async fn with_one_agent(
+        setup: &Setup,
+        scenario: &'static str,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let mut rig = Self::start(setup, scenario, 1).await?;
+        rig.fleet.start(0)?;
+        rig.wait_connected(1, timeout).await?;
+        Ok(rig)
+    }
+
     /// How many nodes the relay lists.
     async fn connected(&self) -> Result<usize> {
         let n = count_nodes(self.relay.api).await?;
@@ -284,9 +296,7 @@ pub async fn latency(
     peers: &[Peer],
     timeout: Duration,
 ) -> Result<Value> {
-    let mut rig = Rig::start(setup, "latency", 1).await?;
-    rig.fleet.start(0)?;
-    rig.wait_connected(1, timeout).await?;
+    let rig = Rig::with_one_agent(setup, "latency", timeout).await?;
     let relayed_path = format!("/nodes/{}/_ping", node_name(0));
     let (mut direct, mut relayed) = (Client::new(rig.docker), Client::new(rig.relay.api));
     let mut through_peers: Vec<Client> = peers.iter().map(|p| Client::new(p.addr)).collect();
@@ -366,9 +376,7 @@ pub async fn bulk(
     peers: &[Peer],
     timeout: Duration,
 ) -> Result<Value> {
-    let mut rig = Rig::start(setup, "bulk", 1).await?;
-    rig.fleet.start(0)?;
-    rig.wait_connected(1, timeout).await?;
+    let rig = Rig::with_one_agent(setup, "bulk", timeout).await?;
     let node = node_name(0);
     let gbit = |b: u64, d: Duration| b as f64 * 8.0 / d.as_secs_f64() / 1e9;
 
