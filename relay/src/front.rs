@@ -522,6 +522,7 @@ async fn proxy(
         _record: record,
         _slots: slots,
     };
+    rewrite_location(resp.headers_mut(), &node_id);
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let node_upgrade = hyper::upgrade::on(&mut resp);
@@ -538,7 +539,6 @@ async fn proxy(
                 ))
             }
         }
-        rewrite_location(resp.headers_mut(), &node_id);
         return Ok(resp.map(|b| b.boxed()));
     }
     if !upgrade {
@@ -549,7 +549,6 @@ async fn proxy(
             bytes,
         });
     }
-    rewrite_location(resp.headers_mut(), &node_id);
     Ok(resp.map(|inner| {
         CallBody {
             inner,
