@@ -67,6 +67,10 @@ pub struct AgentArgs {
     /// With `auto`, how often to retry QUIC while on TCP [default: 30s].
     #[arg(long, env = "TUNNELGATE_QUIC_PROBE_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub quic_probe_interval: Option<Duration>,
+    /// How often to re-check the Docker daemon's facts (version, reachability)
+    /// while connected [default: 5s].
+    #[arg(long, env = "TUNNELGATE_DAEMON_PROBE_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub daemon_probe_interval: Option<Duration>,
     /// A label for the node list, KEY=VALUE; repeatable.
     #[arg(
         long = "label",
@@ -92,6 +96,7 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     transport: Option<TransportChoice>,
     quic_probe_interval: Option<String>,
+    daemon_probe_interval: Option<String>,
     labels: Option<BTreeMap<String, String>>,
     policy: Option<String>,
 }
@@ -115,10 +120,16 @@ pub struct AgentConfig {
     pub transport: TransportChoice,
     /// With `auto`, how often to retry QUIC while on TCP.
     pub quic_probe_interval: Duration,
+    /// How often the daemon is re-probed while connected.
+    pub daemon_probe_interval: Duration,
     /// Labels for the node list.
     pub labels: BTreeMap<String, String>,
     /// What the relay may ask of the daemon.
     pub policy: Policy,
+    /// A QUIC endpoint to dial from, for a process that runs many agents
+    /// (the load tester): sessions share its one UDP socket. `None` opens a
+    /// socket per dial, as a lone agent wants.
+    pub quic_endpoint: Option<quinn::Endpoint>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -192,11 +203,30 @@ impl AgentConfig {
             Some(d) => d.parse().map_err(|e| invalid("docker", e))?,
             None => DockerEndpoint::from_env(),
         };
-        let quic_probe_interval = match (args.quic_probe_interval, file.quic_probe_interval) {
-            (Some(d), _) => d,
-            (None, Some(text)) => parse_duration("quic_probe_interval", &text)?,
-            (None, None) => Duration::from_secs(30),
-        };
+        let interval =
+            |flag: Option<Duration>, file: Option<String>, key, default| match (flag, file) {
+                (Some(d), _) => Ok(d),
+                (None, Some(text)) => parse_duration(key, &text),
+                (None, None) => Ok(default),
+            };
+        let quic_probe_interval = interval(
+            args.quic_probe_interval,
+            file.quic_probe_interval,
+            "quic_probe_interval",
+            Duration::from_secs(30),
+        )?;
+        let daemon_probe_interval = interval(
+            args.daemon_probe_interval,
+            file.daemon_probe_interval,
+            "daemon_probe_interval",
+            Duration::from_secs(5),
+        )?;
+        if daemon_probe_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "daemon_probe_interval",
+                format!("{daemon_probe_interval:?} would flood the daemon; use 100ms or more"),
+            ));
+        }
         let mut labels = file.labels.unwrap_or_default();
         for l in args.labels {
             let (k, v) = l
@@ -219,11 +249,13 @@ impl AgentConfig {
                 .or(file.transport)
                 .unwrap_or(TransportChoice::Auto),
             quic_probe_interval,
+            daemon_probe_interval,
             labels,
             policy: match args.policy.or(file.policy) {
                 Some(spec) => Policy::load(&spec).map_err(|e| invalid("policy", e))?,
                 None => Policy::full(),
             },
+            quic_endpoint: None,
         })
     }
 }
@@ -264,6 +296,29 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("node_id"), "{err}");
+    }
+
+    #[test]
+    fn daemon_probe_interval_defaults_layers_and_refuses_a_flood() {
+        let base = || AgentArgs {
+            relay: Some("r:1".into()),
+            node_id: Some("n".into()),
+            ..Default::default()
+        };
+        let c = AgentConfig::resolve(base()).unwrap();
+        assert_eq!(c.daemon_probe_interval, Duration::from_secs(5));
+        let c = AgentConfig::resolve(AgentArgs {
+            daemon_probe_interval: Some(Duration::from_secs(90)),
+            ..base()
+        })
+        .unwrap();
+        assert_eq!(c.daemon_probe_interval, Duration::from_secs(90));
+        let err = AgentConfig::resolve(AgentArgs {
+            daemon_probe_interval: Some(Duration::from_millis(10)),
+            ..base()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("daemon_probe_interval"), "{err}");
     }
 
     #[test]

@@ -42,8 +42,6 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 const STABLE_SESSION: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How often the agent re-checks its daemon.
-const DAEMON_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why the agent stopped or a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -410,7 +408,7 @@ async fn watch_daemon(
 ) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(DAEMON_PROBE_INTERVAL) => {}
+            () = tokio::time::sleep(config.daemon_probe_interval) => {}
             () = reprobe.notified() => {}
             () = done.cancelled() => return,
         }

@@ -54,8 +54,11 @@ pub async fn dial_quic(config: &AgentConfig, creds: &Credentials) -> Result<Sess
     let (addr, host) = resolve(&config.relay).await?;
     let client = tunnelgate_session::quic::client_config((*creds.tls).clone())
         .map_err(|e| AgentError::Fatal(e.to_string()))?;
-    let endpoint = tunnelgate_session::quic::client_endpoint(addr)
-        .map_err(|e| AgentError::Session(format!("cannot open a UDP socket: {e}")))?;
+    let endpoint = match &config.quic_endpoint {
+        Some(shared) => shared.clone(),
+        None => tunnelgate_session::quic::client_endpoint(addr)
+            .map_err(|e| AgentError::Session(format!("cannot open a UDP socket: {e}")))?,
+    };
     let connecting = endpoint
         .connect_with(client, addr, &host)
         .map_err(|e| AgentError::Session(format!("cannot dial {}: {e}", config.relay)))?;
