@@ -144,6 +144,7 @@ pub async fn session_pair(
         let server = tunnelgate_session::quic::server_endpoint(
             "127.0.0.1:0".parse().expect("addr"),
             server_tls,
+            tunnelgate_session::quic::IDLE_TIMEOUT,
         )
         .expect("server endpoint");
         let addr = server.local_addr().expect("bound");

@@ -125,7 +125,8 @@ impl Relay {
             .map_err(identity::IdentityError::from)?;
         let bind_err = |what, addr| move |source| RelayError::Bind { what, addr, source };
         let tls = Arc::new(tls);
-        let (endpoint, agent_tcp) = bind_agent_listeners(config.agent_listen, &tls).await?;
+        let (endpoint, agent_tcp) =
+            bind_agent_listeners(config.agent_listen, &tls, config.heartbeat_interval).await?;
         let api = TcpListener::bind(config.api_listen)
             .await
             .map_err(bind_err("api-listen", config.api_listen))?;
@@ -288,7 +289,9 @@ impl Relay {
 async fn bind_agent_listeners(
     addr: SocketAddr,
     tls: &Arc<rustls::ServerConfig>,
+    heartbeat: Duration,
 ) -> Result<(quinn::Endpoint, TcpListener), RelayError> {
+    let idle = tunnelgate_session::quic::idle_timeout(heartbeat);
     let bind_err = |addr| {
         move |source| RelayError::Bind {
             what: "agent-listen",
@@ -298,7 +301,7 @@ async fn bind_agent_listeners(
     };
     let mut attempts = 0;
     loop {
-        let endpoint = tunnelgate_session::quic::server_endpoint(addr, (**tls).clone())
+        let endpoint = tunnelgate_session::quic::server_endpoint(addr, (**tls).clone(), idle)
             .map_err(bind_err(addr))?;
         let quic_addr = endpoint.local_addr().map_err(bind_err(addr))?;
         match TcpListener::bind(quic_addr).await {

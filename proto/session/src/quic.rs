@@ -7,11 +7,25 @@ use std::time::Duration;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
-/// An idle session sends a keep-alive this often, so NAT bindings stay open.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
-/// A session silent this long is dead: a killed agent or relay is noticed
-/// within this time, and the calls it carried fail.
+/// A session that has sent nothing for this long sends a keep-alive, so a
+/// NAT keeps its UDP binding (commonly for 30 s). The control stream's
+/// heartbeats normally keep sessions busier than this: a shorter
+/// keep-alive fired between heartbeats and doubled the relay's CPU per
+/// idle agent.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(25);
+/// The shortest idle timeout: a session silent this long is dead, and the
+/// calls it carried fail. The relay's is [`idle_timeout`] of its heartbeat
+/// interval.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+/// The agent's own idle timeout is long, so the relay's (the lower of the
+/// two applies) decides.
+const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The relay's idle timeout for a heartbeat interval: two heartbeats
+/// missed, and never under [`IDLE_TIMEOUT`].
+pub fn idle_timeout(heartbeat: Duration) -> Duration {
+    IDLE_TIMEOUT.max(heartbeat.saturating_mul(2))
+}
 
 /// Streams the relay may have open to an agent at once (calls in flight).
 const MAX_STREAMS_TO_AGENT: u32 = 1024;
@@ -31,7 +45,13 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 // loopback's 64 KiB was tried and measured slower: one lost jumbo packet
 // trips black-hole detection, which drops the path to 1200 bytes.
 
-fn transport(peer_may_open: u32) -> Arc<TransportConfig> {
+/// Largest UDP payload an endpoint accepts: an Ethernet frame's worth,
+/// above the MTU-discovery ceiling. quinn sizes each endpoint's receive
+/// buffer as this × GRO segments × batch, so its 64 KiB default reserves
+/// 128 MiB per endpoint and lets bulk traffic make much of it resident.
+const MAX_UDP_PAYLOAD: u16 = 1472;
+
+fn transport(peer_may_open: u32, idle_timeout: Duration) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     // Windows sized for a high bandwidth-delay product on one stream; they
     // cap memory use per session but are not allocated up front, so idle
@@ -43,19 +63,22 @@ fn transport(peer_may_open: u32) -> Arc<TransportConfig> {
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(
-        IdleTimeout::try_from(IDLE_TIMEOUT).expect("idle timeout fits in a varint"),
+        IdleTimeout::try_from(idle_timeout.min(Duration::from_secs(3600)))
+            .expect("an hour fits in a varint"),
     ));
     Arc::new(t)
 }
 
-/// A QUIC endpoint listening on `addr` with the relay's TLS configuration.
+/// A QUIC endpoint listening on `addr` with the relay's TLS configuration,
+/// ending sessions silent for `idle_timeout`.
 pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
+    idle_timeout: Duration,
 ) -> std::io::Result<quinn::Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport(MAX_STREAMS_FROM_AGENT));
+    config.transport_config(transport(MAX_STREAMS_FROM_AGENT, idle_timeout));
     endpoint(addr, Some(config))
 }
 
@@ -63,7 +86,7 @@ pub fn server_endpoint(
 pub fn client_config(tls: rustls::ClientConfig) -> std::io::Result<quinn::ClientConfig> {
     let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport(MAX_STREAMS_TO_AGENT));
+    config.transport_config(transport(MAX_STREAMS_TO_AGENT, CLIENT_IDLE_TIMEOUT));
     Ok(config)
 }
 
@@ -97,10 +120,31 @@ fn endpoint(
     socket.bind(&addr.into())?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("QUIC needs a tokio runtime"))?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket.into(),
-        runtime,
-    )
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .expect("1472 is a valid UDP payload size");
+    quinn::Endpoint::new(config, server, socket.into(), runtime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_idle_timeout_outlasts_two_heartbeats() {
+        assert_eq!(idle_timeout(Duration::from_secs(1)), IDLE_TIMEOUT);
+        assert_eq!(
+            idle_timeout(Duration::from_secs(5)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            idle_timeout(Duration::from_secs(30)),
+            Duration::from_secs(60)
+        );
+        assert!(
+            KEEP_ALIVE > Duration::from_secs(5),
+            "heartbeats, not keep-alives, keep sessions busy"
+        );
+    }
 }

@@ -71,9 +71,19 @@ pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsErro
     Ok(certs)
 }
 
-/// The crypto provider both sides use.
+/// The crypto provider both sides use: *ring*'s, with AES-128-GCM put
+/// before AES-256-GCM. Every QUIC packet and TLS record of a bulk
+/// transfer is sealed and opened with the session's suite, and AES-128
+/// (10 rounds against 14, SHA-256 against SHA-384 in the handshake) costs
+/// the relay less CPU per gigabyte; both are TLS 1.3's standard suites.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    let preferred = rustls::CipherSuite::TLS13_AES_128_GCM_SHA256;
+    // A stable sort: the other suites (TLS 1.2 ones too) keep their order.
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != preferred);
+    Arc::new(provider)
 }
 
 /// The SHA-256 fingerprint of a certificate, as join tokens carry it.
@@ -309,5 +319,19 @@ impl ServerCertVerifier for PinnedCa {
         provider()
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aes_128_gcm_comes_first_and_no_suite_is_lost() {
+        let suites: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(suites[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let default = rustls::crypto::ring::default_provider().cipher_suites;
+        assert_eq!(suites.len(), default.len());
+        assert!(suites.contains(&rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256));
     }
 }
