@@ -40,14 +40,56 @@ impl Client {
     }
 
     /// Sends a request; returns body bytes received and the time to the
-    /// last byte.
+    /// last byte. A non-2xx answer is an error.
     pub async fn call(
         &mut self,
         method: http::Method,
         path: &str,
         body: RequestBody,
     ) -> Result<(u64, Duration)> {
+        let (status, n, took) = self.call_status(method, path, body).await?;
+        if !status.is_success() {
+            bail!("{path}: HTTP {status}");
+        }
+        Ok((n, took))
+    }
+
+    /// Sends a request; returns the status, body bytes received and the
+    /// time to the last byte, whatever the status.
+    pub async fn call_status(
+        &mut self,
+        method: http::Method,
+        path: &str,
+        body: RequestBody,
+    ) -> Result<(http::StatusCode, u64, Duration)> {
         let started = Instant::now();
+        let (status, n) = self
+            .exchange(method, path, body, |mut body| async move {
+                let mut n = 0u64;
+                while let Some(frame) = body.frame().await {
+                    if let Ok(data) = frame?.into_data() {
+                        n += data.len() as u64;
+                    }
+                }
+                Ok(n)
+            })
+            .await?;
+        Ok((status, n, started.elapsed()))
+    }
+
+    /// Sends a request and hands the response body to `read`; forgets the
+    /// connection when anything fails, so the next call opens a new one.
+    async fn exchange<T, F, Fut>(
+        &mut self,
+        method: http::Method,
+        path: &str,
+        body: RequestBody,
+        read: F,
+    ) -> Result<(http::StatusCode, T)>
+    where
+        F: FnOnce(hyper::body::Incoming) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let result = async {
             let sender = self.sender().await?;
             let req = hyper::Request::builder()
@@ -57,26 +99,13 @@ impl Client {
                 .body(body)?;
             let resp = sender.send_request(req).await?;
             let status = resp.status();
-            let mut body = resp.into_body();
-            let mut n = 0u64;
-            while let Some(frame) = body.frame().await {
-                if let Ok(data) = frame?.into_data() {
-                    n += data.len() as u64;
-                }
-            }
-            if !status.is_success() {
-                bail!("{path}: HTTP {status}");
-            }
-            Ok(n)
+            Ok((status, read(resp.into_body()).await?))
         }
         .await;
-        match result {
-            Ok(n) => Ok((n, started.elapsed())),
-            Err(e) => {
-                self.sender = None;
-                Err(e)
-            }
+        if result.is_err() {
+            self.sender = None;
         }
+        result
     }
 
     /// `GET path`.
@@ -84,6 +113,22 @@ impl Client {
         self.call(http::Method::GET, path, Empty::new().boxed())
             .await
     }
+}
+
+/// `GET path` from `addr` on a connection of its own; the body as text.
+pub async fn fetch_text(addr: SocketAddr, path: &str) -> Result<String> {
+    let (status, body) = Client::new(addr)
+        .exchange(
+            http::Method::GET,
+            path,
+            Empty::new().boxed(),
+            |body| async { Ok(body.collect().await?.to_bytes()) },
+        )
+        .await?;
+    if !status.is_success() {
+        bail!("{path}: HTTP {status}");
+    }
+    Ok(String::from_utf8(body.to_vec())?)
 }
 
 /// Latency percentiles, in microseconds.

@@ -38,6 +38,15 @@ struct Cli {
     /// Longest wait for agents to connect.
     #[arg(long, global = true, default_value = "120s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
+    /// One more argument for `tunnelgate-relay serve`, e.g.
+    /// `--relay-arg=--heartbeat-interval=15s`. Repeatable.
+    #[arg(
+        long = "relay-arg",
+        global = true,
+        value_name = "ARG",
+        allow_hyphen_values = true
+    )]
+    relay_args: Vec<String>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -49,12 +58,22 @@ enum Scenario {
         #[arg(long, default_value_t = 500)]
         agents: usize,
     },
-    /// N agents sit idle for a while: relay memory per agent and idle CPU.
+    /// N agents sit idle for a while: relay memory per agent and idle CPU;
+    /// then a burst of 256 concurrent streams, and the relay's memory after.
     IdleHold {
         #[arg(long, default_value_t = 1000)]
         agents: usize,
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         hold: Duration,
+    },
+    /// N agents connected, then the relay restarts (SIGTERM, same ports and
+    /// state): time until all are back, with calls to random nodes running
+    /// throughout (answered, 503 not-back-yet, failed).
+    RestartStorm {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
     },
     /// Small calls spread over many nodes: throughput and latency percentiles.
     RequestRate {
@@ -112,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
         relay_bin: cli.relay_bin.unwrap_or_else(default_relay_bin),
         transport: cli.transport,
         responder_port: cli.responder_port,
+        relay_args: cli.relay_args,
     };
     let t = cli.connect_timeout;
     let (name, results) = match cli.scenario {
@@ -122,6 +142,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::IdleHold { agents, hold } => (
             "idle-hold",
             scenarios::idle_hold(&setup, agents, hold, t).await,
+        ),
+        Scenario::RestartStorm { agents, clients } => (
+            "restart-storm",
+            scenarios::restart_storm(&setup, agents, clients, t).await,
         ),
         Scenario::RequestRate {
             agents,

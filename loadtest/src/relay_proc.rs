@@ -16,8 +16,11 @@ pub struct RelayProc {
     pub api: SocketAddr,
     /// Agent listener (QUIC and TLS/TCP).
     pub agents: SocketAddr,
+    /// Prometheus listener.
+    pub metrics: SocketAddr,
     state: tempfile::TempDir,
     bin: PathBuf,
+    extra_args: Vec<String>,
 }
 
 /// CPU time and memory of a process at one instant.
@@ -47,34 +50,42 @@ pub fn default_relay_bin() -> PathBuf {
 }
 
 impl RelayProc {
-    /// Starts `bin serve` on ephemeral loopback ports.
-    pub fn start(bin: &Path) -> Result<Self> {
+    /// Starts `bin serve` on ephemeral loopback ports, with `extra_args`
+    /// (e.g. `--heartbeat-interval 15s`) after the load tester's own.
+    pub fn start(bin: &Path, extra_args: &[String]) -> Result<Self> {
         let state = tempfile::tempdir()?;
-        let mut child = Command::new(bin)
-            .args(["serve", "--api-listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .arg("--state-dir")
-            .arg(state.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}; build it with `cargo build --release -p tunnelgate-relay` or pass --relay-bin", bin.display()))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("relay stdout")?).read_line(&mut line)?;
-        let addr = |key: &str| -> Result<SocketAddr> {
-            let v = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .with_context(|| format!("relay printed {line:?}, without {key}"))?;
-            Ok(v.parse()?)
-        };
+        let (child, [api, agents, metrics]) = spawn(
+            bin,
+            state.path(),
+            ["127.0.0.1:0"; 3].map(String::from),
+            extra_args,
+        )?;
         Ok(Self {
-            api: addr("api=")?,
-            agents: addr("agent=")?,
             child,
+            api,
+            agents,
+            metrics,
             state,
             bin: bin.to_owned(),
+            extra_args: extra_args.to_vec(),
         })
+    }
+
+    /// Stops the relay as an operator's restart would (SIGTERM: it drains
+    /// its agents and ends), then starts it again on the same ports and
+    /// state. Returns how long the relay was away.
+    pub fn restart(&mut self) -> Result<std::time::Duration> {
+        let started = std::time::Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("running kill")?;
+        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.child.id());
+        self.child.wait()?;
+        let addrs = [self.api, self.agents, self.metrics].map(|a| a.to_string());
+        let (child, _) = spawn(&self.bin, self.state.path(), addrs, &self.extra_args)?;
+        self.child = child;
+        Ok(started.elapsed())
     }
 
     /// A join token for simulated agents.
@@ -100,6 +111,54 @@ impl RelayProc {
     pub fn usage(&self) -> Result<Usage> {
         Usage::of(self.child.id())
     }
+
+    /// Agent sessions the relay holds, from its metrics: cheaper for the
+    /// relay than listing tens of thousands of nodes.
+    pub async fn agents_connected(&self) -> Result<u64> {
+        let text = crate::client::fetch_text(self.metrics, "/metrics").await?;
+        Ok(sum_metric(&text, "tunnelgate_relay_agents_connected"))
+    }
+}
+
+/// The sum of every sample of `name` (all label sets) in Prometheus text.
+pub fn sum_metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Starts `bin serve` on `[api, agent, metrics]` addresses; waits for its
+/// listening line and returns the addresses it bound.
+fn spawn(
+    bin: &Path,
+    state: &Path,
+    [api, agent, metrics]: [String; 3],
+    extra_args: &[String],
+) -> Result<(Child, [SocketAddr; 3])> {
+    let mut child = Command::new(bin)
+        .args(["serve", "--api-listen", &api, "--agent-listen", &agent, "--metrics-listen", &metrics])
+        .arg("--state-dir")
+        .arg(state)
+        .args(extra_args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}; build it with `cargo build --release -p tunnelgate-relay` or pass --relay-bin", bin.display()))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("relay stdout")?).read_line(&mut line)?;
+    let addr = |key: &str| -> Result<SocketAddr> {
+        let v = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .with_context(|| format!("relay printed {line:?}, without {key}"))?;
+        Ok(v.parse()?)
+    };
+    Ok((child, [addr("api=")?, addr("agent=")?, addr("metrics=")?]))
 }
 
 impl Usage {
@@ -144,5 +203,21 @@ impl Drop for RelayProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metric_samples_are_summed_across_labels_only_for_that_name() {
+        let text = "# HELP tunnelgate_relay_agents_connected x\n\
+tunnelgate_relay_agents_connected{transport=\"quic\"} 3\n\
+tunnelgate_relay_agents_connected{transport=\"tcp\"} 4\n\
+tunnelgate_relay_agents_connected_total 100\n";
+        assert_eq!(
+            super::sum_metric(text, "tunnelgate_relay_agents_connected"),
+            7
+        );
+        assert_eq!(super::sum_metric(text, "tunnelgate_relay_missing"), 0);
     }
 }

@@ -25,6 +25,8 @@ pub struct Setup {
     pub transport: TransportChoice,
     /// Port of the synthetic Docker responder; 0 for any free one.
     pub responder_port: u16,
+    /// More arguments for `tunnelgate-relay serve`.
+    pub relay_args: Vec<String>,
 }
 
 /// Another tunnel to the synthetic responder, measured beside the relay
@@ -73,7 +75,7 @@ struct Rig {
 
 impl Rig {
     async fn start(setup: &Setup, scenario: &'static str, agents: usize) -> Result<Self> {
-        let relay = RelayProc::start(&setup.relay_bin)?;
+        let relay = RelayProc::start(&setup.relay_bin, &setup.relay_args)?;
         let docker = synthetic_docker::spawn(setup.responder_port).await?;
         let fleet = Fleet::new(
             agents,
@@ -107,11 +109,21 @@ impl Rig {
         Ok(rig)
     }
 
-    /// How many nodes the relay lists.
+    /// How many agent sessions the relay holds.
     async fn connected(&self) -> Result<usize> {
-        let n = count_nodes(self.relay.api).await?;
-        self.counters.connected.store(n as u64, Ordering::Relaxed);
-        Ok(n)
+        let n = self.relay.agents_connected().await?;
+        self.counters.connected.store(n, Ordering::Relaxed);
+        Ok(n as usize)
+    }
+
+    /// Starts every agent of the fleet and waits until all are connected.
+    async fn connect_all(&mut self, timeout: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        for i in 0..self.fleet.len() {
+            self.fleet.start(i)?;
+        }
+        self.wait_connected(self.fleet.len(), timeout).await?;
+        Ok(started.elapsed())
     }
 
     /// Polls until `want` nodes are listed or `timeout`; returns the time it took.
@@ -134,29 +146,6 @@ impl Rig {
         let _ = (&mut self.progress).await;
         self.fleet.stop_all().await;
     }
-}
-
-async fn count_nodes(api: std::net::SocketAddr) -> Result<usize> {
-    let list: Vec<Value> = serde_json::from_str(&fetch_text(api, "/v1/nodes").await?)?;
-    Ok(list.len())
-}
-
-async fn fetch_text(api: std::net::SocketAddr, path: &str) -> Result<String> {
-    let tcp = tokio::net::TcpStream::connect(api).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", "loadtest")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-    let body = sender
-        .send_request(req)
-        .await?
-        .into_body()
-        .collect()
-        .await?
-        .to_bytes();
-    Ok(String::from_utf8(body.to_vec())?)
 }
 
 fn usage_json(before: Usage, after: Usage, secs: f64) -> Value {
@@ -192,7 +181,8 @@ pub async fn connect_storm(setup: &Setup, agents: usize, timeout: Duration) -> R
     }))
 }
 
-/// `idle-hold`: `agents` idle agents held for `hold`.
+/// `idle-hold`: `agents` idle agents held for `hold`; then a burst of
+/// concurrent streams, and the relay's memory once they have closed.
 pub async fn idle_hold(
     setup: &Setup,
     agents: usize,
@@ -201,15 +191,15 @@ pub async fn idle_hold(
 ) -> Result<Value> {
     let mut rig = Rig::start(setup, "idle-hold", agents).await?;
     let empty = rig.relay.usage()?;
-    for i in 0..agents {
-        rig.fleet.start(i)?;
-    }
-    rig.wait_connected(agents, timeout).await?;
+    rig.connect_all(timeout).await?;
     // Let enrolment and handshake garbage settle before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let held = rig.relay.usage()?;
     tokio::time::sleep(hold).await;
     let after = rig.relay.usage()?;
+    let burst = stream_burst(&rig, agents).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_burst = rig.relay.usage()?;
     let connected = rig.connected().await?;
     rig.finish().await;
     let per_agent = (held.rss_bytes.saturating_sub(empty.rss_bytes)) as f64 / agents.max(1) as f64;
@@ -221,6 +211,154 @@ pub async fn idle_hold(
         "relay_rss_held_bytes": held.rss_bytes,
         "relay_rss_per_agent_bytes": per_agent,
         "relay_cpu_percent_while_idle": (after.cpu_secs - held.cpu_secs) / hold.as_secs_f64() * 100.0,
+        "burst": burst,
+        "relay_rss_after_burst_bytes": after_burst.rss_bytes,
+        "relay_rss_after_burst_over_idle": after_burst.rss_bytes as f64 / after.rss_bytes.max(1) as f64,
+    }))
+}
+
+/// Streams open at once in the burst, and bytes each one carries.
+const BURST_CONCURRENCY: usize = 256;
+const BURST_BYTES: u64 = 256 * 1024;
+
+/// A burst of streams: `BURST_CONCURRENCY` clients each download
+/// `BURST_BYTES` from node after node, `agents.min(4096)` calls in all;
+/// every client connection is closed at the end. Returns the burst's
+/// figures, with the relay's peak RSS sampled while it ran.
+async fn stream_burst(rig: &Rig, agents: usize) -> Result<Value> {
+    let calls = agents.clamp(BURST_CONCURRENCY, 4096);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..BURST_CONCURRENCY)
+        .map(|_| {
+            let (next, counters, api) = (next.clone(), rig.counters.clone(), rig.relay.api);
+            tokio::spawn(async move {
+                let mut client = Client::new(api);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= calls {
+                        break;
+                    }
+                    let path = format!("/nodes/{}/bulk?bytes={BURST_BYTES}", node_name(i % agents));
+                    match client.get(&path).await {
+                        Ok((n, _)) if n == BURST_BYTES => Counters::bump(&counters.ok),
+                        _ => Counters::bump(&counters.failed),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut peak = rig.relay.usage()?.rss_bytes;
+    let all = futures_join(tasks);
+    tokio::pin!(all);
+    loop {
+        tokio::select! {
+            r = &mut all => { r?; break; }
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                peak = peak.max(rig.relay.usage()?.rss_bytes);
+            }
+        }
+    }
+    Ok(json!({
+        "calls": calls,
+        "concurrent_streams": BURST_CONCURRENCY,
+        "bytes_per_call": BURST_BYTES,
+        "failed": rig.counters.failed.load(Ordering::Relaxed),
+        "took_s": started.elapsed().as_secs_f64(),
+        "relay_rss_peak_bytes": peak,
+    }))
+}
+
+/// Waits for every task; the first panic or cancellation is the error.
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) -> Result<()> {
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
+}
+
+/// `restart-storm`: `agents` agents connected; the relay restarts
+/// (SIGTERM, then the same ports and state); time until every agent is
+/// back, while `clients` call random nodes throughout. Calls answered 503
+/// (that node's agent not back yet) are counted apart from failures.
+pub async fn restart_storm(
+    setup: &Setup,
+    agents: usize,
+    clients: usize,
+    timeout: Duration,
+) -> Result<Value> {
+    let mut rig = Rig::start(setup, "restart-storm", agents).await?;
+    let first_connect = rig.connect_all(timeout).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = rig.relay.usage()?.rss_bytes;
+    let away = tokio::task::block_in_place(|| rig.relay.restart())?;
+    rig.counters.ok.store(0, Ordering::Relaxed);
+    let before = rig.relay.usage()?;
+    let started = Instant::now();
+    let stop = CancellationToken::new();
+    let offline = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (stop, offline) = (stop.clone(), offline.clone());
+            let (counters, api) = (rig.counters.clone(), rig.relay.api);
+            tokio::spawn(async move {
+                let mut client = Client::new(api);
+                let mut samples = Vec::new();
+                let mut n = c;
+                // Bounded in count as well as by the storm's end.
+                for _ in 0..1_000_000 {
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    n = (n * 7919 + 13) % agents;
+                    let path = format!("/nodes/{}/_ping", node_name(n));
+                    match client
+                        .call_status(
+                            http::Method::GET,
+                            &path,
+                            http_body_util::Empty::new().boxed(),
+                        )
+                        .await
+                    {
+                        Ok((status, _, took)) if status.is_success() => {
+                            samples.push(took);
+                            Counters::bump(&counters.ok);
+                        }
+                        Ok((http::StatusCode::SERVICE_UNAVAILABLE, _, _)) => {
+                            Counters::bump(&offline);
+                        }
+                        _ => Counters::bump(&counters.failed),
+                    }
+                }
+                samples
+            })
+        })
+        .collect();
+    let outcome = rig.wait_connected(agents, timeout).await;
+    let storm = started.elapsed();
+    stop.cancel();
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await?);
+    }
+    let after = rig.relay.usage()?;
+    let connected = rig.connected().await?;
+    let failed = rig.counters.failed.load(Ordering::Relaxed);
+    rig.finish().await;
+    Ok(json!({
+        "agents": agents,
+        "first_connect_s": first_connect.as_secs_f64(),
+        "relay_away_s": away.as_secs_f64(),
+        "time_to_all_back_s": outcome.as_ref().ok().map(|d| d.as_secs_f64()),
+        "back_at_end": connected,
+        "reconnects_per_s": connected as f64 / storm.as_secs_f64(),
+        "calls_ok_during_storm": samples.len(),
+        "calls_node_not_back_yet_503": offline.load(Ordering::Relaxed),
+        "calls_failed_otherwise": failed,
+        "latency_of_calls_served": Percentiles::of(&mut samples),
+        "relay": usage_json(before, after, storm.as_secs_f64()),
+        "relay_rss_idle_before_restart_bytes": idle_rss,
+        "relay_rss_after_storm_over_before": after.rss_bytes as f64 / idle_rss.max(1) as f64,
     }))
 }
 
@@ -235,10 +373,7 @@ pub async fn request_rate(
     timeout: Duration,
 ) -> Result<Value> {
     let mut rig = Rig::start(setup, "request-rate", agents).await?;
-    for i in 0..agents {
-        rig.fleet.start(i)?;
-    }
-    rig.wait_connected(agents, timeout).await?;
+    rig.connect_all(timeout).await?;
     let before = rig.relay.usage()?;
     let left = Arc::new(AtomicI64::new(requests as i64));
     let deadline = Instant::now() + duration;
@@ -479,10 +614,7 @@ pub async fn churn(
 ) -> Result<Value> {
     anyhow::ensure!(churners < agents, "--churners must be fewer than --agents");
     let mut rig = Rig::start(setup, "churn", agents).await?;
-    for i in 0..agents {
-        rig.fleet.start(i)?;
-    }
-    rig.wait_connected(agents, timeout).await?;
+    rig.connect_all(timeout).await?;
     let steady = agents - churners;
     let deadline = Instant::now() + duration;
     let tasks: Vec<_> = (0..clients)

@@ -21,6 +21,7 @@ fn setup(transport: TransportChoice) -> Setup {
         relay_bin,
         transport,
         responder_port: 0,
+        relay_args: vec![],
     }
 }
 
@@ -67,6 +68,21 @@ async fn connect_storm_and_idle_hold_report_every_agent() {
         r["relay_rss_held_bytes"].as_u64().unwrap()
             >= r["relay_rss_empty_bytes"].as_u64().unwrap() / 2
     );
+    assert_eq!(r["burst"]["calls"], 256, "{r}");
+    assert_eq!(r["burst"]["failed"], 0, "{r}");
+    assert!(r["relay_rss_after_burst_over_idle"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_storm_brings_every_agent_back_while_calls_are_served() {
+    let r = scenarios::restart_storm(&setup(TransportChoice::Quic), 30, 2, T)
+        .await
+        .unwrap();
+    assert_eq!(r["back_at_end"], 30, "{r}");
+    assert!(r["time_to_all_back_s"].as_f64().is_some(), "{r}");
+    assert!(r["relay_away_s"].as_f64().unwrap() > 0.0);
+    assert!(r["calls_ok_during_storm"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["calls_failed_otherwise"], 0, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
