@@ -85,15 +85,15 @@ pub struct LimitArgs {
     /// A call with no bytes either way for this long is cut [default: 1h].
     #[arg(long, env = "TUNNELGATE_IDLE_STREAM_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub idle_stream_timeout: Option<Duration>,
-    /// Calls in flight to one node [default: 256].
+    /// Calls in flight to one node, at most 256 [default: 256].
     #[arg(long, env = "TUNNELGATE_MAX_STREAMS_PER_NODE", value_name = "N")]
     pub max_streams_per_node: Option<usize>,
     /// Calls in flight to all nodes of one tenant [default: 4096].
     #[arg(long, env = "TUNNELGATE_MAX_STREAMS_PER_TENANT", value_name = "N")]
     pub max_streams_per_tenant: Option<usize>,
-    /// New agent handshakes accepted per second; the rest are refused and
-    /// retry with backoff, so a reconnect storm cannot starve live calls
-    /// [default: 500].
+    /// New agent handshakes started per second; more wait up to 3 s for
+    /// their turn, the rest are refused and retry with backoff, so a
+    /// reconnect storm cannot starve live calls [default: 500].
     #[arg(
         long,
         env = "TUNNELGATE_MAX_AGENT_HANDSHAKES_PER_SEC",
@@ -314,6 +314,16 @@ impl Config {
                 reason: "must be at least 3s".into(),
             });
         }
+        let most = tunnelgate_session::quic::MAX_STREAMS_TO_AGENT as usize;
+        if self.limits.max_streams_per_node > most {
+            return Err(ConfigError::Invalid {
+                key: "max_streams_per_node",
+                reason: format!(
+                    "{} is more than the {most} calls an agent accepts at once over QUIC; use {most} or less",
+                    self.limits.max_streams_per_node
+                ),
+            });
+        }
         if self.heartbeat_interval < Duration::from_millis(100) {
             return Err(ConfigError::Invalid {
                 key: "heartbeat_interval",
@@ -364,6 +374,11 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("shutdown_grace"), "{err}");
+
+        let mut args = ServeArgs::default();
+        args.limits.max_streams_per_node = Some(1000);
+        let err = Config::resolve(args).unwrap_err();
+        assert!(err.to_string().contains("max_streams_per_node"), "{err}");
     }
 
     #[test]

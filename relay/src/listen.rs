@@ -11,8 +11,9 @@
 //!                                      replaced, drained or revoked
 //! ```
 //!
-//! New handshakes beyond `max_agent_handshakes_per_sec` are refused before
-//! any cryptography, so a reconnect storm after a restart cannot starve the
+//! New handshakes beyond `max_agent_handshakes_per_sec` wait their turn
+//! for up to [`HANDSHAKE_QUEUE`], and past that are refused before any
+//! cryptography, so a reconnect storm after a restart cannot starve the
 //! sessions and calls already running; the refused agents retry with
 //! backoff and jitter.
 
@@ -36,12 +37,19 @@ use crate::Shared;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A token bucket of agent handshakes: `rate` per second, bursts of as
-/// many.
+/// many, and a short queue behind it.
 #[derive(Debug)]
 pub struct HandshakeBudget {
     rate: f64,
     state: Mutex<(f64, Instant)>,
 }
+
+/// How long a handshake may wait for the budget before it is refused.
+/// Waiting a moment lets an agent in on its first try instead of sending
+/// it into exponential backoff, which in a 10,000-agent restart storm left
+/// a tail of agents still away 20 s after the rest were back. The agent's
+/// own handshake timeout (10 s) leaves room for it.
+pub const HANDSHAKE_QUEUE: Duration = Duration::from_secs(3);
 
 impl HandshakeBudget {
     /// A full bucket of `per_sec`.
@@ -53,19 +61,34 @@ impl HandshakeBudget {
         }
     }
 
-    /// Takes one handshake from the budget, if there is one.
-    pub fn try_take(&self) -> bool {
+    /// Books one handshake: how long to wait before starting it (zero when
+    /// the budget has one now), or `None` when even waiting `max_wait`
+    /// would not reach one — then refuse it.
+    pub fn reserve(&self, max_wait: Duration) -> Option<Duration> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, last) = &mut *state;
         let now = Instant::now();
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate);
         *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
+        // Tokens below zero are handshakes booked ahead of the refill.
+        let left = *tokens - 1.0;
+        let wait = Duration::from_secs_f64((-left).max(0.0) / self.rate);
+        if wait > max_wait {
+            return None;
         }
+        *tokens = left;
+        Some(wait)
+    }
+}
+
+/// Waits out a booked handshake's turn; false if the relay stops first.
+async fn wait_turn(wait: Duration, cancel: &CancellationToken) -> bool {
+    if wait.is_zero() {
+        return true;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(wait) => true,
+        () = cancel.cancelled() => false,
     }
 }
 
@@ -90,16 +113,19 @@ pub async fn run_quic(
                 return;
             }
         };
-        if !shared.handshakes.try_take() {
+        let Some(wait) = shared.handshakes.reserve(HANDSHAKE_QUEUE) else {
             shared.metrics.limit_hit("agent_handshakes");
             incoming.refuse();
             continue;
-        }
+        };
         let shared = shared.clone();
         let cancel = cancel.clone();
         let span = info_span!("conn", peer = %incoming.remote_address(), transport = "quic");
         tracker.spawn(
             async move {
+                if !wait_turn(wait, &cancel).await {
+                    return;
+                }
                 let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                     Ok(Ok(conn)) => conn,
                     Ok(Err(e)) => {
@@ -135,15 +161,18 @@ pub async fn run_tcp(
         let Some((tcp, peer)) = crate::accept_tcp(&listener, &stop_accepting).await else {
             return;
         };
-        if !shared.handshakes.try_take() {
+        let Some(wait) = shared.handshakes.reserve(HANDSHAKE_QUEUE) else {
             shared.metrics.limit_hit("agent_handshakes");
             drop(tcp);
             continue;
-        }
+        };
         let (shared, cancel, acceptor) = (shared.clone(), cancel.clone(), acceptor.clone());
         let span = info_span!("conn", %peer, transport = "tcp");
         tracker.spawn(
             async move {
+                if !wait_turn(wait, &cancel).await {
+                    return;
+                }
                 match tunnelgate_session::tcp::accept(tcp, &acceptor).await {
                     Ok(mux) => serve_session(Session::from_mux(mux), shared, cancel).await,
                     Err(e) => {
@@ -387,5 +416,36 @@ async fn run_control(
             }
             session.close(&e.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_queues_a_short_wait_and_refuses_a_long_one() {
+        let budget = HandshakeBudget::new(10);
+        for _ in 0..10 {
+            assert_eq!(budget.reserve(Duration::ZERO), Some(Duration::ZERO));
+        }
+        assert_eq!(budget.reserve(Duration::ZERO), None, "the burst is spent");
+        // The next ones wait about 0.1 s, 0.2 s, ... for the refill.
+        let first = budget.reserve(Duration::from_secs(1)).unwrap();
+        assert!(
+            first > Duration::from_millis(50) && first <= Duration::from_millis(100),
+            "{first:?}"
+        );
+        let second = budget.reserve(Duration::from_secs(1)).unwrap();
+        assert!(second > first, "{second:?} after {first:?}");
+        // Ten more would need a wait beyond a second: refused, not booked.
+        let booked: Vec<_> = (0..10)
+            .map(|_| budget.reserve(Duration::from_secs(1)))
+            .collect();
+        assert!(booked.iter().any(Option::is_none), "{booked:?}");
+        assert!(booked
+            .iter()
+            .flatten()
+            .all(|w| *w <= Duration::from_secs(1)));
     }
 }

@@ -27,8 +27,12 @@ pub fn idle_timeout(heartbeat: Duration) -> Duration {
     IDLE_TIMEOUT.max(heartbeat.saturating_mul(2))
 }
 
-/// Streams the relay may have open to an agent at once (calls in flight).
-const MAX_STREAMS_TO_AGENT: u32 = 1024;
+/// Streams the relay may have open to an agent at once (calls in flight);
+/// the relay's per-node limit may not exceed it. quinn sets up state for
+/// each of them when a connection starts: at 1,024 that cost each agent
+/// ~150 KB and a load tester's thousands of agents most of their
+/// handshake CPU in hash-table growth.
+pub const MAX_STREAMS_TO_AGENT: u32 = 256;
 /// Streams an agent may open to the relay: only its control stream, with
 /// room to spare. quinn sets up state for every stream the peer may open
 /// when the connection starts, so this bounds the relay's memory per
