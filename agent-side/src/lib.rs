@@ -20,7 +20,7 @@ pub mod transport;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -65,7 +65,8 @@ impl AgentError {
 #[derive(Debug)]
 enum SessionEnd {
     Cancelled,
-    Drained,
+    /// The relay drained the session; reconnect at this moment.
+    Drained(Instant),
 }
 
 /// Runs the agent until `cancel` fires or a fatal error.
@@ -84,10 +85,13 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
         }
         let delay = match end {
             Ok(SessionEnd::Cancelled) => return Ok(()),
-            Ok(SessionEnd::Drained) => {
-                info!("relay is draining; reconnecting");
+            Ok(SessionEnd::Drained(at)) => {
+                let delay = at
+                    .saturating_duration_since(Instant::now())
+                    .max(jitter(BACKOFF_MIN * 2));
+                info!(reconnect_in = ?delay, "relay is draining; reconnecting");
                 attempt = 0;
-                jitter(BACKOFF_MIN * 2)
+                delay
             }
             Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
@@ -125,8 +129,8 @@ struct Running {
     session: Session,
     stop: CancellationToken,
     streams: TaskTracker,
-    /// Fires when the relay asks this agent to move.
-    drain: Arc<Notify>,
+    /// When the relay asks this agent to move: the moment to move at.
+    drain: watch::Receiver<Option<Instant>>,
     task: JoinHandle<Result<SessionEnd, AgentError>>,
 }
 
@@ -140,7 +144,7 @@ impl Running {
     ) -> (Self, oneshot::Receiver<()>) {
         let stop = cancel.child_token();
         let streams = TaskTracker::new();
-        let drain = Arc::new(Notify::new());
+        let (drain_tx, drain) = watch::channel(None);
         let (welcomed_tx, welcomed_rx) = oneshot::channel();
         let task = tokio::spawn(
             run_session(
@@ -149,7 +153,7 @@ impl Running {
                 SessionLinks {
                     stop: stop.clone(),
                     streams: streams.clone(),
-                    drain: drain.clone(),
+                    drain: drain_tx,
                     welcomed: welcomed_tx,
                 },
                 cancel.clone(),
@@ -232,7 +236,7 @@ async fn connect_once(
                     info!("moved to QUIC; the TLS/TCP session closes once its calls finish");
                 }
             }
-            () = current.drain.notified() => {
+            () = move_time(current.drain.clone()) => {
                 info!("relay asks this agent to move; connecting anew before leaving");
                 match transport::dial(config, &creds).await {
                     Ok((next, _)) => {
@@ -245,6 +249,20 @@ async fn connect_once(
             }
         }
     }
+}
+
+/// Resolves at the moment the relay's drain says to move (never, until
+/// the relay drains this session).
+async fn move_time(mut drain: watch::Receiver<Option<Instant>>) {
+    let at = loop {
+        if let Some(at) = *drain.borrow_and_update() {
+            break at;
+        }
+        if drain.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    };
+    tokio::time::sleep_until(at.into()).await;
 }
 
 /// Make-before-break: starts `next`, and once the relay has welcomed it
@@ -274,8 +292,8 @@ struct SessionLinks {
     stop: CancellationToken,
     /// The calls in flight.
     streams: TaskTracker,
-    /// Notified when the relay asks the agent to move.
-    drain: Arc<Notify>,
+    /// Set when the relay asks the agent to move: the moment to move at.
+    drain: watch::Sender<Option<Instant>>,
     /// Fires once the relay welcomes the session.
     welcomed: oneshot::Sender<()>,
 }
@@ -338,7 +356,7 @@ async fn run_session(
     let mut renewing: Option<String> = None;
 
     let transport = session.transport();
-    let mut drained = false;
+    let mut drained = None;
     let result = driver::drive(
         &mut machine,
         &mut control,
@@ -352,12 +370,15 @@ async fn run_session(
             }
             AgentEvent::Rtt(rtt) => debug!(?rtt, "heartbeat"),
             AgentEvent::Drain(d) => {
-                info!(reason = %d.reason, grace_ms = d.grace_ms, "relay asks this agent to move");
+                info!(reason = %d.reason, grace_ms = d.grace_ms, spread_ms = d.spread_ms, "relay asks this agent to move");
                 // Keep serving (and heartbeating) until the run loop has a
                 // new session or the relay closes this one: ending the
                 // control stream now would cut the calls in flight.
-                drained = true;
-                drain.notify_one();
+                // A random moment within the relay's spread, so a fleet
+                // drained at once does not arrive at once.
+                let at = Instant::now() + Duration::from_millis(d.spread_ms).mul_f64(rand::random::<f64>());
+                drained = Some(at);
+                drain.send_replace(Some(at));
             }
             AgentEvent::RenewDue => match identity::renewal_request() {
                 Ok((key_pem, csr_pem)) => {
@@ -380,9 +401,13 @@ async fn run_session(
     )
     .await;
     session_done.cancel();
+    if cancel.is_cancelled() {
+        return Ok(SessionEnd::Cancelled);
+    }
+    if let Some(at) = drained {
+        return Ok(SessionEnd::Drained(at));
+    }
     match result {
-        _ if cancel.is_cancelled() => Ok(SessionEnd::Cancelled),
-        _ if drained => Ok(SessionEnd::Drained),
         Ok(()) => Err(AgentError::Session("the session ended".into())),
         // A refusal may be cured on the relay's side (an upgrade, a
         // restored node record), so the agent keeps trying, loudly.

@@ -335,11 +335,13 @@ impl RelayControl {
             }));
     }
 
-    /// Asks the agent to move elsewhere within `grace`.
-    pub fn drain(&mut self, reason: impl Into<String>, grace: Duration) {
+    /// Asks the agent to move elsewhere within `grace`, reconnecting at a
+    /// random moment within `spread`.
+    pub fn drain(&mut self, reason: impl Into<String>, grace: Duration, spread: Duration) {
         self.transmit.push_back(ControlMessage::Drain(Drain {
             reason: reason.into(),
             grace_ms: grace.as_millis() as u64,
+            spread_ms: spread.as_millis() as u64,
         }));
     }
 

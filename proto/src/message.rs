@@ -174,6 +174,11 @@ pub struct Drain {
     pub reason: String,
     /// How long in-flight streams have before the relay closes the session.
     pub grace_ms: u64,
+    /// Reconnect at a random moment within this window, so a whole fleet
+    /// drained at once arrives no faster than relays take handshakes;
+    /// 0 (and relays before this field): at once.
+    #[serde(default)]
+    pub spread_ms: u64,
 }
 
 /// Agent → relay: sign a fresh certificate for this session's node, for
@@ -362,6 +367,7 @@ mod tests {
         round_trip(ControlMessage::Drain(Drain {
             reason: "restart".into(),
             grace_ms: 5,
+            spread_ms: 20_000,
         }));
         round_trip(StreamReply::Error {
             code: StreamErrorCode::DaemonUnreachable,

@@ -253,9 +253,13 @@ impl Relay {
             ?grace,
             "shutting down: draining agents and in-flight calls"
         );
+        let spread = reconnect_spread(
+            entries.len(),
+            shared.config.limits.max_agent_handshakes_per_sec,
+        );
         for entry in &entries {
             let cmd: sessions::ControlCommand =
-                Box::new(move |m| m.drain("relay shutting down", grace));
+                Box::new(move |m| m.drain("relay shutting down", grace, spread));
             let _ = entry.control.try_send(cmd);
         }
         let deadline = Instant::now() + grace;
@@ -281,6 +285,15 @@ impl Relay {
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         info!("relay stopped");
     }
+}
+
+/// The window a drained fleet of `agents` should spread its reconnects
+/// over: as long as a relay with this handshake budget takes to let them
+/// all in. Arriving faster only gets agents refused, and refused agents
+/// retry with exponential backoff, so a whole fleet arriving at once comes
+/// back slower than one arriving at the budget's rate.
+pub fn reconnect_spread(agents: usize, handshakes_per_sec: u32) -> Duration {
+    Duration::from_secs_f64(agents as f64 / f64::from(handshakes_per_sec.max(1)))
 }
 
 /// Binds QUIC (UDP) and TLS/TCP on the same port, so agents need one
@@ -512,5 +525,22 @@ where
     tokio::select! {
         r = conn.as_mut() => Some(r),
         () = hard.cancelled() => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drained_fleet_spreads_its_reconnects_over_what_the_budget_lets_in() {
+        assert_eq!(reconnect_spread(50_000, 1000), Duration::from_secs(50));
+        assert_eq!(reconnect_spread(10, 500), Duration::from_millis(20));
+        assert_eq!(reconnect_spread(0, 500), Duration::ZERO);
+        assert_eq!(
+            reconnect_spread(3, 0),
+            Duration::from_secs(3),
+            "a zero budget counts as one a second"
+        );
     }
 }

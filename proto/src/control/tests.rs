@@ -208,9 +208,14 @@ fn drain_reaches_the_agent_and_unknown_messages_are_ignored() {
     p.relay
         .handle_message(ControlMessage::Unknown, p.now)
         .unwrap();
-    p.relay.drain("shutting down", Duration::from_secs(3));
+    p.relay.drain(
+        "shutting down",
+        Duration::from_secs(3),
+        Duration::from_secs(20),
+    );
     assert_ok(p.drive());
-    assert!(matches!(p.agent_events.last(), Some(AgentEvent::Drain(d)) if d.grace_ms == 3000));
+    assert!(matches!(p.agent_events.last(),
+        Some(AgentEvent::Drain(d)) if d.grace_ms == 3000 && d.spread_ms == 20_000));
 }
 
 #[test]
