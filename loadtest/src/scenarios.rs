@@ -244,7 +244,8 @@ const BURST_CONCURRENCY: usize = 256;
 const BURST_BYTES: u64 = 256 * 1024;
 
 /// A burst of streams: `BURST_CONCURRENCY` clients each download
-/// `BURST_BYTES` from node after node, `agents.min(4096)` calls in all;
+/// `BURST_BYTES` from node after node, `agents` calls in all (at least
+/// `BURST_CONCURRENCY`, at most 4,096);
 /// every client connection is closed at the end. Returns the burst's
 /// figures, with the relay's peak RSS sampled while it ran.
 async fn stream_burst(rig: &Rig, agents: usize) -> Result<Value> {
