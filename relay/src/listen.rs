@@ -65,9 +65,13 @@ impl HandshakeBudget {
     /// the budget has one now), or `None` when even waiting `max_wait`
     /// would not reach one — then refuse it.
     pub fn reserve(&self, max_wait: Duration) -> Option<Duration> {
+        self.reserve_at(max_wait, Instant::now())
+    }
+
+    fn reserve_at(&self, max_wait: Duration, now: Instant) -> Option<Duration> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, last) = &mut *state;
-        let now = Instant::now();
+        let now = now.max(*last);
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate);
         *last = now;
         // Tokens below zero are handshakes booked ahead of the refill.
@@ -426,26 +430,32 @@ mod tests {
     #[test]
     fn the_budget_queues_a_short_wait_and_refuses_a_long_one() {
         let budget = HandshakeBudget::new(10);
+        // One instant throughout, so no refill happens between the calls.
+        let now = Instant::now();
+        let reserve = |max_wait| budget.reserve_at(max_wait, now);
         for _ in 0..10 {
-            assert_eq!(budget.reserve(Duration::ZERO), Some(Duration::ZERO));
+            assert_eq!(reserve(Duration::ZERO), Some(Duration::ZERO));
         }
-        assert_eq!(budget.reserve(Duration::ZERO), None, "the burst is spent");
-        // The next ones wait about 0.1 s, 0.2 s, ... for the refill.
-        let first = budget.reserve(Duration::from_secs(1)).unwrap();
-        assert!(
-            first > Duration::from_millis(50) && first <= Duration::from_millis(100),
-            "{first:?}"
+        assert_eq!(reserve(Duration::ZERO), None, "the burst is spent");
+        let ms = |n| Some(Duration::from_millis(n));
+        // The next ones wait for the refill: 0.1 s, 0.2 s, ... up to 1 s.
+        let booked: Vec<_> = (0..12).map(|_| reserve(Duration::from_secs(1))).collect();
+        let waits: Vec<_> = (1..=10).map(|i| ms(i * 100)).collect();
+        assert_eq!(booked[..10].len(), waits.len());
+        for (got, want) in booked.iter().zip(&waits) {
+            let (got, want) = (got.unwrap(), want.unwrap());
+            assert!(
+                got.abs_diff(want) < Duration::from_millis(1),
+                "{got:?} vs {want:?}"
+            );
+        }
+        // Beyond a second's wait: refused, and not booked.
+        assert_eq!(booked[10..], [None, None]);
+        // Later, the refill has paid the bookings back.
+        let later = now + Duration::from_secs(3);
+        assert_eq!(
+            budget.reserve_at(Duration::ZERO, later),
+            Some(Duration::ZERO)
         );
-        let second = budget.reserve(Duration::from_secs(1)).unwrap();
-        assert!(second > first, "{second:?} after {first:?}");
-        // Ten more would need a wait beyond a second: refused, not booked.
-        let booked: Vec<_> = (0..10)
-            .map(|_| budget.reserve(Duration::from_secs(1)))
-            .collect();
-        assert!(booked.iter().any(Option::is_none), "{booked:?}");
-        assert!(booked
-            .iter()
-            .flatten()
-            .all(|w| *w <= Duration::from_secs(1)));
     }
 }
