@@ -300,6 +300,9 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) -> Result<()> {
     Ok(())
 }
 
+/// Failed calls whose errors a report quotes, so a failure can be traced.
+const FAILURE_SAMPLES: usize = 5;
+
 /// `restart-storm`: `agents` agents connected; the relay restarts
 /// (SIGTERM, then the same ports and state); time until every agent is
 /// back, while `clients` call random nodes throughout. Calls answered 503
@@ -320,9 +323,10 @@ pub async fn restart_storm(
     let started = Instant::now();
     let stop = CancellationToken::new();
     let offline = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
-            let (stop, offline) = (stop.clone(), offline.clone());
+            let (stop, offline, failures) = (stop.clone(), offline.clone(), failures.clone());
             let (counters, api) = (rig.counters.clone(), rig.relay.api);
             tokio::spawn(async move {
                 let mut client = Client::new(api);
@@ -350,7 +354,17 @@ pub async fn restart_storm(
                         Ok((http::StatusCode::SERVICE_UNAVAILABLE, _, _)) => {
                             Counters::bump(&offline);
                         }
-                        _ => Counters::bump(&counters.failed),
+                        other => {
+                            Counters::bump(&counters.failed);
+                            let what = match other {
+                                Ok((status, _, _)) => format!("{path}: HTTP {status}"),
+                                Err(e) => format!("{path}: {e:#}"),
+                            };
+                            let mut seen = failures.lock().unwrap_or_else(|p| p.into_inner());
+                            if seen.len() < FAILURE_SAMPLES {
+                                seen.push(what);
+                            }
+                        }
                     }
                 }
                 samples
@@ -378,6 +392,7 @@ pub async fn restart_storm(
         "calls_ok_during_storm": samples.len(),
         "calls_node_not_back_yet_503": offline.load(Ordering::Relaxed),
         "calls_failed_otherwise": failed,
+        "first_failures": *failures.lock().unwrap_or_else(|p| p.into_inner()),
         "latency_of_calls_served": Percentiles::of(&mut samples),
         "relay": usage_json(before, after, storm.as_secs_f64()),
         "relay_rss_idle_before_restart_bytes": idle_rss,

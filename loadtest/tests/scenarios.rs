@@ -83,6 +83,7 @@ async fn restart_storm_brings_every_agent_back_while_calls_are_served() {
     assert!(r["relay_away_s"].as_f64().unwrap() > 0.0);
     assert!(r["calls_ok_during_storm"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(r["calls_failed_otherwise"], 0, "{r}");
+    assert_eq!(r["first_failures"], serde_json::json!([]), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
