@@ -151,14 +151,8 @@ fn spawn(
         .with_context(|| format!("starting {}; build it with `cargo build --release -p tunnelgate-relay` or pass --relay-bin", bin.display()))?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("relay stdout")?).read_line(&mut line)?;
-    let addr = |key: &str| -> Result<SocketAddr> {
-        let v = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .with_context(|| format!("relay printed {line:?}, without {key}"))?;
-        Ok(v.parse()?)
-    };
-    Ok((child, [addr("api=")?, addr("agent=")?, addr("metrics=")?]))
+    let l: tunnelgate_relay::ListeningLine = line.parse().map_err(anyhow::Error::msg)?;
+    Ok((child, [l.api, l.agent, l.metrics]))
 }
 
 impl Usage {

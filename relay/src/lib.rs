@@ -177,6 +177,15 @@ impl Relay {
             .expect("bound listener has an address")
     }
 
+    /// The line `serve` prints once it listens.
+    pub fn listening(&self) -> ListeningLine {
+        ListeningLine {
+            api: self.api_addr(),
+            agent: self.agent_addr(),
+            metrics: self.metrics_addr(),
+        }
+    }
+
     /// The state shared by the relay's parts.
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
@@ -284,6 +293,49 @@ impl Relay {
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         info!("relay stopped");
+    }
+}
+
+/// The one line `tunnelgate-relay serve` prints on stdout once it
+/// listens, so scripts, tests and the load tester learn the ports it bound
+/// when asked for port 0. Printed and parsed here only, so both ends agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListeningLine {
+    /// Docker API listener.
+    pub api: SocketAddr,
+    /// Agent listener (QUIC and TLS/TCP).
+    pub agent: SocketAddr,
+    /// Prometheus listener.
+    pub metrics: SocketAddr,
+}
+
+impl std::fmt::Display for ListeningLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tunnelgate-relay listening: api={} agent={} metrics={}",
+            self.api, self.agent, self.metrics
+        )
+    }
+}
+
+impl std::str::FromStr for ListeningLine {
+    type Err = String;
+
+    fn from_str(line: &str) -> Result<Self, String> {
+        let addr = |key: &str| -> Result<SocketAddr, String> {
+            let v = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .ok_or_else(|| format!("relay printed {line:?}, without {key}"))?;
+            v.parse()
+                .map_err(|e| format!("relay printed {line:?}: {key}{v} is not an address ({e})"))
+        };
+        Ok(Self {
+            api: addr("api=")?,
+            agent: addr("agent=")?,
+            metrics: addr("metrics=")?,
+        })
     }
 }
 
@@ -531,6 +583,20 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_listening_line_parses_back_and_names_what_is_missing() {
+        let line = ListeningLine {
+            api: "127.0.0.1:7375".parse().unwrap(),
+            agent: "0.0.0.0:7443".parse().unwrap(),
+            metrics: "[::1]:9375".parse().unwrap(),
+        };
+        assert_eq!(line.to_string().parse::<ListeningLine>(), Ok(line));
+        let err = "tunnelgate-relay listening: api=127.0.0.1:1 agent=127.0.0.1:2"
+            .parse::<ListeningLine>()
+            .unwrap_err();
+        assert!(err.contains("metrics="), "{err}");
+    }
 
     #[test]
     fn a_drained_fleet_spreads_its_reconnects_over_what_the_budget_lets_in() {

@@ -191,14 +191,7 @@ async fn main() -> anyhow::Result<()> {
             let relay = Relay::bind(config)
                 .await
                 .context("cannot start the relay")?;
-            // One machine-readable line, so scripts and tests learn the ports
-            // when they asked for port 0.
-            println!(
-                "tunnelgate-relay listening: api={} agent={} metrics={}",
-                relay.api_addr(),
-                relay.agent_addr(),
-                relay.metrics_addr()
-            );
+            println!("{}", relay.listening());
             let shutdown = CancellationToken::new();
             tokio::spawn(tunnelgate_session::process::stop_on_signals(
                 shutdown.clone(),

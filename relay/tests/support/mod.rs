@@ -219,14 +219,11 @@ impl Relay {
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line)?;
-        let addr = |key: &str| -> Result<SocketAddr> {
-            let v = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .with_context(|| format!("no {key} in relay's first line {line:?}"))?;
-            Ok(v.parse()?)
-        };
-        let (api, agent, metrics) = (addr("api=")?, addr("agent=")?, addr("metrics=")?);
+        let tunnelgate_relay::ListeningLine {
+            api,
+            agent,
+            metrics,
+        } = line.parse().map_err(anyhow::Error::msg)?;
         Ok(Self {
             proc: Proc {
                 child,
