@@ -220,8 +220,7 @@ pub async fn idle_hold(
     tokio::time::sleep(hold).await;
     let after = rig.relay.usage()?;
     let burst = stream_burst(&rig, agents).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after_burst = rig.relay.usage()?;
+    let settle = settle_after_burst(&rig, after.rss_bytes).await?;
     let connected = rig.connected().await?;
     rig.finish().await;
     let per_agent = (held.rss_bytes.saturating_sub(empty.rss_bytes)) as f64 / agents.max(1) as f64;
@@ -234,8 +233,47 @@ pub async fn idle_hold(
         "relay_rss_per_agent_bytes": per_agent,
         "relay_cpu_percent_while_idle": (after.cpu_secs - held.cpu_secs) / hold.as_secs_f64() * 100.0,
         "burst": burst,
-        "relay_rss_after_burst_bytes": after_burst.rss_bytes,
-        "relay_rss_after_burst_over_idle": after_burst.rss_bytes as f64 / after.rss_bytes.max(1) as f64,
+        "after_burst": settle,
+    }))
+}
+
+/// How long the relay's memory is watched after a burst, and how close
+/// to its idle level counts as returned.
+const SETTLE_WATCH: Duration = Duration::from_secs(15);
+const SETTLED_OVER_IDLE: f64 = 1.2;
+
+/// Samples the relay's RSS for `SETTLE_WATCH` after a burst: when it first
+/// came back within `SETTLED_OVER_IDLE` of `idle_rss`, and where it ended.
+/// An allocator may hand freed memory back to the system some seconds
+/// after the streams close, so one early sample would overstate what stays.
+async fn settle_after_burst(rig: &Rig, idle_rss: u64) -> Result<Value> {
+    let over_idle = |rss: u64| rss as f64 / idle_rss.max(1) as f64;
+    let started = Instant::now();
+    let mut at_2s = None;
+    let mut settled_at = None;
+    let mut last;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        last = rig.relay.usage()?.rss_bytes;
+        let elapsed = started.elapsed();
+        if at_2s.is_none() && elapsed >= Duration::from_secs(2) {
+            at_2s = Some(over_idle(last));
+        }
+        if over_idle(last) <= SETTLED_OVER_IDLE {
+            settled_at.get_or_insert(elapsed.as_secs_f64());
+        } else {
+            settled_at = None;
+        }
+        if elapsed >= SETTLE_WATCH {
+            break;
+        }
+    }
+    Ok(json!({
+        "relay_rss_at_2s_over_idle": at_2s,
+        "relay_rss_bytes": last,
+        "relay_rss_over_idle": over_idle(last),
+        "within_20_percent_from_s": settled_at,
+        "watched_s": started.elapsed().as_secs_f64(),
     }))
 }
 
