@@ -144,7 +144,9 @@ fn spawn(
         .arg("--state-dir")
         .arg(state)
         .args(extra_args)
-        .env("RUST_LOG", "warn")
+        // Warnings only, and yamux's goodbye failures muted as the relay's
+        // default filter mutes them.
+        .env("RUST_LOG", "warn,yamux=error")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -3,10 +3,16 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// Logs to stderr at `info`, or as `RUST_LOG` says.
+/// What is logged unless `RUST_LOG` says otherwise. yamux warns each
+/// time it cannot say goodbye on a connection whose peer already left (a
+/// draining relay's TLS/TCP agents, thousands at once): harmless, and the
+/// session's own end is logged by us with its reason.
+pub const DEFAULT_LOG_FILTER: &str = "info,yamux=error";
+
+/// Logs to stderr at [`DEFAULT_LOG_FILTER`], or as `RUST_LOG` says.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -29,4 +35,15 @@ pub async fn stop_on_signals(cancel: CancellationToken) {
     cancel.cancel();
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     std::process::exit(130);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_log_filter_parses() {
+        // `EnvFilter::new` drops a directive it cannot parse without a word.
+        tracing_subscriber::EnvFilter::try_new(DEFAULT_LOG_FILTER).unwrap();
+    }
 }
