@@ -124,6 +124,12 @@ enum Scenario {
     },
 }
 
+// jemalloc, as in the relay: with thousands of simulated agents
+// reconnecting at once, glibc's malloc took 14 % of the machine's CPU in a
+// restart storm, and the load tester, not the relay, set the pace.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
