@@ -12,6 +12,30 @@ use hyper_util::rt::TokioIo;
 /// Any request body: empty, or streamed (uploads).
 pub type RequestBody = BoxBody<Bytes, std::convert::Infallible>;
 
+/// Bytes of an answer's body kept to quote it: a relay error message fits.
+const REPLY_HEAD: usize = 300;
+
+/// One answer: status, body size, time to its last byte, and the start of
+/// its body (the relay's message when it refused the call).
+#[derive(Debug)]
+pub struct Reply {
+    /// The HTTP status.
+    pub status: http::StatusCode,
+    /// Body bytes received.
+    pub bytes: u64,
+    /// Time from sending to the last byte.
+    pub took: Duration,
+    /// The body's first bytes, as text.
+    pub head: String,
+}
+
+impl Reply {
+    /// "HTTP 502 Bad Gateway: <the relay's message>", for a report.
+    pub fn describe(&self) -> String {
+        format!("HTTP {}: {}", self.status, self.head)
+    }
+}
+
 /// One client connection.
 pub struct Client {
     addr: SocketAddr,
@@ -40,41 +64,48 @@ impl Client {
     }
 
     /// Sends a request; returns body bytes received and the time to the
-    /// last byte. A non-2xx answer is an error.
+    /// last byte. A non-2xx answer is an error quoting the relay's message.
     pub async fn call(
         &mut self,
         method: http::Method,
         path: &str,
         body: RequestBody,
     ) -> Result<(u64, Duration)> {
-        let (status, n, took) = self.call_status(method, path, body).await?;
-        if !status.is_success() {
-            bail!("{path}: HTTP {status}");
+        let reply = self.call_status(method, path, body).await?;
+        if !reply.status.is_success() {
+            bail!("{path}: {}", reply.describe());
         }
-        Ok((n, took))
+        Ok((reply.bytes, reply.took))
     }
 
-    /// Sends a request; returns the status, body bytes received and the
-    /// time to the last byte, whatever the status.
+    /// Sends a request; returns the answer whatever its status.
     pub async fn call_status(
         &mut self,
         method: http::Method,
         path: &str,
         body: RequestBody,
-    ) -> Result<(http::StatusCode, u64, Duration)> {
+    ) -> Result<Reply> {
         let started = Instant::now();
-        let (status, n) = self
+        let (status, (bytes, head)) = self
             .exchange(method, path, body, |mut body| async move {
                 let mut n = 0u64;
+                let mut head = Vec::new();
                 while let Some(frame) = body.frame().await {
                     if let Ok(data) = frame?.into_data() {
                         n += data.len() as u64;
+                        let room = REPLY_HEAD.saturating_sub(head.len());
+                        head.extend_from_slice(&data[..room.min(data.len())]);
                     }
                 }
-                Ok(n)
+                Ok((n, head))
             })
             .await?;
-        Ok((status, n, started.elapsed()))
+        Ok(Reply {
+            status,
+            bytes,
+            took: started.elapsed(),
+            head: String::from_utf8_lossy(&head).trim().to_owned(),
+        })
     }
 
     /// Sends a request and hands the response body to `read`; forgets the

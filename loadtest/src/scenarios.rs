@@ -385,17 +385,17 @@ pub async fn restart_storm(
                         )
                         .await
                     {
-                        Ok((status, _, took)) if status.is_success() => {
-                            samples.push(took);
+                        Ok(reply) if reply.status.is_success() => {
+                            samples.push(reply.took);
                             Counters::bump(&counters.ok);
                         }
-                        Ok((http::StatusCode::SERVICE_UNAVAILABLE, _, _)) => {
+                        Ok(reply) if reply.status == http::StatusCode::SERVICE_UNAVAILABLE => {
                             Counters::bump(&offline);
                         }
                         other => {
                             Counters::bump(&counters.failed);
                             let what = match other {
-                                Ok((status, _, _)) => format!("{path}: HTTP {status}"),
+                                Ok(reply) => format!("{path}: {}", reply.describe()),
                                 Err(e) => format!("{path}: {e:#}"),
                             };
                             let mut seen = failures.lock().unwrap_or_else(|p| p.into_inner());

@@ -187,3 +187,18 @@ async fn churn_never_fails_calls_to_steady_nodes() {
     assert_eq!(r["calls_to_steady_nodes_failed"], 0);
     assert_eq!(r["all_back_at_end"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_call_is_reported_with_the_relays_message() {
+    let relay = tunnelgate_loadtest::relay_proc::RelayProc::start(
+        &setup(TransportChoice::Quic).relay_bin,
+        &[],
+    )
+    .unwrap();
+    let mut client = tunnelgate_loadtest::client::Client::new(relay.api);
+    let err = client.get("/nodes/no-such-node/_ping").await.unwrap_err();
+    let err = format!("{err:#}");
+    // The path, the status, then what the relay said about that node.
+    let (_, said) = err.split_once("HTTP ").unwrap();
+    assert!(said.contains("no-such-node"), "{err}");
+}
