@@ -14,7 +14,6 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use tracing::info;
@@ -24,11 +23,9 @@ use tunnelgate_proto::token::JoinToken;
 use tunnelgate_proto::{NodeId, ProtocolVersion};
 use tunnelgate_session::tls::{self, Identity, Trust};
 
+use crate::config::AgentConfig;
+use crate::error::AgentError;
 use crate::transport::{self, Credentials};
-use crate::{AgentConfig, AgentError};
-
-/// How long the relay has to answer an enrolment request.
-const ENROL_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The node certificate, its key and the CA, as stored.
 pub struct NodeIdentity {
@@ -36,13 +33,13 @@ pub struct NodeIdentity {
     ca: CertificateDer<'static>,
 }
 
-fn fatal(what: impl std::fmt::Display) -> AgentError {
-    AgentError::Fatal(what.to_string())
-}
-
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), AgentError> {
-    tunnelgate_session::files::write_atomic(path, contents.as_bytes(), private)
-        .map_err(|e| fatal(format_args!("cannot write {}: {e}", path.display())))
+    tunnelgate_session::files::write_atomic(path, contents.as_bytes(), private).map_err(|source| {
+        AgentError::WriteState {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 impl NodeIdentity {
@@ -53,14 +50,14 @@ impl NodeIdentity {
             return Ok(None);
         }
         let read = |p: &Path| {
-            fs::read_to_string(p)
-                .map_err(|e| fatal(format_args!("cannot read {}: {e}", p.display())))
+            fs::read_to_string(p).map_err(|source| AgentError::ReadState {
+                path: p.to_owned(),
+                source,
+            })
         };
-        let corrupt = |e: tls::TlsError| {
-            fatal(format_args!(
-                "the node certificate in {} is unusable ({e}); remove the directory and enrol again with a new token",
-                dir.display()
-            ))
+        let corrupt = |source| AgentError::CorruptIdentity {
+            dir: dir.to_owned(),
+            source,
         };
         let cert_pem = read(&cert)?;
         // Releases before renewal kept the key in a file of its own.
@@ -80,11 +77,10 @@ impl NodeIdentity {
         if certified.as_ref() == Some(node_id) {
             Ok(())
         } else {
-            Err(fatal(format_args!(
-                "the stored node certificate is for node {}, but this agent is configured as {node_id}; \
-                 use the matching --node-id or another --state-dir",
-                certified.map(|n| n.to_string()).unwrap_or_else(|| "<none>".into())
-            )))
+            Err(AgentError::WrongNode {
+                certified: certified.map_or_else(|| "<none>".into(), |n| n.to_string()),
+                configured: node_id.clone(),
+            })
         }
     }
 
@@ -93,14 +89,12 @@ impl NodeIdentity {
     /// to an earlier renewal request must not pair with a newer key).
     pub fn store(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(), AgentError> {
         use rcgen::PublicKeyData;
-        let key = rcgen::KeyPair::from_pem(key_pem).map_err(fatal)?;
+        let key = rcgen::KeyPair::from_pem(key_pem)?;
         let certified = tls::certs_from_pem(cert_pem)
             .ok()
             .and_then(|c| c.first().and_then(tls::public_key_info));
         if certified.as_deref() != Some(key.subject_public_key_info().as_slice()) {
-            return Err(fatal(
-                "the certificate from the relay is not for this agent's key",
-            ));
+            return Err(AgentError::ForeignCertificate);
         }
         write_file(&dir.join("node.pem"), &format!("{cert_pem}{key_pem}"), true)?;
         let _ = fs::remove_file(dir.join("node-key.pem"));
@@ -115,20 +109,16 @@ impl NodeIdentity {
 
 /// Trades the join token for a node certificate and stores it.
 pub async fn enrol(config: &AgentConfig) -> Result<NodeIdentity, AgentError> {
-    let text = config.token.as_deref().ok_or_else(|| {
-        fatal(format_args!(
-            "{} holds no node certificate and no --token was given; create one on the relay with \
-             `tunnelgate-relay token create` and pass it with --token",
-            config.state_dir.display()
-        ))
-    })?;
-    let token: JoinToken = text.parse().map_err(fatal)?;
+    let text = config
+        .token
+        .as_deref()
+        .ok_or_else(|| AgentError::NoToken(config.state_dir.clone()))?;
+    let token: JoinToken = text.parse().map_err(|_| AgentError::MalformedToken)?;
     let (key_pem, csr_pem) = renewal_request()?;
 
     let creds = Credentials::new(Trust::Fingerprint(token.ca_fingerprint), None)?;
     let (session, _) = transport::dial(config, &creds).await?;
-    let lost =
-        |e: &dyn std::fmt::Display| AgentError::Session(format!("enrolment interrupted: {e}"));
+    let lost = |e: &dyn std::fmt::Display| AgentError::EnrolInterrupted(e.to_string());
     let mut control = session.open_stream().await.map_err(|e| lost(&e))?;
     let request = ControlMessage::Enroll(Enroll {
         version: ProtocolVersion::CURRENT,
@@ -141,7 +131,7 @@ pub async fn enrol(config: &AgentConfig) -> Result<NodeIdentity, AgentError> {
         .await
         .map_err(|e| lost(&e))?;
     let reply = tokio::time::timeout(
-        ENROL_ANSWER_TIMEOUT,
+        tunnelgate_session::HANDSHAKE_TIMEOUT,
         control.read_message::<ControlMessage>(DEFAULT_MAX_FRAME),
     )
     .await
@@ -150,33 +140,31 @@ pub async fn enrol(config: &AgentConfig) -> Result<NodeIdentity, AgentError> {
     session.close("enrolment done");
     let enrolled = match reply {
         ControlMessage::Enrolled(e) => e,
-        ControlMessage::Refused(r) => {
-            return Err(fatal(format_args!("enrolment refused: {}", r.message)))
-        }
+        ControlMessage::Refused(r) => return Err(AgentError::EnrolRefused(r.message)),
         _ => return Err(lost(&"unexpected answer to the enrolment request")),
     };
 
-    fs::create_dir_all(&config.state_dir).map_err(|e| {
-        fatal(format_args!(
-            "cannot create {}: {e}",
-            config.state_dir.display()
-        ))
+    fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::WriteState {
+        path: config.state_dir.clone(),
+        source,
     })?;
     let dir = &config.state_dir;
     write_file(&dir.join("ca.pem"), &enrolled.ca_pem, false)?;
     NodeIdentity::store(dir, &enrolled.cert_pem, &key_pem)?;
     info!(node_id = %config.node_id, dir = %dir.display(), "enrolled; the join token is no longer needed");
-    NodeIdentity::load(dir)?.ok_or_else(|| fatal("the stored identity vanished"))
+    NodeIdentity::load(dir)?.ok_or_else(|| AgentError::ReadState {
+        path: dir.join("node.pem"),
+        source: std::io::ErrorKind::NotFound.into(),
+    })
 }
 
 /// A fresh key (PEM) and a certificate request for it (PEM). The relay
 /// takes only the key from the request.
 pub fn renewal_request() -> Result<(String, String), AgentError> {
-    let key = rcgen::KeyPair::generate().map_err(fatal)?;
+    let key = rcgen::KeyPair::generate()?;
     let csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())
         .and_then(|p| p.serialize_request(&key))
-        .and_then(|csr| csr.pem())
-        .map_err(fatal)?;
+        .and_then(|csr| csr.pem())?;
     Ok((key.serialize_pem(), csr_pem))
 }
 

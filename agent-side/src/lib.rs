@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod docker;
+pub mod error;
 pub mod identity;
 pub mod policy;
 mod serve;
@@ -31,6 +32,8 @@ use tunnelgate_proto::ProtocolVersion;
 use tunnelgate_session::{driver, Session, Transport};
 
 pub use config::AgentConfig;
+pub use error::AgentError;
+
 use config::TransportChoice;
 use identity::NodeIdentity;
 
@@ -42,24 +45,6 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 const STABLE_SESSION: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// Why the agent stopped or a session ended.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    /// Something about this agent's setup is wrong; retrying cannot help.
-    #[error("{0}")]
-    Fatal(String),
-    /// The session failed; the agent reconnects.
-    #[error("{0}")]
-    Session(String),
-}
-
-impl AgentError {
-    /// Whether retrying cannot help (bad token, unusable state dir, ...).
-    pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::Fatal(_))
-    }
-}
 
 /// How a session ended without error.
 #[derive(Debug)]
@@ -224,7 +209,7 @@ async fn connect_once(
         };
         tokio::select! {
             end = &mut current.task => {
-                let end = end.unwrap_or_else(|e| Err(AgentError::Session(format!("session task failed: {e}"))));
+                let end = end.unwrap_or_else(|e| Err(AgentError::session("the session task failed", e)));
                 if matches!(end, Ok(SessionEnd::Cancelled)) {
                     current.session.close("agent shutting down");
                 }
@@ -310,12 +295,10 @@ async fn run_session(
         drain,
         welcomed,
     } = links;
-    let session_err =
-        |what: &str, e: &dyn std::fmt::Display| AgentError::Session(format!("{what}: {e}"));
     let mut control = session
         .open_stream()
         .await
-        .map_err(|e| session_err("opening the control stream", &e))?;
+        .map_err(|e| AgentError::session("opening the control stream", e))?;
     let facts = config.docker.probe().await;
     report_daemon(&config.docker, None, &facts);
     let hello = Hello {
@@ -408,17 +391,14 @@ async fn run_session(
         return Ok(SessionEnd::Drained(at));
     }
     match result {
-        Ok(()) => Err(AgentError::Session("the session ended".into())),
+        Ok(()) => Err(AgentError::SessionEnded),
         // A refusal may be cured on the relay's side (an upgrade, a
         // restored node record), so the agent keeps trying, loudly.
         Err(driver::DriveError::Control(tunnelgate_proto::control::ControlError::Refused(r))) => {
             tracing::error!(reason = %r.message, "the relay refused this agent's session");
-            Err(AgentError::Session(format!(
-                "refused by the relay: {}",
-                r.message
-            )))
+            Err(AgentError::Refused(r.message))
         }
-        Err(e) => Err(session_err("control stream", &e)),
+        Err(e) => Err(AgentError::session("control stream", e)),
     }
 }
 

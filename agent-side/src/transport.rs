@@ -10,16 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tunnelgate_session::tls::{self, Identity, Trust};
-use tunnelgate_session::Session;
+use tunnelgate_session::{Session, HANDSHAKE_TIMEOUT};
 
+use crate::config::AgentConfig;
 use crate::config::TransportChoice;
-use crate::{AgentConfig, AgentError};
+use crate::error::AgentError;
 
 /// How long QUIC may try alone before TCP joins the race.
 pub const QUIC_HEAD_START: Duration = Duration::from_millis(300);
-/// How long one QUIC dial may take.
-const QUIC_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// TLS settings for one connection attempt.
 #[derive(Clone)]
 pub struct Credentials {
@@ -29,8 +27,7 @@ pub struct Credentials {
 impl Credentials {
     /// Trust `trust`; present `identity` if given (else this is enrolment).
     pub fn new(trust: Trust, identity: Option<Identity>) -> Result<Self, AgentError> {
-        let tls =
-            tls::client_config(trust, identity).map_err(|e| AgentError::Fatal(e.to_string()))?;
+        let tls = tls::client_config(trust, identity).map_err(AgentError::Tls)?;
         Ok(Self { tls: Arc::new(tls) })
     }
 }
@@ -43,9 +40,12 @@ async fn resolve(relay: &str) -> Result<(SocketAddr, String), AgentError> {
         .to_owned();
     let addr = tokio::net::lookup_host(relay)
         .await
-        .map_err(|e| AgentError::Session(format!("cannot resolve relay address {relay}: {e}")))?
+        .map_err(|source| AgentError::Resolve {
+            relay: relay.to_owned(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| AgentError::Session(format!("relay address {relay} resolves to nothing")))?;
+        .ok_or_else(|| AgentError::NoAddress(relay.to_owned()))?;
     Ok((addr, host))
 }
 
@@ -53,25 +53,26 @@ async fn resolve(relay: &str) -> Result<(SocketAddr, String), AgentError> {
 pub async fn dial_quic(config: &AgentConfig, creds: &Credentials) -> Result<Session, AgentError> {
     let (addr, host) = resolve(&config.relay).await?;
     let client = tunnelgate_session::quic::client_config((*creds.tls).clone())
-        .map_err(|e| AgentError::Fatal(e.to_string()))?;
+        .map_err(AgentError::QuicConfig)?;
     let endpoint = match &config.quic_endpoint {
         Some(shared) => shared.clone(),
-        None => tunnelgate_session::quic::client_endpoint(addr)
-            .map_err(|e| AgentError::Session(format!("cannot open a UDP socket: {e}")))?,
+        None => tunnelgate_session::quic::client_endpoint(addr).map_err(AgentError::UdpSocket)?,
     };
     let connecting = endpoint
         .connect_with(client, addr, &host)
-        .map_err(|e| AgentError::Session(format!("cannot dial {}: {e}", config.relay)))?;
-    let conn = tokio::time::timeout(QUIC_DIAL_TIMEOUT, connecting)
+        .map_err(|source| AgentError::QuicDial {
+            relay: config.relay.clone(),
+            source,
+        })?;
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
         .await
-        .map_err(|_| {
-            AgentError::Session(format!(
-                "no QUIC answer from {} within {QUIC_DIAL_TIMEOUT:?}; is UDP to the relay blocked?",
-                config.relay
-            ))
+        .map_err(|_| AgentError::QuicSilent {
+            relay: config.relay.clone(),
+            timeout: HANDSHAKE_TIMEOUT,
         })?
-        .map_err(|e| {
-            AgentError::Session(format!("QUIC handshake with {} failed: {e}", config.relay))
+        .map_err(|source| AgentError::QuicHandshake {
+            relay: config.relay.clone(),
+            source,
         })?;
     Ok(Session::from_quic(conn))
 }
@@ -81,11 +82,9 @@ pub async fn dial_tcp(config: &AgentConfig, creds: &Credentials) -> Result<Sessi
     let (addr, host) = resolve(&config.relay).await?;
     let mux = tunnelgate_session::tcp::connect(addr, &host, creds.tls.clone())
         .await
-        .map_err(|e| {
-            AgentError::Session(format!(
-                "TLS/TCP connection to {} failed: {e}",
-                config.relay
-            ))
+        .map_err(|source| AgentError::TcpConnect {
+            relay: config.relay.clone(),
+            source,
         })?;
     Ok(Session::from_mux(mux))
 }

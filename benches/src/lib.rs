@@ -41,13 +41,12 @@ impl Fixture {
         let relay = tunnelgate_relay::Relay::bind(config)
             .await
             .expect("relay binds");
-        let (api, agents, shared) = (relay.api_addr(), relay.agent_addr(), relay.shared());
+        let (api, agents, handle) = (relay.api_addr(), relay.agent_addr(), relay.handle());
         let stop = CancellationToken::new();
         tokio::spawn(relay.run(stop.clone()));
         for transport in ["quic", "tcp"] {
-            let (token, _) = shared
-                .authority
-                .create_join_token(tunnelgate_relay::credentials::NewCredential {
+            let token = handle
+                .create_join_token(tunnelgate_relay::state::credentials::NewCredential {
                     tenant: tunnelgate_proto::TenantId::default_tenant(),
                     ttl: Some(Duration::from_secs(60)),
                     uses: Some(1),
@@ -71,12 +70,11 @@ impl Fixture {
             tokio::spawn(tunnelgate_agent::run(config, stop.clone()));
         }
         for node in ["bench-quic", "bench-tcp"] {
-            let id = NodeId::new(node).expect("valid id");
-            while shared
-                .sessions
-                .get_in(&tunnelgate_proto::TenantId::default_tenant(), &id)
-                .is_none()
-            {
+            let key = tunnelgate_proto::NodeKey {
+                tenant: tunnelgate_proto::TenantId::default_tenant(),
+                node_id: NodeId::new(node).expect("valid id"),
+            };
+            while handle.node(&key).is_none() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -137,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         relay_bin: cli.relay_bin.unwrap_or_else(default_relay_bin),
         transport: cli.transport,
         responder_port: cli.responder_port,
+        responder: None,
         relay_args: cli.relay_args,
     };
     let t = cli.connect_timeout;

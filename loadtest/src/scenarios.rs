@@ -25,6 +25,9 @@ pub struct Setup {
     pub transport: TransportChoice,
     /// Port of the synthetic Docker responder; 0 for any free one.
     pub responder_port: u16,
+    /// A synthetic responder already listening there, to use instead of
+    /// starting one (so a caller can point another tunnel at it first).
+    pub responder: Option<std::net::SocketAddr>,
     /// More arguments for `tunnelgate-relay serve`.
     pub relay_args: Vec<String>,
 }
@@ -79,7 +82,10 @@ struct Rig {
 impl Rig {
     async fn start(setup: &Setup, scenario: &'static str, agents: usize) -> Result<Self> {
         let relay = RelayProc::start(&setup.relay_bin, &setup.relay_args)?;
-        let docker = synthetic_docker::spawn(setup.responder_port).await?;
+        let docker = match setup.responder {
+            Some(running) => running,
+            None => synthetic_docker::spawn(setup.responder_port).await?,
+        };
         let fleet = Fleet::new(
             agents,
             relay.agents,
@@ -309,6 +315,10 @@ async fn stream_burst(rig: &Rig, agents: usize) -> Result<Value> {
             })
         })
         .collect();
+    let (ok_before, failed_before) = (
+        rig.counters.ok.load(Ordering::Relaxed),
+        rig.counters.failed.load(Ordering::Relaxed),
+    );
     let mut peak = rig.relay.usage()?.rss_bytes;
     let all = futures_join(tasks);
     tokio::pin!(all);
@@ -324,7 +334,8 @@ async fn stream_burst(rig: &Rig, agents: usize) -> Result<Value> {
         "calls": calls,
         "concurrent_streams": BURST_CONCURRENCY,
         "bytes_per_call": BURST_BYTES,
-        "failed": rig.counters.failed.load(Ordering::Relaxed),
+        "ok": rig.counters.ok.load(Ordering::Relaxed) - ok_before,
+        "failed": rig.counters.failed.load(Ordering::Relaxed) - failed_before,
         "took_s": started.elapsed().as_secs_f64(),
         "relay_rss_peak_bytes": peak,
     }))

@@ -21,7 +21,7 @@ use crate::message::{
     RefusalCode, Refused, RenewCert, Welcome,
 };
 use crate::version::IncompatibleVersion;
-use crate::{NodeId, ProtocolVersion};
+use crate::{NodeId, ProtocolVersion, RelayId};
 
 /// How long either side waits for the handshake's first message.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -294,7 +294,7 @@ enum RelayState {
 pub struct RelayControl {
     state: RelayState,
     node_id: NodeId,
-    relay_id: String,
+    relay_id: RelayId,
     interval: Duration,
     cert_renew_in: Option<Duration>,
     last_heard: Instant,
@@ -304,7 +304,7 @@ pub struct RelayControl {
 
 impl RelayControl {
     /// Waits for the hello of the agent certified as `node_id`.
-    pub fn new(node_id: NodeId, relay_id: String, interval: Duration, now: Instant) -> Self {
+    pub fn new(node_id: NodeId, relay_id: RelayId, interval: Duration, now: Instant) -> Self {
         Self {
             state: RelayState::AwaitHello {
                 deadline: now + HANDSHAKE_TIMEOUT,

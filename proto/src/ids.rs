@@ -102,6 +102,42 @@ label_id!(
     "tenant"
 );
 
+label_id!(
+    /// A relay's stable name: in logs, in the welcome an agent gets, and
+    /// (in a cluster) as the key of its membership.
+    RelayId,
+    "relay id"
+);
+
+/// A node as a relay addresses it: node ids are unique within a tenant,
+/// so the pair is the key of every per-node table.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeKey {
+    /// The owner.
+    pub tenant: TenantId,
+    /// The node.
+    pub node_id: NodeId,
+}
+
+impl NodeKey {
+    /// Parses `tenant/node`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (tenant, node) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not of the form TENANT/NODE"))?;
+        Ok(Self {
+            tenant: TenantId::new(tenant).map_err(|e| e.to_string())?,
+            node_id: NodeId::new(node).map_err(|e| e.to_string())?,
+        })
+    }
+}
+
+impl fmt::Display for NodeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.node_id)
+    }
+}
+
 impl TenantId {
     /// The tenant of single-tenant installs and the quickstart.
     pub fn default_tenant() -> Self {
@@ -142,6 +178,19 @@ mod tests {
             Err(InvalidId::TooLong("node id", 64))
         );
         assert!(TenantId::new("acme").is_ok() && TenantId::new("a/b").is_err());
+        assert!(RelayId::new("relay-0a1b").is_ok() && RelayId::new("").is_err());
+    }
+
+    #[test]
+    fn node_keys_parse_tenant_slash_node() {
+        let key = NodeKey::parse("acme/web-1").unwrap();
+        assert_eq!(
+            (key.tenant.as_str(), key.node_id.as_str()),
+            ("acme", "web-1")
+        );
+        assert_eq!(key.to_string(), "acme/web-1");
+        assert!(NodeKey::parse("web-1").unwrap_err().contains("TENANT/NODE"));
+        assert!(NodeKey::parse("acme/../x").is_err());
     }
 
     #[test]

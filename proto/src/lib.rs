@@ -26,11 +26,12 @@
 #![warn(missing_docs)]
 
 pub mod control;
+pub mod docker_api;
 pub mod frame;
 pub mod ids;
 pub mod message;
 pub mod token;
 pub mod version;
 
-pub use ids::{NodeId, RequestId, TenantId};
+pub use ids::{NodeId, NodeKey, RelayId, RequestId, TenantId};
 pub use version::ProtocolVersion;

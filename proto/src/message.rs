@@ -12,7 +12,7 @@ use bytes::BufMut;
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{self, FrameError};
-use crate::{NodeId, ProtocolVersion, RequestId};
+use crate::{NodeId, ProtocolVersion, RelayId, RequestId};
 
 /// A message could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,7 @@ pub struct Welcome {
     /// The protocol version the relay speaks.
     pub version: ProtocolVersion,
     /// Which relay holds the session.
-    pub relay_id: String,
+    pub relay_id: RelayId,
     /// How often the agent sends a heartbeat.
     pub heartbeat_interval_ms: u64,
     /// When the agent should ask for a fresh node certificate, counted from
@@ -425,7 +425,7 @@ mod tests {
 
         #[test]
         fn truncated_messages_are_errors_not_panics(cut in 0usize..200) {
-            let msg = ControlMessage::Welcome(Welcome { version: ProtocolVersion::CURRENT, relay_id: "relay-a".into(), heartbeat_interval_ms: 5000, cert_renew_in_ms: None });
+            let msg = ControlMessage::Welcome(Welcome { version: ProtocolVersion::CURRENT, relay_id: RelayId::new("relay-a").unwrap(), heartbeat_interval_ms: 5000, cert_renew_in_ms: None });
             let payload = serde_json::to_vec(&msg).unwrap();
             let cut = cut.min(payload.len().saturating_sub(1));
             prop_assert!(ControlMessage::decode(&payload[..cut]).is_err());

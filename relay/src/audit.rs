@@ -6,36 +6,50 @@
 //! without the query) and how it went (status, bytes, duration). Never the
 //! body, the query string or any header: those may carry credentials.
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tunnelgate_proto::RequestId;
+use tunnelgate_proto::{NodeId, RequestId};
 
-use crate::io::StreamBytes;
+use crate::auth::Principal;
+
+/// Bytes moved over one stream so far, each way. A call's audit line
+/// takes the difference between its start and its end.
+#[derive(Debug, Default)]
+pub struct StreamBytes {
+    /// Sent to the node.
+    pub to_node: AtomicU64,
+    /// Received from the node.
+    pub from_node: AtomicU64,
+}
+
+impl StreamBytes {
+    /// Both counters now: (to node, from node).
+    pub fn now(&self) -> (u64, u64) {
+        (
+            self.to_node.load(Ordering::Relaxed),
+            self.from_node.load(Ordering::Relaxed),
+        )
+    }
+}
 
 /// The tracing target of audit lines.
 pub const TARGET: &str = "tunnelgate::audit";
 
 /// One call, as the audit line will show it; the line is written when the
 /// last holder drops it (the front, and the call's response body or
-/// hijacked pipe if it got one).
+/// hijacked pipe if it got one). Everything but the status and the byte
+/// counts is known when the record is made.
 #[derive(Debug)]
 pub struct CallRecord {
     /// The call.
     pub request_id: RequestId,
-    /// The caller's tenant, `-` if not authenticated.
-    pub tenant: String,
-    /// Who called: client certificate name, API key id, or `local`.
-    pub principal: String,
-    /// The node addressed, `-` if none.
-    pub node: String,
-    /// HTTP method.
-    pub method: String,
-    /// Path without the query.
-    pub path: String,
-    /// The response status; 0 until known.
-    pub status: AtomicU16,
+    caller: Option<Principal>,
+    node: Option<NodeId>,
+    method: http::Method,
+    path: String,
+    status: AtomicU16,
     stream: Mutex<Option<Tap>>,
     started: Instant,
 }
@@ -49,18 +63,24 @@ struct Tap {
 }
 
 impl CallRecord {
-    /// Starts the record of a call that arrived now.
-    pub fn new(request_id: RequestId, method: &str, path: &str) -> Self {
+    /// Starts the record of a call that arrived at `started`: `caller` is
+    /// `None` when it did not authenticate, `node` when it named none.
+    pub fn new(
+        request_id: RequestId,
+        request: &http::request::Parts,
+        caller: Option<Principal>,
+        node: Option<NodeId>,
+        started: Instant,
+    ) -> Self {
         Self {
             request_id,
-            tenant: "-".into(),
-            principal: "-".into(),
-            node: "-".into(),
-            method: method.to_owned(),
-            path: path.to_owned(),
+            caller,
+            node,
+            method: request.method.clone(),
+            path: request.uri.path().to_owned(),
             status: AtomicU16::new(0),
             stream: Mutex::new(None),
-            started: Instant::now(),
+            started,
         }
     }
 
@@ -93,15 +113,27 @@ impl CallRecord {
     }
 }
 
+/// Shows a field the call may not have as `-`.
+struct OrDash<'a, T>(Option<&'a T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 impl Drop for CallRecord {
     fn drop(&mut self) {
         let (to_node, from_node) = self.bytes();
         tracing::info!(
             target: TARGET,
             request_id = %self.request_id,
-            tenant = %self.tenant,
-            principal = %self.principal,
-            node = %self.node,
+            tenant = %OrDash(self.caller.as_ref().map(|p| &p.tenant)),
+            principal = %OrDash(self.caller.as_ref()),
+            node = %OrDash(self.node.as_ref()),
             method = %self.method,
             path = %self.path,
             status = self.status.load(Ordering::Relaxed),

@@ -4,40 +4,26 @@
 //! or with the client certificate of its TLS connection; a node
 //! certificate never counts. Without either, a relay whose API is on
 //! loopback and `loopback-open` acts for the `default` tenant; otherwise
-//! the call gets a 401 that says how to authenticate.
-
-use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+//! the call is refused saying how to authenticate. Pure: the API keys come
+//! in from the state cache, nothing here reads the disk.
 
 use http::header::{self, HeaderMap};
 use tunnelgate_proto::TenantId;
 use tunnelgate_session::tls::{Role, Subject};
 
 use crate::config::ApiAuth;
-use crate::credentials::{self, Credential};
-use crate::error::{ErrorSource, FrontError};
-use crate::metrics::Metrics;
+use crate::error::AuthFailure;
+use crate::state::credentials::{self, Credential};
 
-/// What the relay knows about one API connection.
-#[derive(Debug)]
-pub struct ConnInfo {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The subject of the client certificate it presented over TLS.
-    pub client_cert: Option<Subject>,
-    /// The node stream this connection's calls may go on again.
-    pub node_stream: crate::front::KeptStream,
-}
-
-impl ConnInfo {
-    /// A new connection from `peer`.
-    pub fn new(peer: SocketAddr, client_cert: Option<Subject>) -> Self {
-        Self {
-            peer,
-            client_cert,
-            node_stream: Default::default(),
-        }
-    }
+/// How a caller proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// A client certificate with this name (its CN).
+    Cert(String),
+    /// The API key with this id.
+    ApiKey(String),
+    /// Nothing: a loopback-open relay's local caller.
+    Local,
 }
 
 /// An authenticated caller.
@@ -45,90 +31,91 @@ impl ConnInfo {
 pub struct Principal {
     /// The tenant whose nodes it may see and reach.
     pub tenant: TenantId,
-    /// For the audit log: `cert:<name>`, `api-key:<id>` or `local`.
-    pub name: String,
+    /// How it authenticated.
+    pub credentials: Credentials,
 }
 
-/// The API keys as last read from the state dir; the relay's watcher
-/// replaces the list when the file changes.
-#[derive(Debug, Default)]
-pub struct ApiKeys(RwLock<Arc<Vec<Credential>>>);
-
-impl ApiKeys {
-    /// Replaces the cached list.
-    pub fn set(&self, keys: Vec<Credential>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
-    }
-
-    fn get(&self) -> Arc<Vec<Credential>> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+impl std::fmt::Display for Principal {
+    /// As the audit line shows it: `cert:NAME`, `api-key:ID` or `local`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.credentials {
+            Credentials::Cert(name) => write!(f, "cert:{name}"),
+            Credentials::ApiKey(id) => write!(f, "api-key:{id}"),
+            Credentials::Local => f.write_str("local"),
+        }
     }
 }
 
-const HOW: &str = "present a client certificate from `tunnelgate-relay client-cert create` \
-                   (DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=DIR) or an API key from \
-                   `tunnelgate-relay api-key create` as `Authorization: Bearer <key>` \
-                   (HttpHeaders in the docker CLI's config.json)";
-
-fn refuse(metrics: &Metrics, reason: &str, message: String) -> FrontError {
-    metrics.auth_failures.with_label_values(&[reason]).inc();
-    FrontError::new(ErrorSource::Unauthenticated, message)
-}
-
-/// Authenticates one call.
+/// Authenticates one call from its headers and the subject of its
+/// connection's client certificate, against the current `api_keys`.
 pub fn authenticate(
     mode: ApiAuth,
-    keys: &ApiKeys,
-    conn: &ConnInfo,
+    api_keys: &[Credential],
+    client_cert: Option<&Subject>,
     headers: &HeaderMap,
-    metrics: &Metrics,
-) -> Result<Principal, FrontError> {
+) -> Result<Principal, AuthFailure> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let text = value.to_str().unwrap_or("");
-        let Some(key) = text
+        let key = text
             .strip_prefix("Bearer ")
             .or_else(|| text.strip_prefix("bearer "))
-        else {
-            return Err(refuse(
-                metrics,
-                "bad_scheme",
-                format!("the Authorization header must be `Bearer <API key>`; {HOW}"),
-            ));
-        };
-        return match credentials::check_api_key(&keys.get(), key) {
-            Ok(c) => Ok(Principal {
-                tenant: c.tenant,
-                name: format!("api-key:{}", c.id),
-            }),
-            Err(refusal) => Err(refuse(
-                metrics,
-                "bad_api_key",
-                format!("authentication failed: {refusal}"),
-            )),
-        };
+            .ok_or(AuthFailure::BadScheme)?;
+        let c = credentials::check_api_key(api_keys, key).map_err(AuthFailure::BadApiKey)?;
+        return Ok(Principal {
+            tenant: c.tenant,
+            credentials: Credentials::ApiKey(c.id),
+        });
     }
-    if let Some(subject) = &conn.client_cert {
+    if let Some(subject) = client_cert {
         return match (subject.role, &subject.tenant) {
             (Some(Role::Client), Some(tenant)) => Ok(Principal {
                 tenant: tenant.clone(),
-                name: format!("cert:{}", subject.name),
+                credentials: Credentials::Cert(subject.name.clone()),
             }),
-            _ => Err(refuse(
-                metrics,
-                "not_a_client_cert",
-                format!("the TLS client certificate is not a control-plane client certificate (node certificates cannot call the API); {HOW}"),
-            )),
+            _ => Err(AuthFailure::NotAClientCert),
         };
     }
     match mode {
         ApiAuth::LoopbackOpen => Ok(Principal {
             tenant: TenantId::default_tenant(),
-            name: "local".into(),
+            credentials: Credentials::Local,
         }),
-        ApiAuth::Required => Err(refuse(
-            metrics,
-            "missing",
-            format!("authentication required: {HOW}"),
-        )),
+        ApiAuth::Required => Err(AuthFailure::Missing),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer(text: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, text.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn credentials_are_tried_in_order_and_refusals_name_their_cause() {
+        let none = HeaderMap::new();
+        let local = authenticate(ApiAuth::LoopbackOpen, &[], None, &none).unwrap();
+        assert_eq!(local.to_string(), "local");
+        assert_eq!(local.tenant, TenantId::default_tenant());
+        assert_eq!(
+            authenticate(ApiAuth::Required, &[], None, &none),
+            Err(AuthFailure::Missing)
+        );
+        assert_eq!(
+            authenticate(ApiAuth::LoopbackOpen, &[], None, &bearer("Basic x")),
+            Err(AuthFailure::BadScheme)
+        );
+        assert!(matches!(
+            authenticate(
+                ApiAuth::LoopbackOpen,
+                &[],
+                None,
+                &bearer("Bearer tgkey1.a.0123456789abcdef")
+            ),
+            Err(AuthFailure::BadApiKey(_))
+        ));
     }
 }

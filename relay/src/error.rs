@@ -1,104 +1,361 @@
-//! Errors the relay itself answers a control-plane call with.
+//! Errors the relay itself answers a control-plane call with: one variant
+//! per cause, each saying what happened and what to do.
 //!
-//! Each records which side failed, which picks the HTTP status, and whether
-//! the call may be retried safely (nothing reached the daemon). The body is
-//! Docker-style JSON, `{"message": ...}`, so the `docker` CLI prints one
-//! clear sentence.
+//! Each cause knows which side failed ([`ErrorSource`]), which picks the
+//! HTTP status, and whether retrying on another route is safe (nothing
+//! reached the daemon). The body is Docker-style JSON, `{"message": ...}`,
+//! so the `docker` CLI prints one clear sentence.
+
+use std::time::Duration;
 
 use http::{Response, StatusCode};
+use tunnelgate_proto::message::StreamErrorCode;
+use tunnelgate_proto::{NodeId, TenantId};
 
-use crate::front::{json_error, Body};
+use crate::metrics::Limit;
+use crate::respond::{docker_error, Body};
+use crate::state::credentials::Refusal;
 
 /// Which side of the relay failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorSource {
-    /// The client's request is wrong.
+    /// The client's request is wrong, unauthenticated or over a limit.
     Client,
-    /// The request's head has too many header fields.
-    HeaderFields,
-    /// No or bad credentials.
-    Unauthenticated,
-    /// A concurrency limit is reached; retry later.
-    TooBusy,
-    /// No such node (for this client).
-    UnknownNode,
-    /// The node is known but its agent is not connected.
-    NodeOffline,
-    /// The agent or its session failed.
+    /// The node's agent or its session failed (or it is not connected).
     Agent,
-    /// The node's Docker daemon is unreachable.
+    /// The node's Docker daemon failed.
     Daemon,
+    /// Another relay failed.
+    Peer,
     /// The relay failed on its own.
     Internal,
 }
 
-/// A relay-made error for one call.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct FrontError {
-    side: ErrorSource,
-    message: String,
+const HOW_TO_AUTHENTICATE: &str =
+    "present a client certificate from `tunnelgate-relay client-cert create` \
+     (DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=DIR) or an API key from \
+     `tunnelgate-relay api-key create` as `Authorization: Bearer <key>` \
+     (HttpHeaders in the docker CLI's config.json)";
+
+/// Why a call's credentials were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    /// `Authorization` is not `Bearer <key>`.
+    #[error("the Authorization header must be `Bearer <API key>`; {HOW_TO_AUTHENTICATE}")]
+    BadScheme,
+    /// The API key is refused.
+    #[error("authentication failed: {0}")]
+    BadApiKey(Refusal),
+    /// A TLS certificate that is not a client certificate (e.g. a node's).
+    #[error("the TLS client certificate is not a control-plane client certificate (node certificates cannot call the API); {HOW_TO_AUTHENTICATE}")]
+    NotAClientCert,
+    /// No credentials where the relay requires them.
+    #[error("authentication required: {HOW_TO_AUTHENTICATE}")]
+    Missing,
 }
 
-impl FrontError {
-    /// An error from `source` with a sentence for the user.
-    pub fn new(side: ErrorSource, message: impl Into<String>) -> Self {
-        Self {
-            side,
-            message: message.into(),
+impl AuthFailure {
+    /// The `reason` label of `tunnelgate_front_auth_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadScheme => "bad_scheme",
+            Self::BadApiKey(_) => "bad_api_key",
+            Self::NotAClientCert => "not_a_client_cert",
+            Self::Missing => "missing",
+        }
+    }
+}
+
+/// What a concurrency limit counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusyScope {
+    /// A node's calls.
+    Node(NodeId),
+    /// A tenant's calls.
+    Tenant(TenantId),
+}
+
+impl std::fmt::Display for BusyScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Node(n) => write!(f, "node {n}"),
+            Self::Tenant(t) => write!(f, "tenant {t}"),
+        }
+    }
+}
+
+/// Why the agent's answer to a new stream never came, or was not an accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    /// The agent refused the stream.
+    #[error("refused the call ({code:?}): {message}")]
+    Refused {
+        /// Why, as a code.
+        code: StreamErrorCode,
+        /// Why, for the user.
+        message: String,
+    },
+    /// The agent did not answer in time.
+    #[error("did not answer within {0:?}")]
+    Silent(Duration),
+    /// The agent's answer was not a stream reply.
+    #[error("sent an invalid stream reply: {0}")]
+    Invalid(String),
+    /// The stream ended before the agent answered.
+    #[error("closed the stream before answering")]
+    Closed,
+}
+
+/// A relay-made error for one call.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Dot-segments or encoded separators in the path.
+    #[error("the request path holds dot-segments ('.', '..') or encoded separators (%2F, %5C, %00), \
+             which the relay refuses; send the plain path, e.g. /nodes/<node-id>/v1.45/containers/json")]
+    UnsafePath,
+    /// The path cannot be a request target once the node prefix is off.
+    #[error("invalid request path: {0}")]
+    InvalidPath(#[source] http::uri::InvalidUri),
+    /// A path the relay does not serve.
+    #[error("no such endpoint {0}; Docker API calls go to /nodes/<node-id>/..., the node list is at /v1/nodes")]
+    NoSuchEndpoint(String),
+    /// Anything but GET on the node list.
+    #[error("only GET is supported on /v1/nodes")]
+    MethodNotAllowed,
+    /// More header fields than `max_headers`.
+    #[error(
+        "the request has {count} header fields; the relay accepts at most {max} (max_headers)"
+    )]
+    TooManyHeaders {
+        /// How many the request has.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No or bad credentials.
+    #[error(transparent)]
+    Unauthenticated(AuthFailure),
+    /// A concurrency limit is reached.
+    #[error("{scope} already has {max} calls in flight (max_{}); retry when some have finished", limit.as_str())]
+    TooBusy {
+        /// Whose calls.
+        scope: BusyScope,
+        /// Which limit.
+        limit: Limit,
+        /// Its value.
+        max: usize,
+    },
+    /// No such node for this caller (another tenant's answers the same).
+    #[error(
+        "no such node: {0:?} is not known to this relay; GET /v1/nodes lists the connected nodes"
+    )]
+    UnknownNode(String),
+    /// The node is enrolled but its agent is not connected.
+    #[error("node {0} is offline: its agent is not connected to this relay; check that tunnelgate-agent runs on that host and can reach the relay")]
+    NodeOffline(NodeId),
+    /// The node's session could not open a stream.
+    #[error("node {node}'s session failed: {source}")]
+    SessionFailed {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        source: tunnelgate_session::SessionError,
+    },
+    /// The stream header could not be written.
+    #[error("node {node}'s agent did not take the call: {source}")]
+    HeaderNotSent {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        source: tunnelgate_session::StreamError,
+    },
+    /// Opening the stream took too long.
+    #[error("node {node}'s agent did not take the call within {timeout:?}")]
+    SetupTimeout {
+        /// The node.
+        node: NodeId,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The agent cannot reach its daemon.
+    #[error("node {node}: the Docker daemon is unreachable: {message}")]
+    DaemonUnreachable {
+        /// The node.
+        node: NodeId,
+        /// The agent's words.
+        message: String,
+    },
+    /// The agent answered the stream with something but an accept.
+    #[error("node {node}'s agent {source}")]
+    Setup {
+        /// The node.
+        node: NodeId,
+        /// What it answered.
+        source: SetupError,
+    },
+    /// The request never left: the stream was gone before it took it.
+    #[error("node {node}: the stream closed before the call was sent: {source}")]
+    NotSent {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        source: hyper::Error,
+    },
+    /// The call was sent and no response came.
+    #[error("node {node}: the call failed before the daemon answered: {source}")]
+    NoAnswer {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        source: hyper::Error,
+    },
+    /// 101 to a request that did not ask to upgrade.
+    #[error("the daemon switched protocols on a request that did not ask to upgrade")]
+    UnaskedUpgrade,
+    /// HTTP could not start on a new stream.
+    #[error("cannot start HTTP on the stream: {0}")]
+    Http(#[source] hyper::Error),
+}
+
+impl CallError {
+    /// Which side failed.
+    pub fn source_side(&self) -> ErrorSource {
+        match self {
+            Self::UnsafePath
+            | Self::InvalidPath(_)
+            | Self::NoSuchEndpoint(_)
+            | Self::MethodNotAllowed
+            | Self::TooManyHeaders { .. }
+            | Self::Unauthenticated(_)
+            | Self::TooBusy { .. }
+            | Self::UnknownNode(_) => ErrorSource::Client,
+            Self::NodeOffline(_)
+            | Self::SessionFailed { .. }
+            | Self::HeaderNotSent { .. }
+            | Self::SetupTimeout { .. }
+            | Self::Setup { .. }
+            | Self::NotSent { .. }
+            | Self::NoAnswer { .. } => ErrorSource::Agent,
+            Self::DaemonUnreachable { .. } | Self::UnaskedUpgrade => ErrorSource::Daemon,
+            Self::Http(_) => ErrorSource::Internal,
         }
     }
 
-    /// The node id names no node this relay knows.
-    pub fn unknown_node(node: &str) -> Self {
-        Self::new(
-            ErrorSource::UnknownNode,
-            format!("no such node: {node:?} is not known to this relay; GET /v1/nodes lists the connected nodes"),
-        )
-    }
-
-    /// The node enrolled here but its agent is not connected.
-    pub fn node_offline(node: &tunnelgate_proto::NodeId) -> Self {
-        Self::new(
-            ErrorSource::NodeOffline,
-            format!("node {node} is offline: its agent is not connected to this relay; check that tunnelgate-agent runs on that host and can reach the relay"),
-        )
-    }
-
-    /// Which side failed.
-    pub fn source_side(&self) -> ErrorSource {
-        self.side
-    }
-
-    /// Whether retrying cannot repeat an effect: the call never reached
-    /// the daemon.
+    /// Whether the call may go again on another route without repeating
+    /// an effect: it is known that no byte of it reached the daemon.
     pub fn is_retry_safe(&self) -> bool {
-        !matches!(self.side, ErrorSource::Client | ErrorSource::Internal)
+        match self {
+            Self::NodeOffline(_)
+            | Self::SessionFailed { .. }
+            | Self::HeaderNotSent { .. }
+            | Self::DaemonUnreachable { .. }
+            | Self::NotSent { .. } => true,
+            // The agent answers before it lets a byte through: a refusal
+            // or a stream closed unanswered means nothing went on.
+            Self::Setup { source, .. } => {
+                matches!(source, SetupError::Refused { .. } | SetupError::Closed)
+            }
+            _ => false,
+        }
     }
 
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
-        match self.side {
-            ErrorSource::Client => StatusCode::BAD_REQUEST,
-            ErrorSource::HeaderFields => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ErrorSource::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ErrorSource::TooBusy => StatusCode::TOO_MANY_REQUESTS,
-            ErrorSource::UnknownNode => StatusCode::NOT_FOUND,
-            ErrorSource::NodeOffline => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorSource::Agent | ErrorSource::Daemon => StatusCode::BAD_GATEWAY,
-            ErrorSource::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        match self {
+            Self::UnsafePath | Self::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            Self::NoSuchEndpoint(_) | Self::UnknownNode(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::TooBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::NodeOffline(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => match self.source_side() {
+                ErrorSource::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_GATEWAY,
+            },
         }
     }
 
     /// The Docker-style JSON response.
     pub fn into_response(self) -> Response<Body> {
-        let mut resp = json_error(self.status(), self.message);
-        if self.side == ErrorSource::Unauthenticated {
+        let mut resp = docker_error(self.status(), &self.to_string());
+        if let Self::Unauthenticated(_) = self {
             resp.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer realm=\"tunnelgate\""),
             );
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeId {
+        NodeId::new("n1").unwrap()
+    }
+
+    #[test]
+    fn each_cause_picks_its_status_and_side() {
+        let cases = [
+            (CallError::UnsafePath, 400, ErrorSource::Client),
+            (CallError::UnknownNode("x".into()), 404, ErrorSource::Client),
+            (
+                CallError::Unauthenticated(AuthFailure::Missing),
+                401,
+                ErrorSource::Client,
+            ),
+            (CallError::NodeOffline(node()), 503, ErrorSource::Agent),
+            (
+                CallError::DaemonUnreachable {
+                    node: node(),
+                    message: "down".into(),
+                },
+                502,
+                ErrorSource::Daemon,
+            ),
+            (
+                CallError::Setup {
+                    node: node(),
+                    source: SetupError::Silent(Duration::from_secs(1)),
+                },
+                502,
+                ErrorSource::Agent,
+            ),
+        ];
+        for (err, status, side) in cases {
+            assert_eq!(
+                (err.status().as_u16(), err.source_side()),
+                (status, side),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_causes_that_stopped_before_the_daemon_are_retry_safe() {
+        let refused = SetupError::Refused {
+            code: StreamErrorCode::DaemonUnreachable,
+            message: "no".into(),
+        };
+        assert!(CallError::Setup {
+            node: node(),
+            source: refused
+        }
+        .is_retry_safe());
+        assert!(CallError::NodeOffline(node()).is_retry_safe());
+        let silent = SetupError::Silent(Duration::from_secs(15));
+        assert!(
+            !CallError::Setup {
+                node: node(),
+                source: silent
+            }
+            .is_retry_safe(),
+            "a silent agent may have let the call through late"
+        );
+        assert!(!CallError::UnaskedUpgrade.is_retry_safe());
+        assert!(!CallError::UnsafePath.is_retry_safe());
     }
 }

@@ -13,6 +13,71 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+/// A protection limit, as `tunnelgate_relay_limit_hits_total{limit}` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// A request head over `max_header_bytes`.
+    HeaderSize,
+    /// More header fields than `max_headers`.
+    HeaderCount,
+    /// A request head slower than `header_read_timeout`.
+    HeaderReadTimeout,
+    /// A stream idle for `idle_stream_timeout`.
+    IdleStream,
+    /// A control frame over the frame limit.
+    FrameSize,
+    /// A node's calls in flight at `max_streams_per_node`.
+    StreamsPerNode,
+    /// A tenant's calls in flight at `max_streams_per_tenant`.
+    StreamsPerTenant,
+    /// Agent handshakes over `max_agent_handshakes_per_sec`.
+    AgentHandshakes,
+}
+
+impl Limit {
+    /// The metric label, which is also the setting's name without `max_`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HeaderSize => "header_size",
+            Self::HeaderCount => "header_count",
+            Self::HeaderReadTimeout => "header_read_timeout",
+            Self::IdleStream => "idle_stream",
+            Self::FrameSize => "frame_size",
+            Self::StreamsPerNode => "streams_per_node",
+            Self::StreamsPerTenant => "streams_per_tenant",
+            Self::AgentHandshakes => "agent_handshakes",
+        }
+    }
+}
+
+/// How an agent handshake ended, as `tunnelgate_relay_agent_handshakes_total{result}` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Authenticated and in the session table.
+    Accepted,
+    /// A new agent got its node certificate.
+    Enrolled,
+    /// Refused: bad token, revoked or replaced certificate, ...
+    Refused,
+    /// The TLS or QUIC handshake failed.
+    TlsFailed,
+    /// Too slow.
+    Timeout,
+}
+
+impl Handshake {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Enrolled => "enrolled",
+            Self::Refused => "refused",
+            Self::TlsFailed => "tls_failed",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
 /// The relay's metrics.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -122,13 +187,15 @@ impl Metrics {
     }
 
     /// Counts one hit of the protection limit `limit`.
-    pub fn limit_hit(&self, limit: &str) {
-        self.limit_hits.with_label_values(&[limit]).inc();
+    pub fn limit_hit(&self, limit: Limit) {
+        self.limit_hits.with_label_values(&[limit.as_str()]).inc();
     }
 
     /// Counts one agent handshake that ended with `result`.
-    pub fn handshake(&self, result: &str) {
-        self.agent_handshakes.with_label_values(&[result]).inc();
+    pub fn handshake(&self, result: Handshake) {
+        self.agent_handshakes
+            .with_label_values(&[result.as_str()])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

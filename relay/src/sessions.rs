@@ -17,10 +17,13 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tunnelgate_proto::control::RelayControl;
 use tunnelgate_proto::message::{DockerFacts, Hello};
-use tunnelgate_proto::{NodeId, TenantId};
+use tunnelgate_proto::{NodeId, NodeKey, RelayId, TenantId};
 use tunnelgate_session::Session;
 
-use crate::identity::NodeKey;
+/// Tells one session of this relay from every other a node had or will
+/// have here, so a kept stream or a removal never acts on a newer session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(u64);
 
 /// A command run against a session's control machine (e.g. a drain).
 pub type ControlCommand = tunnelgate_session::driver::Command<RelayControl>;
@@ -51,7 +54,7 @@ pub struct Entry {
     pub key: NodeKey,
     /// Serial of the certificate the agent connected with.
     pub cert_serial: String,
-    serial: u64,
+    id: SessionId,
 }
 
 /// The JSON shape of a node in `/v1/nodes`.
@@ -80,14 +83,14 @@ pub struct NodeView {
     /// Operator labels.
     pub labels: std::collections::BTreeMap<String, String>,
     /// The relay holding the session.
-    pub relay_id: String,
+    pub relay_id: RelayId,
 }
 
 /// All live sessions of this relay.
 #[derive(Debug, Default)]
 pub struct Sessions {
     map: DashMap<NodeKey, Arc<Entry>>,
-    next_serial: AtomicU64,
+    next_id: AtomicU64,
 }
 
 impl Sessions {
@@ -106,7 +109,7 @@ impl Sessions {
             control,
             key: key.clone(),
             cert_serial,
-            serial: self.next_serial.fetch_add(1, Ordering::Relaxed),
+            id: SessionId(self.next_id.fetch_add(1, Ordering::Relaxed)),
         });
         if let Some(old) = self.map.insert(key, entry.clone()) {
             tracing::info!(old = %old.session.transport(), new = %entry.session.transport(),
@@ -118,7 +121,7 @@ impl Sessions {
     /// Removes `entry` if it is still the node's current session.
     pub fn remove(&self, entry: &Entry) -> bool {
         self.map
-            .remove_if(&entry.key, |_, current| current.serial == entry.serial)
+            .remove_if(&entry.key, |_, current| current.id == entry.id)
             .is_some()
     }
 
@@ -151,7 +154,7 @@ impl Sessions {
     }
 
     /// The node list of `tenant`, sorted by node id.
-    pub fn views(&self, tenant: &TenantId, relay_id: &str) -> Vec<NodeView> {
+    pub fn views(&self, tenant: &TenantId, relay_id: &RelayId) -> Vec<NodeView> {
         let mut views: Vec<_> = self
             .map
             .iter()
@@ -164,9 +167,9 @@ impl Sessions {
 }
 
 impl Entry {
-    /// Tells this session from any other the node had or will have.
-    pub fn serial(&self) -> u64 {
-        self.serial
+    /// This session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, NodeInfo> {
@@ -181,7 +184,7 @@ impl Entry {
     }
 
     /// The node as `/v1/nodes` shows it.
-    pub fn view(&self, relay_id: &str) -> NodeView {
+    pub fn view(&self, relay_id: &RelayId) -> NodeView {
         let info = self.lock();
         NodeView {
             node_id: info.hello.node_id.clone(),
@@ -195,7 +198,7 @@ impl Entry {
             rtt_ms: info.rtt.map(|d| d.as_secs_f64() * 1000.0),
             agent_version: info.hello.agent_version.clone(),
             labels: info.hello.labels.clone(),
-            relay_id: relay_id.to_owned(),
+            relay_id: relay_id.clone(),
         }
     }
 }

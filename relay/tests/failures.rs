@@ -188,9 +188,11 @@ fn agent_killed_mid_logs_fails_the_client_and_others_keep_working() {
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut stderr).unwrap();
+    // The relay cuts the response short rather than ending it cleanly,
+    // so the client knows the log is incomplete; the docker CLI says so.
     assert!(
-        !status.success() || !stderr.is_empty(),
-        "the client got no error: {status} {stderr:?}"
+        !status.success() && stderr.contains("unexpected EOF"),
+        "the client was not told its stream was cut: {status} {stderr:?}"
     );
 
     // The relay keeps serving the other node, and says the dead one is offline.

@@ -14,7 +14,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -79,6 +79,13 @@ impl KeepAlive {
     }
 }
 
+fn idle_hits(relay: &Relay) -> u64 {
+    let (_, text) = http_get(relay.metrics, "/metrics").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("tunnelgate_relay_limit_hits_total{limit=\"idle_stream\"} "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
 fn streams_opened(relay: &Relay) -> u64 {
     let (_, text) = http_get(relay.metrics, "/metrics").unwrap();
     text.lines()
@@ -140,8 +147,16 @@ fn a_kept_alive_connections_calls_share_one_stream() {
         "{ping_bytes:?}"
     );
 
-    // The idle timeout closes the kept stream; the next call opens another.
-    std::thread::sleep(Duration::from_secs(3));
+    // The idle timeout closes both connections' kept streams (the relay
+    // counts each); the next call opens another.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while idle_hits(&relay) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the kept stream was never cut for idleness"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(client.get("/nodes/kept/_ping").0, 200);
     assert_eq!(streams_opened(&relay) - opened_before, 3);
 

@@ -14,6 +14,11 @@ use tunnelgate_proto::message::{ControlMessage, Message, MessageError, RefusalCo
 
 use crate::Stream;
 
+/// How long one control write may wait for the peer to take it. Control
+/// messages are small, so only a peer that stopped reading (or a dead
+/// path with full buffers) makes a write wait this long.
+pub const CONTROL_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// An action the owner runs on the machine between steps.
 pub type Command<M> = Box<dyn FnOnce(&mut M) + Send>;
 
@@ -32,6 +37,9 @@ pub enum DriveError {
     /// The peer closed the control stream.
     #[error("peer closed the control stream")]
     Closed,
+    /// A write did not go out in time: the peer stopped reading.
+    #[error("the peer took no control message for {0:?}; it is stuck or gone")]
+    WriteTimeout(std::time::Duration),
     /// The peer closed the control stream inside a frame.
     #[error("peer closed the control stream inside a frame ({0} bytes of it arrived)")]
     Truncated(usize),
@@ -59,8 +67,13 @@ pub async fn drive<M: Machine>(
             msg.encode_frame(max, &mut outbuf)?;
         }
         if !outbuf.is_empty() {
-            stream.write_all(&outbuf).await?;
-            stream.flush().await?;
+            let write = async {
+                stream.write_all(&outbuf).await?;
+                stream.flush().await
+            };
+            tokio::time::timeout(CONTROL_WRITE_TIMEOUT, write)
+                .await
+                .map_err(|_| DriveError::WriteTimeout(CONTROL_WRITE_TIMEOUT))??;
             outbuf.clear();
         }
         while let Some(event) = machine.poll_event() {

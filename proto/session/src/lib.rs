@@ -12,6 +12,7 @@
 pub mod config;
 pub mod driver;
 pub mod files;
+#[cfg(feature = "process")]
 pub mod process;
 pub mod quic;
 mod session;
@@ -21,6 +22,10 @@ pub mod tls;
 
 pub use session::{Session, SessionError, Transport};
 pub use stream::{Stream, StreamError};
+
+/// How long an agent handshake may take, on either side: TCP connect and
+/// TLS, or the QUIC handshake, plus the first control message.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The ALPN protocol name agents and relays agree on.
 pub const ALPN: &[u8] = b"tunnelgate/1";

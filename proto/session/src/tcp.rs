@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::Stream;
+use crate::{Stream, HANDSHAKE_TIMEOUT};
 
 /// Streams either side may have open at once in one session.
 const MAX_STREAMS: usize = 1024;
@@ -31,8 +31,6 @@ const MAX_CONNECTION_WINDOW: usize = 1024 * 1024 * 1024;
 /// Bytes per yamux data frame: large frames cut per-frame overhead on
 /// bulk transfers; small calls are unaffected.
 const SPLIT_SEND_SIZE: usize = 64 * 1024;
-/// How long TCP connect plus the TLS handshake may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type OpenReply = oneshot::Sender<Result<yamux::Stream, yamux::ConnectionError>>;
 
@@ -57,20 +55,32 @@ fn config() -> yamux::Config {
 #[derive(Clone)]
 pub struct MuxSession {
     open: mpsc::Sender<OpenReply>,
-    // Only the session's single acceptor waits here; a tokio mutex is the
-    // simplest way to share a receiver among clones of the handle.
-    inbound: Arc<tokio::sync::Mutex<mpsc::Receiver<yamux::Stream>>>,
+    // A multi-consumer channel, so clones of the handle share the inbound
+    // queue without a lock held across the wait.
+    inbound: async_channel::Receiver<yamux::Stream>,
     close: CancellationToken,
     done: CancellationToken,
-    end: Arc<Mutex<Option<String>>>,
+    end: Arc<Mutex<Option<MuxError>>>,
     remote: SocketAddr,
     peer_certs: Option<Vec<CertificateDer<'static>>>,
 }
 
-/// Why a yamux session ended.
+/// Why a yamux session ended, or a stream could not be opened on it.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct MuxError(pub String);
+pub enum MuxError {
+    /// The connection failed (IO error, protocol violation by the peer).
+    #[error("yamux connection failed: {0}")]
+    Failed(Arc<yamux::ConnectionError>),
+    /// The peer closed the session.
+    #[error("peer closed the session")]
+    PeerClosed,
+    /// This side closed the session (or dropped every handle).
+    #[error("session closed by this side")]
+    ClosedHere,
+    /// The session is up but refused a new stream (e.g. too many open).
+    #[error("opening a stream: {0}")]
+    Open(Arc<yamux::ConnectionError>),
+}
 
 impl MuxSession {
     /// Starts yamux over an established (TLS) connection and spawns its driver.
@@ -89,7 +99,7 @@ impl MuxSession {
         };
         let conn = yamux::Connection::new(io.compat(), config(), mode);
         let (open_tx, open_rx) = mpsc::channel(64);
-        let (in_tx, in_rx) = mpsc::channel(MAX_STREAMS);
+        let (in_tx, in_rx) = async_channel::bounded(MAX_STREAMS);
         let close = CancellationToken::new();
         let done = CancellationToken::new();
         let end = Arc::new(Mutex::new(None));
@@ -103,7 +113,7 @@ impl MuxSession {
         });
         Self {
             open: open_tx,
-            inbound: Arc::new(tokio::sync::Mutex::new(in_rx)),
+            inbound: in_rx,
             close,
             done,
             end,
@@ -114,7 +124,7 @@ impl MuxSession {
 
     fn ended(&self) -> MuxError {
         let reason = self.end.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        MuxError(reason.unwrap_or_else(|| "session closed".into()))
+        reason.unwrap_or(MuxError::ClosedHere)
     }
 
     /// Opens a stream to the peer.
@@ -123,17 +133,16 @@ impl MuxSession {
         self.open.send(tx).await.map_err(|_| self.ended())?;
         match rx.await {
             Ok(Ok(s)) => Ok(wrap(s)),
-            Ok(Err(e)) => Err(MuxError(format!("opening a stream: {e}"))),
+            Ok(Err(e)) => Err(MuxError::Open(Arc::new(e))),
             Err(_) => Err(self.ended()),
         }
     }
 
     /// Waits for the peer to open a stream. Cancel-safe.
     pub async fn accept_stream(&self) -> Result<Stream, MuxError> {
-        let mut inbound = self.inbound.lock().await;
-        match inbound.recv().await {
-            Some(s) => Ok(wrap(s)),
-            None => Err(self.ended()),
+        match self.inbound.recv().await {
+            Ok(s) => Ok(wrap(s)),
+            Err(async_channel::RecvError) => Err(self.ended()),
         }
     }
 
@@ -168,9 +177,9 @@ fn wrap(s: yamux::Stream) -> Stream {
 async fn drive<T>(
     mut conn: yamux::Connection<T>,
     mut open: mpsc::Receiver<OpenReply>,
-    inbound: mpsc::Sender<yamux::Stream>,
+    inbound: async_channel::Sender<yamux::Stream>,
     close: CancellationToken,
-) -> String
+) -> MuxError
 where
     T: futures_util::AsyncRead + futures_util::AsyncWrite + Unpin,
 {
@@ -213,11 +222,9 @@ where
                     let _ = inbound.try_send(stream);
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Some(format!("yamux connection failed: {e}")))
+                    return Poll::Ready(Some(MuxError::Failed(Arc::new(e))))
                 }
-                Poll::Ready(None) => {
-                    return Poll::Ready(Some("peer closed the session".to_owned()))
-                }
+                Poll::Ready(None) => return Poll::Ready(Some(MuxError::PeerClosed)),
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -228,7 +235,7 @@ where
         None => {
             let _ = tokio::time::timeout(Duration::from_secs(2), poll_fn(|cx| conn.poll_close(cx)))
                 .await;
-            "session closed by this side".to_owned()
+            MuxError::ClosedHere
         }
     }
 }

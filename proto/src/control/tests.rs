@@ -42,7 +42,12 @@ impl Pair {
         let now = Instant::now();
         Self {
             agent: AgentControl::new(hello, now),
-            relay: RelayControl::new(node(certified), "relay-a".into(), INTERVAL, now),
+            relay: RelayControl::new(
+                node(certified),
+                RelayId::new("relay-a").unwrap(),
+                INTERVAL,
+                now,
+            ),
             now,
             agent_events: vec![],
             relay_events: vec![],
@@ -159,7 +164,7 @@ fn silent_relay_is_detected_by_the_agent_and_silent_agent_by_the_relay() {
     assert!(agent_err.expect("agent gives up").is_timeout());
 
     let now = Instant::now();
-    let mut relay = RelayControl::new(node("n1"), "r".into(), INTERVAL, now);
+    let mut relay = RelayControl::new(node("n1"), RelayId::new("r").unwrap(), INTERVAL, now);
     relay
         .handle_message(
             ControlMessage::Hello(hello("n1", ProtocolVersion::CURRENT)),
@@ -222,8 +227,13 @@ fn drain_reaches_the_agent_and_unknown_messages_are_ignored() {
 fn certificates_are_renewed_when_the_relay_says_and_retried_if_unanswered() {
     let mut p = Pair::new(hello("n1", ProtocolVersion::CURRENT), "n1");
     let renew_in = Duration::from_secs(7);
-    p.relay = RelayControl::new(node("n1"), "relay-a".into(), INTERVAL, p.now)
-        .with_cert_renewal(renew_in);
+    p.relay = RelayControl::new(
+        node("n1"),
+        RelayId::new("relay-a").unwrap(),
+        INTERVAL,
+        p.now,
+    )
+    .with_cert_renewal(renew_in);
     assert_ok(p.drive());
     assert!(!p.agent_events.contains(&AgentEvent::RenewDue));
 
@@ -282,7 +292,7 @@ fn node_updates_reach_the_relay() {
 #[test]
 fn hello_timeout_and_out_of_order_messages() {
     let now = Instant::now();
-    let mut relay = RelayControl::new(node("n1"), "r".into(), INTERVAL, now);
+    let mut relay = RelayControl::new(node("n1"), RelayId::new("r").unwrap(), INTERVAL, now);
     let err = relay
         .handle_message(
             ControlMessage::Heartbeat(Heartbeat {
@@ -298,7 +308,7 @@ fn hello_timeout_and_out_of_order_messages() {
         Some(ControlMessage::Refused(_))
     ));
 
-    let mut relay = RelayControl::new(node("n1"), "r".into(), INTERVAL, now);
+    let mut relay = RelayControl::new(node("n1"), RelayId::new("r").unwrap(), INTERVAL, now);
     assert!(relay
         .handle_timeout(now + HANDSHAKE_TIMEOUT)
         .unwrap_err()

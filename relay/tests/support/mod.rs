@@ -242,6 +242,21 @@ impl Relay {
         std::fs::read_to_string(self.state.with_extension("log")).unwrap_or_default()
     }
 
+    /// Waits until the relay's log holds `needle`; returns the log.
+    pub fn wait_log(&self, needle: &str, wait: Duration) -> Result<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return Ok(log);
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("the relay did not log {needle:?} within {wait:?}; its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A fresh join token from `token create`.
     pub fn token(&self) -> Result<String> {
         self.cli_last_line(&["token", "create", "--ttl", "10m"])

@@ -7,10 +7,12 @@
 //! consumes a use. The CLI and a running relay change these files under
 //! the state dir's lock, so neither loses the other's update.
 //!
+//! Blocking: the relay calls these on the blocking pool (see
+//! [`super::State`]), the CLI directly.
+//!
 //! Texts: a join token is `tgjoin1.<ca-sha256>.<id>.<secret>` (see
 //! [`tunnelgate_proto::token`]), an API key `tgkey1.<id>.<secret>`.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,9 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tunnelgate_proto::TenantId;
 
-use crate::identity::{
-    io_err, random_hex, read_json, rfc3339, unix_now, write_json, IdentityError,
-};
+use super::{random_hex, read_json, rfc3339, unix_now, write_json, Locked, StateError};
 
 /// The prefix of API keys.
 pub const API_KEY_PREFIX: &str = "tgkey1";
@@ -181,29 +181,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Holds the state dir's lock for a read-modify-write of its files.
-pub(crate) struct Locked(fs::File);
-
-impl Locked {
-    pub(crate) fn take(dir: &Path) -> Result<Self, IdentityError> {
-        let path = dir.join("state.lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        file.lock().map_err(io_err(&path))?;
-        Ok(Self(file))
-    }
-}
-
-impl Drop for Locked {
-    fn drop(&mut self) {
-        let _ = self.0.unlock();
-    }
-}
-
 impl Store {
     /// The store in `dir` (the state dir).
     pub fn new(dir: &Path) -> Self {
@@ -212,16 +189,16 @@ impl Store {
         }
     }
 
-    fn path(&self, kind: Kind) -> PathBuf {
+    pub(crate) fn path(&self, kind: Kind) -> PathBuf {
         self.dir.join(kind.file_name())
     }
 
     /// Every stored credential of `kind`.
-    pub fn list(&self, kind: Kind) -> Result<Vec<Credential>, IdentityError> {
+    pub fn list(&self, kind: Kind) -> Result<Vec<Credential>, StateError> {
         Ok(read_json(&self.path(kind))?.unwrap_or_default())
     }
 
-    fn save(&self, kind: Kind, list: &[Credential]) -> Result<(), IdentityError> {
+    fn save(&self, kind: Kind, list: &[Credential]) -> Result<(), StateError> {
         write_json(&self.path(kind), &list)
     }
 
@@ -231,7 +208,7 @@ impl Store {
         &self,
         kind: Kind,
         new: NewCredential,
-    ) -> Result<(Credential, String), IdentityError> {
+    ) -> Result<(Credential, String), StateError> {
         let _lock = Locked::take(&self.dir)?;
         let mut list = self.list(kind)?;
         let now = unix_now();
@@ -255,7 +232,7 @@ impl Store {
     }
 
     /// Revokes the credential `id`; returns it, or `None` if unknown.
-    pub fn revoke(&self, kind: Kind, id: &str) -> Result<Option<Credential>, IdentityError> {
+    pub fn revoke(&self, kind: Kind, id: &str) -> Result<Option<Credential>, StateError> {
         let _lock = Locked::take(&self.dir)?;
         let mut list = self.list(kind)?;
         let Some(c) = list.iter_mut().find(|c| c.id == id) else {
@@ -317,7 +294,7 @@ impl Store {
         &self,
         id: &str,
         secret: &str,
-    ) -> Result<Result<Credential, Refusal>, IdentityError> {
+    ) -> Result<Result<Credential, Refusal>, StateError> {
         let _lock = Locked::take(&self.dir)?;
         let mut list = self.list(Kind::JoinToken)?;
         let checked = Self::check_in(Kind::JoinToken, &list, id, secret, unix_now());
@@ -362,6 +339,8 @@ pub fn check_api_key(list: &[Credential], text: &str) -> Result<Credential, Refu
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn tenant(t: &str) -> TenantId {

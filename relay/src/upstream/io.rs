@@ -1,12 +1,14 @@
-//! A stream to a node as the front uses it: counts relayed bytes for the
+//! A stream to a node as a call uses it: counts relayed bytes for the
 //! metrics and for the audit lines of the calls it carries (one, or several
-//! in turn when a client connection's calls reuse it), and cuts it when no
-//! byte has moved either way for the idle timeout.
+//! in turn when a client connection's calls reuse it), cuts it when no
+//! byte has moved either way for the idle timeout, and holds a token of
+//! the relay's call tracker while it is open, so a draining relay waits
+//! for the last one to close instead of polling a gauge.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,27 +16,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::metrics::Metrics;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
-/// Bytes moved over one stream so far, each way. A call's audit line
-/// takes the difference between its start and its end.
-#[derive(Debug, Default)]
-pub struct StreamBytes {
-    /// Sent to the node.
-    pub to_node: AtomicU64,
-    /// Received from the node.
-    pub from_node: AtomicU64,
-}
-
-impl StreamBytes {
-    /// Both counters now: (to node, from node).
-    pub fn now(&self) -> (u64, u64) {
-        (
-            self.to_node.load(Ordering::Relaxed),
-            self.from_node.load(Ordering::Relaxed),
-        )
-    }
-}
+use crate::audit::StreamBytes;
+use crate::metrics::{Limit, Metrics};
 
 /// A stream to a node with its byte counts and idle timer.
 pub struct CallStream<S> {
@@ -46,11 +31,18 @@ pub struct CallStream<S> {
     idle_timeout: Duration,
     last_activity: Instant,
     idle: Pin<Box<Sleep>>,
+    _open: TaskTrackerToken,
 }
 
 impl<S> CallStream<S> {
-    /// Starts counting; the stream counts as open until dropped.
-    pub fn new(inner: S, metrics: Arc<Metrics>, idle_timeout: Duration) -> Self {
+    /// Starts counting; the stream counts as open (in the metrics and as
+    /// the token `open`) until dropped.
+    pub fn new(
+        inner: S,
+        metrics: Arc<Metrics>,
+        idle_timeout: Duration,
+        open: TaskTrackerToken,
+    ) -> Self {
         metrics.streams_open.inc();
         metrics.streams_opened.inc();
         let now = Instant::now();
@@ -63,6 +55,7 @@ impl<S> CallStream<S> {
             idle_timeout,
             last_activity: now,
             idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
+            _open: open,
         }
     }
 
@@ -81,7 +74,7 @@ impl<S> CallStream<S> {
             }
             let deadline = self.last_activity + self.idle_timeout;
             if deadline <= Instant::now() {
-                self.metrics.limit_hit("idle_stream");
+                self.metrics.limit_hit(Limit::IdleStream);
                 return Poll::Ready(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(

@@ -5,7 +5,7 @@
 //! byte reach the daemon; [`ReplyFirst`] reads that answer off the front of
 //! the stream before anything else is read, so HTTP on top never sees it.
 //! A refusal or a silent agent surfaces as an IO error carrying
-//! [`SetupError`], which the front finds again by walking `source()`.
+//! [`SetupError`], which the tunnel finds again by walking `source()`.
 
 use std::future::Future;
 use std::io;
@@ -16,29 +16,9 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tunnelgate_proto::frame::{self, DEFAULT_MAX_FRAME};
-use tunnelgate_proto::message::{Message, StreamErrorCode, StreamReply};
+use tunnelgate_proto::message::{Message, StreamReply};
 
-/// Why a call's stream never got going.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SetupError {
-    /// The agent refused the stream.
-    #[error("{message}")]
-    Refused {
-        /// Why, as a code.
-        code: StreamErrorCode,
-        /// Why, for the user.
-        message: String,
-    },
-    /// The agent did not answer in time.
-    #[error("the agent did not answer within {0:?}")]
-    Silent(Duration),
-    /// The agent's answer was not a stream reply.
-    #[error("the agent sent an invalid stream reply: {0}")]
-    Invalid(String),
-    /// The stream ended before the agent answered.
-    #[error("the stream closed before the agent answered")]
-    Closed,
-}
+use crate::error::SetupError;
 
 /// Finds a [`SetupError`] among the causes of `err`.
 pub fn find_setup_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a SetupError> {
@@ -187,6 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ReplyFirst<S> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tunnelgate_proto::message::StreamErrorCode;
 
     fn reply_frame(reply: &StreamReply) -> Vec<u8> {
         let mut b = BytesMut::new();

@@ -1,0 +1,167 @@
+//! Why the agent stopped or a session ended: one variant per cause, each
+//! saying what happened and what to do. [`AgentError::is_fatal`] tells
+//! the causes that retrying cannot cure (the setup is wrong) from those
+//! that a reconnect may (the network, the relay).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tunnelgate_proto::NodeId;
+use tunnelgate_session::tls::TlsError;
+
+/// Why the agent stopped or a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    // === Setup: retrying cannot help ===
+    /// A state file could not be read.
+    #[error("cannot read {path}: {source}")]
+    ReadState {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A state file or directory could not be written.
+    #[error("cannot write {path}: {source}")]
+    WriteState {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The stored identity cannot be used.
+    #[error("the node certificate in {dir} is unusable ({source}); remove the directory and enrol again with a new token")]
+    CorruptIdentity {
+        /// The state dir.
+        dir: PathBuf,
+        /// What is wrong.
+        source: TlsError,
+    },
+    /// The stored certificate names another node.
+    #[error("the stored node certificate is for node {certified}, but this agent is configured as {configured}; use the matching --node-id or another --state-dir")]
+    WrongNode {
+        /// The node the certificate is for, or `<none>`.
+        certified: String,
+        /// `--node-id`.
+        configured: NodeId,
+    },
+    /// The relay sent a certificate for another key.
+    #[error("the certificate from the relay is not for this agent's key")]
+    ForeignCertificate,
+    /// No identity and nothing to enrol with.
+    #[error("{0} holds no node certificate and no --token was given; create one on the relay with `tunnelgate-relay token create` and pass it with --token")]
+    NoToken(PathBuf),
+    /// The join token is not one.
+    #[error("the join token is malformed; copy the whole line printed by `tunnelgate-relay token create`")]
+    MalformedToken,
+    /// The relay refused the enrolment (bad, expired or used-up token, ...).
+    #[error("enrolment refused: {0}")]
+    EnrolRefused(String),
+    /// A key or certificate request could not be made.
+    #[error("cannot make a key or certificate request: {0}")]
+    Key(#[from] rcgen::Error),
+    /// The TLS settings cannot be built from the stored material.
+    #[error("TLS settings: {0}")]
+    Tls(#[source] TlsError),
+    /// The QUIC settings cannot be built from the TLS settings.
+    #[error("QUIC settings: {0}")]
+    QuicConfig(#[source] std::io::Error),
+
+    // === The network or the relay: the agent reconnects ===
+    /// The relay's name does not resolve.
+    #[error("cannot resolve relay address {relay}: {source}")]
+    Resolve {
+        /// `--relay`.
+        relay: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The relay's name resolves to no address.
+    #[error("relay address {0} resolves to nothing")]
+    NoAddress(String),
+    /// No UDP socket for QUIC.
+    #[error("cannot open a UDP socket: {0}")]
+    UdpSocket(#[source] std::io::Error),
+    /// QUIC could not start a connection.
+    #[error("cannot dial {relay}: {source}")]
+    QuicDial {
+        /// `--relay`.
+        relay: String,
+        /// Why.
+        source: quinn::ConnectError,
+    },
+    /// No QUIC answer in time.
+    #[error("no QUIC answer from {relay} within {timeout:?}; is UDP to the relay blocked?")]
+    QuicSilent {
+        /// `--relay`.
+        relay: String,
+        /// How long it waited.
+        timeout: Duration,
+    },
+    /// The QUIC handshake failed.
+    #[error("QUIC handshake with {relay} failed: {source}")]
+    QuicHandshake {
+        /// `--relay`.
+        relay: String,
+        /// Why.
+        source: quinn::ConnectionError,
+    },
+    /// TCP connect or the TLS handshake failed.
+    #[error("TLS/TCP connection to {relay} failed: {source}")]
+    TcpConnect {
+        /// `--relay`.
+        relay: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The session broke during enrolment.
+    #[error("enrolment interrupted: {0}")]
+    EnrolInterrupted(String),
+    /// The session failed.
+    #[error("{what}: {source}")]
+    Session {
+        /// What the agent was doing.
+        what: &'static str,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The relay ended the session without an error.
+    #[error("the session ended")]
+    SessionEnded,
+    /// The relay refused the session. A refusal may be cured on the
+    /// relay's side (an upgrade, a restored node record), so the agent
+    /// keeps trying, loudly.
+    #[error("refused by the relay: {0}")]
+    Refused(String),
+}
+
+impl AgentError {
+    /// Whether retrying cannot help (bad token, unusable state dir, ...).
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Self::ReadState { .. }
+                | Self::WriteState { .. }
+                | Self::CorruptIdentity { .. }
+                | Self::WrongNode { .. }
+                | Self::ForeignCertificate
+                | Self::NoToken(_)
+                | Self::MalformedToken
+                | Self::EnrolRefused(_)
+                | Self::Key(_)
+                | Self::Tls(_)
+                | Self::QuicConfig(_)
+        )
+    }
+
+    /// A session failure while doing `what`.
+    pub fn session(
+        what: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Session {
+            what,
+            source: Box::new(source),
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The two facts about the Docker Engine API that the relay and the agent
+//! must agree on, written once: how an error body looks, and which
+//! request asks to hijack its connection.
+//!
+//! Pure functions over bytes; this module knows no HTTP library.
+
+/// The body of an error the `docker` CLI prints as one sentence:
+/// Docker's own `{"message": "..."}`.
+pub fn error_body(message: &str) -> String {
+    serde_json::json!({ "message": message }).to_string()
+}
+
+/// Whether a request asks to hijack its connection (attach, exec,
+/// `run -i`): one of its `Connection` header values' comma-separated
+/// tokens is `upgrade` (in any case), or it carries an `Upgrade` header at
+/// all. HTTP asks for both (RFC 9110, 7.8), but dockerd answers 101 to an
+/// `Upgrade` header alone, so a request with either is treated as one
+/// that upgrades: the relay then keeps both headers for the daemon, and an
+/// agent's policy never lets such a call pass as a plain one.
+pub fn is_upgrade<'a>(
+    connection: impl IntoIterator<Item = &'a [u8]>,
+    has_upgrade_header: bool,
+) -> bool {
+    has_upgrade_header
+        || connection.into_iter().any(|value| {
+            value
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_body_is_dockers_message_object() {
+        let body: serde_json::Value =
+            serde_json::from_str(&error_body("no \"such\" node")).unwrap();
+        assert_eq!(body, serde_json::json!({"message": "no \"such\" node"}));
+    }
+
+    #[test]
+    fn upgrade_is_a_connection_token_in_any_case_and_position_or_an_upgrade_header() {
+        assert!(is_upgrade([b"Upgrade".as_slice()], false));
+        assert!(is_upgrade([b"keep-alive, UPGRADE".as_slice()], false));
+        assert!(is_upgrade(
+            [b"close".as_slice(), b" upgrade ".as_slice()],
+            false
+        ));
+        assert!(!is_upgrade([b"keep-alive".as_slice()], false));
+        assert!(!is_upgrade([b"upgraded".as_slice()], false));
+        assert!(!is_upgrade(std::iter::empty::<&[u8]>(), false));
+        assert!(
+            is_upgrade(std::iter::empty::<&[u8]>(), true),
+            "dockerd hijacks on an Upgrade header alone"
+        );
+    }
+}

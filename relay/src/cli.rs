@@ -1,0 +1,327 @@
+//! The binary's commands: their arguments, and the admin commands that
+//! work on the state dir (join tokens, API keys, client certificates,
+//! nodes) under its lock, which a serving relay picks up.
+
+#[cfg(feature = "quickstart")]
+pub mod quickstart;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tunnelgate_proto::{NodeKey, TenantId};
+use tunnelgate_relay::identity::Authority;
+use tunnelgate_relay::state::credentials::{api_key_text, Credential, Kind, NewCredential};
+use tunnelgate_relay::state::{rfc3339, unix_now, State};
+use tunnelgate_relay::ServeArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "tunnelgate-relay",
+    version,
+    about = "Reverse-tunnel relay for the Docker Engine API.",
+    long_about = "Reverse-tunnel relay for the Docker Engine API.\n\n\
+Agents on firewalled Docker hosts dial out to this relay; control-plane clients use the plain \
+Docker API against it, naming the node in the URL:\n\n    \
+DOCKER_HOST=tcp://RELAY:7375/nodes/<node-id> docker ps\n\n\
+Settings come from defaults, then --config FILE (TOML), then TUNNELGATE_* environment variables, \
+then flags."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    /// What to do.
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the relay.
+    Serve(ServeArgs),
+    /// Manage join tokens, which let new agents enrol.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage API keys, which let control-plane clients call the API.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+    /// Make control-plane client certificates (mTLS).
+    #[command(subcommand, name = "client-cert")]
+    ClientCert(ClientCertCommand),
+    /// Manage enrolled nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Run a relay on loopback and an agent for the local Docker daemon, and
+    /// print the DOCKER_HOST to use. Ctrl-C stops both.
+    #[cfg(feature = "quickstart")]
+    Quickstart(quickstart::QuickstartArgs),
+}
+
+/// Where the relay keeps its CA, credentials and node records.
+#[derive(clap::Args)]
+pub struct StateDir {
+    /// The relay's state dir.
+    #[arg(long, env = "TUNNELGATE_STATE_DIR", default_value = "tunnelgate-data")]
+    state_dir: PathBuf,
+}
+
+impl StateDir {
+    fn context(&self) -> String {
+        format!("cannot open the state dir {}", self.state_dir.display())
+    }
+
+    /// The CA.
+    fn authority(&self) -> anyhow::Result<Authority> {
+        Authority::open(&self.state_dir).with_context(|| self.context())
+    }
+
+    /// Credentials and node records.
+    fn state(&self) -> anyhow::Result<State> {
+        State::open(&self.state_dir).with_context(|| self.context())
+    }
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Print a new join token (alone on the last line of output).
+    Create {
+        #[command(flatten)]
+        dir: StateDir,
+        /// The tenant whose nodes enrol with it.
+        #[arg(long, default_value = "default")]
+        tenant: TenantId,
+        /// How long the token may be used to enrol new agents.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// How many agents may enrol with it [default: unlimited].
+        #[arg(long)]
+        uses: Option<u32>,
+    },
+    /// List join tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        dir: StateDir,
+    },
+    /// Revoke a join token by id; agents that enrolled with it stay.
+    Revoke {
+        #[command(flatten)]
+        dir: StateDir,
+        /// The token's id (the part after the fingerprint).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ApiKeyCommand {
+    /// Print a new API key (alone on the last line of output).
+    Create {
+        #[command(flatten)]
+        dir: StateDir,
+        /// The tenant whose nodes the key reaches.
+        #[arg(long)]
+        tenant: TenantId,
+        /// A note on who holds the key.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List API keys (never their secrets).
+    List {
+        #[command(flatten)]
+        dir: StateDir,
+    },
+    /// Revoke an API key by id; a serving relay refuses it within a second.
+    Revoke {
+        #[command(flatten)]
+        dir: StateDir,
+        /// The key's id (the part after `tgkey1.`).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ClientCertCommand {
+    /// Write ca.pem, cert.pem and key.pem for a control-plane client to DIR,
+    /// ready for DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=DIR.
+    Create {
+        #[command(flatten)]
+        dir: StateDir,
+        /// The tenant whose nodes the certificate reaches.
+        #[arg(long)]
+        tenant: TenantId,
+        /// The client's name, shown in the audit log.
+        #[arg(long, default_value = "client")]
+        name: String,
+        /// How long the certificate is valid.
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Where to write the files (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Revoke TENANT/NODE: its certificates are refused from now on and a
+    /// serving relay drops its session within a second. It can come back
+    /// only by enrolling again with a new join token.
+    Revoke {
+        #[command(flatten)]
+        dir: StateDir,
+        /// The node, as TENANT/NODE.
+        #[arg(value_parser = NodeKey::parse)]
+        node: NodeKey,
+    },
+}
+
+/// Writes a control-plane client's certificate files.
+pub fn client_cert(cmd: ClientCertCommand) -> anyhow::Result<()> {
+    let ClientCertCommand::Create {
+        dir,
+        tenant,
+        name,
+        ttl,
+        out,
+    } = cmd;
+    let authority = dir.authority()?;
+    let (cert, key) = authority
+        .issue_client_cert(&tenant, &name, ttl)
+        .context("cannot issue the certificate")?;
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let write = |file: &str, text: &str, private: bool| {
+        let path = out.join(file);
+        tunnelgate_session::files::write_atomic(&path, text.as_bytes(), private)
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
+    write("ca.pem", authority.ca_pem(), false)?;
+    write("cert.pem", &cert, false)?;
+    write("key.pem", &key, true)?;
+    println!(
+        "client certificate {name} for tenant {tenant} written to {} (valid {}); use it with:",
+        out.display(),
+        humantime::format_duration(ttl)
+    );
+    println!(
+        "  DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={} DOCKER_HOST=tcp://RELAY:7375/nodes/NODE docker ps",
+        out.display()
+    );
+    Ok(())
+}
+
+/// Manages enrolled nodes.
+pub fn node(cmd: NodeCommand) -> anyhow::Result<()> {
+    let NodeCommand::Revoke { dir, node } = cmd;
+    match dir.state()?.revoke_node(&node).context("cannot revoke")? {
+        Some(_) => {
+            println!("node {node} revoked; a serving relay drops its session within a second");
+            Ok(())
+        }
+        None => anyhow::bail!(
+            "no node {node} ever enrolled in {}",
+            dir.state_dir.display()
+        ),
+    }
+}
+
+pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            dir,
+            tenant,
+            ttl,
+            uses,
+        } => {
+            let fingerprint = dir.authority()?.ca_fingerprint();
+            let new = NewCredential {
+                tenant,
+                ttl: Some(ttl),
+                uses,
+                name: None,
+            };
+            let (text, stored) = dir
+                .state()?
+                .create_join_token(new, fingerprint)
+                .context("cannot store the token")?;
+            println!(
+                "join token {} for tenant {} (expires {}, {}); on the host, run:",
+                stored.id,
+                stored.tenant,
+                rfc3339(stored.expires_at.unwrap_or_default()),
+                uses.map_or("unlimited uses".into(), |n| format!("{n} use(s)"))
+            );
+            println!("  tunnelgate-agent --relay RELAY_HOST:7443 --node-id NODE --state-dir /var/lib/tunnelgate-agent --token <token below>");
+            println!("{text}");
+        }
+        TokenCommand::List { dir } => list(&dir, Kind::JoinToken)?,
+        TokenCommand::Revoke { dir, id } => revoke(&dir, Kind::JoinToken, &id)?,
+    }
+    Ok(())
+}
+
+pub fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
+    match cmd {
+        ApiKeyCommand::Create { dir, tenant, name } => {
+            let (stored, secret) = dir
+                .state()?
+                .credentials()
+                .create(
+                    Kind::ApiKey,
+                    NewCredential {
+                        tenant,
+                        ttl: None,
+                        uses: None,
+                        name,
+                    },
+                )
+                .context("cannot store the API key")?;
+            println!(
+                "API key {} for tenant {}; send it as `Authorization: Bearer <key>`, e.g. in the docker CLI's config.json:",
+                stored.id, stored.tenant
+            );
+            println!("  {{\"HttpHeaders\": {{\"Authorization\": \"Bearer <key below>\"}}}}");
+            println!("{}", api_key_text(&stored.id, &secret));
+        }
+        ApiKeyCommand::List { dir } => list(&dir, Kind::ApiKey)?,
+        ApiKeyCommand::Revoke { dir, id } => revoke(&dir, Kind::ApiKey, &id)?,
+    }
+    Ok(())
+}
+
+fn list(dir: &StateDir, kind: Kind) -> anyhow::Result<()> {
+    let state = dir.state()?;
+    let now = unix_now();
+    println!(
+        "{:<10} {:<16} {:<9} {:<22} {:<22} {:<7} NAME",
+        "ID", "TENANT", "STATE", "CREATED", "EXPIRES", "USES"
+    );
+    for c in state.credentials().list(kind)? {
+        let Credential {
+            id,
+            tenant,
+            name,
+            created_at,
+            expires_at,
+            max_uses,
+            uses,
+            ..
+        } = &c;
+        println!(
+            "{id:<10} {tenant:<16} {:<9} {:<22} {:<22} {:<7} {}",
+            c.state(now),
+            rfc3339(*created_at),
+            expires_at.map_or("never".into(), rfc3339),
+            max_uses.map_or(format!("{uses}"), |m| format!("{uses}/{m}")),
+            name.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn revoke(dir: &StateDir, kind: Kind, id: &str) -> anyhow::Result<()> {
+    match dir.state()?.credentials().revoke(kind, id)? {
+        Some(c) => {
+            println!("revoked {id} of tenant {}", c.tenant);
+            Ok(())
+        }
+        None => anyhow::bail!("no such id {id:?}; the list command shows the ids"),
+    }
+}

@@ -1,0 +1,134 @@
+//! What a request path names, parsed once into typed ids, and the check
+//! that no spelling of a path can leave the node it names.
+
+use tunnelgate_proto::NodeId;
+
+use crate::error::CallError;
+
+/// Where a request goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /v1/nodes`.
+    NodeList,
+    /// `GET /v1/nodes/<id>`; `Err` holds a segment that is no node id.
+    NodeInfo(Result<NodeId, String>),
+    /// `/nodes/<id>/<docker path>`, with the Docker path as the daemon
+    /// sees it.
+    Docker {
+        /// The node; `Err` holds a segment that is no node id.
+        node: Result<NodeId, String>,
+        /// The rest of the path, from its `/`.
+        rest: String,
+    },
+    /// Anything else.
+    NotFound,
+}
+
+impl Route {
+    /// Parses a request path.
+    pub fn parse(path: &str) -> Self {
+        let node = |id: &str| NodeId::new(id).map_err(|_| id.to_owned());
+        if path == "/v1/nodes" || path == "/v1/nodes/" {
+            return Self::NodeList;
+        }
+        if let Some(id) = path.strip_prefix("/v1/nodes/") {
+            return Self::NodeInfo(node(id));
+        }
+        if let Some(after) = path.strip_prefix("/nodes/") {
+            let (id, rest) = match after.find('/') {
+                Some(i) => (&after[..i], &after[i..]),
+                None => (after, "/"),
+            };
+            return Self::Docker {
+                node: node(id),
+                rest: rest.to_owned(),
+            };
+        }
+        Self::NotFound
+    }
+
+    /// The node a Docker call names, for the audit line.
+    pub fn docker_node(&self) -> Option<&NodeId> {
+        match self {
+            Self::Docker { node: Ok(n), .. } => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// Refuses paths that could mean something else after normalisation:
+/// dot-segments, encoded slashes, backslashes and NULs, plain or
+/// percent-encoded. No Docker API path needs them, and refusing them
+/// means no spelling of a path can leave the node it names.
+pub fn check_path(path: &str) -> Result<(), CallError> {
+    let lower = path.to_ascii_lowercase();
+    let encoded_separator = ["%2f", "%5c", "%00", "\\"]
+        .iter()
+        .any(|bad| lower.contains(bad));
+    let dot_segment = lower.split('/').any(|seg| {
+        let decoded = seg.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    });
+    match encoded_separator || dot_segment {
+        true => Err(CallError::UnsafePath),
+        false => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> Result<NodeId, String> {
+        Ok(NodeId::new(s).unwrap())
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(Route::parse("/v1/nodes"), Route::NodeList);
+        assert_eq!(Route::parse("/v1/nodes/a"), Route::NodeInfo(id("a")));
+        assert_eq!(
+            Route::parse("/v1/nodes/a%20b"),
+            Route::NodeInfo(Err("a%20b".into()))
+        );
+        let docker = |node, rest: &str| Route::Docker {
+            node,
+            rest: rest.into(),
+        };
+        assert_eq!(
+            Route::parse("/nodes/a/v1.45/containers/json"),
+            docker(id("a"), "/v1.45/containers/json")
+        );
+        assert_eq!(Route::parse("/nodes/a"), docker(id("a"), "/"));
+        assert_eq!(Route::parse("/nodes/a//x"), docker(id("a"), "//x"));
+        assert_eq!(
+            Route::parse("/nodes/-x/_ping"),
+            docker(Err("-x".into()), "/_ping")
+        );
+        assert_eq!(Route::parse("/containers/json"), Route::NotFound);
+    }
+
+    #[test]
+    fn paths_that_could_leave_their_node_are_refused() {
+        for bad in [
+            "/nodes/a/../b/_ping",
+            "/nodes/a/%2e%2e/b/_ping",
+            "/nodes/a/%2E./b",
+            "/nodes/a%2fb/_ping",
+            "/nodes/a/x%2F..%2Fb",
+            "/nodes/a/./_ping",
+            "/nodes/a\\..\\b",
+            "/nodes/a/%00",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/nodes/a/_ping",
+            "/nodes/a/v1.45/images/library/busybox:1.36/json",
+            "/nodes/a/v1.45/containers/my..name/json",
+            "/v1/nodes",
+        ] {
+            assert!(check_path(good).is_ok(), "{good}");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! An authenticated agent's control stream, for the session's life: the
+//! hello puts the session in the table, heartbeats carry its RTT, node
+//! updates its daemon's state, and renewals get it a new certificate.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+use tunnelgate_proto::control::{RelayControl, RelayEvent};
+use tunnelgate_proto::frame::FrameError;
+use tunnelgate_proto::message::MessageError;
+use tunnelgate_proto::NodeKey;
+use tunnelgate_session::{driver, tls, Session, Stream};
+
+use super::Context;
+use crate::identity::{renew_in, renewal_delay};
+use crate::metrics::{Handshake, Limit};
+use crate::sessions::{ControlCommand, Entry, NodeInfo};
+
+/// Runs an authenticated agent's control stream for the session's life.
+pub(super) async fn run(
+    session: Session,
+    mut control: Stream,
+    key: NodeKey,
+    cert: tls::Subject,
+    ctx: Arc<Context>,
+    cancel: CancellationToken,
+) {
+    let mut machine = RelayControl::new(
+        key.node_id.clone(),
+        ctx.state.relay_id().clone(),
+        ctx.config.heartbeat_interval,
+        Instant::now(),
+    )
+    .with_cert_renewal(renew_in(&cert));
+    let (tx, rx) = mpsc::channel::<ControlCommand>(8);
+    let transport = session.transport().as_str();
+    let mut entry: Option<Arc<Entry>> = None;
+    let result = driver::drive(
+        &mut machine,
+        &mut control,
+        rx,
+        |event| match event {
+            RelayEvent::Registered(hello) => {
+                info!(hostname = %hello.hostname, agent_version = %hello.agent_version,
+                      daemon_reachable = hello.docker.reachable, %transport, "agent connected");
+                let info = NodeInfo {
+                    docker: hello.docker.clone(),
+                    hello: *hello,
+                    connected_since: SystemTime::now(),
+                    rtt: None,
+                };
+                entry = Some(ctx.sessions.insert(
+                    session.clone(),
+                    key.clone(),
+                    cert.serial.clone(),
+                    info,
+                    tx.clone(),
+                ));
+                ctx.metrics
+                    .agents_connected
+                    .with_label_values(&[transport])
+                    .inc();
+                ctx.metrics.handshake(Handshake::Accepted);
+            }
+            RelayEvent::Rtt(rtt) => {
+                if let Some(e) = &entry {
+                    e.update(|i| i.rtt = Some(rtt));
+                }
+            }
+            RelayEvent::NodeUpdated(docker) => {
+                info!(
+                    daemon_reachable = docker.reachable,
+                    error = docker.error.as_deref().unwrap_or(""),
+                    "node update"
+                );
+                if let Some(e) = &entry {
+                    e.update(|i| i.docker = docker);
+                }
+            }
+            RelayEvent::RenewRequested(csr) => renew(&ctx, &key, &csr, tx.clone()),
+        },
+        cancel,
+    )
+    .await;
+    if let Some(e) = &entry {
+        ctx.sessions.remove(e);
+        ctx.metrics
+            .agents_connected
+            .with_label_values(&[transport])
+            .dec();
+    }
+    match result {
+        Ok(()) => {
+            info!("session closed by relay shutdown");
+            session.close("relay shutting down");
+        }
+        Err(e) => {
+            // Agents come and go; this is routine, the agent logs its side.
+            info!(error = %e, "agent session ended");
+            if let driver::DriveError::Message(MessageError::Frame(FrameError::TooLarge {
+                ..
+            })) = e
+            {
+                ctx.metrics.limit_hit(Limit::FrameSize);
+            }
+            if matches!(
+                e,
+                driver::DriveError::Message(_) | driver::DriveError::Truncated(_)
+            ) {
+                // Closing a QUIC connection drops unacknowledged stream data:
+                // give the refusal just written a moment to arrive.
+                let _ = tokio::time::timeout(Duration::from_secs(1), session.closed()).await;
+            }
+            session.close(&e.to_string());
+        }
+    }
+}
+
+/// Signs a renewal CSR, records the new certificate on the blocking pool,
+/// and hands it to the control machine. On failure the agent asks again;
+/// a revoked node is dropped by the state watcher.
+fn renew(ctx: &Arc<Context>, key: &NodeKey, csr: &str, tx: mpsc::Sender<ControlCommand>) {
+    let ttl = ctx.config.node_cert_ttl;
+    let (pem, serial) = match ctx
+        .authority
+        .issue_node_cert(&key.tenant, &key.node_id, csr, ttl)
+    {
+        Ok(issued) => issued,
+        Err(e) => return warn!(error = %e, "cannot renew the node certificate"),
+    };
+    let (state, key) = (ctx.state.clone(), key.clone());
+    ctx.tasks.spawn(
+        async move {
+            match state.record_node_cert(key, serial, true).await {
+                Ok(()) => {
+                    info!("node certificate renewed");
+                    let cmd: ControlCommand =
+                        Box::new(move |m| m.cert_renewed(pem, renewal_delay(ttl)));
+                    let _ = tx.try_send(cmd);
+                }
+                Err(e) => warn!(error = %e, "cannot record the renewed node certificate"),
+            }
+        }
+        .in_current_span(),
+    );
+}

@@ -1,0 +1,237 @@
+//! Sockets: binding the relay's listeners, the TCP accept loop, and a
+//! plain HTTP/1.1 server (optionally TLS) that the Docker API front and
+//! the metrics listener both run on. Nothing here knows what a request
+//! means: each connection gets a service from the caller.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+use tunnelgate_session::tls::Subject;
+
+use crate::config::Limits;
+use crate::metrics::{Limit, Metrics};
+
+/// A listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({what}): {source}; is another relay running there? pick another address with --{what}")]
+pub struct BindError {
+    /// Which listener, as its flag names it.
+    pub what: &'static str,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// Binds a TCP listener for the flag `what`.
+pub async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { what, addr, source })
+}
+
+/// Binds QUIC (UDP) and TLS/TCP on the same port, so agents need one
+/// address. With port 0 the UDP port is picked first and the TCP port of
+/// the same number may be taken by someone else: then it tries another.
+pub async fn bind_agent_listeners(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ServerConfig>,
+    heartbeat: Duration,
+) -> Result<(quinn::Endpoint, TcpListener), BindError> {
+    let idle = tunnelgate_session::quic::idle_timeout(heartbeat);
+    let bind_err = |addr| {
+        move |source| BindError {
+            what: "agent-listen",
+            addr,
+            source,
+        }
+    };
+    let mut attempts = 0;
+    loop {
+        let endpoint = tunnelgate_session::quic::server_endpoint(addr, (**tls).clone(), idle)
+            .map_err(bind_err(addr))?;
+        let quic_addr = endpoint.local_addr().map_err(bind_err(addr))?;
+        match TcpListener::bind(quic_addr).await {
+            Ok(tcp) => return Ok((endpoint, tcp)),
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempts < 20 =>
+            {
+                attempts += 1;
+                endpoint.close(0u32.into(), b"");
+            }
+            Err(e) => return Err(bind_err(quic_addr)(e)),
+        }
+    }
+}
+
+/// The next TCP connection, or `None` once `stop` fires. Accept errors
+/// (usually EMFILE) are logged and retried after a pause, not spun on.
+///
+/// Cancel-safe.
+pub async fn accept_tcp(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => return Some(pair),
+                Err(e) => {
+                    warn!(error = %e, addr = ?listener.local_addr().ok(),
+                          "accept failed; raise the file-descriptor limit if this repeats");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = stop.cancelled() => return None,
+        }
+    }
+}
+
+/// What the server knows of one client connection before its first request.
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The subject of the client certificate it presented over TLS.
+    pub client_cert: Option<Subject>,
+}
+
+/// How one HTTP listener serves.
+pub struct HttpOptions {
+    /// Speak TLS first (client certificates optional).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Let handlers hijack connections (attach, exec).
+    pub upgrades: bool,
+    /// Request-head limits, and the metrics counting their hits.
+    pub limits: Option<(Limits, Arc<Metrics>)>,
+}
+
+/// How long a TLS handshake or request head may take where no limit is set.
+const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts HTTP/1.1 connections until `stop_accepting`, serving each with
+/// the service `make_service` gives for it; open connections are asked to
+/// finish gracefully then, and dropped at `hard`. Every connection task is
+/// tracked on `tracker`.
+pub async fn serve_http<F, S, B>(
+    listener: TcpListener,
+    options: HttpOptions,
+    (stop_accepting, hard): (CancellationToken, CancellationToken),
+    tracker: TaskTracker,
+    make_service: F,
+) where
+    F: Fn(ConnMeta) -> S + Send + Sync + 'static,
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = hyper::Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let options = Arc::new(options);
+    let make_service = Arc::new(make_service);
+    loop {
+        let Some((tcp, peer)) = accept_tcp(&listener, &stop_accepting).await else {
+            return;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (options, make_service) = (options.clone(), make_service.clone());
+        let (stop, hard) = (stop_accepting.clone(), hard.clone());
+        tracker.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new());
+            let head_timeout = match &options.limits {
+                Some((limits, _)) => {
+                    builder
+                        .header_read_timeout(limits.header_read_timeout)
+                        .max_header_size(limits.max_header_bytes)
+                        // The front answers too many headers itself with a
+                        // clear message; hyper stops only the absurd.
+                        .max_headers(limits.max_headers.saturating_mul(4).max(100));
+                    limits.header_read_timeout
+                }
+                None => DEFAULT_HEAD_TIMEOUT,
+            };
+            let (io, client_cert) = match &options.tls {
+                None => (Either::Left(tcp), None),
+                Some(acceptor) => {
+                    match tokio::time::timeout(head_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let cert = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(tunnelgate_session::tls::subject);
+                            (Either::Right(Box::new(tls)), cert)
+                        }
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "API TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "API TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let svc = make_service(ConnMeta { peer, client_cert });
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
+            let result = if options.upgrades {
+                let conn = conn.with_upgrades();
+                tokio::pin!(conn);
+                drive_conn(conn, &stop, &hard, |c| c.graceful_shutdown()).await
+            } else {
+                tokio::pin!(conn);
+                drive_conn(conn, &stop, &hard, |c| c.graceful_shutdown()).await
+            };
+            if let Some(Err(e)) = result {
+                if let Some((_, metrics)) = &options.limits {
+                    if e.is_parse_too_large() {
+                        metrics.limit_hit(Limit::HeaderSize);
+                    } else if e.is_timeout() {
+                        metrics.limit_hit(Limit::HeaderReadTimeout);
+                    }
+                }
+                debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Drives one connection to its end; asks it to finish gracefully at
+/// `stop` and drops it at `hard`.
+async fn drive_conn<C, T, E>(
+    mut conn: std::pin::Pin<&mut C>,
+    stop: &CancellationToken,
+    hard: &CancellationToken,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) -> Option<Result<T, E>>
+where
+    C: std::future::Future<Output = Result<T, E>>,
+{
+    tokio::select! {
+        r = conn.as_mut() => return Some(r),
+        () = stop.cancelled() => graceful(conn.as_mut()),
+        () = hard.cancelled() => return None,
+    }
+    tokio::select! {
+        r = conn.as_mut() => Some(r),
+        () = hard.cancelled() => None,
+    }
+}

@@ -1,0 +1,457 @@
+//! The relay's lifecycle: [`Relay::bind`] opens the state dir and binds
+//! every listener; [`Relay::run`] serves until told to stop, then drains.
+//!
+//! One cancellation tree and one task tracker per relay:
+//!
+//! ```text
+//! hard ─────────── ends sessions, connections, the watcher (the root)
+//!  └─ accepting ── stops the listeners taking new agents and clients
+//! ```
+//!
+//! On shutdown `accepting` fires first, agents are asked to move, and the
+//! drain waits for the call tracker (one token per open stream) to empty
+//! within the shutdown grace; then `hard` fires and every tracked task is
+//! given a moment to end.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+use tunnelgate_proto::{NodeKey, RelayId};
+
+use crate::config::Config;
+use crate::front::{self, ClientConn, Front};
+use crate::identity::{Authority, IdentityError};
+use crate::listen::{self, HandshakeBudget};
+use crate::metrics::{self, Metrics};
+use crate::net::{self, BindError, HttpOptions};
+use crate::router::Router;
+use crate::sessions::{ControlCommand, NodeView, Sessions};
+use crate::state::credentials::NewCredential;
+use crate::state::{State, StateError};
+use crate::upstream::Tunnel;
+
+/// The relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The state dir is unusable.
+    #[error("state dir: {0}")]
+    State(#[from] StateError),
+    /// The CA or the relay's certificate is unusable.
+    #[error("state dir: {0}")]
+    Identity(#[from] IdentityError),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A relay with its listeners bound, ready to [`Relay::run`].
+pub struct Relay {
+    config: Arc<Config>,
+    state: Arc<State>,
+    authority: Arc<Authority>,
+    sessions: Arc<Sessions>,
+    metrics: Arc<Metrics>,
+    endpoint: quinn::Endpoint,
+    agent_tcp: TcpListener,
+    agent_tls: Arc<rustls::ServerConfig>,
+    api: TcpListener,
+    api_tls: Option<tokio_rustls::TlsAcceptor>,
+    metrics_listener: TcpListener,
+}
+
+/// The names the relay's server certificate is good for.
+fn server_names(config: &Config) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(h.trim().to_owned());
+    }
+    if !config.agent_listen.ip().is_unspecified() {
+        names.push(config.agent_listen.ip().to_string());
+    }
+    names.extend(config.advertise.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+impl Relay {
+    /// Opens the state dir and binds every listener.
+    pub async fn bind(config: Config) -> Result<Self, RelayError> {
+        let dir = config.state_dir.clone();
+        let (state, authority) = tokio::task::spawn_blocking(move || {
+            let authority = Authority::open(&dir)?;
+            let state = State::open(&dir)?;
+            Ok::<_, RelayError>((state, authority))
+        })
+        .await
+        .map_err(StateError::from)??;
+        let identity = authority.server_identity(state.relay_id(), &server_names(&config))?;
+        let api_tls = match config.api_tls {
+            true => {
+                let tls = tunnelgate_session::tls::api_server_config(
+                    identity.clone(),
+                    authority.ca_der(),
+                )
+                .map_err(IdentityError::from)?;
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+            }
+            false => None,
+        };
+        let tls = tunnelgate_session::tls::server_config(identity, authority.ca_der())
+            .map_err(IdentityError::from)?;
+        let tls = Arc::new(tls);
+        let (endpoint, agent_tcp) =
+            net::bind_agent_listeners(config.agent_listen, &tls, config.heartbeat_interval).await?;
+        let api = net::bind_tcp("api-listen", config.api_listen).await?;
+        let metrics_listener = net::bind_tcp("metrics-listen", config.metrics_listen).await?;
+        Ok(Self {
+            config: Arc::new(config),
+            state: Arc::new(state),
+            authority: Arc::new(authority),
+            sessions: Arc::default(),
+            metrics: Arc::new(Metrics::new(prometheus::Registry::new())?),
+            endpoint,
+            agent_tcp,
+            agent_tls: tls,
+            api,
+            api_tls,
+            metrics_listener,
+        })
+    }
+
+    /// The line `serve` prints once it listens.
+    pub fn listening(&self) -> ListeningLine {
+        let bound = "a bound listener has an address";
+        ListeningLine {
+            api: self.api.local_addr().expect(bound),
+            agent: self.endpoint.local_addr().expect(bound),
+            metrics: self.metrics_listener.local_addr().expect(bound),
+        }
+    }
+
+    /// The Docker API listener's address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.listening().api
+    }
+
+    /// The agent listener's address.
+    pub fn agent_addr(&self) -> SocketAddr {
+        self.listening().agent
+    }
+
+    /// A handle to the running relay's state, for the quickstart, tests
+    /// and benches.
+    pub fn handle(&self) -> RelayHandle {
+        RelayHandle {
+            state: self.state.clone(),
+            authority: self.authority.clone(),
+            sessions: self.sessions.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` fires, then drains: stops accepting, asks
+    /// agents to move, gives in-flight calls the shutdown grace, and stops.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let listening = self.listening();
+        let Self {
+            config,
+            state,
+            authority,
+            sessions,
+            metrics,
+            endpoint,
+            agent_tcp,
+            agent_tls,
+            api,
+            api_tls,
+            metrics_listener,
+        } = self;
+        let tasks = TaskTracker::new();
+        let calls = TaskTracker::new();
+        let hard = CancellationToken::new();
+        let accepting = hard.child_token();
+        let ready = Arc::new(AtomicBool::new(false));
+
+        let agents = Arc::new(listen::Context {
+            config: config.clone(),
+            state: state.clone(),
+            authority,
+            sessions: sessions.clone(),
+            metrics: metrics.clone(),
+            budget: HandshakeBudget::new(config.limits.max_agent_handshakes_per_sec),
+            tasks: tasks.clone(),
+        });
+        tasks.spawn(listen::run_quic(
+            endpoint.clone(),
+            agents.clone(),
+            accepting.clone(),
+            hard.clone(),
+            tasks.clone(),
+        ));
+        tasks.spawn(listen::run_tcp(
+            agent_tcp,
+            agent_tls,
+            agents,
+            accepting.clone(),
+            hard.clone(),
+            tasks.clone(),
+        ));
+        let front = Arc::new(Front {
+            config: config.clone(),
+            state: state.clone(),
+            sessions: sessions.clone(),
+            router: Router::new(sessions.clone(), state.clone()),
+            tunnel: Tunnel::new(
+                metrics.clone(),
+                config.limits.idle_stream_timeout,
+                tasks.clone(),
+                calls.clone(),
+            ),
+            metrics: metrics.clone(),
+            slots: Arc::default(),
+            tasks: tasks.clone(),
+        });
+        tasks.spawn(net::serve_http(
+            api,
+            HttpOptions {
+                tls: api_tls,
+                upgrades: true,
+                limits: Some((config.limits.clone(), metrics.clone())),
+            },
+            (accepting.clone(), hard.clone()),
+            tasks.clone(),
+            move |meta| {
+                let (front, conn) = (front.clone(), Arc::new(ClientConn::new(meta)));
+                service_fn(move |req| front::handle(front.clone(), conn.clone(), req))
+            },
+        ));
+        let (m, r) = (metrics.clone(), ready.clone());
+        tasks.spawn(net::serve_http(
+            metrics_listener,
+            HttpOptions {
+                tls: None,
+                upgrades: false,
+                limits: None,
+            },
+            (hard.clone(), hard.clone()),
+            tasks.clone(),
+            move |_| {
+                let (m, r) = (m.clone(), r.clone());
+                service_fn(move |req| metrics::handle(m.clone(), r.clone(), req))
+            },
+        ));
+        let watched = sessions.clone();
+        tasks.spawn(
+            state
+                .clone()
+                .watch(hard.clone(), move |revoked| drop_revoked(&watched, revoked)),
+        );
+        ready.store(true, Ordering::Release);
+        info!(relay_id = %state.relay_id(), api_addr = %listening.api, agent_addr = %listening.agent,
+              metrics_addr = %listening.metrics, "relay serving");
+
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = hard.cancelled() => {}
+        }
+        ready.store(false, Ordering::Release);
+        accepting.cancel();
+        drain(&config, &sessions, &calls).await;
+        hard.cancel();
+        endpoint.close(0u32.into(), b"relay shutting down");
+        tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .is_err()
+        {
+            debug!("some tasks did not stop in time");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        info!("relay stopped");
+    }
+}
+
+/// Asks every agent to move and waits, within the shutdown grace, until
+/// the last stream to an agent has closed.
+async fn drain(config: &Config, sessions: &Sessions, calls: &TaskTracker) {
+    let grace = config.shutdown_grace;
+    let entries = sessions.entries();
+    info!(
+        agents = entries.len(),
+        ?grace,
+        "shutting down: draining agents and in-flight calls"
+    );
+    let spread = reconnect_spread(entries.len(), config.limits.max_agent_handshakes_per_sec);
+    for entry in &entries {
+        let cmd: ControlCommand = Box::new(move |m| m.drain("relay shutting down", grace, spread));
+        let _ = entry.control.try_send(cmd);
+    }
+    calls.close();
+    if tokio::time::timeout(grace, calls.wait()).await.is_err() {
+        warn!(
+            streams = calls.len(),
+            "shutdown grace over; cutting in-flight calls"
+        );
+    }
+}
+
+/// Closes at once the session of a node whose certificate was revoked.
+fn drop_revoked(sessions: &Sessions, revoked: &[crate::state::nodes::Revocation]) {
+    for entry in sessions.entries() {
+        if revoked
+            .iter()
+            .any(|r| r.covers(&entry.key, &entry.cert_serial))
+        {
+            info!(tenant = %entry.key.tenant, node_id = %entry.key.node_id,
+                  "node revoked by an operator; closing its session");
+            sessions.remove(&entry);
+            entry.session.close("node revoked by an operator");
+        }
+    }
+}
+
+/// The window a drained fleet of `agents` should spread its reconnects
+/// over: as long as a relay with this handshake budget takes to let them
+/// all in. Arriving faster only gets agents refused, and refused agents
+/// retry with exponential backoff, so a whole fleet arriving at once comes
+/// back slower than one arriving at the budget's rate.
+pub fn reconnect_spread(agents: usize, handshakes_per_sec: u32) -> Duration {
+    Duration::from_secs_f64(agents as f64 / f64::from(handshakes_per_sec.max(1)))
+}
+
+/// What the quickstart, tests and benches may ask a running relay.
+#[derive(Debug, Clone)]
+pub struct RelayHandle {
+    state: Arc<State>,
+    authority: Arc<Authority>,
+    sessions: Arc<Sessions>,
+    metrics: Arc<Metrics>,
+}
+
+impl RelayHandle {
+    /// This relay's id.
+    pub fn relay_id(&self) -> &RelayId {
+        self.state.relay_id()
+    }
+
+    /// Makes a join token and returns its text. Blocking (the state dir's
+    /// lock); fine at start-up, not on a hot path.
+    pub fn create_join_token(&self, new: NewCredential) -> Result<String, StateError> {
+        let (text, _) = self
+            .state
+            .create_join_token(new, self.authority.ca_fingerprint())?;
+        Ok(text)
+    }
+
+    /// The node as `/v1/nodes` shows it, if its agent is connected here.
+    pub fn node(&self, key: &NodeKey) -> Option<NodeView> {
+        self.sessions
+            .get(key)
+            .map(|e| e.view(self.state.relay_id()))
+    }
+
+    /// The node's current session, for tests that play a relay towards a
+    /// real agent.
+    pub fn session(&self, key: &NodeKey) -> Option<tunnelgate_session::Session> {
+        self.sessions.get(key).map(|e| e.session.clone())
+    }
+
+    /// The installation's CA certificate.
+    pub fn ca_der(&self) -> rustls::pki_types::CertificateDer<'static> {
+        self.authority.ca_der().clone()
+    }
+
+    /// The metrics, as `/metrics` shows them.
+    pub fn metrics_text(&self) -> String {
+        String::from_utf8(self.metrics.render()).expect("Prometheus text is UTF-8")
+    }
+}
+
+/// The one line `tunnelgate-relay serve` prints on stdout once it
+/// listens, so scripts, tests and the load tester learn the ports it bound
+/// when asked for port 0. Printed and parsed here only, so both ends agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListeningLine {
+    /// Docker API listener.
+    pub api: SocketAddr,
+    /// Agent listener (QUIC and TLS/TCP).
+    pub agent: SocketAddr,
+    /// Prometheus listener.
+    pub metrics: SocketAddr,
+}
+
+impl std::fmt::Display for ListeningLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tunnelgate-relay listening: api={} agent={} metrics={}",
+            self.api, self.agent, self.metrics
+        )
+    }
+}
+
+impl std::str::FromStr for ListeningLine {
+    type Err = String;
+
+    fn from_str(line: &str) -> Result<Self, String> {
+        let addr = |key: &str| -> Result<SocketAddr, String> {
+            let v = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .ok_or_else(|| format!("relay printed {line:?}, without {key}"))?;
+            v.parse()
+                .map_err(|e| format!("relay printed {line:?}: {key}{v} is not an address ({e})"))
+        };
+        Ok(Self {
+            api: addr("api=")?,
+            agent: addr("agent=")?,
+            metrics: addr("metrics=")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listening_line_parses_back_and_names_what_is_missing() {
+        let line = ListeningLine {
+            api: "127.0.0.1:7375".parse().unwrap(),
+            agent: "0.0.0.0:7443".parse().unwrap(),
+            metrics: "[::1]:9375".parse().unwrap(),
+        };
+        assert_eq!(line.to_string().parse::<ListeningLine>(), Ok(line));
+        let err = "tunnelgate-relay listening: api=127.0.0.1:1 agent=127.0.0.1:2"
+            .parse::<ListeningLine>()
+            .unwrap_err();
+        assert!(err.contains("metrics="), "{err}");
+    }
+
+    #[test]
+    fn a_drained_fleet_spreads_its_reconnects_over_what_the_budget_lets_in() {
+        assert_eq!(reconnect_spread(50_000, 1000), Duration::from_secs(50));
+        assert_eq!(reconnect_spread(10, 500), Duration::from_millis(20));
+        assert_eq!(reconnect_spread(0, 500), Duration::ZERO);
+        assert_eq!(
+            reconnect_spread(3, 0),
+            Duration::from_secs(3),
+            "a zero budget counts as one a second"
+        );
+    }
+}

@@ -1,0 +1,463 @@
+//! The state dir, and the relay's in-memory copy of what it holds.
+//!
+//! ```text
+//! state-dir/
+//!   ca.pem  ca-key.pem           the installation's CA (key 0600; see `identity`)
+//!   server.pem server-key.pem    re-issued at every start, for the names in use
+//!   tokens.json api-keys.json    hashed secrets (see `credentials`)
+//!   nodes/<tenant>/<node>.json   enrolled nodes: current certificate serials, revocation
+//!   revoked.json                 revocations, watched by a serving relay
+//!   relay-id                     this relay's stable name
+//!   state.lock                   taken for every read-modify-write
+//! ```
+//!
+//! The CLI changes these files while a relay serves, under the lock; the
+//! relay reads them once at start and then only when [`State::watch`]
+//! sees the watched files change, so the hot path (a call, a handshake)
+//! never touches the disk. Writes the relay itself makes (enrolment,
+//! renewal, token uses) run on the blocking pool, never on an async
+//! worker. This module knows nothing of certificates' contents, sessions
+//! or HTTP.
+
+pub mod credentials;
+pub mod nodes;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use rand::RngCore;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tunnelgate_proto::token::{JoinToken, MalformedToken};
+use tunnelgate_proto::{NodeKey, RelayId};
+
+use credentials::{Credential, Kind, NewCredential, Refusal, Store};
+use nodes::{NodeRecord, Revocation};
+
+/// Something in the state dir failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A file is corrupt.
+    #[error("{path} is corrupt ({reason}); restore it from backup or remove it to start afresh")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A revoked node asked for a certificate.
+    #[error("node {0} was revoked")]
+    Revoked(NodeKey),
+    /// A blocking state task did not finish (the runtime is stopping).
+    #[error("a state-dir task did not finish: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes a state file readable by its owner only, atomically.
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), StateError> {
+    tunnelgate_session::files::write_atomic(path, contents, true).map_err(io_err(path))
+}
+
+/// Reads a JSON state file; `None` if it does not exist yet.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Option<T>, StateError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Writes a JSON state file readable by its owner only, atomically.
+pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), StateError> {
+    let json = serde_json::to_vec_pretty(value).expect("state files serialize");
+    write_private(path, &json)
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Formats seconds since the epoch as RFC 3339.
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+/// Holds the state dir's lock for a read-modify-write of its files.
+/// Blocking: take it on the blocking pool or in the CLI.
+pub(crate) struct Locked(fs::File);
+
+impl Locked {
+    pub(crate) fn take(dir: &Path) -> Result<Self, StateError> {
+        let path = dir.join("state.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.lock().map_err(io_err(&path))?;
+        Ok(Self(file))
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// Whether a node may connect, as the cached node records say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeStatus {
+    /// Enrolled; these certificate serials are good.
+    Enrolled(Vec<String>),
+    /// Revoked by an operator at this time (seconds since the epoch).
+    Revoked(u64),
+    /// Never enrolled here (or its record is gone).
+    Unknown,
+}
+
+/// How often a serving relay looks for changes the CLI made.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The state dir with the relay's cache of it.
+pub struct State {
+    dir: PathBuf,
+    relay_id: RelayId,
+    store: Store,
+    api_keys: RwLock<Arc<Vec<Credential>>>,
+    nodes: DashMap<NodeKey, NodeRecord>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("dir", &self.dir)
+            .field("relay_id", &self.relay_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// Opens the state dir (creating it and the relay id on first start)
+    /// and reads the API keys and node records into memory. Blocking.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        fs::create_dir_all(dir.join("nodes")).map_err(io_err(dir))?;
+        let id_path = dir.join("relay-id");
+        let relay_id = match fs::read_to_string(&id_path) {
+            Ok(text) => RelayId::new(text.trim()).map_err(|e| StateError::Corrupt {
+                path: id_path.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = RelayId::new(format!("relay-{}", random_hex(4)))
+                    .expect("relay- and hex digits make a valid id");
+                write_private(&id_path, id.as_str().as_bytes())?;
+                id
+            }
+            Err(e) => return Err(io_err(&id_path)(e)),
+        };
+        let store = Store::new(dir);
+        let state = Self {
+            dir: dir.to_owned(),
+            relay_id,
+            api_keys: RwLock::new(Arc::new(store.list(Kind::ApiKey)?)),
+            store,
+            nodes: DashMap::new(),
+        };
+        for record in nodes::load_all(dir)? {
+            state.nodes.insert(record.key(), record);
+        }
+        Ok(state)
+    }
+
+    /// The state dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// This relay's stable name.
+    pub fn relay_id(&self) -> &RelayId {
+        &self.relay_id
+    }
+
+    /// The join tokens and API keys on disk (blocking calls).
+    pub fn credentials(&self) -> &Store {
+        &self.store
+    }
+
+    /// The API keys as last read.
+    pub fn api_keys(&self) -> Arc<Vec<Credential>> {
+        self.api_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether `key` may connect, from memory.
+    pub fn node_status(&self, key: &NodeKey) -> NodeStatus {
+        match self.nodes.get(key) {
+            None => NodeStatus::Unknown,
+            Some(r) => match r.revoked_at {
+                Some(at) => NodeStatus::Revoked(at),
+                None => NodeStatus::Enrolled(r.serials.clone()),
+            },
+        }
+    }
+
+    /// Makes a join token whose text carries `ca_fingerprint`; returns the
+    /// whole text, the only time the secret is ever seen. Blocking.
+    pub fn create_join_token(
+        &self,
+        new: NewCredential,
+        ca_fingerprint: [u8; 32],
+    ) -> Result<(String, Credential), StateError> {
+        let (stored, secret) = self.store.create(Kind::JoinToken, new)?;
+        let text = JoinToken {
+            ca_fingerprint,
+            id: stored.id.clone(),
+            secret,
+        };
+        Ok((text.to_string(), stored))
+    }
+
+    /// Checks a join token an agent presented against this installation
+    /// (`ca_fingerprint`) and consumes one of its uses, on the blocking pool.
+    pub async fn use_join_token(
+        self: &Arc<Self>,
+        text: String,
+        ca_fingerprint: [u8; 32],
+    ) -> Result<Result<Credential, Refusal>, StateError> {
+        let token: JoinToken = match text.parse() {
+            Ok(t) => t,
+            Err(MalformedToken) => {
+                return Ok(Err(Refusal::Malformed(
+                    "join token",
+                    "tunnelgate-relay token create",
+                )))
+            }
+        };
+        if token.ca_fingerprint != ca_fingerprint {
+            return Ok(Err(Refusal::WrongInstallation));
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.store.use_token(&token.id, &token.secret)).await?
+    }
+
+    /// Records that `key` now holds the certificate `serial`, on the
+    /// blocking pool. A renewal keeps the previous certificate good (the
+    /// agent may not have stored the new one yet) and is refused for a
+    /// revoked node; a new enrolment replaces the record.
+    pub async fn record_node_cert(
+        self: &Arc<Self>,
+        key: NodeKey,
+        serial: String,
+        renew: bool,
+    ) -> Result<(), StateError> {
+        let this = self.clone();
+        let record =
+            tokio::task::spawn_blocking(move || nodes::record_cert(&this.dir, &key, serial, renew))
+                .await??;
+        self.nodes.insert(record.key(), record);
+        Ok(())
+    }
+
+    /// Revokes a node (the CLI's `node revoke`; blocking). A serving relay
+    /// sees it through [`State::watch`].
+    pub fn revoke_node(&self, key: &NodeKey) -> Result<Option<NodeRecord>, StateError> {
+        let record = nodes::revoke(&self.dir, key)?;
+        if let Some(r) = &record {
+            self.nodes.insert(r.key(), r.clone());
+        }
+        Ok(record)
+    }
+
+    /// Every revocation so far (blocking).
+    pub fn revocations(&self) -> Result<Vec<Revocation>, StateError> {
+        nodes::revocations(&self.dir)
+    }
+
+    fn watched_stamp(&self) -> Vec<Option<SystemTime>> {
+        [
+            nodes::revoked_path(&self.dir),
+            self.store.path(Kind::ApiKey),
+        ]
+        .iter()
+        .map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+    }
+
+    /// Rereads what the CLI may have changed: the API keys, and the node
+    /// records of every revoked node. Blocking.
+    fn reload(&self) -> Result<Vec<Revocation>, StateError> {
+        *self.api_keys.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(self.store.list(Kind::ApiKey)?);
+        let revoked = self.revocations()?;
+        for r in &revoked {
+            let key = NodeKey {
+                tenant: r.tenant.clone(),
+                node_id: r.node_id.clone(),
+            };
+            if let Some(record) = nodes::load(&self.dir, &key)? {
+                self.nodes.insert(key, record);
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// Watches the state dir until `stop`: when the CLI changed the API
+    /// keys or the revocations, rereads them and hands the revocations to
+    /// `on_change`, so the relay can drop revoked nodes' sessions.
+    pub async fn watch(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        mut on_change: impl FnMut(&[Revocation]) + Send,
+    ) {
+        let mut seen = self.watched_stamp();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(WATCH_INTERVAL) => {}
+                () = stop.cancelled() => return,
+            }
+            let (this, before) = (self.clone(), seen.clone());
+            let reloaded = tokio::task::spawn_blocking(move || {
+                let stamp = this.watched_stamp();
+                (stamp != before).then(|| (this.reload(), stamp))
+            })
+            .await;
+            match reloaded {
+                Ok(None) => {}
+                Ok(Some((Ok(revoked), stamp))) => {
+                    seen = stamp;
+                    on_change(&revoked);
+                }
+                Ok(Some((Err(e), stamp))) => {
+                    seen = stamp;
+                    tracing::warn!(error = %e, "cannot reread the state dir; keeping what was read before");
+                }
+                Err(e) => tracing::debug!(error = %e, "state-dir watch task did not finish"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tunnelgate_proto::TenantId;
+
+    fn key(text: &str) -> NodeKey {
+        NodeKey::parse(text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn join_tokens_carry_their_installation_and_are_used_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(State::open(dir.path()).unwrap());
+        let ours = [7u8; 32];
+        let new = NewCredential {
+            tenant: TenantId::new("acme").unwrap(),
+            ttl: Some(Duration::from_secs(60)),
+            uses: Some(1),
+            name: None,
+        };
+        let (text, _) = state.create_join_token(new, ours).unwrap();
+        let used = state.use_join_token(text.clone(), ours).await.unwrap();
+        assert_eq!(used.unwrap().tenant.as_str(), "acme");
+        let again = state.use_join_token(text.clone(), ours).await.unwrap();
+        assert!(matches!(again, Err(Refusal::UsedUp { .. })), "{again:?}");
+        let foreign = state.use_join_token(text, [8u8; 32]).await.unwrap();
+        assert_eq!(foreign.unwrap_err(), Refusal::WrongInstallation);
+        let junk = state.use_join_token("nonsense".into(), ours).await.unwrap();
+        assert!(matches!(junk, Err(Refusal::Malformed(..))));
+    }
+
+    #[tokio::test]
+    async fn node_records_keep_two_certificates_and_revocation_sticks() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(State::open(dir.path()).unwrap());
+        let web = key("acme/web-1");
+        assert_eq!(state.node_status(&web), NodeStatus::Unknown);
+        state
+            .record_node_cert(web.clone(), "s1".into(), false)
+            .await
+            .unwrap();
+        state
+            .record_node_cert(web.clone(), "s2".into(), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            state.node_status(&web),
+            NodeStatus::Enrolled(vec!["s1".into(), "s2".into()]),
+            "a renewal keeps the previous certificate good"
+        );
+        state
+            .record_node_cert(web.clone(), "s3".into(), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            state.node_status(&web),
+            NodeStatus::Enrolled(vec!["s2".into(), "s3".into()])
+        );
+        assert_eq!(
+            state.node_status(&key("other/web-1")),
+            NodeStatus::Unknown,
+            "node ids are per tenant"
+        );
+
+        // The CLI revokes through its own copy; the serving relay's copy
+        // learns it when it rereads.
+        let cli = State::open(dir.path()).unwrap();
+        assert_eq!(state.relay_id(), cli.relay_id());
+        cli.revoke_node(&web).unwrap().unwrap();
+        assert!(matches!(state.node_status(&web), NodeStatus::Enrolled(_)));
+        let revoked = state.reload().unwrap();
+        assert!(matches!(state.node_status(&web), NodeStatus::Revoked(_)));
+        assert_eq!(revoked.len(), 1);
+        assert!(revoked[0].covers(&web, "s3") && !revoked[0].covers(&web, "s1"));
+        let renew = state.record_node_cert(web.clone(), "s4".into(), true).await;
+        assert!(matches!(renew, Err(StateError::Revoked(_))), "{renew:?}");
+
+        // A restarted relay reads every record back.
+        let restarted = State::open(dir.path()).unwrap();
+        assert!(matches!(
+            restarted.node_status(&web),
+            NodeStatus::Revoked(_)
+        ));
+    }
+}

@@ -1,0 +1,72 @@
+//! The node stream a client connection's last call went over, kept so the
+//! connection's next call to the same node skips the stream setup: no new
+//! stream, no new daemon connection at the agent, no HTTP handshake. This
+//! is what makes a kept-alive `docker` client's calls cheap. Upgraded
+//! calls never leave their stream behind; the stream closes with the
+//! client connection.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use tunnelgate_proto::NodeKey;
+
+use crate::audit::StreamBytes;
+use crate::sessions::{Entry, SessionId};
+
+/// The HTTP/1.1 client end of one stream to a node, with its byte counts.
+pub(super) struct NodeConn {
+    pub(super) sender: hyper::client::conn::http1::SendRequest<Incoming>,
+    pub(super) bytes: Arc<StreamBytes>,
+}
+
+/// How long a kept stream may take to finish its previous call before a
+/// new stream is opened instead. Calls on one client connection come one
+/// after another, so the wait is normally nil.
+const KEPT_STREAM_WAIT: Duration = Duration::from_millis(100);
+
+/// One client connection's kept stream, if any.
+#[derive(Default)]
+pub struct KeptStream(Mutex<Option<Kept>>);
+
+struct Kept {
+    key: NodeKey,
+    session: SessionId,
+    conn: NodeConn,
+}
+
+impl std::fmt::Debug for KeptStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptStream").finish_non_exhaustive()
+    }
+}
+
+impl KeptStream {
+    fn slot(&self) -> MutexGuard<'_, Option<Kept>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The kept stream, if it goes to `entry`'s node over that very
+    /// session and is free for another call. The lock is let go before
+    /// waiting.
+    pub(super) async fn take(&self, entry: &Arc<Entry>) -> Option<NodeConn> {
+        let kept = self.slot().take()?;
+        if kept.key != entry.key || kept.session != entry.id() {
+            return None;
+        }
+        let mut conn = kept.conn;
+        match tokio::time::timeout(KEPT_STREAM_WAIT, conn.sender.ready()).await {
+            Ok(Ok(())) => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// Keeps `conn`, a stream of `entry`'s session, for the next call.
+    pub(super) fn keep(&self, entry: &Entry, conn: NodeConn) {
+        *self.slot() = Some(Kept {
+            key: entry.key.clone(),
+            session: entry.id(),
+            conn,
+        });
+    }
+}
