@@ -125,6 +125,11 @@ pub enum AgentError {
         /// Why.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The relay answered this session's packets with a stateless reset
+    /// it signed with its own key: it restarted and no longer knows the
+    /// session. Reconnecting at once finds it.
+    #[error("the relay restarted: it answered this session with a stateless reset")]
+    RelayRestarted,
     /// The relay ended the session without an error.
     #[error("the session ended")]
     SessionEnded,

@@ -79,6 +79,14 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
                 delay
             }
             Err(e) if e.is_fatal() => return Err(e),
+            Err(AgentError::RelayRestarted) => {
+                // Recognised at once, not after missed heartbeats; the
+                // shortest backoff, jittered, still spreads a fleet.
+                let delay = jitter(BACKOFF_MIN);
+                attempt = 0;
+                info!(retry_in = ?delay, "the relay restarted (its stateless reset was recognised); reconnecting at once");
+                delay
+            }
             Err(e) => {
                 let delay = jitter(backoff(attempt));
                 attempt = attempt.saturating_add(1);
@@ -397,6 +405,12 @@ async fn run_session(
         Err(driver::DriveError::Control(tunnelgate_proto::control::ControlError::Refused(r))) => {
             tracing::error!(reason = %r.message, "the relay refused this agent's session");
             Err(AgentError::Refused(r.message))
+        }
+        // A restarted relay that recognises the connection as one its
+        // predecessor held answers with a stateless reset: say so, rather
+        // than the bare "connection lost".
+        Err(_) if session.end_reason().is_some_and(|r| r.is_stateless_reset()) => {
+            Err(AgentError::RelayRestarted)
         }
         Err(e) => Err(AgentError::session("control stream", e)),
     }

@@ -143,6 +143,7 @@ pub async fn session_pair(
             "127.0.0.1:0".parse().expect("addr"),
             server_tls,
             tunnelgate_session::quic::IDLE_TIMEOUT,
+            &[7; 32],
         )
         .expect("server endpoint");
         let addr = server.local_addr().expect("bound");

@@ -74,6 +74,10 @@ enum Scenario {
         agents: usize,
         #[arg(long, default_value_t = 4)]
         clients: usize,
+        /// Kill the relay (SIGKILL) instead of stopping it (SIGTERM): no
+        /// drain, every agent finds out by itself.
+        #[arg(long)]
+        crash: bool,
     },
     /// Small calls spread over many nodes: throughput and latency percentiles.
     RequestRate {
@@ -150,9 +154,13 @@ async fn main() -> anyhow::Result<()> {
             "idle-hold",
             scenarios::idle_hold(&setup, agents, hold, t).await,
         ),
-        Scenario::RestartStorm { agents, clients } => (
+        Scenario::RestartStorm {
+            agents,
+            clients,
+            crash,
+        } => (
             "restart-storm",
-            scenarios::restart_storm(&setup, agents, clients, t).await,
+            scenarios::restart_storm(&setup, agents, clients, crash, t).await,
         ),
         Scenario::RequestRate {
             agents,

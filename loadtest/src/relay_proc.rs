@@ -72,15 +72,17 @@ impl RelayProc {
     }
 
     /// Stops the relay as an operator's restart would (SIGTERM: it drains
-    /// its agents and ends), then starts it again on the same ports and
-    /// state. Returns how long the relay was away.
-    pub fn restart(&mut self) -> Result<std::time::Duration> {
+    /// its agents and ends), or as a crash does (`crash`: SIGKILL, no
+    /// drain), then starts it again on the same ports and state. Returns
+    /// how long the relay was away.
+    pub fn restart(&mut self, crash: bool) -> Result<std::time::Duration> {
         let started = std::time::Instant::now();
+        let signal = if crash { "-KILL" } else { "-TERM" };
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .context("running kill")?;
-        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.child.id());
+        anyhow::ensure!(status.success(), "kill {signal} {} failed", self.child.id());
         self.child.wait()?;
         let addrs = [self.api, self.agents, self.metrics].map(|a| a.to_string());
         let (child, _) = spawn(&self.bin, self.state.path(), addrs, &self.extra_args)?;

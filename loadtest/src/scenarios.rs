@@ -360,13 +360,14 @@ pub async fn restart_storm(
     setup: &Setup,
     agents: usize,
     clients: usize,
+    crash: bool,
     timeout: Duration,
 ) -> Result<Value> {
     let mut rig = Rig::start(setup, "restart-storm", agents).await?;
     let first_connect = rig.connect_all(timeout).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = rig.relay.usage()?.rss_bytes;
-    let away = tokio::task::block_in_place(|| rig.relay.restart())?;
+    let away = tokio::task::block_in_place(|| rig.relay.restart(crash))?;
     rig.counters.ok.store(0, Ordering::Relaxed);
     let before = rig.relay.usage()?;
     let started = Instant::now();
@@ -433,6 +434,7 @@ pub async fn restart_storm(
     rig.finish().await;
     Ok(json!({
         "agents": agents,
+        "stopped_by": if crash { "SIGKILL" } else { "SIGTERM" },
         "first_connect_s": first_connect.as_secs_f64(),
         "relay_away_s": away.as_secs_f64(),
         "time_to_all_back_s": outcome.as_ref().ok().map(|d| d.as_secs_f64()),

@@ -87,7 +87,7 @@ async fn connect_storm_and_idle_hold_report_every_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_storm_brings_every_agent_back_while_calls_are_served() {
-    let r = scenarios::restart_storm(&setup(TransportChoice::Quic), 30, 2, T)
+    let r = scenarios::restart_storm(&setup(TransportChoice::Quic), 30, 2, false, T)
         .await
         .unwrap();
     assert_eq!(r["back_at_end"], 30, "{r}");
@@ -96,6 +96,17 @@ async fn restart_storm_brings_every_agent_back_while_calls_are_served() {
     assert!(r["calls_ok_during_storm"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(r["calls_failed_otherwise"], 0, "{r}");
     assert_eq!(r["first_failures"], serde_json::json!([]), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_storm_brings_every_agent_back_without_a_drain() {
+    let r = scenarios::restart_storm(&setup(TransportChoice::Quic), 30, 2, true, T)
+        .await
+        .unwrap();
+    assert_eq!(r["stopped_by"], "SIGKILL", "{r}");
+    assert_eq!(r["back_at_end"], 30, "{r}");
+    assert!(r["time_to_all_back_s"].as_f64().is_some(), "{r}");
+    assert_eq!(r["calls_failed_otherwise"], 0, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,12 +39,13 @@ pub async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListene
 }
 
 /// Binds QUIC (UDP) and TLS/TCP on the same port, so agents need one
-/// address. With port 0 the UDP port is picked first and the TCP port of
+/// address; QUIC's stateless resets are keyed by `reset_key`. With port 0 the UDP port is picked first and the TCP port of
 /// the same number may be taken by someone else: then it tries another.
 pub async fn bind_agent_listeners(
     addr: SocketAddr,
     tls: &Arc<rustls::ServerConfig>,
     heartbeat: Duration,
+    reset_key: &[u8; 32],
 ) -> Result<(quinn::Endpoint, TcpListener), BindError> {
     let idle = tunnelgate_session::quic::idle_timeout(heartbeat);
     let bind_err = |addr| {
@@ -56,8 +57,9 @@ pub async fn bind_agent_listeners(
     };
     let mut attempts = 0;
     loop {
-        let endpoint = tunnelgate_session::quic::server_endpoint(addr, (**tls).clone(), idle)
-            .map_err(bind_err(addr))?;
+        let endpoint =
+            tunnelgate_session::quic::server_endpoint(addr, (**tls).clone(), idle, reset_key)
+                .map_err(bind_err(addr))?;
         let quic_addr = endpoint.local_addr().map_err(bind_err(addr))?;
         match TcpListener::bind(quic_addr).await {
             Ok(tcp) => return Ok((endpoint, tcp)),

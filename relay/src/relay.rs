@@ -92,10 +92,11 @@ impl Relay {
     /// Opens the state dir and binds every listener.
     pub async fn bind(config: Config) -> Result<Self, RelayError> {
         let dir = config.state_dir.clone();
-        let (state, authority) = tokio::task::spawn_blocking(move || {
+        let (state, authority, reset_key) = tokio::task::spawn_blocking(move || {
             let authority = Authority::open(&dir)?;
             let state = State::open(&dir)?;
-            Ok::<_, RelayError>((state, authority))
+            let reset_key = state.quic_reset_key()?;
+            Ok::<_, RelayError>((state, authority, reset_key))
         })
         .await
         .map_err(StateError::from)??;
@@ -114,8 +115,13 @@ impl Relay {
         let tls = tunnelgate_session::tls::server_config(identity, authority.ca_der())
             .map_err(IdentityError::from)?;
         let tls = Arc::new(tls);
-        let (endpoint, agent_tcp) =
-            net::bind_agent_listeners(config.agent_listen, &tls, config.heartbeat_interval).await?;
+        let (endpoint, agent_tcp) = net::bind_agent_listeners(
+            config.agent_listen,
+            &tls,
+            config.heartbeat_interval,
+            &reset_key,
+        )
+        .await?;
         let api = net::bind_tcp("api-listen", config.api_listen).await?;
         let metrics_listener = net::bind_tcp("metrics-listen", config.metrics_listen).await?;
         Ok(Self {

@@ -8,6 +8,7 @@
 //!   nodes/<tenant>/<node>.json   enrolled nodes: current certificate serials, revocation
 //!   revoked.json                 revocations, watched by a serving relay
 //!   relay-id                     this relay's stable name
+//!   quic-reset.key               secret behind the QUIC stateless-reset key (0600)
 //!   state.lock                   taken for every read-modify-write
 //! ```
 //!
@@ -59,6 +60,14 @@ pub enum StateError {
     /// A revoked node asked for a certificate.
     #[error("node {0} was revoked")]
     Revoked(NodeKey),
+    /// A secret file others may read.
+    #[error("{path} is readable by others (mode {mode:o}); anyone who can read it can end this relay's QUIC sessions: run `chmod 600 {path}`")]
+    OpenPermissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A blocking state task did not finish (the runtime is stopping).
     #[error("a state-dir task did not finish: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -307,6 +316,50 @@ impl State {
         Ok(record)
     }
 
+    /// The key of this relay's QUIC stateless resets (blocking). It must
+    /// outlive a restart, so that agents recognise the reset a restarted
+    /// relay answers their packets with and reconnect at once: it is
+    /// derived from a secret made on first start and kept owner-only in
+    /// the state dir, and from the relay id, so relays that share a copied
+    /// state dir but not an id still get keys of their own.
+    pub fn quic_reset_key(&self) -> Result<[u8; 32], StateError> {
+        use sha2::{Digest, Sha256};
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join("quic-reset.key");
+        let secret = match fs::read_to_string(&path) {
+            Ok(text) => {
+                let mode = fs::metadata(&path)
+                    .map_err(io_err(&path))?
+                    .permissions()
+                    .mode()
+                    & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(StateError::OpenPermissions { path, mode });
+                }
+                let secret = text.trim().to_owned();
+                if hex::decode(&secret).map_or(true, |b| b.len() != 32) {
+                    return Err(StateError::Corrupt {
+                        path,
+                        reason: "not 64 hex digits; remove it and a new one is made (agents then wait for a timeout once)".into(),
+                    });
+                }
+                secret
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let secret = random_hex(32);
+                write_private(&path, secret.as_bytes())?;
+                secret
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let mut hash = Sha256::new();
+        hash.update(b"tunnelgate quic stateless reset\0");
+        hash.update(secret.as_bytes());
+        hash.update(b"\0");
+        hash.update(self.relay_id.as_str().as_bytes());
+        Ok(hash.finalize().into())
+    }
+
     /// Every revocation so far (blocking).
     pub fn revocations(&self) -> Result<Vec<Revocation>, StateError> {
         nodes::revocations(&self.dir)
@@ -383,6 +436,32 @@ mod tests {
 
     fn key(text: &str) -> NodeKey {
         NodeKey::parse(text).unwrap()
+    }
+
+    #[test]
+    fn the_quic_reset_key_survives_a_restart_is_per_relay_and_kept_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let first = State::open(dir.path()).unwrap().quic_reset_key().unwrap();
+        let path = dir.path().join("quic-reset.key");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "made owner-only");
+        let again = State::open(dir.path()).unwrap().quic_reset_key().unwrap();
+        assert_eq!(first, again, "a restarted relay keeps its key");
+
+        // Another relay id over a copy of the same secret: another key.
+        let other = tempfile::tempdir().unwrap();
+        fs::copy(&path, other.path().join("quic-reset.key")).unwrap();
+        let other_key = State::open(other.path()).unwrap().quic_reset_key().unwrap();
+        assert_ne!(first, other_key);
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = State::open(dir.path())
+            .unwrap()
+            .quic_reset_key()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("chmod 600") && text.contains("644"), "{text}");
     }
 
     #[tokio::test]

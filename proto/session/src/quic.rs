@@ -74,16 +74,41 @@ fn transport(peer_may_open: u32, idle_timeout: Duration) -> Arc<TransportConfig>
 }
 
 /// A QUIC endpoint listening on `addr` with the relay's TLS configuration,
-/// ending sessions silent for `idle_timeout`.
+/// ending sessions silent for `idle_timeout`. Its stateless resets are
+/// keyed by `reset_key`: an endpoint started again with the same key
+/// answers packets of the connections its predecessor held with resets
+/// their peers recognise, so they reconnect at once instead of waiting
+/// for a timeout.
 pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
     idle_timeout: Duration,
+    reset_key: &[u8; 32],
 ) -> std::io::Result<quinn::Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(MAX_STREAMS_FROM_AGENT, idle_timeout));
-    endpoint(addr, Some(config))
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
+    // quinn only answers with a reset for a connection id that passes its
+    // generator's check, and the default generator's key is new at every
+    // start: key it from the reset key too (one way, so connection ids on
+    // the wire tell nothing of the reset key).
+    let tag = ring::hmac::sign(&key, b"tunnelgate connection ids");
+    let cid_key = u64::from_le_bytes(
+        tag.as_ref()[..8]
+            .try_into()
+            .expect("an HMAC-SHA256 tag has 32 bytes"),
+    );
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(key));
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    // A reset is always smaller than the packet that caused it, so it
+    // cannot amplify; quinn's default of one reset per 20 ms for the whole
+    // endpoint would take minutes to tell a fleet that a crashed relay is
+    // back.
+    endpoint_config.min_reset_interval(Duration::ZERO);
+    endpoint(addr, Some(config), endpoint_config)
 }
 
 /// A QUIC client configuration from the agent's TLS configuration.
@@ -101,13 +126,14 @@ pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    endpoint(bind, None)
+    endpoint(bind, None, quinn::EndpointConfig::default())
 }
 
 /// An endpoint on a UDP socket with enlarged kernel buffers.
 fn endpoint(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
+    mut config: quinn::EndpointConfig,
 ) -> std::io::Result<quinn::Endpoint> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -124,7 +150,6 @@ fn endpoint(
     socket.bind(&addr.into())?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("QUIC needs a tokio runtime"))?;
-    let mut config = quinn::EndpointConfig::default();
     config
         .max_udp_payload_size(MAX_UDP_PAYLOAD)
         .expect("1472 is a valid UDP payload size");

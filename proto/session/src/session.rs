@@ -44,6 +44,15 @@ pub enum SessionError {
     Mux(#[from] MuxError),
 }
 
+impl SessionError {
+    /// Whether the peer answered with a stateless reset: it no longer
+    /// knows this connection (a relay that restarted), so reconnecting at
+    /// once will find it.
+    pub fn is_stateless_reset(&self) -> bool {
+        matches!(self, Self::Lost(quinn::ConnectionError::Reset))
+    }
+}
+
 /// A live session. Cloning is cheap and yields another handle to the same
 /// connection.
 #[derive(Clone)]
@@ -148,6 +157,14 @@ impl Session {
         match &self.inner {
             Inner::Quic(c) => SessionError::Lost(c.closed().await),
             Inner::Mux(m) => SessionError::Mux(m.closed().await),
+        }
+    }
+
+    /// Why the session ended, once it has; `None` while it is up.
+    pub fn end_reason(&self) -> Option<SessionError> {
+        match &self.inner {
+            Inner::Quic(c) => c.close_reason().map(SessionError::Lost),
+            Inner::Mux(m) => m.end_reason().map(SessionError::Mux),
         }
     }
 

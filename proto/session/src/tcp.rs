@@ -151,6 +151,11 @@ impl MuxSession {
         self.close.cancel();
     }
 
+    /// Why the session ended, once it has.
+    pub fn end_reason(&self) -> Option<MuxError> {
+        self.done.is_cancelled().then(|| self.ended())
+    }
+
     /// Resolves when the session has ended.
     pub async fn closed(&self) -> MuxError {
         self.done.cancelled().await;

@@ -51,7 +51,13 @@ async fn server(ca: &Ca) -> quinn::Endpoint {
         ExtendedKeyUsagePurpose::ServerAuth,
     );
     let config = tls::server_config(id, &ca_der(ca)).unwrap();
-    quic::server_endpoint("127.0.0.1:0".parse().unwrap(), config, quic::IDLE_TIMEOUT).unwrap()
+    quic::server_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        config,
+        quic::IDLE_TIMEOUT,
+        &[7; 32],
+    )
+    .unwrap()
 }
 
 async fn dial(

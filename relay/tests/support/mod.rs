@@ -381,6 +381,15 @@ impl AgentCmd {
     }
 
     pub fn spawn(self) -> Result<Proc> {
+        self.spawn_to(None)
+    }
+
+    /// Spawns with the agent's log (stderr) going to `log`.
+    pub fn spawn_logged(self, log: &Path) -> Result<Proc> {
+        self.spawn_to(Some(std::fs::File::create(log)?))
+    }
+
+    fn spawn_to(self, log: Option<std::fs::File>) -> Result<Proc> {
         let bin = agent_bin();
         let mut cmd = match self.prefix.split_first() {
             Some((first, rest)) => {
@@ -396,6 +405,9 @@ impl AgentCmd {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("NO_COLOR", "1");
+        if let Some(log) = log {
+            cmd.stderr(log);
+        }
         let child = cmd.spawn().context("spawning tunnelgate-agent")?;
         Ok(Proc {
             child,
