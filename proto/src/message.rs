@@ -12,7 +12,7 @@ use bytes::BufMut;
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{self, FrameError};
-use crate::{NodeId, ProtocolVersion, RelayId, RequestId};
+use crate::{NodeId, ProtocolVersion, RelayId, RequestId, TenantId};
 
 /// A message could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +248,29 @@ pub struct StreamHeader {
     pub traceparent: Option<String>,
 }
 
+/// A relay's first frame on a stream to a peer relay: carry this call to
+/// the node's session you hold. The sending relay has authenticated and
+/// authorized the caller; the receiving one trusts this header only
+/// because the connection is authenticated as a relay's. After it the
+/// stream is exactly an agent stream: the agent's reply, then HTTP/1.1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "peer_header")]
+pub struct PeerHeader {
+    /// The protocol version the sending relay speaks.
+    pub version: ProtocolVersion,
+    /// What the stream is for.
+    pub kind: StreamKind,
+    /// The call, for every side's logs.
+    pub request_id: RequestId,
+    /// The node's tenant: the caller's, as the sending relay checked.
+    pub tenant: TenantId,
+    /// The node.
+    pub node_id: NodeId,
+    /// W3C trace context of the call, if the client sent one.
+    #[serde(default)]
+    pub traceparent: Option<String>,
+}
+
 /// Why an agent refused a data stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -260,6 +283,8 @@ pub enum StreamErrorCode {
     IncompatibleVersion,
     /// The header names another node.
     WrongNode,
+    /// A peer relay holds no session of the node (it moved or dropped).
+    NodeNotHere,
     /// A code from a newer version.
     #[serde(other)]
     Unknown,
@@ -298,6 +323,7 @@ pub trait Message: Serialize + for<'de> Deserialize<'de> {
 
 impl Message for ControlMessage {}
 impl Message for StreamHeader {}
+impl Message for PeerHeader {}
 impl Message for StreamReply {}
 
 #[cfg(test)]

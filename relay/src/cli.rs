@@ -37,7 +37,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the relay.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage join tokens, which let new agents enrol.
     #[command(subcommand)]
     Token(TokenCommand),

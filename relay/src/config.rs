@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tunnelgate_proto::RelayId;
 use tunnelgate_session::config::parse_duration;
 
 /// Flags (and their environment variables) of `tunnelgate-relay serve`.
@@ -36,6 +37,23 @@ pub struct ServeArgs {
         value_name = "NAME"
     )]
     pub advertise: Vec<String>,
+    /// `memory`: one relay on its own. `etcd://HOST:PORT[,HOST:PORT...]`:
+    /// share nodes with the other relays of that etcd, so any of them
+    /// serves a call for any node [default: memory].
+    #[arg(long, env = "TUNNELGATE_REGISTRY", value_name = "REGISTRY")]
+    pub registry: Option<String>,
+    /// This relay's name in the cluster; must differ between relays
+    /// [default: the one in the state dir, made on first start].
+    #[arg(long, env = "TUNNELGATE_RELAY_ID", value_name = "ID")]
+    pub relay_id: Option<RelayId>,
+    /// Relay-to-relay listener, QUIC over UDP, used with --registry etcd
+    /// [default: 0.0.0.0:7444].
+    #[arg(long, env = "TUNNELGATE_PEER_LISTEN", value_name = "ADDR")]
+    pub peer_listen: Option<SocketAddr>,
+    /// How long this relay's registry entries outlive it when it dies
+    /// without leaving [default: 5s].
+    #[arg(long, env = "TUNNELGATE_REGISTRY_LEASE_TTL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub registry_lease_ttl: Option<Duration>,
     /// How often agents send heartbeats [default: 5s].
     #[arg(long, env = "TUNNELGATE_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub heartbeat_interval: Option<Duration>,
@@ -111,6 +129,10 @@ struct FileConfig {
     agent_listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
     advertise: Option<Vec<String>>,
+    registry: Option<String>,
+    relay_id: Option<RelayId>,
+    peer_listen: Option<SocketAddr>,
+    registry_lease_ttl: Option<String>,
     heartbeat_interval: Option<String>,
     shutdown_grace: Option<String>,
     api_tls: Option<bool>,
@@ -136,8 +158,15 @@ pub struct Config {
     pub agent_listen: SocketAddr,
     /// Metrics and health listener.
     pub metrics_listen: SocketAddr,
-    /// Extra names for the server certificate.
+    /// Extra names for the server certificate; the first is how peers and
+    /// agents reach this relay.
     pub advertise: Vec<String>,
+    /// Where the cluster's registry is.
+    pub registry: RegistryConfig,
+    /// This relay's name, when not the state dir's.
+    pub relay_id: Option<RelayId>,
+    /// Relay-to-relay listener (cluster mode only).
+    pub peer_listen: SocketAddr,
     /// Agents' heartbeat interval.
     pub heartbeat_interval: Duration,
     /// Time in-flight calls get after SIGTERM.
@@ -150,6 +179,58 @@ pub struct Config {
     pub node_cert_ttl: Duration,
     /// Protection limits.
     pub limits: Limits,
+}
+
+/// Where the registry of relays and node locations is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryConfig {
+    /// In memory: one relay on its own.
+    Memory,
+    /// In etcd, shared by every relay that uses it.
+    Etcd {
+        /// `http://HOST:PORT` of each etcd member.
+        endpoints: Vec<String>,
+        /// How long entries outlive a relay that died.
+        lease_ttl: Duration,
+    },
+}
+
+impl RegistryConfig {
+    fn parse(text: &str, lease_ttl: Duration) -> Result<Self, ConfigError> {
+        if text == "memory" {
+            return Ok(Self::Memory);
+        }
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: "registry",
+            reason,
+        };
+        let hosts = text.strip_prefix("etcd://").ok_or_else(|| {
+            invalid(format!(
+                "{text:?} is neither `memory` nor `etcd://HOST:PORT[,HOST:PORT...]`"
+            ))
+        })?;
+        let endpoints: Vec<String> = hosts
+            .split(',')
+            .map(|h| match h.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                    Ok(format!("http://{h}"))
+                }
+                _ => Err(invalid(format!(
+                    "{h:?} in {text:?} is not HOST:PORT (etcd's client port, usually 2379)"
+                ))),
+            })
+            .collect::<Result<_, _>>()?;
+        if lease_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "registry_lease_ttl",
+                reason: "must be at least 1s (etcd leases count whole seconds)".into(),
+            });
+        }
+        Ok(Self::Etcd {
+            endpoints,
+            lease_ttl,
+        })
+    }
 }
 
 /// The validated limits; see [`LimitArgs`].
@@ -189,6 +270,9 @@ impl Default for Config {
             agent_listen: ([0, 0, 0, 0], 7443).into(),
             metrics_listen: ([127, 0, 0, 1], 9375).into(),
             advertise: Vec::new(),
+            registry: RegistryConfig::Memory,
+            relay_id: None,
+            peer_listen: ([0, 0, 0, 0], 7444).into(),
             heartbeat_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             api_tls: false,
@@ -264,7 +348,24 @@ impl Config {
                 reason: format!("{api_listen} is not a loopback address, so API calls must authenticate; use api_auth = \"required\" and give clients a certificate (client-cert create) or an API key (api-key create)"),
             });
         }
+        let lease_ttl = args
+            .registry_lease_ttl
+            .or(file_duration(
+                "registry_lease_ttl",
+                file.registry_lease_ttl,
+            )?)
+            .unwrap_or(Duration::from_secs(5));
+        let registry = match args.registry.or(file.registry) {
+            Some(text) => RegistryConfig::parse(&text, lease_ttl)?,
+            None => RegistryConfig::Memory,
+        };
         let config = Self {
+            registry,
+            relay_id: args.relay_id.or(file.relay_id),
+            peer_listen: args
+                .peer_listen
+                .or(file.peer_listen)
+                .unwrap_or(d.peer_listen),
             state_dir: args.state_dir.or(file.state_dir).unwrap_or(d.state_dir),
             api_listen,
             api_tls: api_tls.unwrap_or(!loopback),
@@ -353,6 +454,38 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/from/file"));
         assert_eq!(c.shutdown_grace, Duration::from_secs(3));
         assert_eq!(c.metrics_listen.port(), 9375);
+    }
+
+    #[test]
+    fn the_registry_is_memory_or_etcd_endpoints() {
+        let resolve = |registry: &str| {
+            Config::resolve(ServeArgs {
+                registry: Some(registry.into()),
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            Config::resolve(ServeArgs::default()).unwrap().registry,
+            RegistryConfig::Memory
+        );
+        assert_eq!(
+            resolve("etcd://127.0.0.1:2379,etcd-2:2379")
+                .unwrap()
+                .registry,
+            RegistryConfig::Etcd {
+                endpoints: vec!["http://127.0.0.1:2379".into(), "http://etcd-2:2379".into()],
+                lease_ttl: Duration::from_secs(5),
+            }
+        );
+        for bad in [
+            "etcd://",
+            "etcd://host",
+            "zookeeper://h:1",
+            "etcd://h:99999",
+        ] {
+            let err = resolve(bad).unwrap_err().to_string();
+            assert!(err.contains("registry"), "{bad}: {err}");
+        }
     }
 
     #[test]

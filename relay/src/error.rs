@@ -209,6 +209,24 @@ pub enum CallError {
         /// Why.
         source: hyper::Error,
     },
+    /// The peer relay that holds the node's session cannot be reached.
+    #[error("the call to this node goes through relay {relay}, which cannot be reached: {reason}; retry, or call a relay that holds the node (GET /v1/nodes on each)")]
+    PeerUnreachable {
+        /// The peer.
+        relay: tunnelgate_proto::RelayId,
+        /// What failed.
+        reason: String,
+    },
+    /// The peer's connection failed while opening the call's stream.
+    #[error("relay {relay}, which holds node {node}, failed: {source}")]
+    PeerFailed {
+        /// The peer.
+        relay: tunnelgate_proto::RelayId,
+        /// The node.
+        node: NodeId,
+        /// Why.
+        source: tunnelgate_session::SessionError,
+    },
     /// 101 to a request that did not ask to upgrade.
     #[error("the daemon switched protocols on a request that did not ask to upgrade")]
     UnaskedUpgrade,
@@ -237,6 +255,7 @@ impl CallError {
             | Self::NotSent { .. }
             | Self::NoAnswer { .. } => ErrorSource::Agent,
             Self::DaemonUnreachable { .. } | Self::UnaskedUpgrade => ErrorSource::Daemon,
+            Self::PeerUnreachable { .. } | Self::PeerFailed { .. } => ErrorSource::Peer,
             Self::Http(_) => ErrorSource::Internal,
         }
     }
@@ -249,6 +268,8 @@ impl CallError {
             | Self::SessionFailed { .. }
             | Self::HeaderNotSent { .. }
             | Self::DaemonUnreachable { .. }
+            | Self::PeerUnreachable { .. }
+            | Self::PeerFailed { .. }
             | Self::NotSent { .. } => true,
             // The agent answers before it lets a byte through: a refusal
             // or a stream closed unanswered means nothing went on.

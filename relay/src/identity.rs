@@ -148,6 +148,29 @@ impl Authority {
         Ok(Identity::from_pem(&chain_pem, &key_pem)?)
     }
 
+    /// Issues the certificate this relay presents to, and dials, its peer
+    /// relays: CN and a DNS name are the relay id (peers dial it by that
+    /// name), OU is `relay`, so no node or client certificate can pass
+    /// for a relay. Made afresh at every start, kept in memory only.
+    pub fn relay_identity(&self, relay_id: &RelayId) -> Result<Identity, IdentityError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![relay_id.to_string()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, relay_id.as_str());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, Role::Relay.as_str());
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        validity(&mut params, SERVER_CERT_LIFETIME);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let chain_pem = format!("{}{}", cert.pem(), self.ca_pem);
+        Ok(Identity::from_pem(&chain_pem, &key.serialize_pem())?)
+    }
+
     fn issue(
         &self,
         public_key: &impl rcgen::PublicKeyData,

@@ -5,9 +5,11 @@
 //! ```text
 //! relay            lifecycle: bind, run, drain                (relay.rs)
 //!  ├─ front        the Docker API: parse, admit, dispatch     (front/)
-//!  │   ├─ router   where a node is: local session, offline, unknown
-//!  │   └─ upstream how a routed call is carried: tunnel, kept streams, splice
-//!  ├─ listen       agent listeners: handshake budget, enrolment, control stream
+//!  │   ├─ router   where a node is: local session, peer relay, offline, unknown
+//!  │   └─ upstream how a routed call is carried: tunnel (session or peer), kept streams, splice
+//!  ├─ listen       agent listeners: handshake budget, enrolment, control stream;
+//!  │               the peer listener (calls a peer relay carries here)
+//!  ├─ registry     members and node locations: memory, or etcd shared by a cluster
 //!  ├─ sessions     the local session table
 //!  ├─ auth, audit  who calls; one line per call
 //!  ├─ identity     the installation CA
@@ -29,6 +31,7 @@ pub mod identity;
 pub mod listen;
 pub mod metrics;
 pub mod net;
+pub mod registry;
 mod relay;
 pub mod respond;
 pub mod router;

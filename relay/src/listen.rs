@@ -22,6 +22,7 @@
 mod budget;
 mod control;
 mod enrol;
+pub mod peer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,7 @@ use crate::config::Config;
 use crate::identity::Authority;
 use crate::metrics::{Handshake, Limit, Metrics};
 use crate::net::accept_tcp;
+use crate::registry::Registry;
 use crate::sessions::Sessions;
 use crate::state::{rfc3339, NodeStatus, State};
 
@@ -54,6 +56,8 @@ pub struct Context {
     pub authority: Arc<Authority>,
     /// Where authenticated sessions go.
     pub sessions: Arc<Sessions>,
+    /// Where the cluster learns which relay holds which node.
+    pub registry: Arc<Registry>,
     /// Handshake and session counts.
     pub metrics: Arc<Metrics>,
     /// New agent handshakes allowed now.

@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
     tunnelgate_session::process::init_tracing();
     match Cli::parse().command {
         Command::Serve(args) => {
-            let config = Config::resolve(args).context("invalid configuration")?;
+            let config = Config::resolve(*args).context("invalid configuration")?;
             let relay = Relay::bind(config)
                 .await
                 .context("cannot start the relay")?;

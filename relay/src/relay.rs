@@ -25,17 +25,18 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use tunnelgate_proto::{NodeKey, RelayId};
 
-use crate::config::Config;
+use crate::config::{Config, RegistryConfig};
 use crate::front::{self, ClientConn, Front};
 use crate::identity::{Authority, IdentityError};
 use crate::listen::{self, HandshakeBudget};
 use crate::metrics::{self, Metrics};
 use crate::net::{self, BindError, HttpOptions};
+use crate::registry::{Member, Registry};
 use crate::router::Router;
 use crate::sessions::{ControlCommand, NodeView, Sessions};
 use crate::state::credentials::NewCredential;
 use crate::state::{State, StateError};
-use crate::upstream::Tunnel;
+use crate::upstream::{Peers, Tunnel};
 
 /// The relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,9 @@ pub enum RelayError {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The cluster's registry cannot be reached.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::etcd::EtcdError),
 }
 
 /// A relay with its listeners bound, ready to [`Relay::run`].
@@ -61,12 +65,33 @@ pub struct Relay {
     authority: Arc<Authority>,
     sessions: Arc<Sessions>,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    /// The relay-to-relay endpoint and this relay's connections to its
+    /// peers, in a cluster.
+    peer_endpoint: Option<(quinn::Endpoint, Arc<Peers>)>,
     endpoint: quinn::Endpoint,
     agent_tcp: TcpListener,
     agent_tls: Arc<rustls::ServerConfig>,
     api: TcpListener,
     api_tls: Option<tokio_rustls::TlsAcceptor>,
     metrics_listener: TcpListener,
+}
+
+/// How peers and agents reach a listener bound at `bound`: the first
+/// `--advertise` name, else the bound address itself when it is a real
+/// one, else the host name.
+fn advertised(config: &Config, bound: SocketAddr) -> String {
+    let host = match config.advertise.first() {
+        Some(name) => name.clone(),
+        None if !bound.ip().is_unspecified() => bound.ip().to_string(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into()),
+    };
+    match host.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{host}]:{}", bound.port()),
+        Err(_) => format!("{host}:{}", bound.port()),
+    }
 }
 
 /// The names the relay's server certificate is good for.
@@ -91,10 +116,10 @@ fn server_names(config: &Config) -> Vec<String> {
 impl Relay {
     /// Opens the state dir and binds every listener.
     pub async fn bind(config: Config) -> Result<Self, RelayError> {
-        let dir = config.state_dir.clone();
+        let (dir, relay_id) = (config.state_dir.clone(), config.relay_id.clone());
         let (state, authority, reset_key) = tokio::task::spawn_blocking(move || {
             let authority = Authority::open(&dir)?;
-            let state = State::open(&dir)?;
+            let state = State::open(&dir)?.with_relay_id(relay_id);
             let reset_key = state.quic_reset_key()?;
             Ok::<_, RelayError>((state, authority, reset_key))
         })
@@ -124,7 +149,55 @@ impl Relay {
         .await?;
         let api = net::bind_tcp("api-listen", config.api_listen).await?;
         let metrics_listener = net::bind_tcp("metrics-listen", config.metrics_listen).await?;
+        let peer_endpoint = match &config.registry {
+            RegistryConfig::Memory => None,
+            RegistryConfig::Etcd { .. } => {
+                let relay = authority.relay_identity(state.relay_id())?;
+                let ca = authority.ca_der();
+                let server = tunnelgate_session::tls::peer_server_config(relay.clone(), ca)
+                    .map_err(IdentityError::from)?;
+                let client = tunnelgate_session::tls::peer_client_config(relay, ca)
+                    .map_err(IdentityError::from)?;
+                let bind_err = |source| BindError {
+                    what: "peer-listen",
+                    addr: config.peer_listen,
+                    source,
+                };
+                let endpoint =
+                    tunnelgate_session::quic::peer_endpoint(config.peer_listen, server, &reset_key)
+                        .map_err(bind_err)?;
+                let client =
+                    tunnelgate_session::quic::peer_client_config(client).map_err(bind_err)?;
+                let peers = Arc::new(Peers::new(endpoint.clone(), client));
+                Some((endpoint, peers))
+            }
+        };
+        let bound = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
+        let me = Member {
+            relay_id: state.relay_id().clone(),
+            peer_addr: advertised(
+                &config,
+                peer_endpoint.as_ref().map_or(config.peer_listen, |(e, _)| {
+                    e.local_addr().expect("a bound endpoint has an address")
+                }),
+            ),
+            agent_addr: advertised(&config, bound(&agent_tcp)),
+            api_addr: advertised(&config, bound(&api)),
+            generation: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            draining: false,
+        };
+        let registry = match &config.registry {
+            RegistryConfig::Memory => Registry::memory(me),
+            RegistryConfig::Etcd {
+                endpoints,
+                lease_ttl,
+            } => Registry::etcd(endpoints.clone(), me, *lease_ttl).await?,
+        };
         Ok(Self {
+            registry: Arc::new(registry),
+            peer_endpoint,
             config: Arc::new(config),
             state: Arc::new(state),
             authority: Arc::new(authority),
@@ -146,6 +219,10 @@ impl Relay {
             api: self.api.local_addr().expect(bound),
             agent: self.endpoint.local_addr().expect(bound),
             metrics: self.metrics_listener.local_addr().expect(bound),
+            peer: self
+                .peer_endpoint
+                .as_ref()
+                .map(|(e, _)| e.local_addr().expect(bound)),
         }
     }
 
@@ -180,6 +257,8 @@ impl Relay {
             authority,
             sessions,
             metrics,
+            registry,
+            peer_endpoint,
             endpoint,
             agent_tcp,
             agent_tls,
@@ -198,6 +277,7 @@ impl Relay {
             state: state.clone(),
             authority,
             sessions: sessions.clone(),
+            registry: registry.clone(),
             metrics: metrics.clone(),
             budget: HandshakeBudget::new(config.limits.max_agent_handshakes_per_sec),
             tasks: tasks.clone(),
@@ -221,12 +301,13 @@ impl Relay {
             config: config.clone(),
             state: state.clone(),
             sessions: sessions.clone(),
-            router: Router::new(sessions.clone(), state.clone()),
+            router: Router::new(sessions.clone(), registry.clone(), state.clone()),
             tunnel: Tunnel::new(
                 metrics.clone(),
                 config.limits.idle_stream_timeout,
                 tasks.clone(),
                 calls.clone(),
+                peer_endpoint.as_ref().map(|(_, peers)| peers.clone()),
             ),
             metrics: metrics.clone(),
             slots: Arc::default(),
@@ -261,6 +342,23 @@ impl Relay {
                 service_fn(move |req| metrics::handle(m.clone(), r.clone(), req))
             },
         ));
+        if let Some((endpoint, _)) = &peer_endpoint {
+            let ctx = Arc::new(listen::peer::PeerContext {
+                relay_id: state.relay_id().clone(),
+                sessions: sessions.clone(),
+                calls: calls.clone(),
+            });
+            tasks.spawn(listen::peer::run_peers(
+                endpoint.clone(),
+                ctx,
+                hard.clone(),
+                hard.clone(),
+                tasks.clone(),
+            ));
+        }
+        // The registry leaves the cluster last, when `hard` fires: a
+        // draining relay still holds, and serves, its sessions.
+        tasks.spawn(registry.clone().run(hard.clone()));
         let watched = sessions.clone();
         tasks.spawn(
             state
@@ -276,10 +374,15 @@ impl Relay {
             () = hard.cancelled() => {}
         }
         ready.store(false, Ordering::Release);
+        registry.set_draining();
         accepting.cancel();
         drain(&config, &sessions, &calls).await;
         hard.cancel();
         endpoint.close(0u32.into(), b"relay shutting down");
+        if let Some((endpoint, peers)) = &peer_endpoint {
+            peers.close();
+            endpoint.close(0u32.into(), b"relay shutting down");
+        }
         tasks.close();
         if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
             .await
@@ -399,6 +502,8 @@ pub struct ListeningLine {
     pub agent: SocketAddr,
     /// Prometheus listener.
     pub metrics: SocketAddr,
+    /// Relay-to-relay listener, in a cluster.
+    pub peer: Option<SocketAddr>,
 }
 
 impl std::fmt::Display for ListeningLine {
@@ -407,7 +512,11 @@ impl std::fmt::Display for ListeningLine {
             f,
             "tunnelgate-relay listening: api={} agent={} metrics={}",
             self.api, self.agent, self.metrics
-        )
+        )?;
+        match self.peer {
+            Some(peer) => write!(f, " peer={peer}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -427,6 +536,10 @@ impl std::str::FromStr for ListeningLine {
             api: addr("api=")?,
             agent: addr("agent=")?,
             metrics: addr("metrics=")?,
+            peer: match line.contains(" peer=") {
+                true => Some(addr("peer=")?),
+                false => None,
+            },
         })
     }
 }
@@ -441,8 +554,14 @@ mod tests {
             api: "127.0.0.1:7375".parse().unwrap(),
             agent: "0.0.0.0:7443".parse().unwrap(),
             metrics: "[::1]:9375".parse().unwrap(),
+            peer: None,
         };
         assert_eq!(line.to_string().parse::<ListeningLine>(), Ok(line));
+        let cluster = ListeningLine {
+            peer: Some("127.0.0.1:7444".parse().unwrap()),
+            ..line
+        };
+        assert_eq!(cluster.to_string().parse::<ListeningLine>(), Ok(cluster));
         let err = "tunnelgate-relay listening: api=127.0.0.1:1 agent=127.0.0.1:2"
             .parse::<ListeningLine>()
             .unwrap_err();

@@ -54,6 +54,9 @@ pub struct Entry {
     pub key: NodeKey,
     /// Serial of the certificate the agent connected with.
     pub cert_serial: String,
+    /// When the session was established, in ns since the epoch: of two
+    /// relays' claims on a node in the registry, the newer wins.
+    pub epoch: u64,
     id: SessionId,
 }
 
@@ -103,12 +106,17 @@ impl Sessions {
         info: NodeInfo,
         control: mpsc::Sender<ControlCommand>,
     ) -> Arc<Entry> {
+        let epoch = info
+            .connected_since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         let entry = Arc::new(Entry {
             session,
             info: Mutex::new(info),
             control,
             key: key.clone(),
             cert_serial,
+            epoch,
             id: SessionId(self.next_id.fetch_add(1, Ordering::Relaxed)),
         });
         if let Some(old) = self.map.insert(key, entry.clone()) {

@@ -215,6 +215,14 @@ impl State {
         Ok(state)
     }
 
+    /// Uses `relay_id` instead of the state dir's (`--relay-id`).
+    pub fn with_relay_id(mut self, relay_id: Option<RelayId>) -> Self {
+        if let Some(id) = relay_id {
+            self.relay_id = id;
+        }
+        self
+    }
+
     /// The state dir.
     pub fn dir(&self) -> &Path {
         &self.dir

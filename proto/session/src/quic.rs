@@ -85,9 +85,46 @@ pub fn server_endpoint(
     idle_timeout: Duration,
     reset_key: &[u8; 32],
 ) -> std::io::Result<quinn::Endpoint> {
+    let transport = transport(MAX_STREAMS_FROM_AGENT, idle_timeout);
+    listening_endpoint(addr, tls, transport, reset_key)
+}
+
+/// Calls one relay may have in flight at once towards one peer relay.
+pub const MAX_PEER_STREAMS: u32 = 4096;
+/// How long a relay-to-relay connection outlives its last packet; the
+/// keep-alive holds a kept connection open well within it.
+const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The relay-to-relay endpoint on `addr`: it accepts peers with the
+/// server configuration `tls` and dials them with [`peer_client_config`];
+/// resets are keyed as for [`server_endpoint`].
+pub fn peer_endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    reset_key: &[u8; 32],
+) -> std::io::Result<quinn::Endpoint> {
+    let transport = transport(MAX_PEER_STREAMS, PEER_IDLE_TIMEOUT);
+    listening_endpoint(addr, tls, transport, reset_key)
+}
+
+/// A QUIC client configuration for dialling a peer relay.
+pub fn peer_client_config(tls: rustls::ClientConfig) -> std::io::Result<quinn::ClientConfig> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    // The dialled peer never opens streams towards the dialling relay.
+    config.transport_config(transport(0, PEER_IDLE_TIMEOUT));
+    Ok(config)
+}
+
+fn listening_endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    transport: Arc<TransportConfig>,
+    reset_key: &[u8; 32],
+) -> std::io::Result<quinn::Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport(MAX_STREAMS_FROM_AGENT, idle_timeout));
+    config.transport_config(transport);
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
     // quinn only answers with a reset for a connection id that passes its
     // generator's check, and the default generator's key is new at every

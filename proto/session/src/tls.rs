@@ -104,6 +104,8 @@ pub enum Role {
     Node,
     /// A control-plane client's certificate (`OU=client`).
     Client,
+    /// A relay's certificate for the relay-to-relay port (`OU=relay`).
+    Relay,
 }
 
 impl Role {
@@ -112,6 +114,7 @@ impl Role {
         match self {
             Self::Node => "node",
             Self::Client => "client",
+            Self::Relay => "relay",
         }
     }
 }
@@ -150,6 +153,7 @@ pub fn subject(cert: &CertificateDer<'_>) -> Option<Subject> {
         .and_then(|ou| match ou {
             "node" => Some(Role::Node),
             "client" => Some(Role::Client),
+            "relay" => Some(Role::Relay),
             _ => None,
         });
     Some(Subject {
@@ -202,6 +206,40 @@ fn server_config_for(
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain, identity.key)?;
     config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
+/// The ALPN protocol name relays speak to each other.
+pub const PEER_ALPN: &[u8] = b"tunnelgate-peer/1";
+
+/// A relay's TLS configuration for its peer port: present the relay
+/// certificate `identity`, and require one from `ca` of the other side.
+/// That it is a relay's (not a node's or a client's) is checked by the
+/// caller from the subject, since WebPKI knows no roles.
+pub fn peer_server_config(
+    identity: Identity,
+    ca: &CertificateDer<'static>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    Ok(config)
+}
+
+/// A relay's TLS configuration for dialling a peer relay: trust `ca`,
+/// present the relay certificate `identity`.
+pub fn peer_client_config(
+    identity: Identity,
+    ca: &CertificateDer<'static>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut config = client_config(Trust::Ca(ca.clone()), Some(identity))?;
+    config.alpn_protocols = vec![PEER_ALPN.to_vec()];
     Ok(config)
 }
 

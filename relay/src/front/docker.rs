@@ -19,7 +19,10 @@ use crate::metrics::Limit;
 use crate::respond::Body;
 use crate::router::Route;
 use crate::upstream::splice::{splice_upgraded, Guarded};
-use crate::upstream::Target;
+use crate::upstream::{Target, Via};
+
+/// Which route carried a call: `local`, or `peer=<relay-id>`.
+pub const ROUTE_HEADER: &str = "x-tunnelgate-route";
 
 /// Carries one Docker call to `node_id` of `tenant`, with the path `rest`
 /// as the daemon sees it.
@@ -38,8 +41,10 @@ pub(super) async fn proxy(
         tenant: tenant.clone(),
         node_id,
     };
-    let entry = match front.router.route(&key) {
-        Route::Local(entry) => entry,
+    let route = front.router.route(&key);
+    let via = match &route {
+        Route::Local(entry) => Via::Session(entry),
+        Route::Peer(peer) => Via::Peer(peer),
         Route::Offline => return Err(CallError::NodeOffline(key.node_id)),
         Route::Unknown => return Err(CallError::UnknownNode(key.node_id.to_string())),
     };
@@ -69,7 +74,8 @@ pub(super) async fn proxy(
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let target = Target {
-        node_id: key.node_id,
+        tenant: key.tenant.clone(),
+        node_id: key.node_id.clone(),
         request_id,
         traceparent: req
             .headers()
@@ -86,8 +92,15 @@ pub(super) async fn proxy(
 
     let mut resp = front
         .tunnel
-        .send(&entry, &target, &conn.kept, req, upgrade, &record)
+        .send(via, &target, &conn.kept, req, upgrade, &record)
         .await?;
+    let route_name = match &route {
+        Route::Peer(peer) => format!("peer={}", peer.relay_id),
+        other => other.name().to_owned(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&route_name) {
+        resp.headers_mut().insert(ROUTE_HEADER, v);
+    }
     // The call is over when its last byte is relayed: until then it holds
     // its audit record and its slots.
     let guard = (record, slots);

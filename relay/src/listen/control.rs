@@ -52,13 +52,15 @@ pub(super) async fn run(
                     connected_since: SystemTime::now(),
                     rtt: None,
                 };
-                entry = Some(ctx.sessions.insert(
+                let inserted = ctx.sessions.insert(
                     session.clone(),
                     key.clone(),
                     cert.serial.clone(),
                     info,
                     tx.clone(),
-                ));
+                );
+                ctx.registry.publish(&key, inserted.epoch);
+                entry = Some(inserted);
                 ctx.metrics
                     .agents_connected
                     .with_label_values(&[transport])
@@ -86,7 +88,9 @@ pub(super) async fn run(
     )
     .await;
     if let Some(e) = &entry {
-        ctx.sessions.remove(e);
+        if ctx.sessions.remove(e) {
+            ctx.registry.withdraw(&key, e.epoch);
+        }
         ctx.metrics
             .agents_connected
             .with_label_values(&[transport])

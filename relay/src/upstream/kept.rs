@@ -9,10 +9,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use tunnelgate_proto::NodeKey;
+use tunnelgate_proto::{NodeKey, RelayId};
 
 use crate::audit::StreamBytes;
-use crate::sessions::{Entry, SessionId};
+use crate::sessions::SessionId;
+
+/// What carries a kept stream: a session of this relay, or the
+/// connection to a peer relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Carrier {
+    Session(SessionId),
+    Peer(RelayId),
+}
 
 /// The HTTP/1.1 client end of one stream to a node, with its byte counts.
 pub(super) struct NodeConn {
@@ -31,7 +39,7 @@ pub struct KeptStream(Mutex<Option<Kept>>);
 
 struct Kept {
     key: NodeKey,
-    session: SessionId,
+    carrier: Carrier,
     conn: NodeConn,
 }
 
@@ -46,12 +54,11 @@ impl KeptStream {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The kept stream, if it goes to `entry`'s node over that very
-    /// session and is free for another call. The lock is let go before
-    /// waiting.
-    pub(super) async fn take(&self, entry: &Arc<Entry>) -> Option<NodeConn> {
+    /// The kept stream, if it goes to `key` over that very `carrier` and
+    /// is free for another call. The lock is let go before waiting.
+    pub(super) async fn take(&self, key: &NodeKey, carrier: &Carrier) -> Option<NodeConn> {
         let kept = self.slot().take()?;
-        if kept.key != entry.key || kept.session != entry.id() {
+        if kept.key != *key || kept.carrier != *carrier {
             return None;
         }
         let mut conn = kept.conn;
@@ -61,11 +68,11 @@ impl KeptStream {
         }
     }
 
-    /// Keeps `conn`, a stream of `entry`'s session, for the next call.
-    pub(super) fn keep(&self, entry: &Entry, conn: NodeConn) {
+    /// Keeps `conn`, a stream to `key` over `carrier`, for the next call.
+    pub(super) fn keep(&self, key: &NodeKey, carrier: Carrier, conn: NodeConn) {
         *self.slot() = Some(Kept {
-            key: entry.key.clone(),
-            session: entry.id(),
+            key: key.clone(),
+            carrier,
             conn,
         });
     }

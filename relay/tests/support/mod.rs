@@ -167,6 +167,8 @@ pub struct Relay {
     pub api: SocketAddr,
     pub agent: SocketAddr,
     pub metrics: SocketAddr,
+    /// The relay-to-relay port, in a cluster.
+    pub peer: Option<SocketAddr>,
     pub state: PathBuf,
     _stdout: ChildStdout,
 }
@@ -223,6 +225,7 @@ impl Relay {
             api,
             agent,
             metrics,
+            peer,
         } = line.parse().map_err(anyhow::Error::msg)?;
         Ok(Self {
             proc: Proc {
@@ -232,6 +235,7 @@ impl Relay {
             api,
             agent,
             metrics,
+            peer,
             state: state.to_owned(),
             _stdout: stdout.into_inner(),
         })
@@ -640,6 +644,7 @@ impl LineReader {
         bail!("no line with {needle:?} within {wait:?}")
     }
 }
+pub mod etcd;
 pub mod scenarios;
 
 /// A control-plane client of a relay whose API speaks TLS: trusts the

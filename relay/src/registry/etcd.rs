@@ -1,0 +1,429 @@
+//! The registry in etcd.
+//!
+//! ```text
+//! /tunnelgate/v1/relays/<relay-id>         Member (JSON), under the relay's lease
+//! /tunnelgate/v1/nodes/<tenant>/<node-id>  "<epoch, 20 digits> <relay-id>", under the holder's lease
+//! ```
+//!
+//! A location is written in one transaction that keeps a newer claim:
+//! `if value > mine then nothing else put` (etcd compares values bytewise,
+//! and the zero-padded epoch leads the value; a missing key fails the
+//! compare, so it is written). A relay that lost its lease while its
+//! agent moved on can therefore never overwrite the newer session's
+//! entry, and its own entries vanish with the lease.
+//!
+//! One task owns the connection: it keeps the lease alive, applies this
+//! relay's writes in order, and mirrors the prefix by watch. On any
+//! failure it starts over (a new lease, this relay's entries written
+//! again, the prefix listed again and watched from the listed revision),
+//! while the mirror keeps serving what it last saw.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use tunnelgate_proto::{NodeId, NodeKey, RelayId, TenantId};
+
+use super::{Location, Member, Mirror};
+
+const PREFIX: &str = "/tunnelgate/v1/";
+const RELAYS: &str = "/tunnelgate/v1/relays/";
+const NODES: &str = "/tunnelgate/v1/nodes/";
+
+/// How long one etcd request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest pause between attempts to reach etcd again.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The registry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// etcd did not answer at all.
+    #[error(
+        "cannot reach etcd at {endpoints}: {source}; check --registry and that etcd runs there"
+    )]
+    Unreachable {
+        /// The endpoints tried.
+        endpoints: String,
+        /// Why.
+        source: etcd_client::Error,
+    },
+}
+
+/// A write this relay wants in the registry.
+#[derive(Debug)]
+enum Op {
+    Publish(NodeKey, u64),
+    Withdraw(NodeKey, u64),
+    Draining,
+}
+
+/// The etcd backend of a [`super::Registry`].
+#[derive(Debug)]
+pub struct Etcd {
+    endpoints: Vec<String>,
+    lease_ttl: Duration,
+    me: Mutex<Member>,
+    /// This relay's claims, written again after every new lease.
+    claims: Mutex<HashMap<NodeKey, u64>>,
+    ops: mpsc::UnboundedSender<Op>,
+    ops_rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
+    mirror: Arc<RwLock<Mirror>>,
+}
+
+fn node_key_path(key: &NodeKey) -> String {
+    format!("{NODES}{}/{}", key.tenant, key.node_id)
+}
+
+fn location_value(epoch: u64, relay_id: &RelayId) -> String {
+    format!("{epoch:020} {relay_id}")
+}
+
+fn parse_location(key: &str, value: &str) -> Option<(NodeKey, Location)> {
+    let (tenant, node) = key.strip_prefix(NODES)?.split_once('/')?;
+    let (epoch, relay) = value.split_once(' ')?;
+    Some((
+        NodeKey {
+            tenant: TenantId::new(tenant).ok()?,
+            node_id: NodeId::new(node).ok()?,
+        },
+        Location {
+            relay_id: RelayId::new(relay).ok()?,
+            epoch: epoch.parse().ok()?,
+        },
+    ))
+}
+
+/// Applies one key's new value (or its removal) to the mirror; keys that
+/// do not parse are ignored, and logged once at debug.
+fn apply(mirror: &mut Mirror, key: &str, value: Option<&str>) {
+    if let Some(id) = key.strip_prefix(RELAYS) {
+        let Ok(relay_id) = RelayId::new(id) else {
+            return debug!(key, "ignoring a relay key that is no relay id");
+        };
+        match value.map(serde_json::from_str::<Member>) {
+            Some(Ok(member)) => mirror.set_member(member),
+            Some(Err(e)) => debug!(key, error = %e, "ignoring an unreadable member"),
+            None => mirror.remove_member(&relay_id),
+        }
+    } else if key.starts_with(NODES) {
+        match value {
+            Some(v) => match parse_location(key, v) {
+                Some((node, location)) => mirror.set_location(node, location),
+                None => debug!(key, "ignoring an unreadable location"),
+            },
+            None => {
+                if let Some((node, _)) = parse_location(key, "0 x") {
+                    mirror.remove_location(&node);
+                }
+            }
+        }
+    }
+}
+
+impl Etcd {
+    /// Reaches etcd once, so a relay that never can refuses to start.
+    pub(super) async fn connect(
+        endpoints: Vec<String>,
+        me: Member,
+        lease_ttl: Duration,
+        mirror: Arc<RwLock<Mirror>>,
+    ) -> Result<Self, EtcdError> {
+        let client = Self::client(&endpoints)
+            .await
+            .map_err(|source| EtcdError::Unreachable {
+                endpoints: endpoints.join(","),
+                source,
+            })?;
+        drop(client);
+        let (ops, ops_rx) = mpsc::unbounded_channel();
+        Ok(Self {
+            endpoints,
+            lease_ttl,
+            me: Mutex::new(me),
+            claims: Mutex::default(),
+            ops,
+            ops_rx: Mutex::new(Some(ops_rx)),
+            mirror,
+        })
+    }
+
+    async fn client(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT);
+        let mut client = Client::connect(endpoints, Some(options)).await?;
+        // connect() is lazy about the network: ask something to know.
+        client
+            .get(RELAYS, Some(GetOptions::new().with_count_only()))
+            .await?;
+        Ok(client)
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn publish(&self, key: NodeKey, epoch: u64) {
+        Self::lock(&self.claims).insert(key.clone(), epoch);
+        let _ = self.ops.send(Op::Publish(key, epoch));
+    }
+
+    pub(super) fn withdraw(&self, key: NodeKey, epoch: u64) {
+        {
+            let mut claims = Self::lock(&self.claims);
+            if claims.get(&key) == Some(&epoch) {
+                claims.remove(&key);
+            }
+        }
+        let _ = self.ops.send(Op::Withdraw(key, epoch));
+    }
+
+    pub(super) fn set_draining(&self) {
+        Self::lock(&self.me).draining = true;
+        let _ = self.ops.send(Op::Draining);
+    }
+
+    fn relay_id(&self) -> RelayId {
+        Self::lock(&self.me).relay_id.clone()
+    }
+
+    /// Keeps this relay registered and the mirror current until `stop`;
+    /// then revokes the lease.
+    pub(super) async fn run(&self, stop: CancellationToken) {
+        let Some(mut ops) = Self::lock(&self.ops_rx).take() else {
+            return warn!("the registry task was started twice");
+        };
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match self.session(&mut ops, &stop).await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(error = %e, endpoints = %self.endpoints.join(","), retry_in = ?pause,
+                          "etcd unreachable; serving this relay's sessions and the last-known routes meanwhile");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = stop.cancelled() => return,
+            }
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// One connection's life: register, list, then keep alive, write and
+    /// watch until something fails (an error) or `stop` (the lease is
+    /// revoked, `Ok`).
+    async fn session(
+        &self,
+        ops: &mut mpsc::UnboundedReceiver<Op>,
+        stop: &CancellationToken,
+    ) -> Result<(), etcd_client::Error> {
+        let connected = tokio::select! {
+            c = Self::client(&self.endpoints) => c?,
+            // Not registered yet: nothing to revoke.
+            () = stop.cancelled() => return Ok(()),
+        };
+        let mut client = connected;
+        let ttl = self.lease_ttl.as_secs().max(1) as i64;
+        let lease = client.lease_grant(ttl, None).await?.id();
+        let (mut keeper, mut keep_alive) = client.lease_keep_alive(lease).await?;
+        self.put_member(&mut client, lease).await?;
+        let claims: Vec<_> = Self::lock(&self.claims)
+            .iter()
+            .map(|(k, e)| (k.clone(), *e))
+            .collect();
+        for (key, epoch) in claims {
+            self.put_location(&mut client, lease, &key, epoch).await?;
+        }
+        // Writes queued before this lease are covered by the claims above.
+        while ops.try_recv().is_ok() {}
+        let listed = client
+            .get(PREFIX, Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = listed.header().map_or(0, |h| h.revision());
+        {
+            let mut mirror = self.mirror.write().unwrap_or_else(|p| p.into_inner());
+            mirror.clear();
+            for kv in listed.kvs() {
+                if let (Ok(k), Ok(v)) = (kv.key_str(), kv.value_str()) {
+                    apply(&mut mirror, k, Some(v));
+                }
+            }
+        }
+        let mut watch = client
+            .watch(
+                PREFIX,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await?;
+        info!(relay_id = %self.relay_id(), lease, revision, "registered in etcd");
+        let mut tick = tokio::time::interval(self.lease_ttl / 3);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    keeper.keep_alive().await?;
+                    match tokio::time::timeout(REQUEST_TIMEOUT, keep_alive.message()).await {
+                        Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                        Ok(Err(e)) => return Err(e),
+                        // An expired lease: its keys are gone; start over.
+                        _ => return Err(etcd_client::Error::LeaseKeepAliveError(
+                            "the lease expired; registering again".into(),
+                        )),
+                    }
+                }
+                op = ops.recv() => match op {
+                    Some(Op::Publish(key, epoch)) => self.put_location(&mut client, lease, &key, epoch).await?,
+                    Some(Op::Withdraw(key, epoch)) => self.delete_location(&mut client, &key, epoch).await?,
+                    Some(Op::Draining) => self.put_member(&mut client, lease).await?,
+                    None => return Ok(()),
+                },
+                msg = watch.message() => {
+                    let Some(resp) = msg? else {
+                        return Err(etcd_client::Error::WatchError("the watch ended".into()));
+                    };
+                    if resp.canceled() || resp.compact_revision() > 0 {
+                        // Compacted past what we saw: list again.
+                        return Err(etcd_client::Error::WatchError(format!(
+                            "the watch was cancelled ({}); listing again",
+                            resp.cancel_reason()
+                        )));
+                    }
+                    let mut mirror = self.mirror.write().unwrap_or_else(|p| p.into_inner());
+                    for event in resp.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let Ok(key) = kv.key_str() else { continue };
+                        match event.event_type() {
+                            EventType::Put => apply(&mut mirror, key, kv.value_str().ok()),
+                            EventType::Delete => apply(&mut mirror, key, None),
+                        }
+                    }
+                }
+                () = stop.cancelled() => {
+                    let _ = client.lease_revoke(lease).await;
+                    info!("left the cluster: lease revoked");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn put_member(&self, client: &mut Client, lease: i64) -> Result<(), etcd_client::Error> {
+        let me = Self::lock(&self.me).clone();
+        let json = serde_json::to_string(&me).expect("a member serializes");
+        client
+            .put(
+                format!("{RELAYS}{}", me.relay_id),
+                json,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Writes this relay's claim on `key` unless a newer one stands.
+    async fn put_location(
+        &self,
+        client: &mut Client,
+        lease: i64,
+        key: &NodeKey,
+        epoch: u64,
+    ) -> Result<(), etcd_client::Error> {
+        let path = node_key_path(key);
+        let mine = location_value(epoch, &self.relay_id());
+        let txn = Txn::new()
+            .when([Compare::value(
+                path.clone(),
+                CompareOp::Greater,
+                mine.clone(),
+            )])
+            .or_else([TxnOp::put(
+                path,
+                mine,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        if client.txn(txn).await?.succeeded() {
+            debug!(node = %key, "a newer session of the node is registered elsewhere; not claiming it");
+        }
+        Ok(())
+    }
+
+    /// Removes this relay's claim on `key` if it is still `epoch`'s.
+    async fn delete_location(
+        &self,
+        client: &mut Client,
+        key: &NodeKey,
+        epoch: u64,
+    ) -> Result<(), etcd_client::Error> {
+        let path = node_key_path(key);
+        let mine = location_value(epoch, &self.relay_id());
+        let txn = Txn::new()
+            .when([Compare::value(path.clone(), CompareOp::Equal, mine)])
+            .and_then([TxnOp::delete(path, None)]);
+        client.txn(txn).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_compare_by_epoch_first_and_parse_back() {
+        let a = location_value(9, &RelayId::new("relay-z").unwrap());
+        let b = location_value(10, &RelayId::new("relay-a").unwrap());
+        assert!(
+            b > a,
+            "bytewise order follows the epoch, whatever the relay"
+        );
+        let key = NodeKey::parse("acme/web-1").unwrap();
+        let (k, l) = parse_location(&node_key_path(&key), &b).unwrap();
+        assert_eq!((k, l.epoch, l.relay_id.as_str()), (key, 10, "relay-a"));
+        assert!(parse_location("/tunnelgate/v1/nodes/acme", &b).is_none());
+        assert!(parse_location(&node_key_path(&NodeKey::parse("a/b").unwrap()), "junk").is_none());
+    }
+
+    #[test]
+    fn the_mirror_follows_puts_and_deletes_and_ignores_junk() {
+        let mut mirror = Mirror::default();
+        let member = Member {
+            relay_id: RelayId::new("relay-b").unwrap(),
+            peer_addr: "127.0.0.1:7444".into(),
+            agent_addr: "127.0.0.1:7443".into(),
+            api_addr: "127.0.0.1:7375".into(),
+            generation: 1,
+            draining: false,
+        };
+        let json = serde_json::to_string(&member).unwrap();
+        apply(&mut mirror, "/tunnelgate/v1/relays/relay-b", Some(&json));
+        apply(
+            &mut mirror,
+            "/tunnelgate/v1/relays/relay-c",
+            Some("not json"),
+        );
+        apply(&mut mirror, "/tunnelgate/v1/relays/../x", Some(&json));
+        assert_eq!(mirror.members.len(), 1);
+        let path = node_key_path(&NodeKey::parse("acme/web").unwrap());
+        apply(
+            &mut mirror,
+            &path,
+            Some(&location_value(5, &member.relay_id)),
+        );
+        assert_eq!(mirror.locations.len(), 1);
+        apply(&mut mirror, &path, None);
+        apply(&mut mirror, "/tunnelgate/v1/relays/relay-b", None);
+        assert!(mirror.locations.is_empty() && mirror.members.is_empty());
+    }
+}
