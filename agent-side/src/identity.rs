@@ -14,6 +14,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use tracing::info;
@@ -26,6 +27,15 @@ use tunnelgate_session::tls::{self, Identity, Trust};
 use crate::config::AgentConfig;
 use crate::error::AgentError;
 use crate::transport::{self, Credentials};
+
+/// How long the relay may take to answer an enrolment request. Longer
+/// than a handshake: the relay answers once it has recorded the node in
+/// its state dir, and in an enrolment storm those writes queue (one at a
+/// time, each synced to disk). Giving up sooner only sends the agent to
+/// enrol again from the start, which costs the relay a second handshake
+/// and a second write for nothing: at 10 s, a 6,000-agent enrolment storm
+/// took the relay twice the CPU.
+const ENROL_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The node certificate, its key and the CA, as stored.
 pub struct NodeIdentity {
@@ -131,7 +141,7 @@ pub async fn enrol(config: &AgentConfig) -> Result<NodeIdentity, AgentError> {
         .await
         .map_err(|e| lost(&e))?;
     let reply = tokio::time::timeout(
-        tunnelgate_session::HANDSHAKE_TIMEOUT,
+        ENROL_ANSWER_TIMEOUT,
         control.read_message::<ControlMessage>(DEFAULT_MAX_FRAME),
     )
     .await

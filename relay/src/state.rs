@@ -171,6 +171,12 @@ pub struct State {
     store: Store,
     api_keys: RwLock<Arc<Vec<Credential>>>,
     nodes: DashMap<NodeKey, NodeRecord>,
+    /// Lets one of this process's state-dir writes at a time onto the
+    /// blocking pool. They serialize on the state dir's lock anyway; with
+    /// a thousand agents enrolling at once, letting them all contend for
+    /// it from as many threads made an enrolment storm 2.2x slower than
+    /// doing them one after another.
+    writes: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for State {
@@ -208,6 +214,7 @@ impl State {
             api_keys: RwLock::new(Arc::new(store.list(Kind::ApiKey)?)),
             store,
             nodes: DashMap::new(),
+            writes: tokio::sync::Semaphore::new(1),
         };
         for record in nodes::load_all(dir)? {
             state.nodes.insert(record.key(), record);
@@ -293,7 +300,8 @@ impl State {
             return Ok(Err(Refusal::WrongInstallation));
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.store.use_token(&token.id, &token.secret)).await?
+        self.write_blocking(move || this.store.use_token(&token.id, &token.secret))
+            .await
     }
 
     /// Records that `key` now holds the certificate `serial`, on the
@@ -307,11 +315,24 @@ impl State {
         renew: bool,
     ) -> Result<(), StateError> {
         let this = self.clone();
-        let record =
-            tokio::task::spawn_blocking(move || nodes::record_cert(&this.dir, &key, serial, renew))
-                .await??;
+        let record = self
+            .write_blocking(move || nodes::record_cert(&this.dir, &key, serial, renew))
+            .await?;
         self.nodes.insert(record.key(), record);
         Ok(())
+    }
+
+    /// Runs one state-dir write on the blocking pool, one at a time.
+    async fn write_blocking<T: Send + 'static>(
+        &self,
+        write: impl FnOnce() -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let _turn = self
+            .writes
+            .acquire()
+            .await
+            .expect("the state-dir write gate is never closed");
+        tokio::task::spawn_blocking(write).await?
     }
 
     /// Revokes a node (the CLI's `node revoke`; blocking). A serving relay
