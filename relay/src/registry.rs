@@ -109,15 +109,9 @@ impl Registry {
         mirror.set_member(me);
         Self {
             me: relay_id,
-            mirror: Arc::default(),
+            mirror: Arc::new(RwLock::new(mirror)),
             backend: Backend::Memory,
         }
-        .with_mirror(mirror)
-    }
-
-    fn with_mirror(self, mirror: Mirror) -> Self {
-        *self.write() = mirror;
-        self
     }
 
     /// A registry in etcd at `endpoints`, with `me` as a member under a
@@ -143,6 +137,7 @@ impl Registry {
         self.mirror.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    #[cfg(test)]
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Mirror> {
         self.mirror.write().unwrap_or_else(|p| p.into_inner())
     }
