@@ -68,8 +68,8 @@ async fn connect_storm_and_idle_hold_report_every_agent() {
         per_agent < 1024.0 * 1024.0,
         "over 1 MiB per idle agent: {r}"
     );
-    // Every download of the burst came back whole, and moving them cost
-    // the relay memory that it then gave back, not grew.
+    // Every download of the burst came back whole, and carrying 256 at
+    // once cost the relay memory (a relay that did not stream would not).
     assert_eq!(r["burst"]["ok"], 256, "{r}");
     assert_eq!(r["burst"]["failed"], 0, "{r}");
     let after = &r["after_burst"];
@@ -78,7 +78,6 @@ async fn connect_storm_and_idle_hold_report_every_agent() {
         peak > held,
         "256 concurrent streams cost the relay no memory? {r}"
     );
-    assert!(after["relay_rss_bytes"].as_u64().unwrap() <= peak, "{r}");
     // "Returned" is claimed only when the last sample shows it.
     if !after["within_20_percent_from_s"].is_null() {
         assert!(after["relay_rss_over_idle"].as_f64().unwrap() <= 1.2, "{r}");
