@@ -142,16 +142,6 @@ impl Registry {
         self.mirror.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// This relay's id.
-    pub fn me(&self) -> &RelayId {
-        &self.me
-    }
-
-    /// Whether other relays share this registry.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.backend, Backend::Etcd(_))
-    }
-
     /// The members, sorted by relay id.
     pub fn members(&self) -> Vec<Member> {
         let mut members: Vec<_> = self.read().members.values().cloned().collect();

@@ -138,14 +138,6 @@ impl Sessions {
         self.map.get(key).map(|e| e.value().clone())
     }
 
-    /// The session serving `node_id` of `tenant`.
-    pub fn get_in(&self, tenant: &TenantId, node_id: &NodeId) -> Option<Arc<Entry>> {
-        self.get(&NodeKey {
-            tenant: tenant.clone(),
-            node_id: node_id.clone(),
-        })
-    }
-
     /// Every live session.
     pub fn entries(&self) -> Vec<Arc<Entry>> {
         self.map.iter().map(|e| e.value().clone()).collect()

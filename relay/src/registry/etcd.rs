@@ -86,14 +86,19 @@ fn location_value(epoch: u64, relay_id: &RelayId) -> String {
     format!("{epoch:020} {relay_id}")
 }
 
-fn parse_location(key: &str, value: &str) -> Option<(NodeKey, Location)> {
+/// The node a location key is of.
+fn parse_node_path(key: &str) -> Option<NodeKey> {
     let (tenant, node) = key.strip_prefix(NODES)?.split_once('/')?;
+    Some(NodeKey {
+        tenant: TenantId::new(tenant).ok()?,
+        node_id: NodeId::new(node).ok()?,
+    })
+}
+
+fn parse_location(key: &str, value: &str) -> Option<(NodeKey, Location)> {
     let (epoch, relay) = value.split_once(' ')?;
     Some((
-        NodeKey {
-            tenant: TenantId::new(tenant).ok()?,
-            node_id: NodeId::new(node).ok()?,
-        },
+        parse_node_path(key)?,
         Location {
             relay_id: RelayId::new(relay).ok()?,
             epoch: epoch.parse().ok()?,
@@ -120,7 +125,7 @@ fn apply(mirror: &mut Mirror, key: &str, value: Option<&str>) {
                 None => debug!(key, "ignoring an unreadable location"),
             },
             None => {
-                if let Some((node, _)) = parse_location(key, "0 x") {
+                if let Some(node) = parse_node_path(key) {
                     mirror.remove_location(&node);
                 }
             }

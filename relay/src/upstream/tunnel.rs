@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, Instrument};
 use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
-use tunnelgate_proto::message::{PeerHeader, StreamErrorCode, StreamHeader, StreamKind};
+use tunnelgate_proto::message::{Message, PeerHeader, StreamErrorCode, StreamHeader, StreamKind};
 use tunnelgate_proto::{NodeId, NodeKey, ProtocolVersion};
 use tunnelgate_session::Stream;
 
@@ -178,7 +178,7 @@ impl Tunnel {
 impl Tunnel {
     async fn open_on_session(&self, entry: &Entry, target: &Target) -> Result<Stream, CallError> {
         let node = &target.node_id;
-        let mut stream =
+        let stream =
             entry
                 .session
                 .open_stream()
@@ -194,14 +194,7 @@ impl Tunnel {
             node_id: node.clone(),
             traceparent: target.traceparent.clone(),
         };
-        stream
-            .write_message(&header, DEFAULT_MAX_FRAME)
-            .await
-            .map_err(|source| CallError::HeaderNotSent {
-                node: node.clone(),
-                source,
-            })?;
-        Ok(stream)
+        send_header(stream, &header, node).await
     }
 
     /// A stream to `peer` that it carries on to the node's session: after
@@ -221,7 +214,7 @@ impl Tunnel {
             node: node.clone(),
             source,
         };
-        let mut stream = session.open_stream().await.map_err(failed)?;
+        let stream = session.open_stream().await.map_err(failed)?;
         let header = PeerHeader {
             version: ProtocolVersion::CURRENT,
             kind: StreamKind::DockerHttp,
@@ -230,15 +223,24 @@ impl Tunnel {
             node_id: node.clone(),
             traceparent: target.traceparent.clone(),
         };
-        stream
-            .write_message(&header, DEFAULT_MAX_FRAME)
-            .await
-            .map_err(|source| CallError::HeaderNotSent {
-                node: node.clone(),
-                source,
-            })?;
-        Ok(stream)
+        send_header(stream, &header, node).await
     }
+}
+
+/// Writes a call's first frame on its new stream.
+async fn send_header(
+    mut stream: Stream,
+    header: &impl Message,
+    node: &NodeId,
+) -> Result<Stream, CallError> {
+    stream
+        .write_message(header, DEFAULT_MAX_FRAME)
+        .await
+        .map_err(|source| CallError::HeaderNotSent {
+            node: node.clone(),
+            source,
+        })?;
+    Ok(stream)
 }
 
 /// The error for a call that failed before the daemon answered; `unsent`

@@ -112,24 +112,25 @@ impl Etcd {
 
     /// The value of `key`, if it is set.
     pub fn get(&self, key: &str) -> Result<Option<String>> {
+        let text = self.etcdctl(&["get", "--print-value-only", key])?;
+        let text = text.trim();
+        Ok((!text.is_empty()).then(|| text.to_owned()))
+    }
+
+    /// What `etcdctl ARGS` prints against this etcd.
+    fn etcdctl(&self, args: &[&str]) -> Result<String> {
         let out = Command::new("etcdctl")
-            .args([
-                "--endpoints",
-                &self.client,
-                "get",
-                "--print-value-only",
-                key,
-            ])
+            .args(["--endpoints", &self.client])
+            .args(args)
             .env("ETCDCTL_API", "3")
             .output()
-            .context("running etcdctl")?;
+            .context("running etcdctl (Debian: apt-get install etcd-client)")?;
         anyhow::ensure!(
             out.status.success(),
-            "etcdctl failed: {}",
+            "etcdctl {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        Ok((!text.is_empty()).then_some(text))
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Its log so far.
@@ -139,24 +140,8 @@ impl Etcd {
 
     /// The keys under `prefix`, as `etcdctl get --prefix --keys-only` prints them.
     pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
-        let out = Command::new("etcdctl")
-            .args([
-                "--endpoints",
-                &self.client,
-                "get",
-                "--prefix",
-                "--keys-only",
-                prefix,
-            ])
-            .env("ETCDCTL_API", "3")
-            .output()
-            .context("running etcdctl")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "etcdctl failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout)
+        Ok(self
+            .etcdctl(&["get", "--prefix", "--keys-only", prefix])?
             .lines()
             .filter(|l| !l.is_empty())
             .map(str::to_owned)
