@@ -41,9 +41,21 @@ pub struct AgentArgs {
     /// A TOML file with any of the settings below (flags and environment win).
     #[arg(long, env = "TUNNELGATE_AGENT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The relay's agent address, HOST:PORT.
-    #[arg(long, env = "TUNNELGATE_RELAY", value_name = "HOST:PORT")]
-    pub relay: Option<String>,
+    /// The relay's agent address, HOST:PORT; in a cluster, any relay (or
+    /// several, comma-separated or repeated): the first to answer tells
+    /// the agent every member.
+    #[arg(
+        long,
+        env = "TUNNELGATE_RELAY",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub relay: Vec<String>,
+    /// How many relays of a cluster to keep a session with at once, so a
+    /// relay that dies or restarts costs no call [default: 2, or all
+    /// when there are fewer].
+    #[arg(long, env = "TUNNELGATE_RELAY_SESSIONS", value_name = "K")]
+    pub relay_sessions: Option<usize>,
     /// Join token for the first start (then only the stored certificate is used).
     #[arg(
         long,
@@ -89,7 +101,8 @@ pub struct AgentArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    relay: Option<String>,
+    relay: Option<OneOrMany>,
+    relay_sessions: Option<usize>,
     token: Option<String>,
     node_id: Option<String>,
     docker: Option<String>,
@@ -101,11 +114,22 @@ struct FileConfig {
     policy: Option<String>,
 }
 
+/// `relay = "host:port"` or `relay = ["a:7443", "b:7443"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
 /// The agent's validated configuration.
 #[derive(Clone)]
 pub struct AgentConfig {
-    /// The relay's agent address, HOST:PORT.
-    pub relay: String,
+    /// Relays' agent addresses, HOST:PORT, to start from: in a cluster
+    /// the relays then say who else is a member.
+    pub relays: Vec<String>,
+    /// How many relays to keep a session with at once.
+    pub relay_sessions: usize,
     /// Join token, needed only before the node has a certificate.
     pub token: Option<String>,
     /// This node's id.
@@ -135,7 +159,8 @@ pub struct AgentConfig {
 impl std::fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentConfig")
-            .field("relay", &self.relay)
+            .field("relays", &self.relays)
+            .field("relay_sessions", &self.relay_sessions)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("node_id", &self.node_id)
             .field("docker", &self.docker)
@@ -180,13 +205,31 @@ impl AgentConfig {
             None => FileConfig::default(),
         };
         let invalid = |key, reason: String| ConfigError::Invalid { key, reason };
-        let relay = args.relay.or(file.relay).ok_or_else(|| {
-            invalid("relay", "no relay address; pass --relay HOST:PORT (the relay's agent listener, port 7443 by default)".into())
-        })?;
-        if !relay.contains(':') {
+        let relays = match (args.relay, file.relay) {
+            (flags, _) if !flags.is_empty() => flags,
+            (_, Some(OneOrMany::One(r))) => vec![r],
+            (_, Some(OneOrMany::Many(rs))) => rs,
+            (_, None) => Vec::new(),
+        };
+        let relays: Vec<String> = relays
+            .into_iter()
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect();
+        if relays.is_empty() {
+            return Err(invalid("relay", "no relay address; pass --relay HOST:PORT (the relay's agent listener, port 7443 by default)".into()));
+        }
+        if let Some(relay) = relays.iter().find(|r| !r.contains(':')) {
             return Err(invalid(
                 "relay",
                 format!("{relay:?} has no port; write HOST:PORT, e.g. {relay}:7443"),
+            ));
+        }
+        let relay_sessions = args.relay_sessions.or(file.relay_sessions).unwrap_or(2);
+        if !(1..=16).contains(&relay_sessions) {
+            return Err(invalid(
+                "relay_sessions",
+                format!("{relay_sessions} is not between 1 and 16; 2 rides out one relay's loss"),
             ));
         }
         let host = hostname();
@@ -235,7 +278,8 @@ impl AgentConfig {
             labels.insert(k.to_owned(), v.to_owned());
         }
         Ok(Self {
-            relay,
+            relays,
+            relay_sessions,
             token: args.token.or(file.token),
             node_id,
             hostname: host,
@@ -277,7 +321,8 @@ mod tests {
             ..Default::default()
         };
         let c = AgentConfig::resolve(args).unwrap();
-        assert_eq!(c.relay, "file:1");
+        assert_eq!(c.relays, ["file:1"]);
+        assert_eq!(c.relay_sessions, 2);
         assert_eq!(c.node_id.as_str(), "from-flag");
         assert_eq!(c.docker, DockerEndpoint::Tcp("127.0.0.1:2375".into()));
         assert_eq!(c.labels.len(), 2);
@@ -290,7 +335,7 @@ mod tests {
         let err = AgentConfig::resolve(AgentArgs::default()).unwrap_err();
         assert!(err.to_string().contains("--relay"), "{err}");
         let err = AgentConfig::resolve(AgentArgs {
-            relay: Some("r:1".into()),
+            relay: vec!["r:1".into()],
             node_id: Some("a/b".into()),
             ..Default::default()
         })
@@ -301,7 +346,7 @@ mod tests {
     #[test]
     fn daemon_probe_interval_defaults_layers_and_refuses_a_flood() {
         let base = || AgentArgs {
-            relay: Some("r:1".into()),
+            relay: vec!["r:1".into()],
             node_id: Some("n".into()),
             ..Default::default()
         };
@@ -319,6 +364,48 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("daemon_probe_interval"), "{err}");
+    }
+
+    #[test]
+    fn several_relays_from_flags_or_the_file_and_a_sane_session_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "relay = [\"a:1\", \"b:1\"]\nrelay_sessions = 3\nnode_id = \"n\"\n",
+        )
+        .unwrap();
+        let c = AgentConfig::resolve(AgentArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (c.relays.as_slice(), c.relay_sessions),
+            (&["a:1".to_owned(), "b:1".to_owned()][..], 3)
+        );
+        let c = AgentConfig::resolve(AgentArgs {
+            config: Some(path),
+            relay: vec!["c:1".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.relays, ["c:1"], "flags win over the file");
+        let err = AgentConfig::resolve(AgentArgs {
+            relay: vec!["r:1".into()],
+            node_id: Some("n".into()),
+            relay_sessions: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("relay_sessions"), "{err}");
+        let err = AgentConfig::resolve(AgentArgs {
+            relay: vec!["r:1".into(), "noport".into()],
+            node_id: Some("n".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("noport"), "{err}");
     }
 
     #[test]

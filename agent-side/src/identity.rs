@@ -117,8 +117,8 @@ impl NodeIdentity {
     }
 }
 
-/// Trades the join token for a node certificate and stores it.
-pub async fn enrol(config: &AgentConfig) -> Result<NodeIdentity, AgentError> {
+/// Trades the join token for a node certificate at `relay` and stores it.
+pub async fn enrol(config: &AgentConfig, relay: &str) -> Result<NodeIdentity, AgentError> {
     let text = config
         .token
         .as_deref()
@@ -127,7 +127,7 @@ pub async fn enrol(config: &AgentConfig) -> Result<NodeIdentity, AgentError> {
     let (key_pem, csr_pem) = renewal_request()?;
 
     let creds = Credentials::new(Trust::Fingerprint(token.ca_fingerprint), None)?;
-    let (session, _) = transport::dial(config, &creds).await?;
+    let (session, _) = transport::dial(config, relay, &creds).await?;
     let lost = |e: &dyn std::fmt::Display| AgentError::EnrolInterrupted(e.to_string());
     let mut control = session.open_stream().await.map_err(|e| lost(&e))?;
     let request = ControlMessage::Enroll(Enroll {

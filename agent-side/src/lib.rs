@@ -1,20 +1,24 @@
-//! The tunnelgate agent: runs on a Docker host, dials out to a relay, and
-//! serves the relay's streams into the host's Docker daemon.
+//! The tunnelgate agent: runs on a Docker host, dials out to relays, and
+//! serves the relays' streams into the host's Docker daemon.
 //!
-//! [`run`] keeps one session up for as long as it is asked to: it enrols
-//! with a join token on first contact ([`identity`]), connects with the
-//! node certificate after that, says hello with the daemon's facts,
-//! heartbeats, serves each stream ([`serve`]) and reconnects after any loss
-//! with exponential backoff and jitter, forever.
+//! [`run`] keeps sessions up for as long as it is asked to: one per slot,
+//! `--relay-sessions` of them in a cluster, each on the relay [`relays`]
+//! picks for it. A slot enrols with a join token on first contact
+//! ([`identity`]), connects with the node certificate after that, says
+//! hello with the daemon's facts, heartbeats, serves each stream
+//! ([`serve`]), moves make-before-break when its relay drains or the
+//! membership picks another, and reconnects after any loss with
+//! exponential backoff and jitter, forever.
 //!
 //! It must not reach anything but its configured Docker endpoint: the
-//! relay chooses what to ask, never where the agent connects.
+//! relay chooses what to ask, never where the agent connects to Docker.
 
 pub mod config;
 pub mod docker;
 pub mod error;
 pub mod identity;
 pub mod policy;
+pub mod relays;
 mod serve;
 pub mod transport;
 
@@ -22,13 +26,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch, Notify};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 use tunnelgate_proto::control::{AgentControl, AgentEvent};
 use tunnelgate_proto::message::{DockerFacts, Hello};
-use tunnelgate_proto::ProtocolVersion;
+use tunnelgate_proto::{ProtocolVersion, RelayId};
 use tunnelgate_session::{driver, Session, Transport};
 
 pub use config::AgentConfig;
@@ -36,6 +40,7 @@ pub use error::AgentError;
 
 use config::TransportChoice;
 use identity::NodeIdentity;
+use relays::{Relays, Target};
 
 /// This agent's release, reported to the relay.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -45,6 +50,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 const STABLE_SESSION: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A slot the membership moves to another relay waits a random moment
+/// within this, so a fleet rebalancing after a relay joins does not
+/// arrive at once.
+const MOVE_SPREAD: Duration = Duration::from_secs(2);
 
 /// How a session ended without error.
 #[derive(Debug)]
@@ -52,16 +61,81 @@ enum SessionEnd {
     Cancelled,
     /// The relay drained the session; reconnect at this moment.
     Drained(Instant),
+    /// The membership picked another relay for the slot before its dial
+    /// completed.
+    Reassigned,
 }
 
 /// Runs the agent until `cancel` fires or a fatal error.
 pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
     let config = Arc::new(config);
-    let mut attempt: u32 = 0;
+    let relays = Arc::new(Relays::new(
+        config.node_id.clone(),
+        config.relays.clone(),
+        config.relay_sessions,
+    ));
+    let stop = cancel.child_token();
+    let mut slots = JoinSet::new();
+    // Slot 0 alone first: it enrols if need be, and its welcome brings
+    // the membership the other slots choose from.
+    slots.spawn(run_slot(config.clone(), relays.clone(), 0, stop.clone()));
+    let mut welcomed = relays.welcomed_once();
+    let mut others_started = false;
     loop {
+        tokio::select! {
+            ended = slots.join_next() => {
+                let result = match ended {
+                    None => return Ok(()),
+                    Some(Ok(result)) => result,
+                    Some(Err(e)) => Err(AgentError::session("a session task failed", e)),
+                };
+                if let Err(e) = result {
+                    stop.cancel();
+                    while slots.join_next().await.is_some() {}
+                    return Err(e);
+                }
+                if stop.is_cancelled() && slots.is_empty() {
+                    return Ok(());
+                }
+            }
+            Ok(()) = welcomed.changed(), if !others_started => {
+                if !*welcomed.borrow_and_update() {
+                    continue;
+                }
+                others_started = true;
+                for slot in 1..relays.slots() {
+                    slots.spawn(run_slot(config.clone(), relays.clone(), slot, stop.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Keeps slot `slot`'s session up until `cancel` or a fatal error.
+async fn run_slot(
+    config: Arc<AgentConfig>,
+    relays: Arc<Relays>,
+    slot: usize,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
+    let mut attempt: u32 = 0;
+    let mut changes = relays.subscribe();
+    loop {
+        let target = loop {
+            if let Some(t) = relays.target(slot) {
+                break t;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = cancel.cancelled() => return Ok(()),
+            }
+        };
         let started = Instant::now();
-        let span = info_span!("session", node_id = %config.node_id, relay = %config.relay);
-        let end = connect_once(&config, &cancel).instrument(span).await;
+        let span = info_span!("session", node_id = %config.node_id, relay = %target.addr, slot);
+        let end = connect_once(&config, &relays, slot, target, &cancel)
+            .instrument(span)
+            .await;
+        relays.lost(slot);
         if cancel.is_cancelled() {
             return Ok(());
         }
@@ -70,11 +144,12 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
         }
         let delay = match end {
             Ok(SessionEnd::Cancelled) => return Ok(()),
+            Ok(SessionEnd::Reassigned) => Duration::ZERO,
             Ok(SessionEnd::Drained(at)) => {
                 let delay = at
                     .saturating_duration_since(Instant::now())
                     .max(jitter(BACKOFF_MIN * 2));
-                info!(reconnect_in = ?delay, "relay is draining; reconnecting");
+                info!(slot, reconnect_in = ?delay, "relay is draining; reconnecting");
                 attempt = 0;
                 delay
             }
@@ -84,18 +159,21 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
                 // shortest backoff, jittered, still spreads a fleet.
                 let delay = jitter(BACKOFF_MIN);
                 attempt = 0;
-                info!(retry_in = ?delay, "the relay restarted (its stateless reset was recognised); reconnecting at once");
+                info!(slot, retry_in = ?delay, "the relay restarted (its stateless reset was recognised); reconnecting at once");
                 delay
             }
             Err(e) => {
                 let delay = jitter(backoff(attempt));
                 attempt = attempt.saturating_add(1);
-                warn!(error = %e, attempt, retry_in = ?delay, "relay session lost; reconnecting");
+                warn!(slot, error = %e, attempt, retry_in = ?delay, "relay session lost; reconnecting");
                 delay
             }
         };
+        // A new target (the membership dropped a dead relay) ends the wait.
+        changes.borrow_and_update();
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
+            _ = changes.changed() => {}
             () = cancel.cancelled() => return Ok(()),
         }
     }
@@ -111,6 +189,21 @@ fn backoff(attempt: u32) -> Duration {
 /// `[d/2, d]`.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
+/// Resolves once the membership gives `slot` a relay other than `held`.
+async fn reassigned(relays: &Relays, slot: usize, held: Option<RelayId>) -> Target {
+    let mut changes = relays.subscribe();
+    loop {
+        if let Some(t) = relays.target(slot) {
+            if t.relay_id.is_some() && t.relay_id != held {
+                return t;
+            }
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// Leaves the old session open this long after its last call ended, for a
@@ -132,6 +225,7 @@ impl Running {
     /// relay has welcomed it.
     fn start(
         config: &Arc<AgentConfig>,
+        place: Place,
         session: Session,
         cancel: &CancellationToken,
     ) -> (Self, oneshot::Receiver<()>) {
@@ -148,6 +242,7 @@ impl Running {
                     streams: streams.clone(),
                     drain: drain_tx,
                     welcomed: welcomed_tx,
+                    place,
                 },
                 cancel.clone(),
             )
@@ -187,33 +282,69 @@ impl Running {
     }
 }
 
+/// Where a session is: which slot, dialled at which target.
+#[derive(Clone)]
+struct Place {
+    relays: Arc<Relays>,
+    slot: usize,
+    target: Target,
+}
+
 async fn connect_once(
     config: &Arc<AgentConfig>,
+    relays: &Arc<Relays>,
+    slot: usize,
+    target: Target,
     cancel: &CancellationToken,
 ) -> Result<SessionEnd, AgentError> {
     let identity = match NodeIdentity::load(&config.state_dir)? {
         Some(id) => id,
-        None => identity::enrol(config).await?,
+        None => identity::enrol(config, &target.addr).await?,
     };
     identity.check_node(&config.node_id)?;
     let creds = identity.credentials()?;
-    let (session, why) = transport::dial(config, &creds).await?;
+    let (session, why) = tokio::select! {
+        dialled = transport::dial(config, &target.addr, &creds) => dialled?,
+        // A relay that died may take a handshake timeout to fail; the
+        // membership dropping it is news enough.
+        _ = reassigned(relays, slot, target.relay_id.clone()), if target.relay_id.is_some() => {
+            return Ok(SessionEnd::Reassigned)
+        }
+    };
     info!(transport = %session.transport(), reason = %why, "transport chosen");
-    let (mut current, _) = Running::start(config, session, cancel);
+    let place = |target: Target| Place {
+        relays: relays.clone(),
+        slot,
+        target,
+    };
+    let (mut current, _) = Running::start(config, place(target.clone()), session, cancel);
+    let mut current_target = target;
     loop {
         let probe_quic = current.session.transport() == Transport::Tcp
             && config.transport == TransportChoice::Auto;
+        let addr = current_target.addr.clone();
         let upgrade = async {
             if !probe_quic {
                 return std::future::pending().await;
             }
             loop {
                 tokio::time::sleep(config.quic_probe_interval).await;
-                match transport::dial_quic(config, &creds).await {
+                match transport::dial_quic(config, &addr, &creds).await {
                     Ok(s) => return s,
                     Err(e) => debug!(error = %e, "QUIC still unavailable; staying on TLS/TCP"),
                 }
             }
+        };
+        let held = relays.holding().get(slot).cloned().flatten();
+        let drained = current.drain.clone();
+        let moved = async {
+            let next = reassigned(relays, slot, held.clone()).await;
+            // A rebalance waits a random moment; a relay that is draining
+            // has spread its agents already.
+            if drained.borrow().is_none() {
+                tokio::time::sleep(MOVE_SPREAD.mul_f64(rand::random::<f64>())).await;
+            }
+            next
         };
         tokio::select! {
             end = &mut current.task => {
@@ -225,19 +356,44 @@ async fn connect_once(
             }
             quic = upgrade => {
                 info!("QUIC answers again; opening a QUIC session before leaving TLS/TCP");
-                if switch_to(&mut current, config, quic, cancel).await {
+                if switch_to(&mut current, config, place(current_target.clone()), quic, cancel).await {
                     info!("moved to QUIC; the TLS/TCP session closes once its calls finish");
                 }
             }
             () = move_time(current.drain.clone()) => {
-                info!("relay asks this agent to move; connecting anew before leaving");
-                match transport::dial(config, &creds).await {
-                    Ok((next, _)) => {
-                        if switch_to(&mut current, config, next, cancel).await {
-                            info!("moved to a new session; the drained one closes once its calls finish");
+                // Where the membership says to go; outside a cluster the
+                // same address, where another relay may answer.
+                let next = relays.target(slot).unwrap_or_else(|| current_target.clone());
+                info!(to = %next.addr, "relay asks this agent to move; connecting anew before leaving");
+                match transport::dial(config, &next.addr, &creds).await {
+                    Ok((session, _)) => {
+                        if switch_to(&mut current, config, place(next.clone()), session, cancel).await {
+                            info!(to = %next.addr, "moved to a new session; the drained one closes once its calls finish");
+                            current_target = next;
                         }
                     }
-                    Err(e) => info!(error = %e, "no new session yet; the drained one serves its calls until the relay closes it"),
+                    Err(e) => {
+                        info!(error = %e, "no new session yet; the drained one serves its calls until the relay closes it");
+                        tokio::time::sleep(jitter(BACKOFF_MIN * 4)).await;
+                    }
+                }
+            }
+            next = moved, if held.is_some() => {
+                if relays.target(slot).as_ref() != Some(&next) {
+                    continue;
+                }
+                info!(from = ?held.map(|r| r.to_string()), to = %next.addr, "the cluster's membership picks another relay for this session; moving before leaving");
+                match transport::dial(config, &next.addr, &creds).await {
+                    Ok((session, _)) => {
+                        if switch_to(&mut current, config, place(next.clone()), session, cancel).await {
+                            info!(to = %next.addr, "moved; the previous session closes once its calls finish");
+                            current_target = next;
+                        }
+                    }
+                    Err(e) => {
+                        info!(error = %e, to = %next.addr, "cannot reach the relay the membership picks; staying");
+                        tokio::time::sleep(jitter(BACKOFF_MIN * 4)).await;
+                    }
                 }
             }
         }
@@ -263,10 +419,11 @@ async fn move_time(mut drain: watch::Receiver<Option<Instant>>) {
 async fn switch_to(
     current: &mut Running,
     config: &Arc<AgentConfig>,
+    place: Place,
     next: Session,
     cancel: &CancellationToken,
 ) -> bool {
-    let (mut next, welcomed) = Running::start(config, next, cancel);
+    let (mut next, welcomed) = Running::start(config, place, next, cancel);
     tokio::select! {
         Ok(()) = welcomed => {
             std::mem::replace(current, next).retire();
@@ -289,6 +446,8 @@ struct SessionLinks {
     drain: watch::Sender<Option<Instant>>,
     /// Fires once the relay welcomes the session.
     welcomed: oneshot::Sender<()>,
+    /// Whose session it is, told of the relay's welcome and membership.
+    place: Place,
 }
 
 async fn run_session(
@@ -302,6 +461,7 @@ async fn run_session(
         streams,
         drain,
         welcomed,
+        place,
     } = links;
     let mut control = session
         .open_stream()
@@ -354,12 +514,18 @@ async fn run_session(
         rx,
         |event| match event {
             AgentEvent::Welcomed(w) => {
-                info!(relay_id = %w.relay_id, %transport, remote = %session.remote_addr(), "connected to relay");
+                info!(relay_id = %w.relay_id, %transport, remote = %session.remote_addr(),
+                      members = w.members.len(), "connected to relay");
+                place.relays.welcomed(place.slot, &place.target, &w.relay_id, w.members);
                 if let Some(tx) = welcomed.take() {
                     let _ = tx.send(());
                 }
             }
             AgentEvent::Rtt(rtt) => debug!(?rtt, "heartbeat"),
+            AgentEvent::Members(members) => {
+                debug!(members = members.len(), "the cluster's membership changed");
+                place.relays.members(members);
+            }
             AgentEvent::Drain(d) => {
                 info!(reason = %d.reason, grace_ms = d.grace_ms, spread_ms = d.spread_ms, "relay asks this agent to move");
                 // Keep serving (and heartbeating) until the run loop has a
@@ -368,6 +534,7 @@ async fn run_session(
                 // A random moment within the relay's spread, so a fleet
                 // drained at once does not arrive at once.
                 let at = Instant::now() + Duration::from_millis(d.spread_ms).mul_f64(rand::random::<f64>());
+                place.relays.members(d.members);
                 drained = Some(at);
                 drain.send_replace(Some(at));
             }

@@ -10,7 +10,7 @@ async fn main() -> anyhow::Result<()> {
     tunnelgate_session::process::init_tracing();
     let args = AgentArgs::parse();
     let config = AgentConfig::resolve(args).context("invalid configuration")?;
-    tracing::info!(node_id = %config.node_id, relay = %config.relay, docker = %config.docker,
+    tracing::info!(node_id = %config.node_id, relays = ?config.relays, relay_sessions = config.relay_sessions, docker = %config.docker,
                    version = tunnelgate_agent::VERSION, "tunnelgate-agent starting");
     let cancel = CancellationToken::new();
     tokio::spawn(tunnelgate_session::process::stop_on_signals(cancel.clone()));

@@ -50,8 +50,12 @@ async fn resolve(relay: &str) -> Result<(SocketAddr, String), AgentError> {
 }
 
 /// Dials over QUIC only.
-pub async fn dial_quic(config: &AgentConfig, creds: &Credentials) -> Result<Session, AgentError> {
-    let (addr, host) = resolve(&config.relay).await?;
+pub async fn dial_quic(
+    config: &AgentConfig,
+    relay: &str,
+    creds: &Credentials,
+) -> Result<Session, AgentError> {
+    let (addr, host) = resolve(relay).await?;
     let client = tunnelgate_session::quic::client_config((*creds.tls).clone())
         .map_err(AgentError::QuicConfig)?;
     let endpoint = match &config.quic_endpoint {
@@ -61,49 +65,57 @@ pub async fn dial_quic(config: &AgentConfig, creds: &Credentials) -> Result<Sess
     let connecting = endpoint
         .connect_with(client, addr, &host)
         .map_err(|source| AgentError::QuicDial {
-            relay: config.relay.clone(),
+            relay: relay.to_owned(),
             source,
         })?;
     let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
         .await
         .map_err(|_| AgentError::QuicSilent {
-            relay: config.relay.clone(),
+            relay: relay.to_owned(),
             timeout: HANDSHAKE_TIMEOUT,
         })?
         .map_err(|source| AgentError::QuicHandshake {
-            relay: config.relay.clone(),
+            relay: relay.to_owned(),
             source,
         })?;
     Ok(Session::from_quic(conn))
 }
 
 /// Dials over TLS/TCP with yamux only.
-pub async fn dial_tcp(config: &AgentConfig, creds: &Credentials) -> Result<Session, AgentError> {
-    let (addr, host) = resolve(&config.relay).await?;
+pub async fn dial_tcp(relay: &str, creds: &Credentials) -> Result<Session, AgentError> {
+    let (addr, host) = resolve(relay).await?;
     let mux = tunnelgate_session::tcp::connect(addr, &host, creds.tls.clone())
         .await
         .map_err(|source| AgentError::TcpConnect {
-            relay: config.relay.clone(),
+            relay: relay.to_owned(),
             source,
         })?;
     Ok(Session::from_mux(mux))
 }
 
-/// Dials as `config.transport` says; returns the session and why that
-/// transport was chosen, for the log.
+/// Dials `relay` as `config.transport` says; returns the session and why
+/// that transport was chosen, for the log.
 pub async fn dial(
     config: &AgentConfig,
+    relay: &str,
     creds: &Credentials,
 ) -> Result<(Session, String), AgentError> {
     match config.transport {
-        TransportChoice::Quic => Ok((dial_quic(config, creds).await?, "--transport quic".into())),
-        TransportChoice::Tcp => Ok((dial_tcp(config, creds).await?, "--transport tcp".into())),
-        TransportChoice::Auto => race(config, creds).await,
+        TransportChoice::Quic => Ok((
+            dial_quic(config, relay, creds).await?,
+            "--transport quic".into(),
+        )),
+        TransportChoice::Tcp => Ok((dial_tcp(relay, creds).await?, "--transport tcp".into())),
+        TransportChoice::Auto => race(config, relay, creds).await,
     }
 }
 
-async fn race(config: &AgentConfig, creds: &Credentials) -> Result<(Session, String), AgentError> {
-    let quic = dial_quic(config, creds);
+async fn race(
+    config: &AgentConfig,
+    relay: &str,
+    creds: &Credentials,
+) -> Result<(Session, String), AgentError> {
+    let quic = dial_quic(config, relay, creds);
     tokio::pin!(quic);
     let quic_error = tokio::select! {
         r = &mut quic => match r {
@@ -112,7 +124,7 @@ async fn race(config: &AgentConfig, creds: &Credentials) -> Result<(Session, Str
         },
         () = tokio::time::sleep(QUIC_HEAD_START) => None,
     };
-    let tcp = dial_tcp(config, creds);
+    let tcp = dial_tcp(relay, creds);
     tokio::pin!(tcp);
     if let Some(e) = quic_error {
         let s = tcp.await?;

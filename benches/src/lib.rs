@@ -52,9 +52,10 @@ impl Fixture {
                     uses: Some(1),
                     name: None,
                 })
+                .await
                 .expect("token");
             let args = tunnelgate_agent::config::AgentArgs {
-                relay: Some(agents.to_string()),
+                relay: vec![agents.to_string()],
                 token: Some(token),
                 node_id: Some(format!("bench-{transport}")),
                 docker: Some(format!("tcp://{docker}")),

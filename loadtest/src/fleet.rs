@@ -71,7 +71,7 @@ impl Fleet {
     /// Starts agent `i` (it enrols the first time, reuses its certificate after).
     pub fn start(&mut self, i: usize) -> Result<()> {
         let args = AgentArgs {
-            relay: Some(self.relay.to_string()),
+            relay: vec![self.relay.to_string()],
             token: Some(self.token.clone()),
             node_id: Some(node_name(i)),
             docker: Some(format!("tcp://{}", self.docker)),

@@ -17,8 +17,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::message::{
-    CertRenewed, ControlMessage, DockerFacts, Drain, Heartbeat, HeartbeatAck, Hello, NodeUpdate,
-    RefusalCode, Refused, RenewCert, Welcome,
+    CertRenewed, ControlMessage, DockerFacts, Drain, Heartbeat, HeartbeatAck, Hello, Members,
+    NodeUpdate, RefusalCode, Refused, RelayMember, RenewCert, Welcome,
 };
 use crate::version::IncompatibleVersion;
 use crate::{NodeId, ProtocolVersion, RelayId};
@@ -91,6 +91,7 @@ fn kind(msg: &ControlMessage) -> &'static str {
         ControlMessage::HeartbeatAck(_) => "heartbeat_ack",
         ControlMessage::NodeUpdate(_) => "node_update",
         ControlMessage::Drain(_) => "drain",
+        ControlMessage::Members(_) => "members",
         ControlMessage::RenewCert(_) => "renew_cert",
         ControlMessage::CertRenewed(_) => "cert_renewed",
         ControlMessage::Unknown => "unknown",
@@ -106,6 +107,8 @@ pub enum AgentEvent {
     Rtt(Duration),
     /// The relay asks the agent to move.
     Drain(Drain),
+    /// The cluster's membership changed.
+    Members(Vec<RelayMember>),
     /// Time to renew the node certificate: the owner makes a new key and
     /// passes its request to [`AgentControl::renew_cert`].
     RenewDue,
@@ -210,6 +213,11 @@ impl Machine for AgentControl {
                 }
                 Ok(())
             }
+            (AgentState::Established, ControlMessage::Members(m)) => {
+                self.last_heard = now;
+                self.events.push_back(AgentEvent::Members(m.members));
+                Ok(())
+            }
             (AgentState::Established, ControlMessage::Drain(d)) => {
                 self.events.push_back(AgentEvent::Drain(d));
                 Ok(())
@@ -297,6 +305,7 @@ pub struct RelayControl {
     relay_id: RelayId,
     interval: Duration,
     cert_renew_in: Option<Duration>,
+    members: Vec<RelayMember>,
     last_heard: Instant,
     transmit: VecDeque<ControlMessage>,
     events: VecDeque<RelayEvent>,
@@ -313,9 +322,27 @@ impl RelayControl {
             relay_id,
             interval,
             cert_renew_in: None,
+            members: Vec::new(),
             last_heard: now,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
+        }
+    }
+
+    /// Tells the agent, in the welcome, which relays the cluster has.
+    pub fn with_members(mut self, members: Vec<RelayMember>) -> Self {
+        self.members = members;
+        self
+    }
+
+    /// Tells an established agent that the membership changed (before
+    /// the welcome the next welcome carries it).
+    pub fn members_changed(&mut self, members: Vec<RelayMember>) {
+        match self.state {
+            RelayState::Established => self
+                .transmit
+                .push_back(ControlMessage::Members(Members { members })),
+            RelayState::AwaitHello { .. } => self.members = members,
         }
     }
 
@@ -337,11 +364,19 @@ impl RelayControl {
 
     /// Asks the agent to move elsewhere within `grace`, reconnecting at a
     /// random moment within `spread`.
-    pub fn drain(&mut self, reason: impl Into<String>, grace: Duration, spread: Duration) {
+    /// `members` is the membership with this relay marked draining.
+    pub fn drain(
+        &mut self,
+        reason: impl Into<String>,
+        grace: Duration,
+        spread: Duration,
+        members: Vec<RelayMember>,
+    ) {
         self.transmit.push_back(ControlMessage::Drain(Drain {
             reason: reason.into(),
             grace_ms: grace.as_millis() as u64,
             spread_ms: spread.as_millis() as u64,
+            members,
         }));
     }
 
@@ -378,6 +413,7 @@ impl Machine for RelayControl {
                     relay_id: self.relay_id.clone(),
                     heartbeat_interval_ms: self.interval.as_millis() as u64,
                     cert_renew_in_ms: self.cert_renew_in.map(|d| d.as_millis() as u64),
+                    members: std::mem::take(&mut self.members),
                 }));
                 self.events
                     .push_back(RelayEvent::Registered(Box::new(hello)));

@@ -78,6 +78,29 @@ pub struct Welcome {
     /// this message; the relay knows the lifetime it issued.
     #[serde(default)]
     pub cert_renew_in_ms: Option<u64>,
+    /// The cluster's relays as this relay sees them, for an agent that
+    /// keeps sessions to several; empty from relays before clusters.
+    #[serde(default)]
+    pub members: Vec<RelayMember>,
+}
+
+/// A relay of the cluster, as agents need to know it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayMember {
+    /// The relay's stable name: what agents hash to choose relays.
+    pub relay_id: RelayId,
+    /// Where agents reach it, `host:port`.
+    pub agent_addr: String,
+    /// Shutting down: agents move off it and choose others.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// Relay → agent: the cluster's membership changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    /// Every relay, draining ones included.
+    pub members: Vec<RelayMember>,
 }
 
 /// Why the relay refused a session or enrolment.
@@ -179,6 +202,10 @@ pub struct Drain {
     /// 0 (and relays before this field): at once.
     #[serde(default)]
     pub spread_ms: u64,
+    /// The membership with this relay marked draining, so the agent
+    /// knows where to go instead; empty outside a cluster.
+    #[serde(default)]
+    pub members: Vec<RelayMember>,
 }
 
 /// Agent → relay: sign a fresh certificate for this session's node, for
@@ -213,6 +240,7 @@ pub enum ControlMessage {
     HeartbeatAck(HeartbeatAck),
     NodeUpdate(NodeUpdate),
     Drain(Drain),
+    Members(Members),
     RenewCert(RenewCert),
     CertRenewed(CertRenewed),
     /// A message type from a newer minor version; receivers ignore it.
@@ -394,7 +422,13 @@ mod tests {
             reason: "restart".into(),
             grace_ms: 5,
             spread_ms: 20_000,
+            members: vec![RelayMember {
+                relay_id: RelayId::new("relay-b").unwrap(),
+                agent_addr: "10.0.0.2:7443".into(),
+                draining: false,
+            }],
         }));
+        round_trip(ControlMessage::Members(Members { members: vec![] }));
         round_trip(StreamReply::Error {
             code: StreamErrorCode::DaemonUnreachable,
             message: "no daemon".into(),
@@ -451,7 +485,7 @@ mod tests {
 
         #[test]
         fn truncated_messages_are_errors_not_panics(cut in 0usize..200) {
-            let msg = ControlMessage::Welcome(Welcome { version: ProtocolVersion::CURRENT, relay_id: RelayId::new("relay-a").unwrap(), heartbeat_interval_ms: 5000, cert_renew_in_ms: None });
+            let msg = ControlMessage::Welcome(Welcome { version: ProtocolVersion::CURRENT, relay_id: RelayId::new("relay-a").unwrap(), heartbeat_interval_ms: 5000, cert_renew_in_ms: None, members: vec![] });
             let payload = serde_json::to_vec(&msg).unwrap();
             let cut = cut.min(payload.len().saturating_sub(1));
             prop_assert!(ControlMessage::decode(&payload[..cut]).is_err());

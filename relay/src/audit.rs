@@ -3,11 +3,11 @@
 //! tracing target so operators can route it to a file of its own.
 //!
 //! The line holds who (tenant, principal), what (node, method, path
-//! without the query) and how it went (status, bytes, duration). Never the
+//! without the query) and how it went (route, status, bytes, duration). Never the
 //! body, the query string or any header: those may carry credentials.
 
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use tunnelgate_proto::{NodeId, RequestId};
@@ -50,6 +50,7 @@ pub struct CallRecord {
     method: http::Method,
     path: String,
     status: AtomicU16,
+    route: OnceLock<String>,
     stream: Mutex<Option<Tap>>,
     started: Instant,
 }
@@ -79,6 +80,7 @@ impl CallRecord {
             method: request.method.clone(),
             path: request.uri.path().to_owned(),
             status: AtomicU16::new(0),
+            route: OnceLock::new(),
             stream: Mutex::new(None),
             started,
         }
@@ -105,6 +107,11 @@ impl CallRecord {
             let (to, from) = tap.stream.now();
             (to - tap.at_start.0, from - tap.at_start.1)
         })
+    }
+
+    /// Records the route that carried the call (`local`, `peer=<id>`).
+    pub fn set_route(&self, route: String) {
+        let _ = self.route.set(route);
     }
 
     /// Records the response status.
@@ -134,6 +141,7 @@ impl Drop for CallRecord {
             tenant = %OrDash(self.caller.as_ref().map(|p| &p.tenant)),
             principal = %OrDash(self.caller.as_ref()),
             node = %OrDash(self.node.as_ref()),
+            route = %OrDash(self.route.get()),
             method = %self.method,
             path = %self.path,
             status = self.status.load(Ordering::Relaxed),

@@ -1,6 +1,7 @@
 //! The binary's commands: their arguments, and the admin commands that
-//! work on the state dir (join tokens, API keys, client certificates,
-//! nodes) under its lock, which a serving relay picks up.
+//! work on the records (join tokens, API keys, nodes: in the state dir, or
+//! in etcd with --registry) and the CA (client certificates); serving
+//! relays pick the changes up.
 
 #[cfg(feature = "quickstart")]
 pub mod quickstart;
@@ -11,8 +12,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tunnelgate_proto::{NodeKey, TenantId};
+use tunnelgate_relay::config::RegistryConfig;
 use tunnelgate_relay::identity::Authority;
 use tunnelgate_relay::state::credentials::{api_key_text, Credential, Kind, NewCredential};
+use tunnelgate_relay::state::records::Records;
 use tunnelgate_relay::state::{rfc3339, unix_now, State};
 use tunnelgate_relay::ServeArgs;
 
@@ -59,9 +62,14 @@ pub enum Command {
 /// Where the relay keeps its CA, credentials and node records.
 #[derive(clap::Args)]
 pub struct StateDir {
-    /// The relay's state dir.
+    /// The relay's state dir (the CA is always here).
     #[arg(long, env = "TUNNELGATE_STATE_DIR", default_value = "tunnelgate-data")]
     state_dir: PathBuf,
+    /// Where the records are: `memory` (the state dir's files, one relay)
+    /// or the cluster's `etcd://HOST:PORT[,HOST:PORT...]`, as the relays
+    /// are started with.
+    #[arg(long, env = "TUNNELGATE_REGISTRY", default_value = "memory")]
+    registry: String,
 }
 
 impl StateDir {
@@ -75,8 +83,16 @@ impl StateDir {
     }
 
     /// Credentials and node records.
-    fn state(&self) -> anyhow::Result<State> {
-        State::open(&self.state_dir).with_context(|| self.context())
+    async fn state(&self) -> anyhow::Result<State> {
+        let registry = RegistryConfig::parse(&self.registry, Duration::from_secs(5))
+            .context("invalid --registry")?;
+        let records = match registry {
+            RegistryConfig::Memory => Records::Files(self.state_dir.clone()),
+            RegistryConfig::Etcd { endpoints, .. } => Records::etcd(&endpoints).await?,
+        };
+        State::open(&self.state_dir, records)
+            .await
+            .with_context(|| self.context())
     }
 }
 
@@ -128,7 +144,7 @@ pub enum ApiKeyCommand {
         #[command(flatten)]
         dir: StateDir,
     },
-    /// Revoke an API key by id; a serving relay refuses it within a second.
+    /// Revoke an API key by id; serving relays refuse it within a second.
     Revoke {
         #[command(flatten)]
         dir: StateDir,
@@ -208,21 +224,25 @@ pub fn client_cert(cmd: ClientCertCommand) -> anyhow::Result<()> {
 }
 
 /// Manages enrolled nodes.
-pub fn node(cmd: NodeCommand) -> anyhow::Result<()> {
+pub async fn node(cmd: NodeCommand) -> anyhow::Result<()> {
     let NodeCommand::Revoke { dir, node } = cmd;
-    match dir.state()?.revoke_node(&node).context("cannot revoke")? {
+    let revoked = dir.state().await?.revoke_node(&node).await;
+    match revoked.context("cannot revoke")? {
         Some(_) => {
             println!("node {node} revoked; a serving relay drops its session within a second");
             Ok(())
         }
         None => anyhow::bail!(
-            "no node {node} ever enrolled in {}",
-            dir.state_dir.display()
+            "no node {node} ever enrolled (records: {})",
+            match dir.registry.as_str() {
+                "memory" => dir.state_dir.display().to_string(),
+                other => other.to_owned(),
+            }
         ),
     }
 }
 
-pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Create {
             dir,
@@ -238,8 +258,10 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 name: None,
             };
             let (text, stored) = dir
-                .state()?
+                .state()
+                .await?
                 .create_join_token(new, fingerprint)
+                .await
                 .context("cannot store the token")?;
             println!(
                 "join token {} for tenant {} (expires {}, {}); on the host, run:",
@@ -251,17 +273,18 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             println!("  tunnelgate-agent --relay RELAY_HOST:7443 --node-id NODE --state-dir /var/lib/tunnelgate-agent --token <token below>");
             println!("{text}");
         }
-        TokenCommand::List { dir } => list(&dir, Kind::JoinToken)?,
-        TokenCommand::Revoke { dir, id } => revoke(&dir, Kind::JoinToken, &id)?,
+        TokenCommand::List { dir } => list(&dir, Kind::JoinToken).await?,
+        TokenCommand::Revoke { dir, id } => revoke(&dir, Kind::JoinToken, &id).await?,
     }
     Ok(())
 }
 
-pub fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
+pub async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
     match cmd {
         ApiKeyCommand::Create { dir, tenant, name } => {
             let (stored, secret) = dir
-                .state()?
+                .state()
+                .await?
                 .credentials()
                 .create(
                     Kind::ApiKey,
@@ -272,6 +295,7 @@ pub fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
                         name,
                     },
                 )
+                .await
                 .context("cannot store the API key")?;
             println!(
                 "API key {} for tenant {}; send it as `Authorization: Bearer <key>`, e.g. in the docker CLI's config.json:",
@@ -280,20 +304,20 @@ pub fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
             println!("  {{\"HttpHeaders\": {{\"Authorization\": \"Bearer <key below>\"}}}}");
             println!("{}", api_key_text(&stored.id, &secret));
         }
-        ApiKeyCommand::List { dir } => list(&dir, Kind::ApiKey)?,
-        ApiKeyCommand::Revoke { dir, id } => revoke(&dir, Kind::ApiKey, &id)?,
+        ApiKeyCommand::List { dir } => list(&dir, Kind::ApiKey).await?,
+        ApiKeyCommand::Revoke { dir, id } => revoke(&dir, Kind::ApiKey, &id).await?,
     }
     Ok(())
 }
 
-fn list(dir: &StateDir, kind: Kind) -> anyhow::Result<()> {
-    let state = dir.state()?;
+async fn list(dir: &StateDir, kind: Kind) -> anyhow::Result<()> {
+    let state = dir.state().await?;
     let now = unix_now();
     println!(
         "{:<10} {:<16} {:<9} {:<22} {:<22} {:<7} NAME",
         "ID", "TENANT", "STATE", "CREATED", "EXPIRES", "USES"
     );
-    for c in state.credentials().list(kind)? {
+    for c in state.credentials().list(kind).await? {
         let Credential {
             id,
             tenant,
@@ -316,8 +340,8 @@ fn list(dir: &StateDir, kind: Kind) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn revoke(dir: &StateDir, kind: Kind, id: &str) -> anyhow::Result<()> {
-    match dir.state()?.credentials().revoke(kind, id)? {
+async fn revoke(dir: &StateDir, kind: Kind, id: &str) -> anyhow::Result<()> {
+    match dir.state().await?.credentials().revoke(kind, id).await? {
         Some(c) => {
             println!("revoked {id} of tenant {}", c.tenant);
             Ok(())

@@ -196,7 +196,8 @@ pub enum RegistryConfig {
 }
 
 impl RegistryConfig {
-    fn parse(text: &str, lease_ttl: Duration) -> Result<Self, ConfigError> {
+    /// Reads `memory` or `etcd://HOST:PORT[,HOST:PORT...]`.
+    pub fn parse(text: &str, lease_ttl: Duration) -> Result<Self, ConfigError> {
         if text == "memory" {
             return Ok(Self::Memory);
         }

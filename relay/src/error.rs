@@ -230,6 +230,17 @@ pub enum CallError {
     /// 101 to a request that did not ask to upgrade.
     #[error("the daemon switched protocols on a request that did not ask to upgrade")]
     UnaskedUpgrade,
+    /// A call carried by a peer relay failed there.
+    #[error("through relay {relay}: {source}")]
+    ThroughPeer {
+        /// The peer that carried the call.
+        relay: tunnelgate_proto::RelayId,
+        /// What failed.
+        source: Box<CallError>,
+    },
+    /// The client's request body could not be read.
+    #[error("reading the request body failed: {0}; send the call again")]
+    RequestBody(#[source] hyper::Error),
     /// HTTP could not start on a new stream.
     #[error("cannot start HTTP on the stream: {0}")]
     Http(#[source] hyper::Error),
@@ -246,6 +257,7 @@ impl CallError {
             | Self::TooManyHeaders { .. }
             | Self::Unauthenticated(_)
             | Self::TooBusy { .. }
+            | Self::RequestBody(_)
             | Self::UnknownNode(_) => ErrorSource::Client,
             Self::NodeOffline(_)
             | Self::SessionFailed { .. }
@@ -256,6 +268,7 @@ impl CallError {
             | Self::NoAnswer { .. } => ErrorSource::Agent,
             Self::DaemonUnreachable { .. } | Self::UnaskedUpgrade => ErrorSource::Daemon,
             Self::PeerUnreachable { .. } | Self::PeerFailed { .. } => ErrorSource::Peer,
+            Self::ThroughPeer { source, .. } => source.source_side(),
             Self::Http(_) => ErrorSource::Internal,
         }
     }
@@ -276,14 +289,42 @@ impl CallError {
             Self::Setup { source, .. } => {
                 matches!(source, SetupError::Refused { .. } | SetupError::Closed)
             }
+            Self::ThroughPeer { source, .. } => source.is_retry_safe(),
             _ => false,
+        }
+    }
+
+    /// Whether another route may do better: retry-safe, and not a fault
+    /// every route shares (the node's daemon is the same on each).
+    pub fn worth_another_route(&self) -> bool {
+        match self {
+            Self::DaemonUnreachable { .. } => false,
+            Self::ThroughPeer { source, .. } => source.worth_another_route(),
+            other => other.is_retry_safe(),
+        }
+    }
+
+    /// This error as the caller of a call carried by `relay` sees it:
+    /// naming the relay, unless it already does.
+    pub fn through_peer(self, relay: &tunnelgate_proto::RelayId) -> Self {
+        match self {
+            Self::PeerUnreachable { .. } | Self::PeerFailed { .. } | Self::ThroughPeer { .. } => {
+                self
+            }
+            other => Self::ThroughPeer {
+                relay: relay.clone(),
+                source: Box::new(other),
+            },
         }
     }
 
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::UnsafePath | Self::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            Self::UnsafePath | Self::InvalidPath(_) | Self::RequestBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::ThroughPeer { source, .. } => source.status(),
             Self::NoSuchEndpoint(_) | Self::UnknownNode(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

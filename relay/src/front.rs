@@ -63,6 +63,9 @@ pub struct Front {
     pub slots: Arc<StreamSlots>,
     /// Where hijacked pipes run.
     pub tasks: TaskTracker,
+    /// Fires when the shutdown grace is over: long streams still open
+    /// end cleanly at their next quiet moment.
+    pub wind_down: tokio_util::sync::CancellationToken,
 }
 
 /// One client connection to the front.

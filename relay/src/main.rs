@@ -35,10 +35,10 @@ async fn main() -> anyhow::Result<()> {
             ));
             relay.run(shutdown).await;
         }
-        Command::Token(cmd) => cli::token(cmd)?,
-        Command::ApiKey(cmd) => cli::api_key(cmd)?,
+        Command::Token(cmd) => cli::token(cmd).await?,
+        Command::ApiKey(cmd) => cli::api_key(cmd).await?,
         Command::ClientCert(cmd) => cli::client_cert(cmd)?,
-        Command::Node(cmd) => cli::node(cmd)?,
+        Command::Node(cmd) => cli::node(cmd).await?,
         #[cfg(feature = "quickstart")]
         Command::Quickstart(args) => cli::quickstart::run(args).await?,
     }

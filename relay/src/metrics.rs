@@ -101,6 +101,11 @@ pub struct Metrics {
     pub limit_hits: IntCounterVec,
     /// Control-plane calls refused for their credentials, by reason.
     pub auth_failures: IntCounterVec,
+    /// Calls carried to a node, by route (`local`, `peer`).
+    pub routed: IntCounterVec,
+    /// Calls that failed before reaching the daemon and went again on
+    /// another route.
+    pub route_retries: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -163,6 +168,19 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let routed = IntCounterVec::new(
+            Opts::new(
+                "tunnelgate_front_routed_calls_total",
+                "Calls carried to a node, by route: over this relay's session (local) or through the peer relay holding one (peer).",
+            ),
+            &["route"],
+        )?;
+        let route_retries = prometheus::IntCounter::new(
+            "tunnelgate_front_route_retries_total",
+            "Calls that failed on a route before reaching the daemon and went again on another route.",
+        )?;
+        registry.register(Box::new(routed.clone()))?;
+        registry.register(Box::new(route_retries.clone()))?;
         registry.register(Box::new(limit_hits.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(agents_connected.clone()))?;
@@ -183,7 +201,19 @@ impl Metrics {
             request_duration,
             limit_hits,
             auth_failures,
+            routed,
+            route_retries,
         })
+    }
+
+    /// Counts one call carried over `route` (`local` or `peer`).
+    pub fn routed(&self, route: &str) {
+        self.routed.with_label_values(&[route]).inc();
+    }
+
+    /// Counts one call sent again on another route.
+    pub fn route_retry(&self) {
+        self.route_retries.inc();
     }
 
     /// Counts one hit of the protection limit `limit`.

@@ -55,35 +55,74 @@ pub struct Location {
 #[derive(Debug, Default)]
 pub(crate) struct Mirror {
     members: HashMap<RelayId, Member>,
-    locations: HashMap<NodeKey, Location>,
+    /// Each node's holders: an agent keeps sessions to several relays.
+    locations: HashMap<NodeKey, Vec<Location>>,
+    /// Bumped on every membership change, for [`Registry::membership`].
+    changed: Option<tokio::sync::watch::Sender<u64>>,
+    /// Whether the mirror was ever filled from the registry.
+    synced: bool,
 }
 
 impl Mirror {
-    pub(crate) fn clear(&mut self) {
-        self.members.clear();
-        self.locations.clear();
-    }
-
-    pub(crate) fn set_member(&mut self, member: Member) {
-        self.members.insert(member.relay_id.clone(), member);
-    }
-
-    pub(crate) fn remove_member(&mut self, relay_id: &RelayId) {
-        self.members.remove(relay_id);
-    }
-
-    /// Records a claim; an older epoch than the one known loses.
-    pub(crate) fn set_location(&mut self, key: NodeKey, location: Location) {
-        match self.locations.get(&key) {
-            Some(known) if known.epoch > location.epoch => {}
-            _ => {
-                self.locations.insert(key, location);
-            }
+    fn with_watch() -> Self {
+        Self {
+            changed: Some(tokio::sync::watch::channel(0).0),
+            ..Self::default()
         }
     }
 
-    pub(crate) fn remove_location(&mut self, key: &NodeKey) {
-        self.locations.remove(key);
+    fn bump(&self) {
+        if let Some(tx) = &self.changed {
+            tx.send_modify(|v| *v += 1);
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.members.clear();
+        self.locations.clear();
+        self.bump();
+    }
+
+    /// The mirror now holds a full listing of the registry.
+    pub(crate) fn mark_synced(&mut self) {
+        if !self.synced {
+            self.synced = true;
+            self.bump();
+        }
+    }
+
+    pub(crate) fn set_member(&mut self, member: Member) {
+        if self.members.get(&member.relay_id) != Some(&member) {
+            self.members.insert(member.relay_id.clone(), member);
+            self.bump();
+        }
+    }
+
+    pub(crate) fn remove_member(&mut self, relay_id: &RelayId) {
+        if self.members.remove(relay_id).is_some() {
+            self.bump();
+        }
+    }
+
+    /// Records a relay's claim on a node; an older epoch than the one
+    /// known from that relay loses. Holders stay sorted newest first.
+    pub(crate) fn set_location(&mut self, key: NodeKey, location: Location) {
+        let holders = self.locations.entry(key).or_default();
+        match holders.iter_mut().find(|l| l.relay_id == location.relay_id) {
+            Some(known) if known.epoch > location.epoch => return,
+            Some(known) => *known = location,
+            None => holders.push(location),
+        }
+        holders.sort_by_key(|l| std::cmp::Reverse(l.epoch));
+    }
+
+    pub(crate) fn remove_location(&mut self, key: &NodeKey, relay_id: &RelayId) {
+        if let Some(holders) = self.locations.get_mut(key) {
+            holders.retain(|l| &l.relay_id != relay_id);
+            if holders.is_empty() {
+                self.locations.remove(key);
+            }
+        }
     }
 }
 
@@ -93,6 +132,8 @@ pub struct Registry {
     me: RelayId,
     mirror: Arc<RwLock<Mirror>>,
     backend: Backend,
+    /// Set when this relay starts draining, before etcd has echoed it.
+    leaving: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -104,13 +145,15 @@ enum Backend {
 impl Registry {
     /// One relay on its own.
     pub fn memory(me: Member) -> Self {
-        let mut mirror = Mirror::default();
+        let mut mirror = Mirror::with_watch();
         let relay_id = me.relay_id.clone();
         mirror.set_member(me);
+        mirror.mark_synced();
         Self {
             me: relay_id,
             mirror: Arc::new(RwLock::new(mirror)),
             backend: Backend::Memory,
+            leaving: Default::default(),
         }
     }
 
@@ -123,13 +166,14 @@ impl Registry {
         me: Member,
         lease_ttl: std::time::Duration,
     ) -> Result<Self, etcd::EtcdError> {
-        let mirror: Arc<RwLock<Mirror>> = Arc::default();
+        let mirror = Arc::new(RwLock::new(Mirror::with_watch()));
         let relay_id = me.relay_id.clone();
         let backend = etcd::Etcd::connect(endpoints, me, lease_ttl, mirror.clone()).await?;
         Ok(Self {
             me: relay_id,
             mirror,
             backend: Backend::Etcd(Box::new(backend)),
+            leaving: Default::default(),
         })
     }
 
@@ -149,15 +193,53 @@ impl Registry {
         members
     }
 
-    /// The other relay that holds a session of `key`, if the registry
-    /// says one does. A claim by a relay that is not a member is ignored.
-    pub fn peer_holding(&self, key: &NodeKey) -> Option<Member> {
-        let mirror = self.read();
-        let location = mirror.locations.get(key)?;
-        if location.relay_id == self.me {
-            return None;
+    /// Resolves once the mirror has been filled from the registry: before
+    /// that a relay would call nodes that peers hold offline, so it is not
+    /// ready.
+    pub async fn synced(&self) {
+        let mut changes = self.membership();
+        while !self.read().synced {
+            if changes.changed().await.is_err() {
+                return;
+            }
         }
-        mirror.members.get(&location.relay_id).cloned()
+    }
+
+    /// Fires whenever a relay joins, leaves or starts draining.
+    pub fn membership(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.read()
+            .changed
+            .as_ref()
+            .expect("a registry's mirror has a watch")
+            .subscribe()
+    }
+
+    /// The membership as agents are told it; a draining relay is marked
+    /// so the moment it starts, whatever etcd has echoed yet.
+    pub fn agent_view(&self) -> Vec<tunnelgate_proto::message::RelayMember> {
+        let leaving = self.leaving.load(std::sync::atomic::Ordering::Acquire);
+        self.members()
+            .into_iter()
+            .map(|m| tunnelgate_proto::message::RelayMember {
+                draining: m.draining || (leaving && m.relay_id == self.me),
+                relay_id: m.relay_id,
+                agent_addr: m.agent_addr,
+            })
+            .collect()
+    }
+
+    /// The other relays that hold a session of `key`, the newest session
+    /// first. A claim by a relay that is not a member is ignored.
+    pub fn peers_holding(&self, key: &NodeKey) -> Vec<Member> {
+        let mirror = self.read();
+        let Some(holders) = mirror.locations.get(key) else {
+            return Vec::new();
+        };
+        holders
+            .iter()
+            .filter(|l| l.relay_id != self.me)
+            .filter_map(|l| mirror.members.get(&l.relay_id).cloned())
+            .collect()
     }
 
     /// Tells the cluster this relay holds a session of `key` since
@@ -176,8 +258,19 @@ impl Registry {
         }
     }
 
+    /// Whether another relay that is not draining is a member: somewhere
+    /// for this relay's agents to go.
+    pub fn has_other_live_member(&self) -> bool {
+        self.read()
+            .members
+            .values()
+            .any(|m| m.relay_id != self.me && !m.draining)
+    }
+
     /// Marks this relay draining, for peers and agents to see.
     pub fn set_draining(&self) {
+        self.leaving
+            .store(true, std::sync::atomic::Ordering::Release);
         if let Backend::Etcd(etcd) = &self.backend {
             etcd.set_draining();
         }
@@ -216,18 +309,35 @@ mod tests {
             relay_id: RelayId::new(id).unwrap(),
             epoch,
         };
+        let holders = |r: &Registry| -> Vec<String> {
+            r.peers_holding(&key)
+                .iter()
+                .map(|m| m.relay_id.to_string())
+                .collect()
+        };
+        let mut changes = registry.membership();
         registry.write().set_location(key.clone(), at("b", 10));
-        assert_eq!(registry.peer_holding(&key), None, "b is not a member");
+        assert!(holders(&registry).is_empty(), "b is not a member");
         registry.write().set_member(member("b"));
-        assert_eq!(registry.peer_holding(&key).unwrap().relay_id.as_str(), "b");
+        registry.write().set_member(member("c"));
+        assert!(changes.has_changed().unwrap(), "joining is a change");
+        assert_eq!(holders(&registry), ["b"]);
+        registry.write().set_location(key.clone(), at("c", 12));
+        assert_eq!(holders(&registry), ["c", "b"], "newest session first");
         registry.write().set_location(key.clone(), at("c", 5));
-        assert_eq!(
-            registry.peer_holding(&key).unwrap().relay_id.as_str(),
-            "b",
-            "an older epoch loses"
+        assert_eq!(holders(&registry), ["c", "b"], "an older epoch loses");
+        registry.write().set_location(key.clone(), at("a", 13));
+        assert_eq!(holders(&registry), ["c", "b"], "this relay is no peer");
+        registry
+            .write()
+            .remove_location(&key, &RelayId::new("c").unwrap());
+        assert_eq!(holders(&registry), ["b"]);
+        changes.borrow_and_update();
+        registry.write().set_member(member("b"));
+        assert!(
+            !changes.has_changed().unwrap(),
+            "the same member again is no change"
         );
-        registry.write().set_location(key.clone(), at("a", 11));
-        assert_eq!(registry.peer_holding(&key), None, "this relay holds it now");
-        assert_eq!(registry.members().len(), 2);
+        assert_eq!(registry.members().len(), 3);
     }
 }

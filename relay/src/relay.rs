@@ -35,6 +35,7 @@ use crate::registry::{Member, Registry};
 use crate::router::Router;
 use crate::sessions::{ControlCommand, NodeView, Sessions};
 use crate::state::credentials::NewCredential;
+use crate::state::records::Records;
 use crate::state::{State, StateError};
 use crate::upstream::{Peers, Tunnel};
 
@@ -116,15 +117,22 @@ fn server_names(config: &Config) -> Vec<String> {
 impl Relay {
     /// Opens the state dir and binds every listener.
     pub async fn bind(config: Config) -> Result<Self, RelayError> {
-        let (dir, relay_id) = (config.state_dir.clone(), config.relay_id.clone());
-        let (state, authority, reset_key) = tokio::task::spawn_blocking(move || {
-            let authority = Authority::open(&dir)?;
-            let state = State::open(&dir)?.with_relay_id(relay_id);
-            let reset_key = state.quic_reset_key()?;
-            Ok::<_, RelayError>((state, authority, reset_key))
-        })
-        .await
-        .map_err(StateError::from)??;
+        let dir = config.state_dir.clone();
+        let authority = tokio::task::spawn_blocking(move || Authority::open(&dir))
+            .await
+            .map_err(StateError::from)??;
+        let records = match &config.registry {
+            RegistryConfig::Memory => Records::Files(config.state_dir.clone()),
+            RegistryConfig::Etcd { endpoints, .. } => Records::etcd(endpoints).await?,
+        };
+        let state = State::open(&config.state_dir, records)
+            .await?
+            .with_relay_id(config.relay_id.clone());
+        let state = Arc::new(state);
+        let keyed = state.clone();
+        let reset_key = tokio::task::spawn_blocking(move || keyed.quic_reset_key())
+            .await
+            .map_err(StateError::from)??;
         let identity = authority.server_identity(state.relay_id(), &server_names(&config))?;
         let api_tls = match config.api_tls {
             true => {
@@ -199,7 +207,7 @@ impl Relay {
             registry: Arc::new(registry),
             peer_endpoint,
             config: Arc::new(config),
-            state: Arc::new(state),
+            state,
             authority: Arc::new(authority),
             sessions: Arc::default(),
             metrics: Arc::new(Metrics::new(prometheus::Registry::new())?),
@@ -271,6 +279,7 @@ impl Relay {
         let hard = CancellationToken::new();
         let accepting = hard.child_token();
         let ready = Arc::new(AtomicBool::new(false));
+        let wind_down = CancellationToken::new();
 
         let agents = Arc::new(listen::Context {
             config: config.clone(),
@@ -312,6 +321,7 @@ impl Relay {
             metrics: metrics.clone(),
             slots: Arc::default(),
             tasks: tasks.clone(),
+            wind_down: wind_down.clone(),
         });
         tasks.spawn(net::serve_http(
             api,
@@ -359,12 +369,23 @@ impl Relay {
         // The registry leaves the cluster last, when `hard` fires: a
         // draining relay still holds, and serves, its sessions.
         tasks.spawn(registry.clone().run(hard.clone()));
+        tasks.spawn(announce_members(
+            registry.clone(),
+            sessions.clone(),
+            hard.clone(),
+        ));
         let watched = sessions.clone();
         tasks.spawn(
             state
                 .clone()
                 .watch(hard.clone(), move |revoked| drop_revoked(&watched, revoked)),
         );
+        // Ready once the registry's routes are known: a relay that has not
+        // listed them would answer "offline" for nodes its peers hold.
+        tokio::select! {
+            () = registry.synced() => {}
+            () = shutdown.cancelled() => {}
+        }
         ready.store(true, Ordering::Release);
         info!(relay_id = %state.relay_id(), api_addr = %listening.api, agent_addr = %listening.agent,
               metrics_addr = %listening.metrics, "relay serving");
@@ -376,7 +397,7 @@ impl Relay {
         ready.store(false, Ordering::Release);
         registry.set_draining();
         accepting.cancel();
-        drain(&config, &sessions, &calls).await;
+        drain(&config, &sessions, &registry, &calls, &wind_down).await;
         hard.cancel();
         endpoint.close(0u32.into(), b"relay shutting down");
         if let Some((endpoint, peers)) = &peer_endpoint {
@@ -396,9 +417,19 @@ impl Relay {
 }
 
 /// Asks every agent to move and waits, within the shutdown grace, until
-/// the last stream to an agent has closed.
-async fn drain(config: &Config, sessions: &Sessions, calls: &TaskTracker) {
+/// the last stream to an agent has closed. In a cluster with somewhere
+/// else to go it also waits for the agents to leave: each closes its
+/// session here once its new one elsewhere is welcomed, so no node is
+/// without a session in between.
+async fn drain(
+    config: &Config,
+    sessions: &Sessions,
+    registry: &Registry,
+    calls: &TaskTracker,
+    wind_down: &CancellationToken,
+) {
     let grace = config.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
     let entries = sessions.entries();
     info!(
         agents = entries.len(),
@@ -406,16 +437,77 @@ async fn drain(config: &Config, sessions: &Sessions, calls: &TaskTracker) {
         "shutting down: draining agents and in-flight calls"
     );
     let spread = reconnect_spread(entries.len(), config.limits.max_agent_handshakes_per_sec);
+    let members = registry.agent_view();
     for entry in &entries {
-        let cmd: ControlCommand = Box::new(move |m| m.drain("relay shutting down", grace, spread));
+        let members = members.clone();
+        let cmd: ControlCommand =
+            Box::new(move |m| m.drain("relay shutting down", grace, spread, members));
         let _ = entry.control.try_send(cmd);
     }
+    if registry.has_other_live_member() {
+        while !sessions.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match sessions.len() {
+            0 => info!("every agent moved to another relay"),
+            n => warn!(
+                agents = n,
+                "shutdown grace over before every agent moved (a session with calls in flight stays until they end); closing the rest here"
+            ),
+        }
+    }
     calls.close();
-    if tokio::time::timeout(grace, calls.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, calls.wait())
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    // Long streams (logs -f, attach, exec) would never end by themselves:
+    // end each at its next quiet moment, as if the node had ended it.
+    info!(
+        streams = calls.len(),
+        "shutdown grace over; ending long streams at their next quiet moment"
+    );
+    wind_down.cancel();
+    if tokio::time::timeout(WIND_DOWN, calls.wait()).await.is_err() {
         warn!(
             streams = calls.len(),
-            "shutdown grace over; cutting in-flight calls"
+            "cutting streams that never went quiet"
         );
+    }
+}
+
+/// How long streams have to end after the wind-down.
+const WIND_DOWN: Duration = Duration::from_secs(2);
+
+/// Tells every agent here when the cluster's membership changes, so each
+/// can keep its sessions on the relays its hash picks.
+async fn announce_members(
+    registry: Arc<Registry>,
+    sessions: Arc<Sessions>,
+    stop: CancellationToken,
+) {
+    let mut changes = registry.membership();
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+        // A relay joining writes several keys: tell agents once.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        changes.borrow_and_update();
+        let members = registry.agent_view();
+        debug!(
+            members = members.len(),
+            agents = sessions.len(),
+            "membership changed; telling agents"
+        );
+        for entry in sessions.entries() {
+            let members = members.clone();
+            let cmd: ControlCommand = Box::new(move |m| m.members_changed(members));
+            let _ = entry.control.try_send(cmd);
+        }
     }
 }
 
@@ -458,12 +550,12 @@ impl RelayHandle {
         self.state.relay_id()
     }
 
-    /// Makes a join token and returns its text. Blocking (the state dir's
-    /// lock); fine at start-up, not on a hot path.
-    pub fn create_join_token(&self, new: NewCredential) -> Result<String, StateError> {
+    /// Makes a join token and returns its text.
+    pub async fn create_join_token(&self, new: NewCredential) -> Result<String, StateError> {
         let (text, _) = self
             .state
-            .create_join_token(new, self.authority.ca_fingerprint())?;
+            .create_join_token(new, self.authority.ca_fingerprint())
+            .await?;
         Ok(text)
     }
 

@@ -2,8 +2,8 @@
 //!
 //! The front asks the router for a node's route and an upstream carries
 //! the call there: over the node's session on this relay, else through
-//! the peer relay the registry says holds one, else nowhere (offline or
-//! unknown). A route straight to the node's daemon is a further variant
+//! the peer relays the registry says hold one (an agent keeps sessions to
+//! several), else nowhere (offline or unknown). A route straight to the node's daemon is a further variant
 //! of [`Route`], added here without touching the front. Lookups are in
 //! memory only: the session table, the registry's mirror and the state
 //! cache.
@@ -12,33 +12,21 @@ use std::sync::Arc;
 
 use tunnelgate_proto::NodeKey;
 
-use crate::registry::{Member, Registry};
-use crate::sessions::{Entry, Sessions};
+use crate::registry::Registry;
+use crate::sessions::Sessions;
 use crate::state::{NodeStatus, State};
+use crate::upstream::Via;
 
 /// Where a call to a node goes.
 #[derive(Debug)]
 pub enum Route {
-    /// Over the node's session on this relay.
-    Local(Arc<Entry>),
-    /// Through the peer relay that holds a session of the node.
-    Peer(Member),
+    /// Over these, best first: the node's session on this relay, then
+    /// the peer relays that hold one, newest session first. Never empty.
+    Via(Vec<Via>),
     /// The node enrolled here but its agent is not connected.
     Offline,
     /// No such node for this tenant (another tenant's node looks the same).
     Unknown,
-}
-
-impl Route {
-    /// The route's name in logs and the audit line.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Local(_) => "local",
-            Self::Peer(_) => "peer",
-            Self::Offline => "offline",
-            Self::Unknown => "unknown",
-        }
-    }
 }
 
 /// Decides routes from the session table and the node records.
@@ -62,11 +50,13 @@ impl Router {
     /// Where a call to `key` goes now. Only the caller's tenant is looked
     /// in, so another tenant's node is simply not there.
     pub fn route(&self, key: &NodeKey) -> Route {
-        if let Some(entry) = self.sessions.get(key) {
-            return Route::Local(entry);
-        }
-        if let Some(peer) = self.registry.peer_holding(key) {
-            return Route::Peer(peer);
+        let local = self.sessions.get(key).map(Via::Session);
+        let vias: Vec<Via> = local
+            .into_iter()
+            .chain(self.registry.peers_holding(key).into_iter().map(Via::Peer))
+            .collect();
+        if !vias.is_empty() {
+            return Route::Via(vias);
         }
         match self.state.node_status(key) {
             NodeStatus::Enrolled(_) => Route::Offline,

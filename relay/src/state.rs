@@ -4,24 +4,24 @@
 //! state-dir/
 //!   ca.pem  ca-key.pem           the installation's CA (key 0600; see `identity`)
 //!   server.pem server-key.pem    re-issued at every start, for the names in use
-//!   tokens.json api-keys.json    hashed secrets (see `credentials`)
-//!   nodes/<tenant>/<node>.json   enrolled nodes: current certificate serials, revocation
-//!   revoked.json                 revocations, watched by a serving relay
+//!   tokens.json api-keys.json    hashed secrets (see `credentials`)       } the records: here,
+//!   nodes/<tenant>/<node>.json   enrolled nodes: certificate serials      } or in etcd in a
+//!   revoked.json                 revocations, watched by a serving relay  } cluster (`records`)
 //!   relay-id                     this relay's stable name
 //!   quic-reset.key               secret behind the QUIC stateless-reset key (0600)
 //!   state.lock                   taken for every read-modify-write
 //! ```
 //!
-//! The CLI changes these files while a relay serves, under the lock; the
-//! relay reads them once at start and then only when [`State::watch`]
-//! sees the watched files change, so the hot path (a call, a handshake)
-//! never touches the disk. Writes the relay itself makes (enrolment,
-//! renewal, token uses) run on the blocking pool, never on an async
-//! worker. This module knows nothing of certificates' contents, sessions
-//! or HTTP.
+//! The CLI changes the records while relays serve; a relay reads them
+//! once at start and then only what [`State::watch`] sees change (file
+//! stamps, or etcd's watch), so the hot path (a call, a handshake) never
+//! touches the disk or etcd. Writes the relay itself makes (enrolment,
+//! renewal, token uses) never block an async worker. This module knows
+//! nothing of certificates' contents, sessions or HTTP.
 
 pub mod credentials;
 pub mod nodes;
+pub mod records;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,7 @@ use tunnelgate_proto::{NodeKey, RelayId};
 
 use credentials::{Credential, Kind, NewCredential, Refusal, Store};
 use nodes::{NodeRecord, Revocation};
+use records::Records;
 
 /// Something in the state dir failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +72,16 @@ pub enum StateError {
     /// A blocking state task did not finish (the runtime is stopping).
     #[error("a state-dir task did not finish: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The records in etcd could not be read or written.
+    #[error(
+        "the records in etcd at {endpoints}: {source}; check --registry and that etcd runs there"
+    )]
+    Etcd {
+        /// The endpoints tried.
+        endpoints: String,
+        /// Why.
+        source: etcd_client::Error,
+    },
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -164,10 +175,11 @@ pub enum NodeStatus {
 /// How often a serving relay looks for changes the CLI made.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
-/// The state dir with the relay's cache of it.
+/// The state dir and the records, with the relay's cache of them.
 pub struct State {
     dir: PathBuf,
     relay_id: RelayId,
+    records: Records,
     store: Store,
     api_keys: RwLock<Arc<Vec<Credential>>>,
     nodes: DashMap<NodeKey, NodeRecord>,
@@ -175,7 +187,7 @@ pub struct State {
     /// blocking pool. They serialize on the state dir's lock anyway; with
     /// a thousand agents enrolling at once, letting them all contend for
     /// it from as many threads made an enrolment storm 2.2x slower than
-    /// doing them one after another.
+    /// doing them one after another. (etcd's writes need no gate.)
     writes: tokio::sync::Semaphore,
 }
 
@@ -190,36 +202,49 @@ impl std::fmt::Debug for State {
 
 impl State {
     /// Opens the state dir (creating it and the relay id on first start)
-    /// and reads the API keys and node records into memory. Blocking.
-    pub fn open(dir: &Path) -> Result<Self, StateError> {
+    /// and reads the API keys and node records from `records` into memory.
+    pub async fn open(dir: &Path, records: Records) -> Result<Self, StateError> {
+        let owned = dir.to_owned();
+        let relay_id = tokio::task::spawn_blocking(move || Self::open_dir(&owned)).await??;
+        let store = Store::new(records.clone());
+        let state = Self {
+            dir: dir.to_owned(),
+            relay_id,
+            api_keys: RwLock::new(Arc::new(store.list(Kind::ApiKey).await?)),
+            store,
+            nodes: DashMap::new(),
+            writes: tokio::sync::Semaphore::new(1),
+            records,
+        };
+        let (nodes, _) = state.records.nodes::<NodeRecord>().await?;
+        for record in nodes {
+            state.nodes.insert(record.key(), record);
+        }
+        Ok(state)
+    }
+
+    /// Opens the state dir with its own files as the records.
+    pub async fn open_files(dir: &Path) -> Result<Self, StateError> {
+        Self::open(dir, Records::Files(dir.to_owned())).await
+    }
+
+    /// Creates the state dir and reads (or makes) the relay id. Blocking.
+    fn open_dir(dir: &Path) -> Result<RelayId, StateError> {
         fs::create_dir_all(dir.join("nodes")).map_err(io_err(dir))?;
         let id_path = dir.join("relay-id");
-        let relay_id = match fs::read_to_string(&id_path) {
+        match fs::read_to_string(&id_path) {
             Ok(text) => RelayId::new(text.trim()).map_err(|e| StateError::Corrupt {
                 path: id_path.clone(),
                 reason: e.to_string(),
-            })?,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let id = RelayId::new(format!("relay-{}", random_hex(4)))
                     .expect("relay- and hex digits make a valid id");
                 write_private(&id_path, id.as_str().as_bytes())?;
-                id
+                Ok(id)
             }
-            Err(e) => return Err(io_err(&id_path)(e)),
-        };
-        let store = Store::new(dir);
-        let state = Self {
-            dir: dir.to_owned(),
-            relay_id,
-            api_keys: RwLock::new(Arc::new(store.list(Kind::ApiKey)?)),
-            store,
-            nodes: DashMap::new(),
-            writes: tokio::sync::Semaphore::new(1),
-        };
-        for record in nodes::load_all(dir)? {
-            state.nodes.insert(record.key(), record);
+            Err(e) => Err(io_err(&id_path)(e)),
         }
-        Ok(state)
     }
 
     /// Uses `relay_id` instead of the state dir's (`--relay-id`).
@@ -240,7 +265,7 @@ impl State {
         &self.relay_id
     }
 
-    /// The join tokens and API keys on disk (blocking calls).
+    /// The join tokens and API keys.
     pub fn credentials(&self) -> &Store {
         &self.store
     }
@@ -265,13 +290,13 @@ impl State {
     }
 
     /// Makes a join token whose text carries `ca_fingerprint`; returns the
-    /// whole text, the only time the secret is ever seen. Blocking.
-    pub fn create_join_token(
+    /// whole text, the only time the secret is ever seen.
+    pub async fn create_join_token(
         &self,
         new: NewCredential,
         ca_fingerprint: [u8; 32],
     ) -> Result<(String, Credential), StateError> {
-        let (stored, secret) = self.store.create(Kind::JoinToken, new)?;
+        let (stored, secret) = self.store.create(Kind::JoinToken, new).await?;
         let text = JoinToken {
             ca_fingerprint,
             id: stored.id.clone(),
@@ -281,7 +306,7 @@ impl State {
     }
 
     /// Checks a join token an agent presented against this installation
-    /// (`ca_fingerprint`) and consumes one of its uses, on the blocking pool.
+    /// (`ca_fingerprint`) and consumes one of its uses.
     pub async fn use_join_token(
         self: &Arc<Self>,
         text: String,
@@ -299,13 +324,11 @@ impl State {
         if token.ca_fingerprint != ca_fingerprint {
             return Ok(Err(Refusal::WrongInstallation));
         }
-        let this = self.clone();
-        self.write_blocking(move || this.store.use_token(&token.id, &token.secret))
+        self.gated(self.store.use_token(&token.id, &token.secret))
             .await
     }
 
-    /// Records that `key` now holds the certificate `serial`, on the
-    /// blocking pool. A renewal keeps the previous certificate good (the
+    /// Records that `key` now holds the certificate `serial`. A renewal keeps the previous certificate good (the
     /// agent may not have stored the new one yet) and is refused for a
     /// revoked node; a new enrolment replaces the record.
     pub async fn record_node_cert(
@@ -314,31 +337,31 @@ impl State {
         serial: String,
         renew: bool,
     ) -> Result<(), StateError> {
-        let this = self.clone();
         let record = self
-            .write_blocking(move || nodes::record_cert(&this.dir, &key, serial, renew))
+            .gated(nodes::record_cert(&self.records, &key, serial, renew))
             .await?;
         self.nodes.insert(record.key(), record);
         Ok(())
     }
 
-    /// Runs one state-dir write on the blocking pool, one at a time.
-    async fn write_blocking<T: Send + 'static>(
-        &self,
-        write: impl FnOnce() -> Result<T, StateError> + Send + 'static,
-    ) -> Result<T, StateError> {
-        let _turn = self
-            .writes
-            .acquire()
-            .await
-            .expect("the state-dir write gate is never closed");
-        tokio::task::spawn_blocking(write).await?
+    /// Runs one write of the relay's own; state-dir writes one at a time.
+    async fn gated<T>(&self, write: impl std::future::Future<Output = T>) -> T {
+        let _turn = match self.records.is_shared() {
+            true => None,
+            false => Some(
+                self.writes
+                    .acquire()
+                    .await
+                    .expect("the state-dir write gate is never closed"),
+            ),
+        };
+        write.await
     }
 
-    /// Revokes a node (the CLI's `node revoke`; blocking). A serving relay
-    /// sees it through [`State::watch`].
-    pub fn revoke_node(&self, key: &NodeKey) -> Result<Option<NodeRecord>, StateError> {
-        let record = nodes::revoke(&self.dir, key)?;
+    /// Revokes a node (the CLI's `node revoke`). Serving relays see it
+    /// through [`State::watch`].
+    pub async fn revoke_node(&self, key: &NodeKey) -> Result<Option<NodeRecord>, StateError> {
+        let record = nodes::revoke(&self.records, key).await?;
         if let Some(r) = &record {
             self.nodes.insert(r.key(), r.clone());
         }
@@ -389,72 +412,142 @@ impl State {
         Ok(hash.finalize().into())
     }
 
-    /// Every revocation so far (blocking).
-    pub fn revocations(&self) -> Result<Vec<Revocation>, StateError> {
-        nodes::revocations(&self.dir)
+    /// Every revocation so far.
+    pub async fn revocations(&self) -> Result<Vec<Revocation>, StateError> {
+        nodes::revocations(&self.records).await
     }
 
-    fn watched_stamp(&self) -> Vec<Option<SystemTime>> {
-        [
-            nodes::revoked_path(&self.dir),
-            self.store.path(Kind::ApiKey),
-        ]
-        .iter()
-        .map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
-        .collect()
+    fn watched_stamp(dir: &Path) -> Vec<Option<SystemTime>> {
+        ["revoked.json", "api-keys.json"]
+            .iter()
+            .map(|f| fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    fn set_api_keys(&self, keys: Vec<Credential>) {
+        *self.api_keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
     }
 
     /// Rereads what the CLI may have changed: the API keys, and the node
-    /// records of every revoked node. Blocking.
-    fn reload(&self) -> Result<Vec<Revocation>, StateError> {
-        *self.api_keys.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(self.store.list(Kind::ApiKey)?);
-        let revoked = self.revocations()?;
+    /// records of every revoked node.
+    async fn reload(&self) -> Result<Vec<Revocation>, StateError> {
+        self.set_api_keys(self.store.list(Kind::ApiKey).await?);
+        let revoked = self.revocations().await?;
         for r in &revoked {
             let key = NodeKey {
                 tenant: r.tenant.clone(),
                 node_id: r.node_id.clone(),
             };
-            if let Some(record) = nodes::load(&self.dir, &key)? {
+            if let Some(record) = nodes::load(&self.records, &key).await? {
                 self.nodes.insert(key, record);
             }
         }
         Ok(revoked)
     }
 
-    /// Watches the state dir until `stop`: when the CLI changed the API
-    /// keys or the revocations, rereads them and hands the revocations to
-    /// `on_change`, so the relay can drop revoked nodes' sessions.
+    /// Watches the records until `stop`: when the API keys or the
+    /// revocations changed (the CLI, or in a cluster any relay), rereads
+    /// them and hands the revocations to `on_change`, so the relay can drop
+    /// revoked nodes' sessions. In a cluster it also learns every node
+    /// another relay enrolled or renewed.
     pub async fn watch(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        on_change: impl FnMut(&[Revocation]) + Send,
+    ) {
+        match self.records.is_shared() {
+            false => self.watch_files(stop, on_change).await,
+            true => self.watch_etcd(stop, on_change).await,
+        }
+    }
+
+    async fn watch_files(
         self: Arc<Self>,
         stop: CancellationToken,
         mut on_change: impl FnMut(&[Revocation]) + Send,
     ) {
-        let mut seen = self.watched_stamp();
+        let stamp = |dir: PathBuf| async move {
+            tokio::task::spawn_blocking(move || Self::watched_stamp(&dir))
+                .await
+                .unwrap_or_default()
+        };
+        let mut seen = stamp(self.dir.clone()).await;
         loop {
             tokio::select! {
                 () = tokio::time::sleep(WATCH_INTERVAL) => {}
                 () = stop.cancelled() => return,
             }
-            let (this, before) = (self.clone(), seen.clone());
-            let reloaded = tokio::task::spawn_blocking(move || {
-                let stamp = this.watched_stamp();
-                (stamp != before).then(|| (this.reload(), stamp))
-            })
-            .await;
-            match reloaded {
-                Ok(None) => {}
-                Ok(Some((Ok(revoked), stamp))) => {
-                    seen = stamp;
-                    on_change(&revoked);
+            let now = stamp(self.dir.clone()).await;
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match self.reload().await {
+                Ok(revoked) => on_change(&revoked),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reread the state dir; keeping what was read before")
                 }
-                Ok(Some((Err(e), stamp))) => {
-                    seen = stamp;
-                    tracing::warn!(error = %e, "cannot reread the state dir; keeping what was read before");
-                }
-                Err(e) => tracing::debug!(error = %e, "state-dir watch task did not finish"),
             }
         }
+    }
+
+    async fn watch_etcd(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        mut on_change: impl FnMut(&[Revocation]) + Send,
+    ) {
+        loop {
+            let watched = async {
+                // List, then watch from the listed revision: nothing that
+                // changed in between (or while etcd was away) is missed.
+                let (nodes, revision) = self.records.nodes::<NodeRecord>().await?;
+                for record in nodes {
+                    self.nodes.insert(record.key(), record);
+                }
+                on_change(&self.reload().await?);
+                self.records
+                    .watch(revision, |changed| {
+                        if let Some(revoked) = self.apply(changed) {
+                            on_change(&revoked);
+                        }
+                    })
+                    .await
+            };
+            tokio::select! {
+                result = watched => if let Err(e) = result {
+                    tracing::warn!(error = %e, "watching the records in etcd failed; keeping what was read, and listing again");
+                },
+                () = stop.cancelled() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Applies one record another process changed to the cache; returns
+    /// the revocations when those changed.
+    fn apply(&self, changed: records::Changed) -> Option<Vec<Revocation>> {
+        let value = changed.value?;
+        let unreadable = |e: serde_json::Error| {
+            tracing::warn!(key = %changed.key, error = %e, "ignoring an unreadable record");
+        };
+        if changed.key == Kind::ApiKey.key() {
+            serde_json::from_slice(&value)
+                .map(|keys| self.set_api_keys(keys))
+                .unwrap_or_else(unreadable);
+        } else if changed.key == nodes::REVOCATIONS {
+            return serde_json::from_slice(&value).map_err(unreadable).ok();
+        } else if changed.key.starts_with("nodes/") {
+            match serde_json::from_slice::<NodeRecord>(&value) {
+                Ok(record) => {
+                    self.nodes.insert(record.key(), record);
+                }
+                Err(e) => unreadable(e),
+            }
+        }
+        None
     }
 }
 
@@ -467,25 +560,38 @@ mod tests {
         NodeKey::parse(text).unwrap()
     }
 
-    #[test]
-    fn the_quic_reset_key_survives_a_restart_is_per_relay_and_kept_private() {
+    #[tokio::test]
+    async fn the_quic_reset_key_survives_a_restart_is_per_relay_and_kept_private() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let first = State::open(dir.path()).unwrap().quic_reset_key().unwrap();
+        let first = State::open_files(dir.path())
+            .await
+            .unwrap()
+            .quic_reset_key()
+            .unwrap();
         let path = dir.path().join("quic-reset.key");
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "made owner-only");
-        let again = State::open(dir.path()).unwrap().quic_reset_key().unwrap();
+        let again = State::open_files(dir.path())
+            .await
+            .unwrap()
+            .quic_reset_key()
+            .unwrap();
         assert_eq!(first, again, "a restarted relay keeps its key");
 
         // Another relay id over a copy of the same secret: another key.
         let other = tempfile::tempdir().unwrap();
         fs::copy(&path, other.path().join("quic-reset.key")).unwrap();
-        let other_key = State::open(other.path()).unwrap().quic_reset_key().unwrap();
+        let other_key = State::open_files(other.path())
+            .await
+            .unwrap()
+            .quic_reset_key()
+            .unwrap();
         assert_ne!(first, other_key);
 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = State::open(dir.path())
+        let err = State::open_files(dir.path())
+            .await
             .unwrap()
             .quic_reset_key()
             .unwrap_err();
@@ -496,7 +602,7 @@ mod tests {
     #[tokio::test]
     async fn join_tokens_carry_their_installation_and_are_used_up() {
         let dir = tempfile::tempdir().unwrap();
-        let state = Arc::new(State::open(dir.path()).unwrap());
+        let state = Arc::new(State::open_files(dir.path()).await.unwrap());
         let ours = [7u8; 32];
         let new = NewCredential {
             tenant: TenantId::new("acme").unwrap(),
@@ -504,7 +610,7 @@ mod tests {
             uses: Some(1),
             name: None,
         };
-        let (text, _) = state.create_join_token(new, ours).unwrap();
+        let (text, _) = state.create_join_token(new, ours).await.unwrap();
         let used = state.use_join_token(text.clone(), ours).await.unwrap();
         assert_eq!(used.unwrap().tenant.as_str(), "acme");
         let again = state.use_join_token(text.clone(), ours).await.unwrap();
@@ -518,7 +624,7 @@ mod tests {
     #[tokio::test]
     async fn node_records_keep_two_certificates_and_revocation_sticks() {
         let dir = tempfile::tempdir().unwrap();
-        let state = Arc::new(State::open(dir.path()).unwrap());
+        let state = Arc::new(State::open_files(dir.path()).await.unwrap());
         let web = key("acme/web-1");
         assert_eq!(state.node_status(&web), NodeStatus::Unknown);
         state
@@ -550,11 +656,11 @@ mod tests {
 
         // The CLI revokes through its own copy; the serving relay's copy
         // learns it when it rereads.
-        let cli = State::open(dir.path()).unwrap();
+        let cli = State::open_files(dir.path()).await.unwrap();
         assert_eq!(state.relay_id(), cli.relay_id());
-        cli.revoke_node(&web).unwrap().unwrap();
+        cli.revoke_node(&web).await.unwrap().unwrap();
         assert!(matches!(state.node_status(&web), NodeStatus::Enrolled(_)));
-        let revoked = state.reload().unwrap();
+        let revoked = state.reload().await.unwrap();
         assert!(matches!(state.node_status(&web), NodeStatus::Revoked(_)));
         assert_eq!(revoked.len(), 1);
         assert!(revoked[0].covers(&web, "s3") && !revoked[0].covers(&web, "s1"));
@@ -562,7 +668,7 @@ mod tests {
         assert!(matches!(renew, Err(StateError::Revoked(_))), "{renew:?}");
 
         // A restarted relay reads every record back.
-        let restarted = State::open(dir.path()).unwrap();
+        let restarted = State::open_files(dir.path()).await.unwrap();
         assert!(matches!(
             restarted.node_status(&web),
             NodeStatus::Revoked(_)

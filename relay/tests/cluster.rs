@@ -1,6 +1,7 @@
 //! The cluster with real parts: a real etcd, several real relay
-//! processes sharing one CA, a real agent on one of them, the real docker
-//! CLI calling through another, against the real dockerd.
+//! processes sharing one CA, real agents holding sessions to one or two of
+//! them, the real docker CLI and plain HTTP clients calling through
+//! another, against the real dockerd.
 
 // A panic is a test failure report, in helpers as in #[test] fns.
 #![allow(clippy::unwrap_used)]
@@ -9,17 +10,22 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::etcd::Etcd;
-use support::{docker_endpoint, http_get_full, scenarios, AgentCmd, Docker, Relay};
+use support::{docker_endpoint, http_get_full, scenarios, AgentCmd, ApiClient, Docker, Relay};
 use tunnelgate_session::tls::{self, Identity, Trust};
 use tunnelgate_session::Session;
 
 const ROUTE: &str = "x-tunnelgate-route";
 
 fn cluster_relay(etcd: &Etcd, state: &Path, id: &str) -> Relay {
+    cluster_relay_with_lease(etcd, state, id, "2s")
+}
+
+fn cluster_relay_with_lease(etcd: &Etcd, state: &Path, id: &str, lease: &str) -> Relay {
     Relay::start_with(
         state,
         &[
@@ -30,7 +36,7 @@ fn cluster_relay(etcd: &Etcd, state: &Path, id: &str) -> Relay {
             "--peer-listen",
             "127.0.0.1:0",
             "--registry-lease-ttl",
-            "2s",
+            lease,
         ],
     )
     .unwrap_or_else(|e| panic!("relay {id} does not start: {e:#}"))
@@ -45,14 +51,20 @@ fn share_ca(from: &Path, to: &Path) {
     }
 }
 
-/// Waits until `relay` answers a call to `node` with route `route`.
+/// Waits until `relay` answers a call to `node` with route `route`
+/// (`peer=` for any peer).
 fn wait_route(relay: &Relay, node: &str, route: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last = String::new();
     while Instant::now() < deadline {
         if let Ok((status, head, _)) = http_get_full(relay.api, &format!("/nodes/{node}/_ping")) {
+            // A route ending in `=` matches any relay: `peer=`.
             let want = format!("{ROUTE}: {route}");
-            if status == 200 && head.lines().any(|l| l.eq_ignore_ascii_case(&want)) {
+            let matches = |l: &str| match route.ends_with('=') {
+                true => l.to_ascii_lowercase().starts_with(&want),
+                false => l.eq_ignore_ascii_case(&want),
+            };
+            if status == 200 && head.lines().any(matches) {
                 return;
             }
             last = format!("{status} {head}");
@@ -69,34 +81,42 @@ fn wait_route(relay: &Relay, node: &str, route: &str) {
 fn a_call_through_any_relay_reaches_a_node_that_another_relay_holds() {
     let etcd = Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let a = cluster_relay(&etcd, &dir.path().join("a"), "relay-a");
-    for other in ["b", "c"] {
+    let mut relays = vec![cluster_relay(&etcd, &dir.path().join("a"), "relay-a")];
+    for (other, id) in [("b", "relay-b"), ("c", "relay-c")] {
         share_ca(&dir.path().join("a"), &dir.path().join(other));
+        relays.push(cluster_relay(&etcd, &dir.path().join(other), id));
     }
-    let _b = cluster_relay(&etcd, &dir.path().join("b"), "relay-b");
-    let c = cluster_relay(&etcd, &dir.path().join("c"), "relay-c");
 
-    let token = a.token().unwrap();
+    // One session: the agent starts at relay a and settles on the relay
+    // its node id hashes to.
+    let token = relays[0].token().unwrap();
     let _agent = AgentCmd::new(
-        &a,
+        &relays[0],
         "far",
         &docker_endpoint(),
         &dir.path().join("agent"),
         Some(&token),
     )
+    .arg("--relay-sessions")
+    .arg("1")
     .spawn()
     .unwrap();
+    let held = wait_holders(&etcd, "far", "one relay holds the node", |h| h.len() == 1);
+    let ids = ["relay-a", "relay-b", "relay-c"];
+    let holder = ids.iter().position(|id| *id == held[0]).unwrap();
+    let (a, c) = (&relays[holder], &relays[(holder + 1) % 3]);
     a.wait_for_node("far").unwrap();
-    wait_route(&a, "far", "local");
-    wait_route(&c, "far", "peer=relay-a");
+    wait_route(a, "far", "local");
+    wait_route(c, "far", &format!("peer={}", held[0]));
 
     // The registry holds the three members and the node's location.
     let keys = etcd.keys("/tunnelgate/v1/").unwrap();
+    let location = format!("/tunnelgate/v1/nodes/default/far/{}", held[0]);
     for key in [
         "/tunnelgate/v1/relays/relay-a",
         "/tunnelgate/v1/relays/relay-b",
         "/tunnelgate/v1/relays/relay-c",
-        "/tunnelgate/v1/nodes/default/far",
+        &location,
     ] {
         assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
     }
@@ -107,14 +127,14 @@ fn a_call_through_any_relay_reaches_a_node_that_another_relay_holds() {
         .unwrap_or_else(|e| panic!("scenarios fail through relay a: {e:#}"));
     let peer = scenarios::run_all(&Docker::new(c.docker_host("far"))).unwrap_or_else(|e| {
         panic!(
-            "scenarios fail through relay c -> a: {e:#}\nrelay c:\n{}",
+            "scenarios fail through the peer hop: {e:#}\nrelay log:\n{}",
             c.log()
         )
     });
     let secs = |d: &Duration| d.as_secs_f64();
     eprintln!(
         "{:<34} {:>9} {:>9} {:>6}",
-        "scenario", "local s", "c->a s", "ratio"
+        "scenario", "local s", "peer s", "ratio"
     );
     for ((name, l), (_, p)) in local.iter().zip(&peer) {
         eprintln!(
@@ -262,21 +282,32 @@ fn wait_keys(etcd: &Etcd, what: &str, ok: impl Fn(&[String]) -> bool) -> Vec<Str
 fn routes_outlive_an_etcd_outage_and_a_dead_relays_entries_go_with_its_lease() {
     let mut etcd = Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut a = cluster_relay(&etcd, &dir.path().join("a"), "relay-a");
+    let first = cluster_relay(&etcd, &dir.path().join("a"), "relay-a");
     share_ca(&dir.path().join("a"), &dir.path().join("c"));
-    let c = cluster_relay(&etcd, &dir.path().join("c"), "relay-c");
-    let token = a.token().unwrap();
+    let second = cluster_relay(&etcd, &dir.path().join("c"), "relay-c");
+    let token = first.token().unwrap();
     let _agent = AgentCmd::new(
-        &a,
+        &first,
         "steady",
         &docker_endpoint(),
         &dir.path().join("agent"),
         Some(&token),
     )
+    .arg("--relay-sessions")
+    .arg("1")
     .spawn()
     .unwrap();
+    // `a` holds the node's one session, `c` routes to it.
+    let held = wait_holders(&etcd, "steady", "one relay holds the node", |h| {
+        h.len() == 1
+    });
+    let (mut a, c) = match held[0].as_str() {
+        "relay-a" => (first, second),
+        _ => (second, first),
+    };
+    let holder = held[0].clone();
     a.wait_for_node("steady").unwrap();
-    wait_route(&c, "steady", "peer=relay-a");
+    wait_route(&c, "steady", &format!("peer={holder}"));
 
     // etcd away for 30 s: both relays keep serving, from their sessions
     // and their last-known routes. Bounded in count and time.
@@ -301,52 +332,582 @@ fn routes_outlive_an_etcd_outage_and_a_dead_relays_entries_go_with_its_lease() {
     );
     assert!(
         a.log().contains("etcd unreachable"),
-        "relay a did not say etcd was away"
+        "the holding relay did not say etcd was away"
     );
 
     // Back: both relays register again by themselves.
     etcd.restart().unwrap();
     let back = Instant::now();
-    wait_keys(&etcd, "after etcd came back", |k| {
+    let location = format!("/tunnelgate/v1/nodes/default/steady/{holder}");
+    let registered = |k: &[String]| {
         [
             "/tunnelgate/v1/relays/relay-a",
             "/tunnelgate/v1/relays/relay-c",
-            "/tunnelgate/v1/nodes/default/steady",
+            location.as_str(),
         ]
         .iter()
         .all(|want| k.iter().any(|have| have == want))
-    });
+    };
+    wait_keys(&etcd, "after etcd came back", registered);
     // The keys seen at once may be the old ones, whose leases etcd
     // restored; those run out 2 s later. Still there well after that
     // means the relays registered again under new, kept-alive leases.
     std::thread::sleep(Duration::from_secs(5));
-    wait_keys(&etcd, "5 s after etcd came back", |k| {
-        [
-            "/tunnelgate/v1/relays/relay-a",
-            "/tunnelgate/v1/relays/relay-c",
-            "/tunnelgate/v1/nodes/default/steady",
-        ]
-        .iter()
-        .all(|want| k.iter().any(|have| have == want))
-    });
+    wait_keys(&etcd, "5 s after etcd came back", registered);
     assert!(a.log().contains("registered in etcd"), "{}", a.log());
     println!(
         "registered again after etcd came back; still there {:?} later",
         back.elapsed()
     );
-    wait_route(&c, "steady", "peer=relay-a");
+    wait_route(&c, "steady", &format!("peer={holder}"));
 
-    // Relay a dies without leaving: its entries go with its 2 s lease.
+    // The holder dies without leaving: its entries go with its 2 s lease.
+    // The agent then moves to the relay that is left; until it has, the
+    // node is offline there, never routed to the dead relay.
     a.proc.kill();
     let died = Instant::now();
-    wait_keys(&etcd, "after relay a died", |k| {
-        !k.iter()
-            .any(|have| have.ends_with("/relay-a") || have.ends_with("/steady"))
+    wait_keys(&etcd, "after the holding relay died", |k| {
+        !k.iter().any(|have| have.ends_with(&format!("/{holder}")))
     });
     println!(
-        "relay a's entries gone {:?} after it died (lease 2 s)",
+        "{holder}'s entries gone {:?} after it died (lease 2 s)",
         died.elapsed()
     );
-    let (status, _, body) = http_get_full(c.api, "/nodes/steady/_ping").unwrap();
-    assert_eq!(status, 404, "relay c still routes to a dead relay: {body}");
+    wait_route(&c, "steady", "local");
+    println!(
+        "the agent moved to the relay left {:?} after the holder died",
+        died.elapsed()
+    );
+}
+
+/// The relays that hold a session of `node`, as the registry lists them.
+fn holders(etcd: &Etcd, node: &str) -> Vec<String> {
+    let prefix = format!("/tunnelgate/v1/nodes/default/{node}/");
+    let mut held: Vec<String> = etcd
+        .keys(&prefix)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+        .collect();
+    held.sort();
+    held
+}
+
+/// Waits until `node`'s holders satisfy `ok`; returns them.
+fn wait_holders(
+    etcd: &Etcd,
+    node: &str,
+    what: &str,
+    ok: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let held = holders(etcd, node);
+        if ok(&held) {
+            return held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {node} is held by {held:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The route header of a call to `node` through `relay`.
+fn route_of(relay: &Relay, node: &str) -> String {
+    let (status, head, body) = http_get_full(relay.api, &format!("/nodes/{node}/_ping")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{ROUTE}: ")))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn an_agent_on_two_relays_loses_no_call_when_one_is_killed() {
+    let etcd = Etcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ids = ["relay-a", "relay-b", "relay-c"];
+    let mut relays: Vec<Option<Relay>> = Vec::new();
+    for id in ids {
+        let state = dir.path().join(id);
+        if id != "relay-a" {
+            share_ca(&dir.path().join("relay-a"), &state);
+        }
+        // A lease longer than a peer connection takes to notice a dead
+        // relay: for seconds the registry still lists the dead holder,
+        // and the calls must go to the live one meanwhile.
+        relays.push(Some(cluster_relay_with_lease(&etcd, &state, id, "8s")));
+    }
+    // A token made through relay a; the agent starts from relay b's
+    // address only and learns the others from its welcome.
+    let token = relays[0].as_ref().unwrap().token().unwrap();
+    let _agent = AgentCmd::new(
+        relays[1].as_ref().unwrap(),
+        "pair",
+        &docker_endpoint(),
+        &dir.path().join("agent"),
+        Some(&token),
+    )
+    .spawn_logged(&dir.path().join("agent.log"))
+    .unwrap();
+    let held = wait_holders(&etcd, "pair", "the agent holds two sessions", |h| {
+        h.len() == 2
+    });
+    let spare = ids
+        .iter()
+        .position(|id| !held.iter().any(|h| h == id))
+        .unwrap();
+    let x = relays[spare].as_ref().unwrap();
+    wait_route(x, "pair", "peer=");
+    let victim_id = route_of(x, "pair")
+        .strip_prefix("peer=")
+        .unwrap()
+        .to_owned();
+    let victim = ids.iter().position(|id| *id == victim_id).unwrap();
+    println!(
+        "held by {held:?}; calls go through {} to {victim_id}",
+        ids[spare]
+    );
+
+    // Short calls through the spare relay, one after another, while the
+    // relay they go to is killed. Bounded in count and time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let api = x.api;
+    let caller = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut calls, mut failed, mut routes) =
+                (0u32, Vec::new(), std::collections::BTreeSet::new());
+            let until = Instant::now() + Duration::from_secs(90);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && Instant::now() < until
+                && calls < 20_000
+            {
+                match http_get_full(api, "/nodes/pair/containers/json") {
+                    Ok((200, head, _)) => {
+                        if let Some(r) = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix(&format!("{ROUTE}: ")))
+                        {
+                            routes.insert(r.trim().to_owned());
+                        }
+                    }
+                    other => failed.push((calls, format!("{other:?}"))),
+                }
+                calls += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (calls, failed, routes)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    relays[victim].as_mut().unwrap().proc.kill();
+    let killed = Instant::now();
+    // Its entries go with its lease (8 s).
+    wait_keys(&etcd, "after the relay was killed", |k| {
+        !k.iter().any(|key| key.ends_with(&format!("/{victim_id}")))
+    });
+    let gone = killed.elapsed();
+    // The agent is back to two sessions, on the relays that live.
+    let again = wait_holders(&etcd, "pair", "two sessions again after the kill", |h| {
+        h.len() == 2 && !h.contains(&victim_id)
+    });
+    let back = killed.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls, failed, routes) = caller.join().unwrap();
+    println!(
+        "{calls} calls, {} failed {:?}; routes {routes:?}; {victim_id}'s entries gone {gone:?} after the kill; two sessions again ({again:?}) after {back:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(
+        failed.len() <= 1,
+        "calls failed after the one in flight on the dead relay: {failed:?}\nrelay log:\n{}",
+        relays[spare].as_ref().unwrap().log()
+    );
+    assert!(calls > 50, "the caller made only {calls} calls");
+    let agent_log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(
+        holders(&etcd, "pair").len() == 2,
+        "the agent does not hold two sessions at the end; its log:\n{agent_log}"
+    );
+}
+
+fn secure_cluster_relay(etcd: &Etcd, state: &Path, id: &str) -> Relay {
+    Relay::start_with(
+        state,
+        &[
+            "--registry",
+            &etcd.registry(),
+            "--relay-id",
+            id,
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--registry-lease-ttl",
+            "2s",
+            "--api-tls",
+            "--api-auth",
+            "required",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("relay {id} does not start: {e:#}"))
+}
+
+#[test]
+fn tokens_keys_and_tenants_hold_across_relays() {
+    let etcd = Etcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = secure_cluster_relay(&etcd, &dir.path().join("a"), "relay-a");
+    share_ca(&dir.path().join("a"), &dir.path().join("b"));
+    let b = secure_cluster_relay(&etcd, &dir.path().join("b"), "relay-b");
+
+    // A token made through relay a enrols an agent at relay b.
+    let token = a
+        .cli_last_line(&["token", "create", "--tenant", "acme"])
+        .unwrap();
+    let _agent = AgentCmd::new(
+        &b,
+        "web",
+        &docker_endpoint(),
+        &dir.path().join("agent"),
+        Some(&token),
+    )
+    .arg("--relay-sessions")
+    .arg("1")
+    .spawn_logged(&dir.path().join("agent.log"))
+    .unwrap();
+    let acme_key = a
+        .cli_last_line(&["api-key", "create", "--tenant", "acme"])
+        .unwrap();
+    let at_a = ApiClient::new(a.api, &a.state)
+        .unwrap()
+        .with_bearer(&acme_key);
+    let at_b = ApiClient::new(b.api, &b.state)
+        .unwrap()
+        .with_bearer(&acme_key);
+    at_b.wait_for_node("web").unwrap_or_else(|e| {
+        panic!(
+            "{e}; agent log:\n{}",
+            std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+        )
+    });
+    // A key made through a works at b, and the call through a reaches
+    // the node b holds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match at_a.get("/nodes/web/_ping") {
+            Ok((200, body)) if body == "OK" => break,
+            other => assert!(Instant::now() < deadline, "a call through a: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(at_b.get("/nodes/web/_ping").unwrap().0, 200);
+
+    // Another tenant's caller at a: 404 exactly like a node that does
+    // not exist.
+    let globex_key = b
+        .cli_last_line(&["api-key", "create", "--tenant", "globex"])
+        .unwrap();
+    let globex_at_a = ApiClient::new(a.api, &a.state)
+        .unwrap()
+        .with_bearer(&globex_key);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        match globex_at_a.get("/nodes/web/_ping").unwrap() {
+            (401, _) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            other => break other,
+        }
+    };
+    let (missing_status, missing_body) = globex_at_a.get("/nodes/nosuch/_ping").unwrap();
+    assert_eq!(
+        (status, missing_status),
+        (404, 404),
+        "{body} / {missing_body}"
+    );
+    assert_eq!(
+        body.replace("web", "X"),
+        missing_body.replace("nosuch", "X")
+    );
+
+    // The acme key revoked through b is refused at a.
+    let key_id = acme_key.split('.').nth(1).unwrap();
+    b.cli(&["api-key", "revoke", key_id]).unwrap();
+    let revoked = Instant::now();
+    let deadline = revoked + Duration::from_secs(10);
+    loop {
+        let (status, body) = at_a.get("/nodes/web/_ping").unwrap();
+        if status == 401 {
+            assert!(body.contains("revoked"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a still accepts the key revoked through b: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "the key revoked through b was refused at a {:?} later",
+        revoked.elapsed()
+    );
+
+    // A node revoked through a loses its session at b.
+    a.cli(&["node", "revoke", "acme/web"]).unwrap();
+    b.wait_log("node revoked by an operator", Duration::from_secs(10))
+        .unwrap();
+}
+
+/// One short call as a load balancer that reads `/readyz` would send it:
+/// to the next ready relay, and on to another when the connection is
+/// refused or closed before any answer (safe for an LB to retry: the
+/// relay took nothing). `Err` is a call that failed.
+fn balanced_call(
+    relays: &[(SocketAddr, SocketAddr)],
+    turn: &mut usize,
+    path: &str,
+) -> Result<(), String> {
+    for _ in 0..relays.len() * 3 {
+        *turn = (*turn + 1) % relays.len();
+        let (api, metrics) = relays[*turn];
+        if !matches!(support::http_get(metrics, "/readyz"), Ok((200, _))) {
+            continue;
+        }
+        match http_get_full(api, path) {
+            Ok((200, _, _)) => return Ok(()),
+            Ok((status, _, body)) => return Err(format!("{status} from {api}: {body}")),
+            // Refused, reset or closed before a status line.
+            Err(_) => continue,
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    Err("no relay ready".into())
+}
+
+#[test]
+fn a_rolling_restart_of_every_relay_fails_no_short_call() {
+    let etcd = Etcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ids = ["relay-a", "relay-b", "relay-c"];
+    let mut relays = Vec::new();
+    for id in ids {
+        let state = dir.path().join(id);
+        if id != "relay-a" {
+            share_ca(&dir.path().join("relay-a"), &state);
+        }
+        relays.push(cluster_relay(&etcd, &state, id));
+    }
+    let token = relays[0].token().unwrap();
+    let _agent = AgentCmd::new(
+        &relays[0],
+        "roll",
+        &docker_endpoint(),
+        &dir.path().join("agent"),
+        Some(&token),
+    )
+    .spawn_logged(&dir.path().join("agent.log"))
+    .unwrap();
+    wait_holders(&etcd, "roll", "two sessions", |h| h.len() == 2);
+
+    // Long streams through relay c, the last to restart: `logs -f` of a
+    // container that prints a numbered line every 50 ms, and `exec -i cat`.
+    let d = Docker::new(relays[2].docker_host("roll"));
+    let name = format!("roll-{}", std::process::id());
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.05; done",
+    ])
+    .unwrap();
+    let mut logs = d
+        .cmd(["logs", "-f", &name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs_out = support::LineReader::new(logs.stdout.take().unwrap());
+    logs_out.wait_for("line-", Duration::from_secs(20)).unwrap();
+    let mut exec = d
+        .cmd(["exec", "-i", &name, "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut exec_in = exec.stdin.take().unwrap();
+    let exec_out = support::LineReader::new(exec.stdout.take().unwrap());
+    std::io::Write::write_all(&mut exec_in, b"echo-0\n").unwrap();
+    exec_out
+        .wait_for("echo-0", Duration::from_secs(20))
+        .unwrap();
+
+    // Short calls all along, through whichever relays are ready.
+    let addrs: Vec<_> = relays.iter().map(|r| (r.api, r.metrics)).collect();
+    let addrs = std::sync::Arc::new(std::sync::Mutex::new(addrs));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let caller = {
+        let (addrs, stop) = (addrs.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut calls, mut failed, mut turn) = (0u32, Vec::new(), 0);
+            let until = Instant::now() + Duration::from_secs(180);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && Instant::now() < until
+                && calls < 50_000
+            {
+                let now: Vec<_> = addrs.lock().unwrap().clone();
+                if let Err(e) = balanced_call(&now, &mut turn, "/nodes/roll/containers/json") {
+                    failed.push((calls, e));
+                }
+                calls += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (calls, failed)
+        })
+    };
+
+    // Restart each relay in turn: SIGTERM, wait for it to exit, start it
+    // again on its ports and state dir, wait until the agent has its two
+    // sessions again.
+    for i in 0..relays.len() {
+        let (api, agent) = (relays[i].api.to_string(), relays[i].agent.to_string());
+        let state = relays[i].state.clone();
+        let began = Instant::now();
+        relays[i].proc.terminate();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while relays[i].proc.is_running() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit after SIGTERM",
+                ids[i]
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let drained = began.elapsed();
+        let log = relays[i].log();
+        relays[i] = Relay::start_args(
+            &state,
+            &api,
+            &agent,
+            &[
+                "--registry",
+                &etcd.registry(),
+                "--relay-id",
+                ids[i],
+                "--peer-listen",
+                "127.0.0.1:0",
+                "--registry-lease-ttl",
+                "2s",
+            ],
+        )
+        .unwrap();
+        addrs.lock().unwrap()[i] = (relays[i].api, relays[i].metrics);
+        let held = wait_holders(&etcd, "roll", "two sessions after a restart", |h| {
+            h.len() == 2
+        });
+        let how = log
+            .lines()
+            .filter(|l| {
+                l.contains("every agent moved")
+                    || l.contains("before every agent moved")
+                    || l.contains("ending long streams")
+            })
+            .map(|l| l.split("tunnelgate_relay").last().unwrap_or(l).trim())
+            .collect::<Vec<_>>()
+            .join(" / ");
+        println!(
+            "{}: drained and exited in {drained:?} ({how}), back; node held by {held:?} {:?} after the SIGTERM",
+            ids[i],
+            began.elapsed()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls, failed) = caller.join().unwrap();
+    println!(
+        "{calls} short calls during the rolling restart, {} failed",
+        failed.len()
+    );
+    if std::env::var_os("TUNNELGATE_TEST_AGENT_LOG").is_some() {
+        eprintln!(
+            "{}",
+            std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+        );
+    }
+    assert!(
+        failed.is_empty(),
+        "short calls failed during the rolling restart: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+
+    // The long streams through relay c: each carries on or ended
+    // cleanly when its relay restarted.
+    let logs_ended = logs.try_wait().unwrap();
+    match exec.try_wait().unwrap() {
+        None => {
+            std::io::Write::write_all(&mut exec_in, b"echo-1\n").unwrap();
+            exec_out.wait_for("echo-1", Duration::from_secs(5)).unwrap();
+            println!("docker exec -i carries on");
+        }
+        Some(status) => {
+            let mut err = String::new();
+            std::io::Read::read_to_string(exec.stderr.as_mut().unwrap(), &mut err).unwrap();
+            println!("docker exec -i ended when its relay restarted: {status}, stderr {err:?}");
+            assert!(
+                !err.contains("unexpected EOF") && !err.contains("broken pipe"),
+                "docker exec -i was cut: {err}"
+            );
+        }
+    }
+    drop(exec_in);
+    // Removing the container ends `logs -f`; every line it gave is whole
+    // and in order.
+    Docker::new(relays[0].docker_host("roll"))
+        .ok(&["rm", "-f", &name])
+        .unwrap();
+    let (mut last, mut lines) = (None, 0);
+    while let Some(line) = logs_out.next_within(Duration::from_secs(5)) {
+        let n: u64 = line
+            .trim()
+            .strip_prefix("line-")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a truncated or garbled log line: {line:?}"));
+        if let Some(prev) = last {
+            assert_eq!(n, prev + 1, "log lines out of order or lost");
+        }
+        last = Some(n);
+        lines += 1;
+        assert!(lines < 1_000_000, "logs -f does not end");
+    }
+    let status = logs.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(logs.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(
+        status.success(),
+        "docker logs -f ended with {status}: {err}"
+    );
+    println!(
+        "docker logs -f: {lines} whole lines in order after the first; {}",
+        match logs_ended {
+            Some(_) => "it ended cleanly when its relay restarted",
+            None => "it carried on through the rolling restart",
+        }
+    );
+    let _ = exec.kill();
+    // The agent settles on two sessions (a move in progress briefly
+    // holds three: the new one is made before the old one goes).
+    wait_holders(&etcd, "roll", "the agent ends with two sessions", |h| {
+        h.len() == 2
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let held = wait_holders(&etcd, "roll", "two sessions, settled", |h| h.len() == 2);
+    println!("settled on {held:?}");
 }

@@ -126,6 +126,7 @@ async fn fixture() -> Fixture {
                 uses: Some(1),
                 name: None,
             })
+            .await
             .unwrap();
         let state = dir.path().join(node);
         agents.push(

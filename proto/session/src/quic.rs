@@ -56,6 +56,10 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 const MAX_UDP_PAYLOAD: u16 = 1472;
 
 fn transport(peer_may_open: u32, idle_timeout: Duration) -> Arc<TransportConfig> {
+    Arc::new(transport_config(peer_may_open, idle_timeout))
+}
+
+fn transport_config(peer_may_open: u32, idle_timeout: Duration) -> TransportConfig {
     let mut t = TransportConfig::default();
     // Windows sized for a high bandwidth-delay product on one stream; they
     // cap memory use per session but are not allocated up front, so idle
@@ -70,7 +74,7 @@ fn transport(peer_may_open: u32, idle_timeout: Duration) -> Arc<TransportConfig>
         IdleTimeout::try_from(idle_timeout.min(Duration::from_secs(3600)))
             .expect("an hour fits in a varint"),
     ));
-    Arc::new(t)
+    t
 }
 
 /// A QUIC endpoint listening on `addr` with the relay's TLS configuration,
@@ -91,9 +95,19 @@ pub fn server_endpoint(
 
 /// Calls one relay may have in flight at once towards one peer relay.
 pub const MAX_PEER_STREAMS: u32 = 4096;
-/// How long a relay-to-relay connection outlives its last packet; the
-/// keep-alive holds a kept connection open well within it.
-const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a relay-to-relay connection outlives its last packet. Short:
+/// a relay that died must be noticed in seconds, so calls go to the
+/// node's other holder; a relay has few peers, so the keep-alive within
+/// it costs nothing that matters.
+const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a kept relay-to-relay connection proves it is alive.
+const PEER_KEEP_ALIVE: Duration = Duration::from_millis(750);
+
+fn peer_transport(peer_may_open: u32) -> Arc<TransportConfig> {
+    let mut t = transport_config(peer_may_open, PEER_IDLE_TIMEOUT);
+    t.keep_alive_interval(Some(PEER_KEEP_ALIVE));
+    Arc::new(t)
+}
 
 /// The relay-to-relay endpoint on `addr`: it accepts peers with the
 /// server configuration `tls` and dials them with [`peer_client_config`];
@@ -103,7 +117,7 @@ pub fn peer_endpoint(
     tls: rustls::ServerConfig,
     reset_key: &[u8; 32],
 ) -> std::io::Result<quinn::Endpoint> {
-    let transport = transport(MAX_PEER_STREAMS, PEER_IDLE_TIMEOUT);
+    let transport = peer_transport(MAX_PEER_STREAMS);
     listening_endpoint(addr, tls, transport, reset_key)
 }
 
@@ -112,7 +126,7 @@ pub fn peer_client_config(tls: rustls::ClientConfig) -> std::io::Result<quinn::C
     let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     // The dialled peer never opens streams towards the dialling relay.
-    config.transport_config(transport(0, PEER_IDLE_TIMEOUT));
+    config.transport_config(peer_transport(0));
     Ok(config)
 }
 

@@ -217,10 +217,35 @@ fn drain_reaches_the_agent_and_unknown_messages_are_ignored() {
         "shutting down",
         Duration::from_secs(3),
         Duration::from_secs(20),
+        vec![],
     );
     assert_ok(p.drive());
     assert!(matches!(p.agent_events.last(),
         Some(AgentEvent::Drain(d)) if d.grace_ms == 3000 && d.spread_ms == 20_000));
+}
+
+#[test]
+fn membership_goes_in_the_welcome_and_changes_follow() {
+    let member = |id: &str| RelayMember {
+        relay_id: RelayId::new(id).unwrap(),
+        agent_addr: format!("{id}:7443"),
+        draining: false,
+    };
+    let mut p = Pair::new(hello("n1", ProtocolVersion::CURRENT), "n1");
+    p.relay = RelayControl::new(
+        node("n1"),
+        RelayId::new("relay-a").unwrap(),
+        INTERVAL,
+        p.now,
+    )
+    .with_members(vec![member("relay-a"), member("relay-b")]);
+    assert_ok(p.drive());
+    assert!(matches!(&p.agent_events[0],
+        AgentEvent::Welcomed(w) if w.members.len() == 2 && w.members[1].relay_id.as_str() == "relay-b"));
+    p.relay.members_changed(vec![member("relay-c")]);
+    assert_ok(p.drive());
+    assert!(matches!(p.agent_events.last(),
+        Some(AgentEvent::Members(m)) if m.len() == 1 && m[0].agent_addr == "relay-c:7443"));
 }
 
 #[test]

@@ -55,9 +55,10 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             uses: Some(1),
             name: Some("quickstart".into()),
         })
+        .await
         .context("cannot create a join token")?;
     let agent_args = tunnelgate_agent::config::AgentArgs {
-        relay: Some(agent_addr.to_string()),
+        relay: vec![agent_addr.to_string()],
         token: Some(token),
         node_id: args.node_id,
         docker: args.docker,

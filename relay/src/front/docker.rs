@@ -41,10 +41,8 @@ pub(super) async fn proxy(
         tenant: tenant.clone(),
         node_id,
     };
-    let route = front.router.route(&key);
-    let via = match &route {
-        Route::Local(entry) => Via::Session(entry),
-        Route::Peer(peer) => Via::Peer(peer),
+    let vias = match front.router.route(&key) {
+        Route::Via(vias) => vias,
         Route::Offline => return Err(CallError::NodeOffline(key.node_id)),
         Route::Unknown => return Err(CallError::UnknownNode(key.node_id.to_string())),
     };
@@ -90,17 +88,19 @@ pub(super) async fn proxy(
     *req.uri_mut() = Uri::try_from(path_and_query).map_err(CallError::InvalidPath)?;
     strip_hop_by_hop(req.headers_mut(), upgrade);
 
-    let mut resp = front
+    let (mut resp, via) = front
         .tunnel
-        .send(via, &target, &conn.kept, req, upgrade, &record)
+        .send(&vias, &target, &conn.kept, req, upgrade, &record)
         .await?;
-    let route_name = match &route {
-        Route::Peer(peer) => format!("peer={}", peer.relay_id),
-        other => other.name().to_owned(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&route_name) {
+    let route = via.name();
+    front.metrics.routed(match via {
+        Via::Session(_) => "local",
+        Via::Peer(_) => "peer",
+    });
+    if let Ok(v) = HeaderValue::from_str(&route) {
         resp.headers_mut().insert(ROUTE_HEADER, v);
     }
+    record.set_route(route);
     // The call is over when its last byte is relayed: until then it holds
     // its audit record and its slots.
     let guard = (record, slots);
@@ -110,12 +110,13 @@ pub(super) async fn proxy(
             return Err(CallError::UnaskedUpgrade);
         };
         let node_upgrade = hyper::upgrade::on(&mut resp);
-        front
-            .tasks
-            .spawn(splice_upgraded(client_upgrade, node_upgrade, guard).in_current_span());
+        front.tasks.spawn(
+            splice_upgraded(client_upgrade, node_upgrade, guard, front.wind_down.clone())
+                .in_current_span(),
+        );
         return Ok(resp.map(|b| b.boxed()));
     }
-    Ok(resp.map(|inner| Guarded::new(inner, guard).boxed()))
+    Ok(resp.map(|inner| Guarded::new(inner, guard, front.wind_down.clone()).boxed()))
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {

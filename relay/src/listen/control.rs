@@ -34,7 +34,8 @@ pub(super) async fn run(
         ctx.config.heartbeat_interval,
         Instant::now(),
     )
-    .with_cert_renewal(renew_in(&cert));
+    .with_cert_renewal(renew_in(&cert))
+    .with_members(ctx.registry.agent_view());
     let (tx, rx) = mpsc::channel::<ControlCommand>(8);
     let transport = session.transport().as_str();
     let mut entry: Option<Arc<Entry>> = None;

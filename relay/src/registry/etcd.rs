@@ -1,16 +1,17 @@
 //! The registry in etcd.
 //!
 //! ```text
-//! /tunnelgate/v1/relays/<relay-id>         Member (JSON), under the relay's lease
-//! /tunnelgate/v1/nodes/<tenant>/<node-id>  "<epoch, 20 digits> <relay-id>", under the holder's lease
+//! /tunnelgate/v1/relays/<relay-id>                    Member (JSON), under the relay's lease
+//! /tunnelgate/v1/nodes/<tenant>/<node-id>/<relay-id>  "<epoch, 20 digits>", under that relay's lease
 //! ```
 //!
-//! A location is written in one transaction that keeps a newer claim:
-//! `if value > mine then nothing else put` (etcd compares values bytewise,
-//! and the zero-padded epoch leads the value; a missing key fails the
-//! compare, so it is written). A relay that lost its lease while its
-//! agent moved on can therefore never overwrite the newer session's
-//! entry, and its own entries vanish with the lease.
+//! An agent keeps sessions to several relays, so a node has a key per
+//! holder. Each is written in one transaction that keeps a newer claim:
+//! `if value > mine then nothing else put` (etcd compares values bytewise
+//! and the epoch is zero-padded; a missing key fails the compare, so it
+//! is written). A relay process that lost its lease while its agent
+//! reconnected to the relay's successor can therefore never overwrite the
+//! newer session's entry, and its own entries vanish with the lease.
 //!
 //! One task owns the connection: it keeps the lease alive, applies this
 //! relay's writes in order, and mirrors the prefix by watch. On any
@@ -78,30 +79,37 @@ pub struct Etcd {
     mirror: Arc<RwLock<Mirror>>,
 }
 
-fn node_key_path(key: &NodeKey) -> String {
-    format!("{NODES}{}/{}", key.tenant, key.node_id)
+fn node_key_path(key: &NodeKey, holder: &RelayId) -> String {
+    format!("{NODES}{}/{}/{holder}", key.tenant, key.node_id)
 }
 
-fn location_value(epoch: u64, relay_id: &RelayId) -> String {
-    format!("{epoch:020} {relay_id}")
+fn location_value(epoch: u64) -> String {
+    format!("{epoch:020}")
 }
 
-/// The node a location key is of.
-fn parse_node_path(key: &str) -> Option<NodeKey> {
-    let (tenant, node) = key.strip_prefix(NODES)?.split_once('/')?;
-    Some(NodeKey {
-        tenant: TenantId::new(tenant).ok()?,
-        node_id: NodeId::new(node).ok()?,
-    })
+/// The node and holder a location key is of.
+fn parse_node_path(key: &str) -> Option<(NodeKey, RelayId)> {
+    let mut parts = key.strip_prefix(NODES)?.split('/');
+    let (tenant, node, relay) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((
+        NodeKey {
+            tenant: TenantId::new(tenant).ok()?,
+            node_id: NodeId::new(node).ok()?,
+        },
+        RelayId::new(relay).ok()?,
+    ))
 }
 
 fn parse_location(key: &str, value: &str) -> Option<(NodeKey, Location)> {
-    let (epoch, relay) = value.split_once(' ')?;
+    let (node, relay_id) = parse_node_path(key)?;
     Some((
-        parse_node_path(key)?,
+        node,
         Location {
-            relay_id: RelayId::new(relay).ok()?,
-            epoch: epoch.parse().ok()?,
+            relay_id,
+            epoch: value.parse().ok()?,
         },
     ))
 }
@@ -125,8 +133,8 @@ fn apply(mirror: &mut Mirror, key: &str, value: Option<&str>) {
                 None => debug!(key, "ignoring an unreadable location"),
             },
             None => {
-                if let Some(node) = parse_node_path(key) {
-                    mirror.remove_location(&node);
+                if let Some((node, relay_id)) = parse_node_path(key) {
+                    mirror.remove_location(&node, &relay_id);
                 }
             }
         }
@@ -262,6 +270,7 @@ impl Etcd {
                     apply(&mut mirror, k, Some(v));
                 }
             }
+            mirror.mark_synced();
         }
         let mut watch = client
             .watch(
@@ -345,8 +354,8 @@ impl Etcd {
         key: &NodeKey,
         epoch: u64,
     ) -> Result<(), etcd_client::Error> {
-        let path = node_key_path(key);
-        let mine = location_value(epoch, &self.relay_id());
+        let path = node_key_path(key, &self.relay_id());
+        let mine = location_value(epoch);
         let txn = Txn::new()
             .when([Compare::value(
                 path.clone(),
@@ -359,7 +368,7 @@ impl Etcd {
                 Some(PutOptions::new().with_lease(lease)),
             )]);
         if client.txn(txn).await?.succeeded() {
-            debug!(node = %key, "a newer session of the node is registered elsewhere; not claiming it");
+            debug!(node = %key, "a newer session of the node on this relay is registered; not claiming it");
         }
         Ok(())
     }
@@ -371,8 +380,8 @@ impl Etcd {
         key: &NodeKey,
         epoch: u64,
     ) -> Result<(), etcd_client::Error> {
-        let path = node_key_path(key);
-        let mine = location_value(epoch, &self.relay_id());
+        let path = node_key_path(key, &self.relay_id());
+        let mine = location_value(epoch);
         let txn = Txn::new()
             .when([Compare::value(path.clone(), CompareOp::Equal, mine)])
             .and_then([TxnOp::delete(path, None)]);
@@ -386,18 +395,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn locations_compare_by_epoch_first_and_parse_back() {
-        let a = location_value(9, &RelayId::new("relay-z").unwrap());
-        let b = location_value(10, &RelayId::new("relay-a").unwrap());
-        assert!(
-            b > a,
-            "bytewise order follows the epoch, whatever the relay"
-        );
+    fn locations_compare_by_epoch_and_parse_back() {
+        let (a, b) = (location_value(9), location_value(10));
+        assert!(b > a, "bytewise order follows the epoch");
         let key = NodeKey::parse("acme/web-1").unwrap();
-        let (k, l) = parse_location(&node_key_path(&key), &b).unwrap();
+        let relay = RelayId::new("relay-a").unwrap();
+        let (k, l) = parse_location(&node_key_path(&key, &relay), &b).unwrap();
         assert_eq!((k, l.epoch, l.relay_id.as_str()), (key, 10, "relay-a"));
-        assert!(parse_location("/tunnelgate/v1/nodes/acme", &b).is_none());
-        assert!(parse_location(&node_key_path(&NodeKey::parse("a/b").unwrap()), "junk").is_none());
+        assert!(parse_location("/tunnelgate/v1/nodes/acme/web-1", &b).is_none());
+        assert!(parse_location("/tunnelgate/v1/nodes/acme/web-1/r/x", &b).is_none());
+        let other = NodeKey::parse("a/b").unwrap();
+        assert!(parse_location(&node_key_path(&other, &relay), "junk").is_none());
     }
 
     #[test]
@@ -420,12 +428,8 @@ mod tests {
         );
         apply(&mut mirror, "/tunnelgate/v1/relays/../x", Some(&json));
         assert_eq!(mirror.members.len(), 1);
-        let path = node_key_path(&NodeKey::parse("acme/web").unwrap());
-        apply(
-            &mut mirror,
-            &path,
-            Some(&location_value(5, &member.relay_id)),
-        );
+        let path = node_key_path(&NodeKey::parse("acme/web").unwrap(), &member.relay_id);
+        apply(&mut mirror, &path, Some(&location_value(5)));
         assert_eq!(mirror.locations.len(), 1);
         apply(&mut mirror, &path, None);
         apply(&mut mirror, "/tunnelgate/v1/relays/relay-b", None);

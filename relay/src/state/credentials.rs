@@ -1,26 +1,24 @@
 //! Join tokens and API keys: tenant-owned secrets stored only as hashes.
 //!
-//! Both live in a JSON list in the state dir (`tokens.json`,
-//! `api-keys.json`) and share one lifecycle: create (the only time the
-//! secret is shown), list, revoke, and check. Join tokens also expire and
-//! may be limited to a number of uses; every successful check of one
-//! consumes a use. The CLI and a running relay change these files under
-//! the state dir's lock, so neither loses the other's update.
-//!
-//! Blocking: the relay calls these on the blocking pool (see
-//! [`super::State`]), the CLI directly.
+//! Both live in a JSON list per kind in the [`Records`] (`join-tokens`,
+//! `api-keys`: files in the state dir, or etcd in a cluster) and share one
+//! lifecycle: create (the only time the secret is shown), list, revoke,
+//! and check. Join tokens also expire and may be limited to a number of
+//! uses; every successful check of one consumes a use. Every change is one
+//! read-modify-write of the list, so the CLI and the relays never lose
+//! each other's update.
 //!
 //! Texts: a join token is `tgjoin1.<ca-sha256>.<id>.<secret>` (see
 //! [`tunnelgate_proto::token`]), an API key `tgkey1.<id>.<secret>`.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tunnelgate_proto::TenantId;
 
-use super::{random_hex, read_json, rfc3339, unix_now, write_json, Locked, StateError};
+use super::records::Records;
+use super::{random_hex, rfc3339, unix_now, StateError};
 
 /// The prefix of API keys.
 pub const API_KEY_PREFIX: &str = "tgkey1";
@@ -35,11 +33,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The file in the state dir.
-    pub fn file_name(self) -> &'static str {
+    /// The record the list is kept in.
+    pub fn key(self) -> &'static str {
         match self {
-            Self::JoinToken => "tokens.json",
-            Self::ApiKey => "api-keys.json",
+            Self::JoinToken => "join-tokens",
+            Self::ApiKey => "api-keys",
         }
     }
 
@@ -167,10 +165,10 @@ pub struct NewCredential {
     pub name: Option<String>,
 }
 
-/// The credential files of one state dir.
+/// The join tokens and API keys of one installation.
 #[derive(Debug, Clone)]
 pub struct Store {
-    dir: PathBuf,
+    records: Records,
 }
 
 fn hash(secret: &str) -> String {
@@ -182,39 +180,25 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Store {
-    /// The store in `dir` (the state dir).
-    pub fn new(dir: &Path) -> Self {
-        Self {
-            dir: dir.to_owned(),
-        }
-    }
-
-    pub(crate) fn path(&self, kind: Kind) -> PathBuf {
-        self.dir.join(kind.file_name())
+    /// The credentials kept in `records`.
+    pub fn new(records: Records) -> Self {
+        Self { records }
     }
 
     /// Every stored credential of `kind`.
-    pub fn list(&self, kind: Kind) -> Result<Vec<Credential>, StateError> {
-        Ok(read_json(&self.path(kind))?.unwrap_or_default())
-    }
-
-    fn save(&self, kind: Kind, list: &[Credential]) -> Result<(), StateError> {
-        write_json(&self.path(kind), &list)
+    pub async fn list(&self, kind: Kind) -> Result<Vec<Credential>, StateError> {
+        Ok(self.records.get(kind.key()).await?.unwrap_or_default())
     }
 
     /// Stores a new credential and returns it with its secret, the only
     /// time the secret is ever seen.
-    pub fn create(
+    pub async fn create(
         &self,
         kind: Kind,
         new: NewCredential,
     ) -> Result<(Credential, String), StateError> {
-        let _lock = Locked::take(&self.dir)?;
-        let mut list = self.list(kind)?;
-        let now = unix_now();
-        // Dead join tokens are useless; drop those a week past their end.
-        list.retain(|c| c.expires_at.is_none_or(|t| t + 7 * 24 * 3600 > now));
         let secret = random_hex(16);
+        let now = unix_now();
         let credential = Credential {
             id: random_hex(4),
             tenant: new.tenant,
@@ -226,22 +210,33 @@ impl Store {
             uses: 0,
             revoked_at: None,
         };
-        list.push(credential.clone());
-        self.save(kind, &list)?;
+        let stored = credential.clone();
+        self.records
+            .update(kind.key(), move |list: Option<Vec<Credential>>| {
+                let mut list = list.unwrap_or_default();
+                // Dead join tokens are useless; drop those a week past their end.
+                list.retain(|c| c.expires_at.is_none_or(|t| t + 7 * 24 * 3600 > now));
+                list.push(stored.clone());
+                Ok((Some(list), ()))
+            })
+            .await?;
         Ok((credential, secret))
     }
 
     /// Revokes the credential `id`; returns it, or `None` if unknown.
-    pub fn revoke(&self, kind: Kind, id: &str) -> Result<Option<Credential>, StateError> {
-        let _lock = Locked::take(&self.dir)?;
-        let mut list = self.list(kind)?;
-        let Some(c) = list.iter_mut().find(|c| c.id == id) else {
-            return Ok(None);
-        };
-        c.revoked_at.get_or_insert(unix_now());
-        let revoked = c.clone();
-        self.save(kind, &list)?;
-        Ok(Some(revoked))
+    pub async fn revoke(&self, kind: Kind, id: &str) -> Result<Option<Credential>, StateError> {
+        let id = id.to_owned();
+        self.records
+            .update(kind.key(), move |list: Option<Vec<Credential>>| {
+                let mut list = list.unwrap_or_default();
+                let Some(c) = list.iter_mut().find(|c| c.id == id) else {
+                    return Ok((None, None));
+                };
+                c.revoked_at.get_or_insert(unix_now());
+                let revoked = c.clone();
+                Ok((Some(list), Some(revoked)))
+            })
+            .await
     }
 
     /// Checks `id` and `secret` against `list`, without consuming a use.
@@ -290,21 +285,28 @@ impl Store {
 
     /// Checks a join token's id and secret and, if it is good, consumes one
     /// of its uses.
-    pub fn use_token(
+    pub async fn use_token(
         &self,
         id: &str,
         secret: &str,
     ) -> Result<Result<Credential, Refusal>, StateError> {
-        let _lock = Locked::take(&self.dir)?;
-        let mut list = self.list(Kind::JoinToken)?;
-        let checked = Self::check_in(Kind::JoinToken, &list, id, secret, unix_now());
-        if let Ok(c) = &checked {
-            if let Some(stored) = list.iter_mut().find(|s| s.id == c.id) {
-                stored.uses += 1;
-            }
-            self.save(Kind::JoinToken, &list)?;
-        }
-        Ok(checked)
+        let (id, secret) = (id.to_owned(), secret.to_owned());
+        self.records
+            .update(
+                Kind::JoinToken.key(),
+                move |list: Option<Vec<Credential>>| {
+                    let mut list = list.unwrap_or_default();
+                    let checked = Self::check_in(Kind::JoinToken, &list, &id, &secret, unix_now());
+                    let Ok(c) = &checked else {
+                        return Ok((None, checked));
+                    };
+                    if let Some(stored) = list.iter_mut().find(|s| s.id == c.id) {
+                        stored.uses += 1;
+                    }
+                    Ok((Some(list), checked))
+                },
+            )
+            .await
     }
 }
 
@@ -356,13 +358,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn join_tokens_say_whether_they_are_unknown_revoked_expired_or_used_up() {
+    #[tokio::test]
+    async fn join_tokens_say_whether_they_are_unknown_revoked_expired_or_used_up() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path());
-        let (good, secret) = store.create(Kind::JoinToken, new(Some(600), None)).unwrap();
+        let store = Store::new(Records::Files(dir.path().to_owned()));
+        let (good, secret) = store
+            .create(Kind::JoinToken, new(Some(600), None))
+            .await
+            .unwrap();
         assert_eq!(
-            store.use_token(&good.id, &secret).unwrap().unwrap().tenant,
+            store
+                .use_token(&good.id, &secret)
+                .await
+                .unwrap()
+                .unwrap()
+                .tenant,
             tenant("acme")
         );
         let stored = fs::read_to_string(dir.path().join("tokens.json")).unwrap();
@@ -371,30 +381,49 @@ mod tests {
             "the secret is stored only hashed"
         );
         assert!(matches!(
-            store.use_token(&good.id, "0123456789abcdef0123").unwrap(),
+            store
+                .use_token(&good.id, "0123456789abcdef0123")
+                .await
+                .unwrap(),
             Err(Refusal::Unknown(..))
         ));
 
         let (once, s1) = store
             .create(Kind::JoinToken, new(Some(600), Some(1)))
+            .await
             .unwrap();
-        assert!(store.use_token(&once.id, &s1).unwrap().is_ok());
-        let err = store.use_token(&once.id, &s1).unwrap().unwrap_err();
+        assert!(store.use_token(&once.id, &s1).await.unwrap().is_ok());
+        let err = store.use_token(&once.id, &s1).await.unwrap().unwrap_err();
         assert!(err.to_string().contains("used up"), "{err}");
 
-        let (old, s2) = store.create(Kind::JoinToken, new(Some(0), None)).unwrap();
-        let err = store.use_token(&old.id, &s2).unwrap().unwrap_err();
+        let (old, s2) = store
+            .create(Kind::JoinToken, new(Some(0), None))
+            .await
+            .unwrap();
+        let err = store.use_token(&old.id, &s2).await.unwrap().unwrap_err();
         assert!(err.to_string().contains("expired"), "{err}");
 
-        let (gone, s3) = store.create(Kind::JoinToken, new(None, None)).unwrap();
-        assert!(store.revoke(Kind::JoinToken, &gone.id).unwrap().is_some());
-        let err = store.use_token(&gone.id, &s3).unwrap().unwrap_err();
+        let (gone, s3) = store
+            .create(Kind::JoinToken, new(None, None))
+            .await
+            .unwrap();
+        assert!(store
+            .revoke(Kind::JoinToken, &gone.id)
+            .await
+            .unwrap()
+            .is_some());
+        let err = store.use_token(&gone.id, &s3).await.unwrap().unwrap_err();
         assert!(err.to_string().contains("revoked"), "{err}");
-        assert!(store.revoke(Kind::JoinToken, "nope").unwrap().is_none());
+        assert!(store
+            .revoke(Kind::JoinToken, "nope")
+            .await
+            .unwrap()
+            .is_none());
 
         let now = unix_now();
         let states: Vec<_> = store
             .list(Kind::JoinToken)
+            .await
             .unwrap()
             .iter()
             .map(|c| c.state(now))
@@ -402,13 +431,13 @@ mod tests {
         assert_eq!(states, ["active", "used up", "expired", "revoked"]);
     }
 
-    #[test]
-    fn api_keys_check_against_a_cached_list() {
+    #[tokio::test]
+    async fn api_keys_check_against_a_cached_list() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path());
-        let (key, secret) = store.create(Kind::ApiKey, new(None, None)).unwrap();
+        let store = Store::new(Records::Files(dir.path().to_owned()));
+        let (key, secret) = store.create(Kind::ApiKey, new(None, None)).await.unwrap();
         let text = api_key_text(&key.id, &secret);
-        let list = store.list(Kind::ApiKey).unwrap();
+        let list = store.list(Kind::ApiKey).await.unwrap();
         assert_eq!(check_api_key(&list, &text).unwrap().id, key.id);
         assert!(matches!(
             check_api_key(&list, "Bearer nonsense"),
@@ -421,8 +450,8 @@ mod tests {
             check_api_key(&list, &forged),
             Err(Refusal::Unknown(..))
         ));
-        store.revoke(Kind::ApiKey, &key.id).unwrap();
-        let list = store.list(Kind::ApiKey).unwrap();
+        store.revoke(Kind::ApiKey, &key.id).await.unwrap();
+        let list = store.list(Kind::ApiKey).await.unwrap();
         assert!(matches!(
             check_api_key(&list, &text),
             Err(Refusal::Revoked { .. })

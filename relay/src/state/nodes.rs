@@ -1,16 +1,13 @@
-//! Node records and revocations in the state dir: which certificates of
-//! an enrolled node are still good, and which nodes an operator revoked.
-//!
-//! Blocking file work; [`super::State`] keeps the records in memory and
-//! calls these on the blocking pool.
-
-use std::fs;
-use std::path::{Path, PathBuf};
+//! Node records and revocations: which certificates of an enrolled node
+//! are still good, and which nodes an operator revoked. Kept in the
+//! [`Records`] (`nodes/<tenant>/<node>`, `revocations`); [`super::State`]
+//! keeps a copy in memory.
 
 use serde::{Deserialize, Serialize};
 use tunnelgate_proto::{NodeId, NodeKey, TenantId};
 
-use super::{io_err, read_json, unix_now, write_json, Locked, StateError};
+use super::records::Records;
+use super::{unix_now, StateError};
 
 /// What the relay keeps about an enrolled node.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,99 +57,91 @@ impl Revocation {
     }
 }
 
-fn path(dir: &Path, key: &NodeKey) -> PathBuf {
-    dir.join("nodes")
-        .join(key.tenant.as_str())
-        .join(format!("{}.json", key.node_id))
+fn record_key(key: &NodeKey) -> String {
+    format!("nodes/{}/{}", key.tenant, key.node_id)
 }
 
-pub(crate) fn revoked_path(dir: &Path) -> PathBuf {
-    dir.join("revoked.json")
-}
+/// The key revocations are listed under.
+pub(crate) const REVOCATIONS: &str = "revocations";
 
 /// The record of `key`, if it enrolled.
-pub(crate) fn load(dir: &Path, key: &NodeKey) -> Result<Option<NodeRecord>, StateError> {
-    read_json(&path(dir, key))
+pub(crate) async fn load(
+    records: &Records,
+    key: &NodeKey,
+) -> Result<Option<NodeRecord>, StateError> {
+    records.get(&record_key(key)).await
 }
 
-/// Every node record in the state dir.
-pub(crate) fn load_all(dir: &Path) -> Result<Vec<NodeRecord>, StateError> {
-    let nodes = dir.join("nodes");
-    let mut records = Vec::new();
-    for tenant in fs::read_dir(&nodes).map_err(io_err(&nodes))? {
-        let tenant = tenant.map_err(io_err(&nodes))?.path();
-        if !tenant.is_dir() {
-            continue;
-        }
-        for file in fs::read_dir(&tenant).map_err(io_err(&tenant))? {
-            let file = file.map_err(io_err(&tenant))?.path();
-            if file.extension().is_some_and(|e| e == "json") {
-                records.extend(read_json::<NodeRecord>(&file)?);
-            }
-        }
-    }
-    Ok(records)
-}
-
-fn save(dir: &Path, record: &NodeRecord) -> Result<(), StateError> {
-    let path = path(dir, &record.key());
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
-    write_json(&path, record)
-}
-
-/// Adds certificate `serial` to `key`'s record under the lock; see
+/// Adds certificate `serial` to `key`'s record; see
 /// [`super::State::record_node_cert`].
-pub(crate) fn record_cert(
-    dir: &Path,
+pub(crate) async fn record_cert(
+    records: &Records,
     key: &NodeKey,
     serial: String,
     renew: bool,
 ) -> Result<NodeRecord, StateError> {
-    let _lock = Locked::take(dir)?;
-    let mut record = match load(dir, key)? {
-        Some(r) if renew => r,
-        _ => NodeRecord {
-            tenant: key.tenant.clone(),
-            node_id: key.node_id.clone(),
-            enrolled_at: unix_now(),
-            serials: Vec::new(),
-            revoked_at: None,
-        },
-    };
-    if renew && record.revoked_at.is_some() {
-        return Err(StateError::Revoked(key.clone()));
-    }
-    record.serials.push(serial);
-    let keep = record.serials.len().saturating_sub(2);
-    record.serials.drain(..keep);
-    save(dir, &record)?;
-    Ok(record)
+    let node = key.clone();
+    records
+        .update(&record_key(key), move |current: Option<NodeRecord>| {
+            let mut record = match current {
+                Some(r) if renew => r,
+                _ => NodeRecord {
+                    tenant: node.tenant.clone(),
+                    node_id: node.node_id.clone(),
+                    enrolled_at: unix_now(),
+                    serials: Vec::new(),
+                    revoked_at: None,
+                },
+            };
+            if renew && record.revoked_at.is_some() {
+                return Err(StateError::Revoked(node.clone()));
+            }
+            record.serials.push(serial.clone());
+            let keep = record.serials.len().saturating_sub(2);
+            record.serials.drain(..keep);
+            Ok((Some(record.clone()), record))
+        })
+        .await
 }
 
-/// Revokes `key`: its certificates are refused from now on.
-pub(crate) fn revoke(dir: &Path, key: &NodeKey) -> Result<Option<NodeRecord>, StateError> {
-    let _lock = Locked::take(dir)?;
-    let Some(mut record) = load(dir, key)? else {
+/// Revokes `key`: its certificates are refused from now on. The record
+/// is marked first, so a relay that missed the revocation list still
+/// refuses the node's next handshake.
+pub(crate) async fn revoke(
+    records: &Records,
+    key: &NodeKey,
+) -> Result<Option<NodeRecord>, StateError> {
+    let now = unix_now();
+    let revoked = records
+        .update(&record_key(key), move |current: Option<NodeRecord>| {
+            let Some(mut record) = current else {
+                return Ok((None, None));
+            };
+            record.revoked_at.get_or_insert(now);
+            let serials = std::mem::take(&mut record.serials);
+            Ok((Some(record.clone()), Some((record, serials))))
+        })
+        .await?;
+    let Some((record, serials)) = revoked else {
         return Ok(None);
     };
-    let now = unix_now();
-    record.revoked_at.get_or_insert(now);
-    let serials = std::mem::take(&mut record.serials);
-    save(dir, &record)?;
-    let mut revoked = revocations(dir)?;
-    revoked.push(Revocation {
+    let revocation = Revocation {
         tenant: key.tenant.clone(),
         node_id: key.node_id.clone(),
         serials,
         at: now,
-    });
-    write_json(&revoked_path(dir), &revoked)?;
+    };
+    records
+        .update(REVOCATIONS, move |list: Option<Vec<Revocation>>| {
+            let mut list = list.unwrap_or_default();
+            list.push(revocation.clone());
+            Ok((Some(list), ()))
+        })
+        .await?;
     Ok(Some(record))
 }
 
 /// Every revocation so far.
-pub(crate) fn revocations(dir: &Path) -> Result<Vec<Revocation>, StateError> {
-    Ok(read_json(&revoked_path(dir))?.unwrap_or_default())
+pub(crate) async fn revocations(records: &Records) -> Result<Vec<Revocation>, StateError> {
+    Ok(records.get(REVOCATIONS).await?.unwrap_or_default())
 }

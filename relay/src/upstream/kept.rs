@@ -8,7 +8,6 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use tunnelgate_proto::{NodeKey, RelayId};
 
 use crate::audit::StreamBytes;
@@ -24,7 +23,7 @@ pub(super) enum Carrier {
 
 /// The HTTP/1.1 client end of one stream to a node, with its byte counts.
 pub(super) struct NodeConn {
-    pub(super) sender: hyper::client::conn::http1::SendRequest<Incoming>,
+    pub(super) sender: hyper::client::conn::http1::SendRequest<super::tunnel::CallBody>,
     pub(super) bytes: Arc<StreamBytes>,
 }
 

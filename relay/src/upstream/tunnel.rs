@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, Instrument};
+use tracing::{debug, warn, Instrument};
 use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
 use tunnelgate_proto::message::{Message, PeerHeader, StreamErrorCode, StreamHeader, StreamKind};
 use tunnelgate_proto::{NodeId, NodeKey, ProtocolVersion};
@@ -26,19 +28,98 @@ use crate::registry::Member;
 use crate::sessions::Entry;
 
 /// What carries a routed call.
-#[derive(Debug, Clone, Copy)]
-pub enum Via<'a> {
+#[derive(Debug, Clone)]
+pub enum Via {
     /// A session of the node on this relay.
-    Session(&'a Arc<Entry>),
-    /// The peer relay that holds one.
-    Peer(&'a Member),
+    Session(Arc<Entry>),
+    /// A peer relay that holds one.
+    Peer(Member),
 }
 
-impl Via<'_> {
+impl Via {
     fn carrier(&self) -> Carrier {
         match self {
             Self::Session(entry) => Carrier::Session(entry.id()),
             Self::Peer(peer) => Carrier::Peer(peer.relay_id.clone()),
+        }
+    }
+
+    /// The route's name in the response header, logs and the audit line:
+    /// `local` or `peer=<relay-id>`.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Session(_) => "local".into(),
+            Self::Peer(peer) => format!("peer={}", peer.relay_id),
+        }
+    }
+}
+
+/// The body the tunnel sends: the client's, streamed, or a small one
+/// read in full so the call can go again on another route.
+pub type CallBody = Either<Incoming, Full<Bytes>>;
+
+/// Bodies up to this size are read before the call goes out, so a call
+/// that fails before reaching the daemon can be sent again elsewhere.
+/// Docker's short calls (inspect, create, start, stop) send a little JSON
+/// or nothing; archives and builds stream and are never repeated.
+const REPLAYABLE_BODY: u64 = 64 * 1024;
+
+/// A request that can be built again for another attempt.
+struct Replayable {
+    head: http::request::Parts,
+    body: Bytes,
+}
+
+impl Replayable {
+    fn request(&self) -> Request<CallBody> {
+        let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
+        *req.method_mut() = self.head.method.clone();
+        *req.uri_mut() = self.head.uri.clone();
+        *req.version_mut() = self.head.version;
+        *req.headers_mut() = self.head.headers.clone();
+        req
+    }
+}
+
+/// The call as the tunnel holds it between attempts.
+enum Outgoing {
+    Replayable(Replayable),
+    /// Streamed: it can go again only if an attempt gave it back unsent.
+    Streamed(Option<Request<CallBody>>),
+}
+
+impl Outgoing {
+    /// Reads a small body in full; streams a large, unsized or upgrading one.
+    async fn new(req: Request<Incoming>, upgrade: bool) -> Result<Self, CallError> {
+        let small = !upgrade
+            && !req.headers().contains_key(http::header::TRANSFER_ENCODING)
+            && req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .map_or(Some(0), |v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|len| len <= REPLAYABLE_BODY);
+        if !small {
+            return Ok(Self::Streamed(Some(req.map(Either::Left))));
+        }
+        let (head, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(CallError::RequestBody)?
+            .to_bytes();
+        Ok(Self::Replayable(Replayable { head, body }))
+    }
+
+    fn take(&mut self) -> Option<Request<CallBody>> {
+        match self {
+            Self::Replayable(r) => Some(r.request()),
+            Self::Streamed(req) => req.take(),
+        }
+    }
+
+    fn give_back(&mut self, unsent: Option<Request<CallBody>>) {
+        if let (Self::Streamed(slot), Some(req)) = (self, unsent) {
+            *slot = Some(req);
         }
     }
 }
@@ -78,20 +159,82 @@ impl Tunnel {
         }
     }
 
-    /// Sends `req` to the node `via` its session or a peer and returns the
-    /// node's response head. Not-upgrading calls go over `kept` when it
-    /// holds a stream of that carrier, and leave their stream there; a
-    /// kept stream that died between calls (its idle timer fired, its
-    /// agent reconnected) and took nothing hands the call to a fresh one.
+    /// Sends `req` to the node over the first of `vias` that takes it and
+    /// returns the node's response head and the route that carried it.
+    /// A call that fails before any byte of it reached the daemon goes
+    /// once more, on the next route; anything else is the caller's error.
     pub async fn send(
         &self,
-        via: Via<'_>,
+        vias: &[Via],
         target: &Target,
         kept: &KeptStream,
         req: Request<Incoming>,
         upgrade: bool,
         record: &CallRecord,
-    ) -> Result<Response<Incoming>, CallError> {
+    ) -> Result<(Response<Incoming>, Via), CallError> {
+        let mut call = Outgoing::new(req, upgrade).await?;
+        let mut vias = self.ordered(vias).into_iter().take(2).peekable();
+        loop {
+            let via = vias
+                .next()
+                .ok_or_else(|| CallError::NodeOffline(target.node_id.clone()))?;
+            let req = call
+                .take()
+                .expect("a call is taken once per attempt and given back on retry");
+            match self
+                .send_once(&via, target, kept, req, upgrade, record)
+                .await
+            {
+                Ok(resp) => return Ok((resp, via)),
+                Err((error, unsent)) => {
+                    call.give_back(unsent);
+                    let again = error.worth_another_route()
+                        && vias.peek().is_some()
+                        && matches!(&call, Outgoing::Replayable(_) | Outgoing::Streamed(Some(_)));
+                    let error = match &via {
+                        Via::Peer(peer) => error.through_peer(&peer.relay_id),
+                        Via::Session(_) => error,
+                    };
+                    if !again {
+                        return Err(error);
+                    }
+                    warn!(route = %via.name(), %error, "the call failed before reaching the daemon; trying the next route");
+                    self.metrics.route_retry();
+                }
+            }
+        }
+    }
+
+    /// Local first, then the peers that answered last time, then those
+    /// that did not (a dead relay's lease outlives it by seconds, and the
+    /// node's other holder is the better bet meanwhile); a draining peer
+    /// after a live one, so its agents' old sessions fall quiet and go.
+    /// The sort is stable: within each rank, the newest session first.
+    fn ordered(&self, vias: &[Via]) -> Vec<Via> {
+        let mut vias = vias.to_vec();
+        let rank = |v: &Via| match (v, &self.peers) {
+            (Via::Session(_), _) => (false, false, false),
+            (Via::Peer(p), Some(peers)) => (true, peers.is_down(&p.relay_id), p.draining),
+            (Via::Peer(p), None) => (true, false, p.draining),
+        };
+        vias.sort_by_key(rank);
+        vias
+    }
+
+    /// One attempt over `via`. Not-upgrading calls go over `kept` when it
+    /// holds a stream of that carrier, and leave their stream there; a
+    /// kept stream that died between calls (its idle timer fired, its
+    /// agent reconnected) and took nothing hands the call to a fresh one.
+    /// On failure, the request comes back if it was never sent.
+    async fn send_once(
+        &self,
+        via: &Via,
+        target: &Target,
+        kept: &KeptStream,
+        req: Request<CallBody>,
+        upgrade: bool,
+        record: &CallRecord,
+    ) -> Result<Response<Incoming>, (CallError, Option<Request<CallBody>>)> {
         let node = &target.node_id;
         let key = NodeKey {
             tenant: target.tenant.clone(),
@@ -105,7 +248,10 @@ impl Tunnel {
         let was_reused = reused.is_some();
         let mut conn = match reused {
             Some(conn) => conn,
-            None => self.open(via, target).await?,
+            None => match self.open(via, target).await {
+                Ok(conn) => conn,
+                Err(e) => return Err((e, Some(req))),
+            },
         };
         record.count_on(&conn.bytes);
         let resp = match conn.sender.try_send_request(req).await {
@@ -116,14 +262,21 @@ impl Tunnel {
                 match unsent {
                     Some(req) if was_reused && error.is_retry_safe() => {
                         debug!(error = %error, "kept stream failed; opening a new one");
-                        conn = self.open(via, target).await?;
+                        conn = match self.open(via, target).await {
+                            Ok(conn) => conn,
+                            Err(e) => return Err((e, Some(req))),
+                        };
                         record.count_on(&conn.bytes);
-                        conn.sender
-                            .send_request(req)
-                            .await
-                            .map_err(|e| failure(node, e, false))?
+                        match conn.sender.try_send_request(req).await {
+                            Ok(resp) => resp,
+                            Err(mut e) => {
+                                let unsent = e.take_message();
+                                let error = failure(node, e.into_error(), unsent.is_some());
+                                return Err((error, unsent));
+                            }
+                        }
                     }
-                    _ => return Err(error),
+                    unsent => return Err((error, unsent)),
                 }
             }
         };
@@ -137,7 +290,7 @@ impl Tunnel {
     /// HTTP/1.1 on it. Pipelined: the first request follows the header at
     /// once; [`ReplyFirst`] reads the agent's accept (or refusal) off the
     /// stream before the response.
-    async fn open(&self, via: Via<'_>, target: &Target) -> Result<NodeConn, CallError> {
+    async fn open(&self, via: &Via, target: &Target) -> Result<NodeConn, CallError> {
         let node = &target.node_id;
         let setup = async {
             match via {
@@ -160,7 +313,7 @@ impl Tunnel {
         );
         let bytes = stream.bytes();
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, Incoming>(TokioIo::new(stream))
+            .handshake::<_, CallBody>(TokioIo::new(stream))
             .await
             .map_err(CallError::Http)?;
         self.tasks.spawn(

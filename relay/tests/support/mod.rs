@@ -170,6 +170,8 @@ pub struct Relay {
     /// The relay-to-relay port, in a cluster.
     pub peer: Option<SocketAddr>,
     pub state: PathBuf,
+    /// The `--registry` it serves with: admin commands use it too.
+    pub registry: Option<String>,
     _stdout: ChildStdout,
 }
 
@@ -237,6 +239,11 @@ impl Relay {
             metrics,
             peer,
             state: state.to_owned(),
+            registry: extra
+                .iter()
+                .position(|a| *a == "--registry")
+                .and_then(|i| extra.get(i + 1))
+                .map(|r| r.to_string()),
             _stdout: stdout.into_inner(),
         })
     }
@@ -267,13 +274,15 @@ impl Relay {
     }
 
     /// Runs an admin command (`token ...`, `api-key ...`, `node ...`) on
-    /// this relay's state dir; returns stdout, failing on a non-zero exit.
+    /// this relay's state dir (and registry); returns stdout, failing on a
+    /// non-zero exit.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(relay_bin())
-            .args(args)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .output()?;
+        let mut cmd = Command::new(relay_bin());
+        cmd.args(args).arg("--state-dir").arg(&self.state);
+        if let Some(registry) = &self.registry {
+            cmd.args(["--registry", registry]);
+        }
+        let out = cmd.output()?;
         anyhow::ensure!(
             out.status.success(),
             "tunnelgate-relay {args:?} failed: {}",

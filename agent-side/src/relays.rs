@@ -1,0 +1,363 @@
+//! Which relays this agent keeps sessions with.
+//!
+//! The agent starts from its `--relay` addresses. Once a relay welcomes
+//! it, the relay's membership list says which relays the cluster has, and
+//! every later change comes the same way. Of the members that are not
+//! draining, the agent picks `--relay-sessions` K by rendezvous hashing of
+//! its node id: every agent ranks every relay by a hash of the pair and
+//! takes its top K, so a fleet spreads evenly over the relays, and a relay
+//! joining or leaving moves only the agents whose top K it enters or
+//! leaves.
+//!
+//! Each session is a *slot*. A slot that holds a chosen relay keeps it,
+//! so a membership change never swaps two healthy sessions; chosen
+//! relays nobody holds go to the slots that hold none of them.
+//!
+//! This module decides; it never dials. Outside a cluster (a relay that
+//! sends no membership, or one member) it is one slot on the first
+//! address, as before clusters.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+use tunnelgate_proto::message::RelayMember;
+use tunnelgate_proto::{NodeId, RelayId};
+
+/// Where a slot should hold its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The relay, when known from the membership (not for a bare seed).
+    pub relay_id: Option<RelayId>,
+    /// What to dial.
+    pub addr: String,
+}
+
+#[derive(Debug)]
+struct Inner {
+    seeds: Vec<String>,
+    members: Vec<RelayMember>,
+    /// The address that last reached each relay: the agent may reach a
+    /// relay by another name than the one it advertises.
+    reached: HashMap<RelayId, String>,
+    /// The relay each slot's current session is with, once welcomed.
+    holding: Vec<Option<RelayId>>,
+    assignment: Vec<Option<Target>>,
+}
+
+/// Whether any slot was ever welcomed.
+type Welcomed = watch::Sender<bool>;
+
+/// The agent's view of the cluster and what each slot should hold.
+#[derive(Debug)]
+pub struct Relays {
+    node_id: NodeId,
+    inner: Mutex<Inner>,
+    changed: watch::Sender<u64>,
+    welcomed: Welcomed,
+}
+
+/// Rendezvous score of `relay` for `node`: FNV-1a over both names, then
+/// a 64-bit finalizer so close names score far apart. Stable across
+/// builds and platforms, so every agent of a release ranks alike.
+fn score(node: &NodeId, relay: &RelayId) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node
+        .as_str()
+        .bytes()
+        .chain([0])
+        .chain(relay.as_str().bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The `k` relays `node` should hold sessions with, best first.
+pub fn choose(node: &NodeId, members: &[RelayMember], k: usize) -> Vec<RelayId> {
+    let mut live: Vec<&RelayMember> = members.iter().filter(|m| !m.draining).collect();
+    live.sort_by_key(|m| std::cmp::Reverse(score(node, &m.relay_id)));
+    live.into_iter()
+        .take(k)
+        .map(|m| m.relay_id.clone())
+        .collect()
+}
+
+impl Relays {
+    /// Starts from `seeds` with `k` slots.
+    pub fn new(node_id: NodeId, seeds: Vec<String>, k: usize) -> Self {
+        let mut inner = Inner {
+            seeds,
+            members: Vec::new(),
+            reached: HashMap::new(),
+            holding: vec![None; k.max(1)],
+            assignment: Vec::new(),
+        };
+        inner.assignment = Self::assign(&node_id, &inner);
+        Self {
+            node_id,
+            inner: Mutex::new(inner),
+            changed: watch::channel(0).0,
+            welcomed: watch::channel(false).0,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many slots there are.
+    pub fn slots(&self) -> usize {
+        self.lock().holding.len()
+    }
+
+    /// Fires whenever any slot's target changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Turns true once any slot has been welcomed (so the node has its
+    /// certificate and the membership is known, if there is one).
+    pub fn welcomed_once(&self) -> watch::Receiver<bool> {
+        self.welcomed.subscribe()
+    }
+
+    /// Where `slot` should hold its session now; `None`: nowhere (fewer
+    /// live relays than slots).
+    pub fn target(&self, slot: usize) -> Option<Target> {
+        self.lock().assignment.get(slot).cloned().flatten()
+    }
+
+    /// Slot `slot`'s session, dialled at `target`, was welcomed by
+    /// `relay_id`, which sent `members` (empty from a relay outside a
+    /// cluster).
+    pub fn welcomed(
+        &self,
+        slot: usize,
+        target: &Target,
+        relay_id: &RelayId,
+        members: Vec<RelayMember>,
+    ) {
+        let mut inner = self.lock();
+        // Only an address dialled for this very relay is known to reach
+        // it: a seed behind a load balancer reaches whichever relay.
+        if target.relay_id.as_ref() == Some(relay_id) {
+            inner.reached.insert(relay_id.clone(), target.addr.clone());
+        }
+        if let Some(h) = inner.holding.get_mut(slot) {
+            *h = Some(relay_id.clone());
+        }
+        if !members.is_empty() {
+            inner.members = members;
+        }
+        self.reassign(&mut inner);
+        self.welcomed.send_replace(true);
+    }
+
+    /// The membership changed (a relay's update or drain).
+    pub fn members(&self, members: Vec<RelayMember>) {
+        if members.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.members = members;
+        self.reassign(&mut inner);
+    }
+
+    /// Slot `slot` holds no session any more.
+    pub fn lost(&self, slot: usize) {
+        let mut inner = self.lock();
+        if let Some(h) = inner.holding.get_mut(slot) {
+            *h = None;
+        }
+        self.reassign(&mut inner);
+    }
+
+    /// The relays the slots hold now, for the log and tests.
+    pub fn holding(&self) -> Vec<Option<RelayId>> {
+        self.lock().holding.clone()
+    }
+
+    fn reassign(&self, inner: &mut Inner) {
+        let next = Self::assign(&self.node_id, inner);
+        if next != inner.assignment {
+            inner.assignment = next;
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    fn assign(node: &NodeId, inner: &Inner) -> Vec<Option<Target>> {
+        let slots = inner.holding.len();
+        // Outside a cluster: one session per distinct seed, up to K; a
+        // relay behind one name answers as whichever relay it is.
+        if inner.members.len() <= 1 {
+            return (0..slots)
+                .map(|i| {
+                    inner.seeds.get(i).map(|addr| Target {
+                        relay_id: None,
+                        addr: addr.clone(),
+                    })
+                })
+                .collect();
+        }
+        let chosen = choose(node, &inner.members, slots);
+        let target = |id: &RelayId| Target {
+            relay_id: Some(id.clone()),
+            addr: inner.reached.get(id).cloned().unwrap_or_else(|| {
+                inner
+                    .members
+                    .iter()
+                    .find(|m| &m.relay_id == id)
+                    .map(|m| m.agent_addr.clone())
+                    .unwrap_or_default()
+            }),
+        };
+        let mut out: Vec<Option<Target>> = inner
+            .holding
+            .iter()
+            .map(|h| h.as_ref().filter(|id| chosen.contains(id)).map(target))
+            .collect();
+        let mut free = chosen
+            .iter()
+            .filter(|id| !inner.holding.iter().flatten().any(|h| h == *id));
+        for slot in out.iter_mut().filter(|s| s.is_none()) {
+            *slot = free.next().map(target);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, draining: bool) -> RelayMember {
+        RelayMember {
+            relay_id: RelayId::new(id).unwrap(),
+            agent_addr: format!("{id}:7443"),
+            draining,
+        }
+    }
+
+    fn ids(targets: &[Option<Target>]) -> Vec<String> {
+        targets
+            .iter()
+            .map(|t| {
+                t.as_ref()
+                    .and_then(|t| t.relay_id.as_ref())
+                    .map_or("-".into(), |r| r.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_fleet_spreads_evenly_and_a_leaving_relay_moves_only_its_agents() {
+        let members: Vec<_> = ["relay-a", "relay-b", "relay-c"]
+            .iter()
+            .map(|id| member(id, false))
+            .collect();
+        let nodes: Vec<NodeId> = (0..3000)
+            .map(|i| NodeId::new(format!("node-{i}")).unwrap())
+            .collect();
+        let mut per_relay: HashMap<RelayId, usize> = HashMap::new();
+        for n in &nodes {
+            for r in choose(n, &members, 2) {
+                *per_relay.entry(r).or_default() += 1;
+            }
+        }
+        let (min, max) = (
+            *per_relay.values().min().unwrap(),
+            *per_relay.values().max().unwrap(),
+        );
+        assert_eq!(per_relay.values().sum::<usize>(), 6000);
+        assert!(
+            max as f64 / min as f64 <= 1.1,
+            "sessions per relay {per_relay:?}"
+        );
+
+        // relay-c drains: only agents that had it move, each to the one
+        // relay it lacked.
+        let mut draining = members.clone();
+        draining[2].draining = true;
+        for n in &nodes {
+            let before = choose(n, &members, 2);
+            let after = choose(n, &draining, 2);
+            let c = RelayId::new("relay-c").unwrap();
+            if before.contains(&c) {
+                assert!(!after.contains(&c));
+            } else {
+                let (mut b, mut a) = (before.clone(), after.clone());
+                b.sort();
+                a.sort();
+                assert_eq!(b, a, "{n} moved though relay-c was none of its");
+            }
+        }
+    }
+
+    #[test]
+    fn slots_keep_chosen_relays_and_take_free_ones() {
+        let node = NodeId::new("web-1").unwrap();
+        let relays = Relays::new(node.clone(), vec!["lb:7443".into()], 2);
+        assert_eq!(relays.target(0).unwrap().addr, "lb:7443");
+        assert_eq!(
+            relays.target(1),
+            None,
+            "one seed: one session until members are known"
+        );
+
+        let all: Vec<_> = ["relay-a", "relay-b", "relay-c"]
+            .iter()
+            .map(|id| member(id, false))
+            .collect();
+        let top = choose(&node, &all, 3);
+        // The seed reached the relay the hash ranks last.
+        let seed = relays.target(0).unwrap();
+        relays.welcomed(0, &seed, &top[2], all.clone());
+        let t = relays.lock().assignment.clone();
+        assert_eq!(
+            ids(&t),
+            [top[0].to_string(), top[1].to_string()],
+            "slot 0 holds a relay outside the top 2: it moves"
+        );
+        relays.lost(0);
+        let t = relays.lock().assignment.clone();
+        assert_eq!(ids(&t), [top[0].to_string(), top[1].to_string()]);
+
+        // Slot 1 holds the top relay: it keeps it, slot 0 takes the other.
+        let dialled = Target {
+            relay_id: Some(top[0].clone()),
+            addr: "x:1".into(),
+        };
+        relays.welcomed(1, &dialled, &top[0], vec![]);
+        let t = relays.lock().assignment.clone();
+        assert_eq!(ids(&t), [top[1].to_string(), top[0].to_string()]);
+        assert_eq!(
+            relays.target(1).unwrap().addr,
+            "x:1",
+            "the address that reached it"
+        );
+        assert_eq!(relays.target(0).unwrap().addr, format!("{}:7443", top[1]));
+
+        // The top relay drains: slot 1 moves to the third, slot 0 stays.
+        let mut changes = relays.subscribe();
+        let drained: Vec<_> = all
+            .iter()
+            .map(|m| member(m.relay_id.as_str(), m.relay_id == top[0]))
+            .collect();
+        relays.members(drained);
+        assert!(changes.has_changed().unwrap());
+        let t = relays.lock().assignment.clone();
+        assert_eq!(ids(&t), [top[1].to_string(), top[2].to_string()]);
+        changes.borrow_and_update();
+        relays.members(vec![]);
+        assert!(
+            !changes.has_changed().unwrap(),
+            "an empty list changes nothing"
+        );
+    }
+}
