@@ -142,6 +142,20 @@ pub enum AgentError {
 
 impl AgentError {
     /// Whether retrying cannot help (bad token, unusable state dir, ...).
+    /// Whether the relay could not be reached at all (nothing answered,
+    /// or no handshake completed): another relay may do better.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Self::Resolve { .. }
+                | Self::NoAddress(_)
+                | Self::QuicDial { .. }
+                | Self::QuicSilent { .. }
+                | Self::QuicHandshake { .. }
+                | Self::TcpConnect { .. }
+        )
+    }
+
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,

@@ -51,8 +51,8 @@ const STABLE_SESSION: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A slot the membership moves to another relay waits a random moment
-/// within this, so a fleet rebalancing after a relay joins does not
-/// arrive at once.
+/// within the relay's spread, and at least this, so a fleet rebalancing
+/// after a relay joins or dies does not arrive at once.
 const MOVE_SPREAD: Duration = Duration::from_secs(2);
 
 /// How a session ended without error.
@@ -132,6 +132,7 @@ async fn run_slot(
         };
         let started = Instant::now();
         let span = info_span!("session", node_id = %config.node_id, relay = %target.addr, slot);
+        let target_relay = target.relay_id.clone();
         let end = connect_once(&config, &relays, slot, target, &cancel)
             .instrument(span)
             .await;
@@ -163,6 +164,9 @@ async fn run_slot(
                 delay
             }
             Err(e) => {
+                if let (true, Some(id)) = (e.is_unreachable(), &target_relay) {
+                    relays.unreachable(id);
+                }
                 let delay = jitter(backoff(attempt));
                 attempt = attempt.saturating_add(1);
                 warn!(slot, error = %e, attempt, retry_in = ?delay, "relay session lost; reconnecting");
@@ -189,6 +193,23 @@ fn backoff(attempt: u32) -> Duration {
 /// `[d/2, d]`.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
+/// Resolves once the relay welcomed `slot`'s session and the membership
+/// gives the slot another relay: (the one it holds, the one to go to).
+async fn reassigned_from_held(relays: &Relays, slot: usize) -> (RelayId, Target) {
+    let mut changes = relays.subscribe();
+    loop {
+        let held = relays.holding().get(slot).cloned().flatten();
+        if let (Some(held), Some(t)) = (held, relays.target(slot)) {
+            if t.relay_id.as_ref().is_some_and(|id| *id != held) {
+                return (held, t);
+            }
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// Resolves once the membership gives `slot` a relay other than `held`.
@@ -335,14 +356,15 @@ async fn connect_once(
                 }
             }
         };
-        let held = relays.holding().get(slot).cloned().flatten();
         let drained = current.drain.clone();
         let moved = async {
-            let next = reassigned(relays, slot, held.clone()).await;
-            // A rebalance waits a random moment; a relay that is draining
-            // has spread its agents already.
+            let next = reassigned_from_held(relays, slot).await;
+            // A rebalance waits a random moment within the window the
+            // relay asked for (at least MOVE_SPREAD); a relay that is
+            // draining has spread its agents already.
             if drained.borrow().is_none() {
-                tokio::time::sleep(MOVE_SPREAD.mul_f64(rand::random::<f64>())).await;
+                let window = relays.spread().max(MOVE_SPREAD);
+                tokio::time::sleep(window.mul_f64(rand::random::<f64>())).await;
             }
             next
         };
@@ -378,11 +400,11 @@ async fn connect_once(
                     }
                 }
             }
-            next = moved, if held.is_some() => {
+            (held, next) = moved => {
                 if relays.target(slot).as_ref() != Some(&next) {
                     continue;
                 }
-                info!(from = ?held.map(|r| r.to_string()), to = %next.addr, "the cluster's membership picks another relay for this session; moving before leaving");
+                info!(from = %held, to = %next.addr, "the cluster's membership picks another relay for this session; moving before leaving");
                 match transport::dial(config, &next.addr, &creds).await {
                     Ok((session, _)) => {
                         if switch_to(&mut current, config, place(next.clone()), session, cancel).await {
@@ -522,9 +544,9 @@ async fn run_session(
                 }
             }
             AgentEvent::Rtt(rtt) => debug!(?rtt, "heartbeat"),
-            AgentEvent::Members(members) => {
-                debug!(members = members.len(), "the cluster's membership changed");
-                place.relays.members(members);
+            AgentEvent::Members(members, spread) => {
+                debug!(members = members.len(), ?spread, "the cluster's membership changed");
+                place.relays.members(members, spread);
             }
             AgentEvent::Drain(d) => {
                 info!(reason = %d.reason, grace_ms = d.grace_ms, spread_ms = d.spread_ms, "relay asks this agent to move");
@@ -534,7 +556,7 @@ async fn run_session(
                 // A random moment within the relay's spread, so a fleet
                 // drained at once does not arrive at once.
                 let at = Instant::now() + Duration::from_millis(d.spread_ms).mul_f64(rand::random::<f64>());
-                place.relays.members(d.members);
+                place.relays.members(d.members, Duration::ZERO);
                 drained = Some(at);
                 drain.send_replace(Some(at));
             }

@@ -43,7 +43,16 @@ struct Inner {
     /// The relay each slot's current session is with, once welcomed.
     holding: Vec<Option<RelayId>>,
     assignment: Vec<Option<Target>>,
+    /// The window the last membership change asked moves to spread over.
+    spread: std::time::Duration,
+    /// Relays that could not be reached lately, and when.
+    down: HashMap<RelayId, std::time::Instant>,
 }
+
+/// How long a relay that could not be reached is passed over. Its lease
+/// may list it for seconds after it died, and if every relay this agent
+/// holds died, no live one is there to say so.
+const DOWN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether any slot was ever welcomed.
 type Welcomed = watch::Sender<bool>;
@@ -97,6 +106,8 @@ impl Relays {
             reached: HashMap::new(),
             holding: vec![None; k.max(1)],
             assignment: Vec::new(),
+            spread: std::time::Duration::ZERO,
+            down: HashMap::new(),
         };
         inner.assignment = Self::assign(&node_id, &inner);
         Self {
@@ -116,7 +127,7 @@ impl Relays {
         self.lock().holding.len()
     }
 
-    /// Fires whenever any slot's target changes.
+    /// Fires whenever any slot's target changes, or a slot is welcomed.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
@@ -156,16 +167,35 @@ impl Relays {
             inner.members = members;
         }
         self.reassign(&mut inner);
+        // Holding a relay may make the slot's target another one even when
+        // the assignment is unchanged: say so either way.
+        self.changed.send_modify(|v| *v += 1);
         self.welcomed.send_replace(true);
     }
 
-    /// The membership changed (a relay's update or drain).
-    pub fn members(&self, members: Vec<RelayMember>) {
+    /// The membership changed (a relay's update or drain); moves it
+    /// causes spread over `spread` (zero: the agent's default).
+    pub fn members(&self, members: Vec<RelayMember>, spread: std::time::Duration) {
         if members.is_empty() {
             return;
         }
         let mut inner = self.lock();
         inner.members = members;
+        inner.spread = spread;
+        self.reassign(&mut inner);
+    }
+
+    /// The window the last membership change asked moves to spread over.
+    pub fn spread(&self) -> std::time::Duration {
+        self.lock().spread
+    }
+
+    /// `relay_id` could not be reached: pass it over for a while.
+    pub fn unreachable(&self, relay_id: &RelayId) {
+        let mut inner = self.lock();
+        inner
+            .down
+            .insert(relay_id.clone(), std::time::Instant::now());
         self.reassign(&mut inner);
     }
 
@@ -191,21 +221,41 @@ impl Relays {
         }
     }
 
+    fn from_seeds(inner: &Inner) -> Vec<Option<Target>> {
+        (0..inner.holding.len())
+            .map(|i| {
+                inner.seeds.get(i).map(|addr| Target {
+                    relay_id: None,
+                    addr: addr.clone(),
+                })
+            })
+            .collect()
+    }
+
     fn assign(node: &NodeId, inner: &Inner) -> Vec<Option<Target>> {
         let slots = inner.holding.len();
         // Outside a cluster: one session per distinct seed, up to K; a
         // relay behind one name answers as whichever relay it is.
         if inner.members.len() <= 1 {
-            return (0..slots)
-                .map(|i| {
-                    inner.seeds.get(i).map(|addr| Target {
-                        relay_id: None,
-                        addr: addr.clone(),
-                    })
-                })
-                .collect();
+            return Self::from_seeds(inner);
         }
-        let chosen = choose(node, &inner.members, slots);
+        let up: Vec<RelayMember> = inner
+            .members
+            .iter()
+            .filter(|m| {
+                inner
+                    .down
+                    .get(&m.relay_id)
+                    .is_none_or(|at| at.elapsed() >= DOWN_FOR)
+            })
+            .cloned()
+            .collect();
+        let chosen = choose(node, &up, slots);
+        if chosen.is_empty() {
+            // Every relay known is draining or out of reach: back to the
+            // addresses the agent was given, where another may answer.
+            return Self::from_seeds(inner);
+        }
         let target = |id: &RelayId| Target {
             relay_id: Some(id.clone()),
             addr: inner.reached.get(id).cloned().unwrap_or_else(|| {
@@ -349,12 +399,12 @@ mod tests {
             .iter()
             .map(|m| member(m.relay_id.as_str(), m.relay_id == top[0]))
             .collect();
-        relays.members(drained);
+        relays.members(drained, std::time::Duration::ZERO);
         assert!(changes.has_changed().unwrap());
         let t = relays.lock().assignment.clone();
         assert_eq!(ids(&t), [top[1].to_string(), top[2].to_string()]);
         changes.borrow_and_update();
-        relays.members(vec![]);
+        relays.members(vec![], std::time::Duration::ZERO);
         assert!(
             !changes.has_changed().unwrap(),
             "an empty list changes nothing"

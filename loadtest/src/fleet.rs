@@ -42,6 +42,7 @@ pub struct Fleet {
     dir: tempfile::TempDir,
     agents: Vec<Option<Sim>>,
     endpoints: Vec<quinn::Endpoint>,
+    relay_sessions: Option<usize>,
 }
 
 impl Fleet {
@@ -61,7 +62,15 @@ impl Fleet {
             dir: tempfile::tempdir()?,
             agents: (0..n).map(|_| None).collect(),
             endpoints: Vec::new(),
+            relay_sessions: None,
         })
+    }
+
+    /// Has each agent keep sessions to `k` relays of a cluster (the
+    /// agent's default otherwise).
+    pub fn with_relay_sessions(mut self, k: usize) -> Self {
+        self.relay_sessions = Some(k);
+        self
     }
 
     fn state_dir(&self, i: usize) -> PathBuf {
@@ -77,6 +86,7 @@ impl Fleet {
             docker: Some(format!("tcp://{}", self.docker)),
             state_dir: Some(self.state_dir(i)),
             transport: Some(self.transport),
+            relay_sessions: self.relay_sessions,
             ..Default::default()
         };
         let mut config = AgentConfig::resolve(args).context("simulated agent config")?;

@@ -7,6 +7,8 @@
 //! bounded in count and in time and stops by itself.
 
 pub mod client;
+pub mod cluster;
+pub mod etcd_proc;
 pub mod fleet;
 pub mod progress;
 pub mod relay_proc;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tunnelgate_agent::config::TransportChoice;
+use tunnelgate_loadtest::cluster;
 use tunnelgate_loadtest::relay_proc::default_relay_bin;
 use tunnelgate_loadtest::scenarios::{self, Setup};
 
@@ -115,6 +116,29 @@ enum Scenario {
         #[arg(long = "peer", value_name = "NAME=ADDR[,PID]")]
         peers: Vec<scenarios::Peer>,
     },
+    /// Two relays in a cluster (with a real etcd; Debian `etcd-server`): the
+    /// same downloads and small calls through the relay holding the agent
+    /// and through the other, interleaved.
+    PeerHop {
+        #[arg(long, default_value_t = 1 << 30)]
+        bytes: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, default_value_t = 3_000)]
+        calls: u32,
+    },
+    /// A cluster (real etcd, N relays) and a fleet holding two sessions per
+    /// agent: spread over the relays, etcd writes per connect; then one
+    /// relay killed while clients call, and the time until every agent
+    /// holds two sessions again.
+    Cluster {
+        #[arg(long, default_value_t = 3)]
+        relays: usize,
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+    },
     /// Some agents drop and reconnect over and over while calls run against the others.
     Churn {
         #[arg(long, default_value_t = 100)]
@@ -182,6 +206,22 @@ async fn main() -> anyhow::Result<()> {
         } => (
             "bulk",
             scenarios::bulk(&setup, bytes, rounds, &peers, t).await,
+        ),
+        Scenario::PeerHop {
+            bytes,
+            rounds,
+            calls,
+        } => (
+            "peer-hop",
+            cluster::peer_hop(&setup, bytes, rounds, calls, t).await,
+        ),
+        Scenario::Cluster {
+            relays,
+            agents,
+            clients,
+        } => (
+            "cluster",
+            cluster::cluster(&setup, relays, agents, clients, t).await,
         ),
         Scenario::Churn {
             agents,

@@ -71,6 +71,50 @@ impl RelayProc {
         })
     }
 
+    /// Starts a relay of a cluster: `extra_args` hold its `--registry` and
+    /// `--relay-id`; `ca_from` is a relay whose installation CA it shares
+    /// (none: it makes the CA the others then share).
+    pub fn start_in_cluster(
+        bin: &Path,
+        extra_args: &[String],
+        ca_from: Option<&RelayProc>,
+    ) -> Result<Self> {
+        let state = tempfile::tempdir()?;
+        if let Some(first) = ca_from {
+            for file in ["ca.pem", "ca-key.pem"] {
+                std::fs::copy(first.state.path().join(file), state.path().join(file))
+                    .with_context(|| format!("sharing {file}"))?;
+            }
+        }
+        let (child, [api, agents, metrics]) = spawn(
+            bin,
+            state.path(),
+            ["127.0.0.1:0"; 3].map(String::from),
+            extra_args,
+        )?;
+        Ok(Self {
+            child,
+            api,
+            agents,
+            metrics,
+            state,
+            bin: bin.to_owned(),
+            extra_args: extra_args.to_vec(),
+        })
+    }
+
+    /// Kills the relay (SIGKILL): no drain, no leaving the cluster.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the relay as an operator's restart would (SIGTERM: it drains
     /// its agents and ends), or as a crash does (`crash`: SIGKILL, no
     /// drain), then starts it again on the same ports and state. Returns
@@ -92,10 +136,14 @@ impl RelayProc {
 
     /// A join token for simulated agents.
     pub fn token(&self) -> Result<String> {
-        let out = Command::new(&self.bin)
-            .args(["token", "create", "--ttl", "2h", "--state-dir"])
-            .arg(self.state.path())
-            .output()?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["token", "create", "--ttl", "2h", "--state-dir"])
+            .arg(self.state.path());
+        // A cluster's records are in its registry, as the relay was told.
+        if let Some(i) = self.extra_args.iter().position(|a| a == "--registry") {
+            cmd.args(&self.extra_args[i..(i + 2).min(self.extra_args.len())]);
+        }
+        let out = cmd.output()?;
         if !out.status.success() {
             bail!(
                 "token create failed: {}",

@@ -67,7 +67,7 @@ impl std::str::FromStr for Peer {
 }
 
 /// Agents a fleet fill lets connect at once.
-const FILL_WINDOW: usize = 1000;
+pub(crate) const FILL_WINDOW: usize = 1000;
 
 /// A relay, the synthetic daemon and a fleet, with live counters.
 struct Rig {
@@ -176,7 +176,7 @@ impl Rig {
     }
 }
 
-fn usage_json(before: Usage, after: Usage, secs: f64) -> Value {
+pub(crate) fn usage_json(before: Usage, after: Usage, secs: f64) -> Value {
     json!({
         "cpu_secs": after.cpu_secs - before.cpu_secs,
         "cpu_percent_of_one_core": (after.cpu_secs - before.cpu_secs) / secs.max(1e-9) * 100.0,
@@ -350,7 +350,7 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) -> Result<()> {
 }
 
 /// Failed calls whose errors a report quotes, so a failure can be traced.
-const FAILURE_SAMPLES: usize = 5;
+pub(crate) const FAILURE_SAMPLES: usize = 5;
 
 /// `restart-storm`: `agents` agents connected; the relay restarts
 /// (SIGTERM, then the same ports and state); time until every agent is
@@ -674,7 +674,7 @@ pub async fn bulk(
 
 /// Downloads `bytes` from `{prefix}bulk` `rounds` times over one kept-alive
 /// connection to `addr`; returns the total time.
-async fn download(
+pub(crate) async fn download(
     addr: std::net::SocketAddr,
     prefix: &str,
     bytes: u64,

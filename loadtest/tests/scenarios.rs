@@ -224,3 +224,45 @@ async fn a_refused_call_is_reported_with_the_relays_message() {
     let (_, said) = err.split_once("HTTP ").unwrap();
     assert!(said.contains("no-such-node"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_spreads_a_fleet_and_gets_it_back_after_a_relay_dies() {
+    let r = tunnelgate_loadtest::cluster::cluster(&setup(TransportChoice::Quic), 3, 60, 2, T)
+        .await
+        .unwrap();
+    assert_eq!(r["sessions_per_relay"].as_array().unwrap().len(), 3, "{r}");
+    let sessions: u64 = r["sessions_per_relay"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(sessions, 120, "two sessions per agent: {r}");
+    assert!(r["all_back_to_two_sessions_s"].as_f64().is_some(), "{r}");
+    assert_eq!(r["most_sessions_any_node_holds_at_end"], 2, "{r}");
+    assert!(r["killed_relay_sessions"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        r["etcd_writes_per_agent_connect"].as_f64().unwrap() >= 2.0,
+        "{r}"
+    );
+    assert!(r["calls_ok"].as_u64().unwrap() > 0, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_hop_is_measured_beside_the_local_path() {
+    let r =
+        tunnelgate_loadtest::cluster::peer_hop(&setup(TransportChoice::Quic), 4 << 20, 1, 50, T)
+            .await
+            .unwrap();
+    for key in [
+        "local_download_gbit_s",
+        "peer_download_gbit_s",
+        "peer_added_p50_us",
+    ] {
+        assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {r}");
+    }
+    assert!(
+        r["relays_cpu_s_per_gb_peer"].as_f64().unwrap() > 0.0,
+        "the hop's CPU is counted: {r}"
+    );
+}

@@ -107,8 +107,9 @@ pub enum AgentEvent {
     Rtt(Duration),
     /// The relay asks the agent to move.
     Drain(Drain),
-    /// The cluster's membership changed.
-    Members(Vec<RelayMember>),
+    /// The cluster's membership changed; moves it causes spread over
+    /// this window (zero: the agent's default).
+    Members(Vec<RelayMember>, Duration),
     /// Time to renew the node certificate: the owner makes a new key and
     /// passes its request to [`AgentControl::renew_cert`].
     RenewDue,
@@ -215,7 +216,10 @@ impl Machine for AgentControl {
             }
             (AgentState::Established, ControlMessage::Members(m)) => {
                 self.last_heard = now;
-                self.events.push_back(AgentEvent::Members(m.members));
+                self.events.push_back(AgentEvent::Members(
+                    m.members,
+                    Duration::from_millis(m.spread_ms),
+                ));
                 Ok(())
             }
             (AgentState::Established, ControlMessage::Drain(d)) => {
@@ -335,13 +339,15 @@ impl RelayControl {
         self
     }
 
-    /// Tells an established agent that the membership changed (before
-    /// the welcome the next welcome carries it).
-    pub fn members_changed(&mut self, members: Vec<RelayMember>) {
+    /// Tells an established agent that the membership changed, and over
+    /// what window agents should spread the moves it causes (before the
+    /// welcome, the welcome carries it).
+    pub fn members_changed(&mut self, members: Vec<RelayMember>, spread: Duration) {
         match self.state {
-            RelayState::Established => self
-                .transmit
-                .push_back(ControlMessage::Members(Members { members })),
+            RelayState::Established => self.transmit.push_back(ControlMessage::Members(Members {
+                members,
+                spread_ms: spread.as_millis() as u64,
+            })),
             RelayState::AwaitHello { .. } => self.members = members,
         }
     }

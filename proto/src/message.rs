@@ -101,6 +101,12 @@ pub struct RelayMember {
 pub struct Members {
     /// Every relay, draining ones included.
     pub members: Vec<RelayMember>,
+    /// An agent that moves because of this change does so at a random
+    /// moment within this window, so the relays it moves to take the
+    /// fleet no faster than their handshake budgets allow; 0: the agent's
+    /// own default.
+    #[serde(default)]
+    pub spread_ms: u64,
 }
 
 /// Why the relay refused a session or enrolment.
@@ -428,7 +434,10 @@ mod tests {
                 draining: false,
             }],
         }));
-        round_trip(ControlMessage::Members(Members { members: vec![] }));
+        round_trip(ControlMessage::Members(Members {
+            members: vec![],
+            spread_ms: 7,
+        }));
         round_trip(StreamReply::Error {
             code: StreamErrorCode::DaemonUnreachable,
             message: "no daemon".into(),

@@ -180,7 +180,7 @@ async fn serve_session(session: Session, ctx: Arc<Context>, cancel: Cancellation
     let Some(subject) = certified else {
         return enrol::enrol(session, control, &ctx).await;
     };
-    match check_node_cert(&ctx.state, &subject) {
+    match check_node_cert(&ctx.state, &subject).await {
         Ok(key) => {
             let span = info_span!("session", tenant = %key.tenant, node_id = %key.node_id);
             control::run(session, control, key, subject, ctx, cancel)
@@ -198,7 +198,7 @@ async fn serve_session(session: Session, ctx: Arc<Context>, cancel: Cancellation
 /// Whether a node certificate presented by an agent may still be used:
 /// its node enrolled, is not revoked, and this is one of its current
 /// certificates. The refusal goes to the agent as it is.
-fn check_node_cert(state: &State, subject: &tls::Subject) -> Result<NodeKey, Refused> {
+async fn check_node_cert(state: &State, subject: &tls::Subject) -> Result<NodeKey, Refused> {
     let refuse = |code, message: String| Refused { code, message };
     let mismatch = |message: String| refuse(RefusalCode::IdentityMismatch, message);
     let (Some(tenant), Some(tls::Role::Node), Ok(node_id)) = (
@@ -212,7 +212,7 @@ fn check_node_cert(state: &State, subject: &tls::Subject) -> Result<NodeKey, Ref
         ));
     };
     let key = NodeKey { tenant, node_id };
-    match state.node_status(&key) {
+    match state.node_status_for(&key, &subject.serial).await {
         NodeStatus::Revoked(at) => Err(refuse(
             RefusalCode::Revoked,
             format!(

@@ -372,6 +372,7 @@ impl Relay {
         tasks.spawn(announce_members(
             registry.clone(),
             sessions.clone(),
+            config.limits.max_agent_handshakes_per_sec,
             hard.clone(),
         ));
         let watched = sessions.clone();
@@ -486,6 +487,7 @@ const WIND_DOWN: Duration = Duration::from_secs(2);
 async fn announce_members(
     registry: Arc<Registry>,
     sessions: Arc<Sessions>,
+    handshakes_per_sec: u32,
     stop: CancellationToken,
 ) {
     let mut changes = registry.membership();
@@ -498,14 +500,20 @@ async fn announce_members(
         tokio::time::sleep(Duration::from_millis(200)).await;
         changes.borrow_and_update();
         let members = registry.agent_view();
+        let entries = sessions.entries();
+        // The agents a change moves are about as many as this relay holds
+        // (a dead relay's agents hold a session here too): spread them
+        // over what a relay's handshake budget lets in.
+        let spread = reconnect_spread(entries.len(), handshakes_per_sec);
         debug!(
             members = members.len(),
-            agents = sessions.len(),
+            agents = entries.len(),
+            ?spread,
             "membership changed; telling agents"
         );
-        for entry in sessions.entries() {
+        for entry in entries {
             let members = members.clone();
-            let cmd: ControlCommand = Box::new(move |m| m.members_changed(members));
+            let cmd: ControlCommand = Box::new(move |m| m.members_changed(members, spread));
             let _ = entry.control.try_send(cmd);
         }
     }

@@ -187,7 +187,9 @@ pub struct State {
     /// blocking pool. They serialize on the state dir's lock anyway; with
     /// a thousand agents enrolling at once, letting them all contend for
     /// it from as many threads made an enrolment storm 2.2x slower than
-    /// doing them one after another. (etcd's writes need no gate.)
+    /// doing them one after another. In etcd every enrolment's
+    /// compare-and-swap on the one join token's record conflicts with the
+    /// others in flight, so there too one at a time goes fastest.
     writes: tokio::sync::Semaphore,
 }
 
@@ -289,6 +291,34 @@ impl State {
         }
     }
 
+    /// Whether `key` may connect with the certificate `serial`, from
+    /// memory, except that in a cluster a node this relay has not heard
+    /// of, or a certificate it has not seen yet, is read from the records
+    /// first: an agent that enrolled or renewed at another relay comes
+    /// here at once, and may beat the watch.
+    pub async fn node_status_for(&self, key: &NodeKey, serial: &str) -> NodeStatus {
+        let cached = self.node_status(key);
+        let known = match &cached {
+            NodeStatus::Enrolled(serials) => serials.iter().any(|s| s == serial),
+            NodeStatus::Revoked(_) => true,
+            NodeStatus::Unknown => false,
+        };
+        if known || !self.records.is_shared() {
+            return cached;
+        }
+        match nodes::load(&self.records, key).await {
+            Ok(Some(record)) => {
+                self.nodes.insert(key.clone(), record);
+                self.node_status(key)
+            }
+            Ok(None) => cached,
+            Err(e) => {
+                tracing::warn!(node = %key, error = %e, "cannot read the node's record; answering from what was read before");
+                cached
+            }
+        }
+    }
+
     /// Makes a join token whose text carries `ca_fingerprint`; returns the
     /// whole text, the only time the secret is ever seen.
     pub async fn create_join_token(
@@ -344,17 +374,15 @@ impl State {
         Ok(())
     }
 
-    /// Runs one write of the relay's own; state-dir writes one at a time.
+    /// Runs one write of the relay's own, one at a time: they serialize
+    /// on the state dir's lock, or on one etcd key (the join token every
+    /// enrolment uses), anyway.
     async fn gated<T>(&self, write: impl std::future::Future<Output = T>) -> T {
-        let _turn = match self.records.is_shared() {
-            true => None,
-            false => Some(
-                self.writes
-                    .acquire()
-                    .await
-                    .expect("the state-dir write gate is never closed"),
-            ),
-        };
+        let _turn = self
+            .writes
+            .acquire()
+            .await
+            .expect("the write gate is never closed");
         write.await
     }
 

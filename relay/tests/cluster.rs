@@ -101,7 +101,7 @@ fn a_call_through_any_relay_reaches_a_node_that_another_relay_holds() {
     .arg("1")
     .spawn()
     .unwrap();
-    let held = wait_holders(&etcd, "far", "one relay holds the node", |h| h.len() == 1);
+    let held = settled_holders(&etcd, "far", 1);
     let ids = ["relay-a", "relay-b", "relay-c"];
     let holder = ids.iter().position(|id| *id == held[0]).unwrap();
     let (a, c) = (&relays[holder], &relays[(holder + 1) % 3]);
@@ -298,9 +298,7 @@ fn routes_outlive_an_etcd_outage_and_a_dead_relays_entries_go_with_its_lease() {
     .spawn()
     .unwrap();
     // `a` holds the node's one session, `c` routes to it.
-    let held = wait_holders(&etcd, "steady", "one relay holds the node", |h| {
-        h.len() == 1
-    });
+    let held = settled_holders(&etcd, "steady", 1);
     let (mut a, c) = match held[0].as_str() {
         "relay-a" => (first, second),
         _ => (second, first),
@@ -414,6 +412,20 @@ fn wait_holders(
     }
 }
 
+/// Waits until `node` has `n` holders and they stayed the same for 3 s:
+/// an agent first welcomed by the relay it was given moves on to the
+/// relays its node id hashes to within a couple of seconds.
+fn settled_holders(etcd: &Etcd, node: &str, n: usize) -> Vec<String> {
+    for _ in 0..10 {
+        let held = wait_holders(etcd, node, "the agent's sessions", |h| h.len() == n);
+        std::thread::sleep(Duration::from_secs(3));
+        if holders(etcd, node) == held {
+            return held;
+        }
+    }
+    panic!("{node}'s sessions never settled on {n} relays");
+}
+
 /// The route header of a call to `node` through `relay`.
 fn route_of(relay: &Relay, node: &str) -> String {
     let (status, head, body) = http_get_full(relay.api, &format!("/nodes/{node}/_ping")).unwrap();
@@ -453,9 +465,7 @@ fn an_agent_on_two_relays_loses_no_call_when_one_is_killed() {
     )
     .spawn_logged(&dir.path().join("agent.log"))
     .unwrap();
-    let held = wait_holders(&etcd, "pair", "the agent holds two sessions", |h| {
-        h.len() == 2
-    });
+    let held = settled_holders(&etcd, "pair", 2);
     let spare = ids
         .iter()
         .position(|id| !held.iter().any(|h| h == id))
@@ -710,7 +720,7 @@ fn a_rolling_restart_of_every_relay_fails_no_short_call() {
     )
     .spawn_logged(&dir.path().join("agent.log"))
     .unwrap();
-    wait_holders(&etcd, "roll", "two sessions", |h| h.len() == 2);
+    settled_holders(&etcd, "roll", 2);
 
     // Long streams through relay c, the last to restart: `logs -f` of a
     // container that prints a numbered line every 50 ms, and `exec -i cat`.

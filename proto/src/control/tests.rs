@@ -242,10 +242,12 @@ fn membership_goes_in_the_welcome_and_changes_follow() {
     assert_ok(p.drive());
     assert!(matches!(&p.agent_events[0],
         AgentEvent::Welcomed(w) if w.members.len() == 2 && w.members[1].relay_id.as_str() == "relay-b"));
-    p.relay.members_changed(vec![member("relay-c")]);
+    p.relay
+        .members_changed(vec![member("relay-c")], Duration::from_secs(6));
     assert_ok(p.drive());
     assert!(matches!(p.agent_events.last(),
-        Some(AgentEvent::Members(m)) if m.len() == 1 && m[0].agent_addr == "relay-c:7443"));
+        Some(AgentEvent::Members(m, spread)) if m.len() == 1 && m[0].agent_addr == "relay-c:7443"
+            && *spread == Duration::from_secs(6)));
 }
 
 #[test]

@@ -34,7 +34,6 @@ use tunnelgate_proto::{NodeId, NodeKey, RelayId, TenantId};
 
 use super::{Location, Member, Mirror};
 
-const PREFIX: &str = "/tunnelgate/v1/";
 const RELAYS: &str = "/tunnelgate/v1/relays/";
 const NODES: &str = "/tunnelgate/v1/nodes/";
 
@@ -258,30 +257,33 @@ impl Etcd {
         }
         // Writes queued before this lease are covered by the claims above.
         while ops.try_recv().is_ok() {}
-        let listed = client
-            .get(PREFIX, Some(GetOptions::new().with_prefix()))
+        // Members and locations only: the records under the same root have
+        // a watch of their own (the state's), and would be sent twice.
+        let relays = client
+            .get(RELAYS, Some(GetOptions::new().with_prefix()))
             .await?;
-        let revision = listed.header().map_or(0, |h| h.revision());
+        let nodes = client
+            .get(NODES, Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision_of = |r: &etcd_client::GetResponse| r.header().map_or(0, |h| h.revision());
+        let revision = revision_of(&relays).max(revision_of(&nodes));
         {
             let mut mirror = self.mirror.write().unwrap_or_else(|p| p.into_inner());
             mirror.clear();
-            for kv in listed.kvs() {
+            for kv in relays.kvs().iter().chain(nodes.kvs()) {
                 if let (Ok(k), Ok(v)) = (kv.key_str(), kv.value_str()) {
                     apply(&mut mirror, k, Some(v));
                 }
             }
             mirror.mark_synced();
         }
-        let mut watch = client
-            .watch(
-                PREFIX,
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision + 1),
-                ),
-            )
-            .await?;
+        let from = |r: &etcd_client::GetResponse| {
+            WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(revision_of(r) + 1)
+        };
+        let mut watch = client.watch(RELAYS, Some(from(&relays))).await?;
+        watch.watch(NODES, Some(from(&nodes))).await?;
         info!(relay_id = %self.relay_id(), lease, revision, "registered in etcd");
         let mut tick = tokio::time::interval(self.lease_ttl / 3);
         loop {
