@@ -142,8 +142,9 @@ pub enum AgentError {
 
 impl AgentError {
     /// Whether retrying cannot help (bad token, unusable state dir, ...).
-    /// Whether the relay could not be reached at all (nothing answered,
-    /// or no handshake completed): another relay may do better.
+    /// Whether nothing answered at the relay's address: another relay
+    /// may do better. A relay that answered and refused (its handshake
+    /// budget is spent, say) is alive and worth trying again.
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
@@ -151,9 +152,7 @@ impl AgentError {
                 | Self::NoAddress(_)
                 | Self::QuicDial { .. }
                 | Self::QuicSilent { .. }
-                | Self::QuicHandshake { .. }
-                | Self::TcpConnect { .. }
-        )
+        ) || matches!(self, Self::TcpConnect { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused)
     }
 
     pub fn is_fatal(&self) -> bool {

@@ -125,8 +125,12 @@ async fn run_slot(
             if let Some(t) = relays.target(slot) {
                 break t;
             }
+            // Nothing to hold now (fewer live relays than slots): wait for
+            // news, and look again now and then, as relays passed over
+            // for being out of reach are tried again after a while.
             tokio::select! {
                 _ = changes.changed() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => relays.refresh(),
                 () = cancel.cancelled() => return Ok(()),
             }
         };

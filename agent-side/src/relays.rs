@@ -190,6 +190,16 @@ impl Relays {
         self.lock().spread
     }
 
+    /// Chooses again, now that some relays passed over may be back.
+    pub fn refresh(&self) {
+        let mut inner = self.lock();
+        let before = inner.down.len();
+        inner.down.retain(|_, at| at.elapsed() < DOWN_FOR);
+        if inner.down.len() != before {
+            self.reassign(&mut inner);
+        }
+    }
+
     /// `relay_id` could not be reached: pass it over for a while.
     pub fn unreachable(&self, relay_id: &RelayId) {
         let mut inner = self.lock();
