@@ -199,16 +199,13 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + rand::random::<f64>() / 2.0)
 }
 
-/// Resolves once the relay welcomed `slot`'s session and the membership
-/// gives the slot another relay: (the one it holds, the one to go to).
-async fn reassigned_from_held(relays: &Relays, slot: usize) -> (RelayId, Target) {
+/// Resolves with the first answer `check` gives, asking again at every
+/// change of the membership or of what the slots hold.
+async fn when<T>(relays: &Relays, check: impl Fn(&Relays) -> Option<T>) -> T {
     let mut changes = relays.subscribe();
     loop {
-        let held = relays.holding().get(slot).cloned().flatten();
-        if let (Some(held), Some(t)) = (held, relays.target(slot)) {
-            if t.relay_id.as_ref().is_some_and(|id| *id != held) {
-                return (held, t);
-            }
+        if let Some(answer) = check(relays) {
+            return answer;
         }
         if changes.changed().await.is_err() {
             return std::future::pending().await;
@@ -216,19 +213,27 @@ async fn reassigned_from_held(relays: &Relays, slot: usize) -> (RelayId, Target)
     }
 }
 
+/// Resolves once the relay welcomed `slot`'s session and the membership
+/// gives the slot another relay: (the one it holds, the one to go to).
+async fn reassigned_from_held(relays: &Relays, slot: usize) -> (RelayId, Target) {
+    when(relays, |r| {
+        let held = r.holding().get(slot).cloned().flatten()?;
+        let t = r.target(slot)?;
+        t.relay_id
+            .as_ref()
+            .is_some_and(|id| *id != held)
+            .then_some((held, t))
+    })
+    .await
+}
+
 /// Resolves once the membership gives `slot` a relay other than `held`.
 async fn reassigned(relays: &Relays, slot: usize, held: Option<RelayId>) -> Target {
-    let mut changes = relays.subscribe();
-    loop {
-        if let Some(t) = relays.target(slot) {
-            if t.relay_id.is_some() && t.relay_id != held {
-                return t;
-            }
-        }
-        if changes.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
+    when(relays, |r| {
+        let t = r.target(slot)?;
+        (t.relay_id.is_some() && t.relay_id != held).then_some(t)
+    })
+    .await
 }
 
 /// Leaves the old session open this long after its last call ended, for a
