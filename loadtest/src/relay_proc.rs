@@ -53,27 +53,12 @@ impl RelayProc {
     /// Starts `bin serve` on ephemeral loopback ports, with `extra_args`
     /// (e.g. `--heartbeat-interval 15s`) after the load tester's own.
     pub fn start(bin: &Path, extra_args: &[String]) -> Result<Self> {
-        let state = tempfile::tempdir()?;
-        let (child, [api, agents, metrics]) = spawn(
-            bin,
-            state.path(),
-            ["127.0.0.1:0"; 3].map(String::from),
-            extra_args,
-        )?;
-        Ok(Self {
-            child,
-            api,
-            agents,
-            metrics,
-            state,
-            bin: bin.to_owned(),
-            extra_args: extra_args.to_vec(),
-        })
+        Self::start_in_cluster(bin, extra_args, None)
     }
 
-    /// Starts a relay of a cluster: `extra_args` hold its `--registry` and
-    /// `--relay-id`; `ca_from` is a relay whose installation CA it shares
-    /// (none: it makes the CA the others then share).
+    /// Starts a relay whose state dir holds the installation CA of
+    /// `ca_from` (none: it makes its own, which others may then share); in
+    /// a cluster `extra_args` hold its `--registry` and `--relay-id`.
     pub fn start_in_cluster(
         bin: &Path,
         extra_args: &[String],

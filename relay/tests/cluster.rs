@@ -26,20 +26,23 @@ fn cluster_relay(etcd: &Etcd, state: &Path, id: &str) -> Relay {
 }
 
 fn cluster_relay_with_lease(etcd: &Etcd, state: &Path, id: &str, lease: &str) -> Relay {
-    Relay::start_with(
-        state,
-        &[
-            "--registry",
-            &etcd.registry(),
-            "--relay-id",
-            id,
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--registry-lease-ttl",
-            lease,
-        ],
-    )
-    .unwrap_or_else(|e| panic!("relay {id} does not start: {e:#}"))
+    cluster_relay_with(etcd, state, id, lease, &[])
+}
+
+fn cluster_relay_with(etcd: &Etcd, state: &Path, id: &str, lease: &str, extra: &[&str]) -> Relay {
+    let registry = etcd.registry();
+    let mut args = vec![
+        "--registry",
+        &registry,
+        "--relay-id",
+        id,
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--registry-lease-ttl",
+        lease,
+    ];
+    args.extend_from_slice(extra);
+    Relay::start_with(state, &args).unwrap_or_else(|e| panic!("relay {id} does not start: {e:#}"))
 }
 
 /// Gives the relay whose state dir is `to` the installation CA of `from`,
@@ -548,23 +551,13 @@ fn an_agent_on_two_relays_loses_no_call_when_one_is_killed() {
 }
 
 fn secure_cluster_relay(etcd: &Etcd, state: &Path, id: &str) -> Relay {
-    Relay::start_with(
+    cluster_relay_with(
+        etcd,
         state,
-        &[
-            "--registry",
-            &etcd.registry(),
-            "--relay-id",
-            id,
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--registry-lease-ttl",
-            "2s",
-            "--api-tls",
-            "--api-auth",
-            "required",
-        ],
+        id,
+        "2s",
+        &["--api-tls", "--api-auth", "required"],
     )
-    .unwrap_or_else(|e| panic!("relay {id} does not start: {e:#}"))
 }
 
 #[test]

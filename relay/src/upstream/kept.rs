@@ -21,9 +21,14 @@ pub(super) enum Carrier {
     Peer(RelayId),
 }
 
+/// The body a call sends: the client's, streamed, or a small one read in
+/// full so the call can go again on another route.
+pub type CallBody =
+    http_body_util::Either<hyper::body::Incoming, http_body_util::Full<bytes::Bytes>>;
+
 /// The HTTP/1.1 client end of one stream to a node, with its byte counts.
 pub(super) struct NodeConn {
-    pub(super) sender: hyper::client::conn::http1::SendRequest<super::tunnel::CallBody>,
+    pub(super) sender: hyper::client::conn::http1::SendRequest<CallBody>,
     pub(super) bytes: Arc<StreamBytes>,
 }
 

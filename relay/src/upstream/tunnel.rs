@@ -17,7 +17,7 @@ use tunnelgate_proto::{NodeId, NodeKey, ProtocolVersion};
 use tunnelgate_session::Stream;
 
 use super::io::CallStream;
-use super::kept::{Carrier, KeptStream, NodeConn};
+use super::kept::{CallBody, Carrier, KeptStream, NodeConn};
 use super::peer::Peers;
 use super::reply::{find_setup_error, ReplyFirst};
 use super::Target;
@@ -53,10 +53,6 @@ impl Via {
         }
     }
 }
-
-/// The body the tunnel sends: the client's, streamed, or a small one
-/// read in full so the call can go again on another route.
-pub type CallBody = Either<Incoming, Full<Bytes>>;
 
 /// Bodies up to this size are read before the call goes out, so a call
 /// that fails before reaching the daemon can be sent again elsewhere.
