@@ -25,11 +25,13 @@ pub enum TransportChoice {
     Tcp,
 }
 
-/// Flags (and their environment variables) of `tunnelgate-agent`.
-#[derive(clap::Parser, Debug, Default, Clone)]
+/// The `tunnelgate-agent` command line: run the agent, or one of its
+/// commands.
+#[derive(clap::Parser, Debug)]
 #[command(
     name = "tunnelgate-agent",
     version,
+    args_conflicts_with_subcommands = true,
     about = "Connects this host's Docker daemon to a tunnelgate relay, dialling out only.",
     long_about = "Connects this host's Docker daemon to a tunnelgate relay, dialling out only: \
 no inbound port is opened on this host.\n\n\
@@ -37,6 +39,47 @@ First start: pass --token (from `tunnelgate-relay token create`); the agent enro
 node certificate in --state-dir and needs no token afterwards. It reconnects by itself after any \
 loss, forever, and keeps running while the Docker daemon is down (calls then fail with 502)."
 )]
+pub struct Cli {
+    /// A command instead of running the agent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The agent's settings.
+    #[command(flatten)]
+    pub run: AgentArgs,
+}
+
+/// The agent's commands.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Get a server certificate for this host's Docker daemon from the
+    /// relay (the key is made here and never sent) and write dockerd's TLS
+    /// files, so relays that can reach the daemon's port go there directly
+    /// over mutual TLS; prints the dockerd flags to use.
+    DockerTls(DockerTlsArgs),
+}
+
+/// `tunnelgate-agent docker-tls`.
+#[derive(clap::Args, Debug)]
+pub struct DockerTlsArgs {
+    /// Where to write ca.pem, server-cert.pem and server-key.pem.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// A DNS name relays reach the daemon by; repeatable.
+    #[arg(long = "name", value_name = "DNS")]
+    pub names: Vec<String>,
+    /// An IP address relays reach the daemon by; repeatable.
+    #[arg(long = "ip", value_name = "ADDR")]
+    pub ips: Vec<std::net::IpAddr>,
+    /// The port dockerd listens on with TLS.
+    #[arg(long, default_value_t = 2376, value_name = "PORT")]
+    pub port: u16,
+    /// How to reach the relay and who this node is (as for running the agent).
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// Flags (and their environment variables) of `tunnelgate-agent`.
+#[derive(clap::Args, Debug, Default, Clone)]
 pub struct AgentArgs {
     /// A TOML file with any of the settings below (flags and environment win).
     #[arg(long, env = "TUNNELGATE_AGENT_CONFIG", value_name = "FILE")]
@@ -96,6 +139,23 @@ pub struct AgentArgs {
     /// here on the host [default: full].
     #[arg(long, env = "TUNNELGATE_POLICY", value_name = "PROFILE|FILE")]
     pub policy: Option<String>,
+    /// Where relays may reach this host's Docker daemon directly over
+    /// mutual TLS, tcp://HOST:PORT; repeatable. Relays that can reach it
+    /// carry calls there and use the tunnel otherwise. Only with
+    /// `--policy full`, since the direct path bypasses the agent
+    /// [default: the endpoints `docker-tls` wrote to --daemon-tls, else none].
+    #[arg(
+        long = "direct-endpoint",
+        env = "TUNNELGATE_DIRECT_ENDPOINT",
+        value_delimiter = ',',
+        value_name = "tcp://HOST:PORT"
+    )]
+    pub direct_endpoints: Vec<String>,
+    /// The directory `tunnelgate-agent docker-tls --out` wrote the daemon's
+    /// TLS files to: the agent renews the certificate there before it
+    /// expires and tells you when to restart dockerd.
+    #[arg(long, env = "TUNNELGATE_DAEMON_TLS", value_name = "DIR")]
+    pub daemon_tls: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +172,8 @@ struct FileConfig {
     daemon_probe_interval: Option<String>,
     labels: Option<BTreeMap<String, String>>,
     policy: Option<String>,
+    direct_endpoints: Option<Vec<String>>,
+    daemon_tls: Option<PathBuf>,
 }
 
 /// `relay = "host:port"` or `relay = ["a:7443", "b:7443"]`.
@@ -150,6 +212,10 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// What the relay may ask of the daemon.
     pub policy: Policy,
+    /// Where relays may reach the daemon directly, `tcp://HOST:PORT`.
+    pub direct_endpoints: Vec<String>,
+    /// The daemon's TLS files, renewed by the agent.
+    pub daemon_tls: Option<PathBuf>,
     /// A QUIC endpoint to dial from, for a process that runs many agents
     /// (the load tester): sessions share its one UDP socket. `None` opens a
     /// socket per dial, as a lone agent wants.
@@ -277,7 +343,31 @@ impl AgentConfig {
                 .ok_or_else(|| invalid("label", format!("{l:?} is not KEY=VALUE")))?;
             labels.insert(k.to_owned(), v.to_owned());
         }
+        let daemon_tls = args.daemon_tls.or(file.daemon_tls);
+        let mut direct_endpoints = match args.direct_endpoints {
+            flags if !flags.is_empty() => flags,
+            _ => file.direct_endpoints.unwrap_or_default(),
+        };
+        if direct_endpoints.is_empty() {
+            if let Some(dir) = &daemon_tls {
+                direct_endpoints = crate::daemon_tls::written_endpoints(dir);
+            }
+        }
+        for e in &direct_endpoints {
+            let ok = e
+                .strip_prefix("tcp://")
+                .and_then(|hp| hp.trim_end_matches('/').rsplit_once(':'))
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(invalid(
+                    "direct_endpoint",
+                    format!("{e:?} is not tcp://HOST:PORT, e.g. tcp://10.0.0.5:2376"),
+                ));
+            }
+        }
         Ok(Self {
+            direct_endpoints,
+            daemon_tls,
             relays,
             relay_sessions,
             token: args.token.or(file.token),

@@ -88,15 +88,17 @@ impl DockerEndpoint {
             })?
     }
 
-    /// Asks the daemon for its version; the answer must look like Docker's.
+    /// Asks the daemon for its version and ID; the answers must look
+    /// like Docker's.
     pub async fn probe(&self) -> DockerFacts {
-        match tokio::time::timeout(Duration::from_secs(10), self.version()).await {
-            Ok(Ok(v)) => DockerFacts {
+        match tokio::time::timeout(Duration::from_secs(10), self.facts()).await {
+            Ok(Ok((v, info))) => DockerFacts {
                 reachable: true,
                 version: Some(v.version),
                 api_version: Some(v.api_version),
                 platform: Some(format!("{}/{}", v.os, v.arch)),
                 error: None,
+                id: Some(info.id),
             },
             Ok(Err(e)) => DockerFacts {
                 reachable: false,
@@ -111,36 +113,53 @@ impl DockerEndpoint {
         }
     }
 
-    async fn version(&self) -> Result<Version, String> {
+    async fn facts(&self) -> Result<(Version, Info), String> {
         let io = self.connect().await.map_err(|e| e.to_string())?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
                 .await
                 .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = http::Request::get("/version")
-            .header("host", "docker")
-            .body(Empty::new())
-            .expect("static request is valid");
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("not a Docker daemon: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!(
-                "not a Docker daemon: GET /version answered {}",
-                resp.status()
-            ));
-        }
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        serde_json::from_slice(&body)
-            .map_err(|e| format!("not a Docker daemon: /version is not Docker's: {e}"))
+        let version = get_json(&mut sender, "/version").await?;
+        let info = get_json(&mut sender, "/info").await?;
+        Ok((version, info))
     }
+}
+
+/// `GET path` on a daemon connection, its JSON answer read as `T`.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> Result<T, String> {
+    let req = http::Request::get(path)
+        .header("host", "docker")
+        .body(Empty::new())
+        .expect("static request is valid");
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("not a Docker daemon: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "not a Docker daemon: GET {path} answered {}",
+            resp.status()
+        ));
+    }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    serde_json::from_slice(&body)
+        .map_err(|e| format!("not a Docker daemon: {path} is not Docker's: {e}"))
+}
+
+/// The part of `GET /info` the agent reports.
+#[derive(Deserialize)]
+struct Info {
+    #[serde(rename = "ID")]
+    id: String,
 }
 
 #[derive(Deserialize)]

@@ -57,6 +57,12 @@ pub enum AgentError {
     /// The relay refused the enrolment (bad, expired or used-up token, ...).
     #[error("enrolment refused: {0}")]
     EnrolRefused(String),
+    /// The relay refused to sign a daemon certificate (names it cannot certify, ...).
+    #[error("daemon certificate refused: {0}")]
+    DaemonCertRefused(String),
+    /// A daemon certificate could not be had.
+    #[error("no daemon certificate: {0}")]
+    DaemonCert(String),
     /// A key or certificate request could not be made.
     #[error("cannot make a key or certificate request: {0}")]
     Key(#[from] rcgen::Error),
@@ -166,6 +172,7 @@ impl AgentError {
                 | Self::NoToken(_)
                 | Self::MalformedToken
                 | Self::EnrolRefused(_)
+                | Self::DaemonCertRefused(_)
                 | Self::Key(_)
                 | Self::Tls(_)
                 | Self::QuicConfig(_)

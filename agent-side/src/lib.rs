@@ -14,6 +14,7 @@
 //! relay chooses what to ask, never where the agent connects to Docker.
 
 pub mod config;
+pub mod daemon_tls;
 pub mod docker;
 pub mod error;
 pub mod identity;
@@ -75,6 +76,12 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
         config.relay_sessions,
     ));
     let stop = cancel.child_token();
+    if !config.direct_endpoints.is_empty() && !config.policy.is_full() {
+        warn!(policy = %config.policy.name, "not advertising --direct-endpoint: calls straight to the daemon would bypass the policy, so they all go through this agent");
+    }
+    if let Some(dir) = config.daemon_tls.clone() {
+        tokio::spawn(daemon_tls::keep_renewed(config.clone(), dir, stop.clone()));
+    }
     let mut slots = JoinSet::new();
     // Slot 0 alone first: it enrols if need be, and its welcome brings
     // the membership the other slots choose from.
@@ -507,7 +514,13 @@ async fn run_session(
         hostname: config.hostname.clone(),
         docker: facts.clone(),
         labels: config.labels.clone(),
-        direct_endpoint: None,
+        // The direct path would bypass a policy, so a restricted node
+        // never offers it.
+        direct_endpoints: match config.policy.is_full() {
+            true => config.direct_endpoints.clone(),
+            false => Vec::new(),
+        },
+        policy: config.policy.name.clone(),
     };
     let mut machine = AgentControl::new(hello, Instant::now());
     let (tx, rx) = mpsc::channel(8);

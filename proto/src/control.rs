@@ -17,8 +17,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::message::{
-    CertRenewed, ControlMessage, DockerFacts, Drain, Heartbeat, HeartbeatAck, Hello, Members,
-    NodeUpdate, RefusalCode, Refused, RelayMember, RenewCert, Welcome,
+    CertRenewed, ControlMessage, DaemonCertSigned, DockerFacts, Drain, Heartbeat, HeartbeatAck,
+    Hello, Members, NodeUpdate, RefusalCode, Refused, RelayMember, RenewCert, SignDaemonCert,
+    Welcome,
 };
 use crate::version::IncompatibleVersion;
 use crate::{NodeId, ProtocolVersion, RelayId};
@@ -94,6 +95,8 @@ fn kind(msg: &ControlMessage) -> &'static str {
         ControlMessage::Members(_) => "members",
         ControlMessage::RenewCert(_) => "renew_cert",
         ControlMessage::CertRenewed(_) => "cert_renewed",
+        ControlMessage::SignDaemonCert(_) => "sign_daemon_cert",
+        ControlMessage::DaemonCertSigned(_) => "daemon_cert_signed",
         ControlMessage::Unknown => "unknown",
     }
 }
@@ -292,12 +295,23 @@ pub enum RelayEvent {
     /// The agent asks for a fresh certificate for this PEM request; answer
     /// with [`RelayControl::cert_renewed`].
     RenewRequested(String),
+    /// The agent asks for its daemon's server certificate; answer with
+    /// [`RelayControl::daemon_cert_signed`] or [`RelayControl::fail`].
+    DaemonCertRequested(SignDaemonCert),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RelayState {
-    AwaitHello { deadline: Instant },
+    AwaitHello {
+        deadline: Instant,
+    },
     Established,
+    /// A connection made only to ask for a daemon certificate: no
+    /// session, no heartbeats; it ends when the agent closes it or at
+    /// the deadline.
+    Errand {
+        deadline: Instant,
+    },
 }
 
 /// The relay's end of the control stream of an agent whose certificate
@@ -348,7 +362,7 @@ impl RelayControl {
                 members,
                 spread_ms: spread.as_millis() as u64,
             })),
-            RelayState::AwaitHello { .. } => self.members = members,
+            RelayState::AwaitHello { .. } | RelayState::Errand { .. } => self.members = members,
         }
     }
 
@@ -366,6 +380,20 @@ impl RelayControl {
                 cert_pem,
                 renew_in_ms: Some(renew_in.as_millis() as u64),
             }));
+    }
+
+    /// Sends a daemon certificate signed after
+    /// [`RelayEvent::DaemonCertRequested`].
+    pub fn daemon_cert_signed(&mut self, signed: DaemonCertSigned) {
+        self.transmit
+            .push_back(ControlMessage::DaemonCertSigned(signed));
+    }
+
+    /// Answers a request the relay could not serve, with a sentence for
+    /// the agent's operator; the session itself goes on.
+    pub fn fail(&mut self, code: RefusalCode, message: String) {
+        self.transmit
+            .push_back(ControlMessage::Refused(Refused { code, message }));
     }
 
     /// Asks the agent to move elsewhere within `grace`, reconnecting at a
@@ -445,6 +473,16 @@ impl Machine for RelayControl {
                 self.events.push_back(RelayEvent::RenewRequested(r.csr_pem));
                 Ok(())
             }
+            (RelayState::AwaitHello { deadline }, ControlMessage::SignDaemonCert(r)) => {
+                self.state = RelayState::Errand { deadline };
+                self.events.push_back(RelayEvent::DaemonCertRequested(r));
+                Ok(())
+            }
+            (RelayState::Established, ControlMessage::SignDaemonCert(r)) => {
+                self.last_heard = now;
+                self.events.push_back(RelayEvent::DaemonCertRequested(r));
+                Ok(())
+            }
             (_, other) => {
                 let err = ControlError::Unexpected(kind(&other));
                 self.refuse(RefusalCode::ProtocolViolation, err)
@@ -454,10 +492,12 @@ impl Machine for RelayControl {
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), ControlError> {
         match self.state {
-            RelayState::AwaitHello { deadline } if now >= deadline => {
+            RelayState::AwaitHello { deadline } | RelayState::Errand { deadline }
+                if now >= deadline =>
+            {
                 Err(ControlError::PeerSilent(HANDSHAKE_TIMEOUT))
             }
-            RelayState::AwaitHello { .. } => Ok(()),
+            RelayState::AwaitHello { .. } | RelayState::Errand { .. } => Ok(()),
             RelayState::Established => {
                 let silent = now.saturating_duration_since(self.last_heard);
                 if silent >= self.interval * MISSED_HEARTBEATS {
@@ -479,7 +519,7 @@ impl Machine for RelayControl {
 
     fn poll_timeout(&self) -> Option<Instant> {
         Some(match self.state {
-            RelayState::AwaitHello { deadline } => deadline,
+            RelayState::AwaitHello { deadline } | RelayState::Errand { deadline } => deadline,
             RelayState::Established => self.last_heard + self.interval * MISSED_HEARTBEATS,
         })
     }

@@ -39,6 +39,9 @@ pub struct DockerFacts {
     pub platform: Option<String>,
     /// Why the daemon is unreachable, when it is.
     pub error: Option<String>,
+    /// The daemon's ID (`docker info`'s `ID`): a relay going straight to
+    /// the node's daemon port uses it only if the daemon there says the same.
+    pub id: Option<String>,
 }
 
 /// First message from an agent with a node certificate.
@@ -60,9 +63,15 @@ pub struct Hello {
     /// Operator-chosen labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Where the node's own Docker port may be reached directly, if anywhere.
+    /// Where the node's own Docker port may be reached directly over
+    /// mutual TLS, `tcp://HOST:PORT`; empty when nowhere.
     #[serde(default)]
-    pub direct_endpoint: Option<String>,
+    pub direct_endpoints: Vec<String>,
+    /// The agent's policy (`full`, `read-only` or a file's name); a relay
+    /// goes straight to the daemon only for `full`, since the direct path
+    /// bypasses the agent's checks. Empty from agents before the direct path.
+    #[serde(default)]
+    pub policy: String,
 }
 
 /// The relay's answer to a [`Hello`] it accepts.
@@ -232,6 +241,35 @@ pub struct CertRenewed {
     pub renew_in_ms: Option<u64>,
 }
 
+/// Agent → relay, as the first message of a connection made for this
+/// alone or on an established session: sign a server certificate for
+/// this node's Docker daemon, for the key in `csr_pem`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignDaemonCert {
+    /// A PEM certificate signing request for the daemon's key, made on
+    /// the host (names in the request are ignored).
+    pub csr_pem: String,
+    /// DNS names the daemon is reached by.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// IP addresses the daemon is reached by.
+    #[serde(default)]
+    pub ip_addresses: Vec<String>,
+}
+
+/// Relay → agent, answering a [`SignDaemonCert`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonCertSigned {
+    /// The daemon's server certificate, PEM.
+    pub cert_pem: String,
+    /// The CA the daemon must verify clients with (`--tlscacert`): it
+    /// signs relays' direct-path certificates and nothing else.
+    pub client_ca_pem: String,
+    /// When to renew, counted from this message.
+    #[serde(default)]
+    pub renew_in_ms: Option<u64>,
+}
+
 /// Everything that travels on the control stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -249,6 +287,8 @@ pub enum ControlMessage {
     Members(Members),
     RenewCert(RenewCert),
     CertRenewed(CertRenewed),
+    SignDaemonCert(SignDaemonCert),
+    DaemonCertSigned(DaemonCertSigned),
     /// A message type from a newer minor version; receivers ignore it.
     #[serde(other)]
     Unknown,
@@ -470,7 +510,8 @@ mod tests {
                 hostname,
                 docker,
                 labels,
-                direct_endpoint: None,
+                direct_endpoints: vec!["tcp://10.0.0.5:2376".into()],
+                policy: "full".into(),
             }));
         }
 

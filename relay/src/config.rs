@@ -73,8 +73,32 @@ pub struct ServeArgs {
     /// after two thirds of it [default: 7d].
     #[arg(long, env = "TUNNELGATE_NODE_CERT_TTL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub node_cert_ttl: Option<Duration>,
+    /// `prefer`: carry calls straight to a node's own daemon port over
+    /// mutual TLS wherever the node advertises one and this relay's probe
+    /// of it holds, else through the tunnel; `never`: always the tunnel
+    /// [default: prefer].
+    #[arg(long, env = "TUNNELGATE_DIRECT", value_enum, value_name = "MODE")]
+    pub direct: Option<DirectMode>,
+    /// How often to probe each daemon endpoint that nodes advertise
+    /// [default: 30s].
+    #[arg(long, env = "TUNNELGATE_DIRECT_PROBE_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub direct_probe_interval: Option<Duration>,
+    /// Lifetime of the daemon server certificates agents get with
+    /// `tunnelgate-agent docker-tls` [default: 90d].
+    #[arg(long, env = "TUNNELGATE_DAEMON_CERT_TTL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub daemon_cert_ttl: Option<Duration>,
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// Whether the relay may go straight to nodes' daemons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectMode {
+    /// Go direct wherever a probe holds, else through the tunnel.
+    Prefer,
+    /// Always through the tunnel; no probes.
+    Never,
 }
 
 /// Whether the API asks for credentials.
@@ -138,6 +162,9 @@ struct FileConfig {
     api_tls: Option<bool>,
     api_auth: Option<ApiAuth>,
     node_cert_ttl: Option<String>,
+    direct: Option<DirectMode>,
+    direct_probe_interval: Option<String>,
+    daemon_cert_ttl: Option<String>,
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
     header_read_timeout: Option<String>,
@@ -177,6 +204,12 @@ pub struct Config {
     pub api_auth: ApiAuth,
     /// Lifetime of node certificates.
     pub node_cert_ttl: Duration,
+    /// Whether calls may go straight to nodes' daemons.
+    pub direct: DirectMode,
+    /// How often each advertised daemon endpoint is probed.
+    pub direct_probe_interval: Duration,
+    /// Lifetime of daemon server certificates.
+    pub daemon_cert_ttl: Duration,
     /// Protection limits.
     pub limits: Limits,
 }
@@ -279,6 +312,9 @@ impl Default for Config {
             api_tls: false,
             api_auth: ApiAuth::LoopbackOpen,
             node_cert_ttl: Duration::from_secs(7 * 24 * 3600),
+            direct: DirectMode::Prefer,
+            direct_probe_interval: Duration::from_secs(30),
+            daemon_cert_ttl: Duration::from_secs(90 * 24 * 3600),
             limits: Limits::default(),
         }
     }
@@ -379,6 +415,18 @@ impl Config {
                 .node_cert_ttl
                 .or(file_duration("node_cert_ttl", file.node_cert_ttl)?)
                 .unwrap_or(d.node_cert_ttl),
+            direct: args.direct.or(file.direct).unwrap_or(d.direct),
+            direct_probe_interval: args
+                .direct_probe_interval
+                .or(file_duration(
+                    "direct_probe_interval",
+                    file.direct_probe_interval,
+                )?)
+                .unwrap_or(d.direct_probe_interval),
+            daemon_cert_ttl: args
+                .daemon_cert_ttl
+                .or(file_duration("daemon_cert_ttl", file.daemon_cert_ttl)?)
+                .unwrap_or(d.daemon_cert_ttl),
             limits,
             agent_listen: args
                 .agent_listen
@@ -424,6 +472,19 @@ impl Config {
                     "{} is more than the {most} calls an agent accepts at once over QUIC; use {most} or less",
                     self.limits.max_streams_per_node
                 ),
+            });
+        }
+        if self.direct_probe_interval < Duration::from_millis(200) {
+            return Err(ConfigError::Invalid {
+                key: "direct_probe_interval",
+                reason: "must be at least 200ms; each probe is a TLS handshake with the daemon"
+                    .into(),
+            });
+        }
+        if self.daemon_cert_ttl < Duration::from_secs(60) {
+            return Err(ConfigError::Invalid {
+                key: "daemon_cert_ttl",
+                reason: "must be at least 60s".into(),
             });
         }
         if self.heartbeat_interval < Duration::from_millis(100) {

@@ -228,6 +228,17 @@ pub enum CallError {
         source: tunnelgate_session::SessionError,
     },
     /// 101 to a request that did not ask to upgrade.
+    /// The node's daemon port could not be used for this call; nothing
+    /// was sent.
+    #[error("node {node}: the direct path to {endpoint} failed: {reason}")]
+    DirectFailed {
+        /// The node.
+        node: NodeId,
+        /// The endpoint it advertised.
+        endpoint: String,
+        /// What failed.
+        reason: String,
+    },
     #[error("the daemon switched protocols on a request that did not ask to upgrade")]
     UnaskedUpgrade,
     /// A call carried by a peer relay failed there.
@@ -266,7 +277,9 @@ impl CallError {
             | Self::Setup { .. }
             | Self::NotSent { .. }
             | Self::NoAnswer { .. } => ErrorSource::Agent,
-            Self::DaemonUnreachable { .. } | Self::UnaskedUpgrade => ErrorSource::Daemon,
+            Self::DaemonUnreachable { .. } | Self::UnaskedUpgrade | Self::DirectFailed { .. } => {
+                ErrorSource::Daemon
+            }
             Self::PeerUnreachable { .. } | Self::PeerFailed { .. } => ErrorSource::Peer,
             Self::ThroughPeer { source, .. } => source.source_side(),
             Self::Http(_) => ErrorSource::Internal,
@@ -283,6 +296,7 @@ impl CallError {
             | Self::DaemonUnreachable { .. }
             | Self::PeerUnreachable { .. }
             | Self::PeerFailed { .. }
+            | Self::DirectFailed { .. }
             | Self::NotSent { .. } => true,
             // The agent answers before it lets a byte through: a refusal
             // or a stream closed unanswered means nothing went on.

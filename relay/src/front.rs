@@ -41,7 +41,7 @@ use crate::respond::Body;
 use crate::router::Router;
 use crate::sessions::Sessions;
 use crate::state::State;
-use crate::upstream::{KeptStream, Tunnel};
+use crate::upstream::{Direct, KeptStream, Tunnel};
 use routes::{check_path, Route};
 
 /// What the front works with.
@@ -57,6 +57,8 @@ pub struct Front {
     pub router: Router,
     /// How calls over a session are carried.
     pub tunnel: Tunnel,
+    /// The direct path's probe findings, for the node list.
+    pub direct: Arc<Direct>,
     /// Request counts and durations.
     pub metrics: Arc<Metrics>,
     /// Calls in flight per node and tenant.

@@ -5,9 +5,18 @@
 //! revocations), and enrolment is the agent listener's.
 //!
 //! Certificates name their holder in the subject: CN is the node id or
-//! client name, O the tenant, OU the role (`node` or `client`), so a node
-//! certificate never opens the control-plane API and a client certificate
-//! never serves as an agent.
+//! client name, O the tenant, OU the role (`node`, `client`, `relay`,
+//! `daemon`), so a node certificate never opens the control-plane API and
+//! a client certificate never serves as an agent.
+//!
+//! The direct path has a CA of its own: a node's daemon is told to trust
+//! only it, and it signs nothing but relays' direct-path client
+//! certificates, so no node, client or foreign certificate can call a
+//! daemon directly. Its key is derived from the installation CA's key
+//! (an HMAC under a fixed label) and its certificate is deterministic, so
+//! every relay given the same CA files has the very same direct-path CA
+//! without another file to copy, and the CA's key cannot be got back from
+//! it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use tunnelgate_proto::{NodeId, RelayId, TenantId};
 use tunnelgate_session::tls::{self, Identity, Role};
@@ -38,6 +47,9 @@ pub enum IdentityError {
     /// A certificate could not be made or parsed.
     #[error("certificate: {0}")]
     Cert(#[from] rcgen::Error),
+    /// A daemon certificate was asked for names that cannot be certified.
+    #[error("{0}")]
+    BadDaemonNames(String),
     /// A file in the state dir is corrupt.
     #[error("{path} is corrupt ({reason}); restore it from backup or remove it to start afresh")]
     Corrupt {
@@ -57,6 +69,8 @@ pub struct Authority {
     ca_pem: String,
     ca_der: rustls::pki_types::CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
+    direct_ca_pem: String,
+    direct_issuer: Issuer<'static, KeyPair>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -106,13 +120,88 @@ impl Authority {
         let ca_der = tls::certs_from_pem(&ca_pem)
             .map_err(|e| corrupt(&ca_path, &e))?
             .remove(0);
+        let validity = tls::subject(&ca_der)
+            .map(|s| (s.not_before, s.not_after))
+            .ok_or_else(|| corrupt(&ca_path, &"not a certificate"))?;
+        let (direct_ca_pem, direct_issuer) = direct_ca(&key_pem, validity)?;
 
         Ok(Self {
             dir: dir.to_owned(),
             ca_pem,
             ca_der,
             issuer,
+            direct_ca_pem,
+            direct_issuer,
         })
+    }
+
+    /// The direct-path CA certificate, PEM: what a node's daemon is told
+    /// to verify clients with.
+    pub fn direct_ca_pem(&self) -> &str {
+        &self.direct_ca_pem
+    }
+
+    /// Issues the client certificate this relay presents to nodes'
+    /// daemons on the direct path: CN the relay id, OU `relay-direct`,
+    /// from the direct-path CA. Made afresh at every start, kept in
+    /// memory only.
+    pub fn direct_identity(&self, relay_id: &RelayId) -> Result<Identity, IdentityError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, relay_id.as_str());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, Role::RelayDirect.as_str());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        validity(&mut params, SERVER_CERT_LIFETIME);
+        let cert = params.signed_by(&key, &self.direct_issuer)?;
+        Ok(Identity::from_pem(&cert.pem(), &key.serialize_pem())?)
+    }
+
+    /// Signs a server certificate for the Docker daemon of `node_id` of
+    /// `tenant`, for the key in the agent's request and the names and
+    /// addresses the daemon is reached by; returns it, PEM.
+    pub fn issue_daemon_cert(
+        &self,
+        tenant: &TenantId,
+        node_id: &NodeId,
+        csr_pem: &str,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<String, IdentityError> {
+        if names.is_empty() {
+            return Err(IdentityError::BadDaemonNames(
+                "a daemon certificate needs at least one DNS name or IP address the relays reach the daemon by; pass --name or --ip".into(),
+            ));
+        }
+        let certifiable = |n: &String| {
+            n.parse::<std::net::IpAddr>().is_ok()
+                || (!n.is_empty()
+                    && n.len() <= 253
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        };
+        if let Some(bad) = names.iter().find(|n| !certifiable(n)) {
+            return Err(IdentityError::BadDaemonNames(format!(
+                "{bad:?} is neither a DNS name nor an IP address"
+            )));
+        }
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, node_id.as_str());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, tenant.as_str());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, Role::Daemon.as_str());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        validity(&mut params, lifetime);
+        Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
     }
 
     /// The CA certificate.
@@ -232,6 +321,51 @@ impl Authority {
     }
 }
 
+/// The direct-path CA, derived from the installation CA's key and
+/// validity so that it is the same on every relay with the same CA files.
+fn direct_ca(
+    ca_key_pem: &str,
+    (not_before, not_after): (i64, i64),
+) -> Result<(String, Issuer<'static, KeyPair>), IdentityError> {
+    let mac = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ca_key_pem.trim().as_bytes()),
+        b"tunnelgate direct-path CA v1",
+    );
+    let seed: [u8; 32] = mac.as_ref()[..32]
+        .try_into()
+        .expect("HMAC-SHA256 is 32 bytes");
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+        .map_err(|_| IdentityError::Cert(rcgen::Error::RingKeyRejected("ed25519 seed".into())))?;
+    // PKCS#8 v2 for Ed25519 (RFC 8410), the shape ring itself writes.
+    let mut der = vec![
+        0x30, 0x53, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend_from_slice(&seed);
+    der.extend_from_slice(&[0xa1, 0x23, 0x03, 0x21, 0x00]);
+    der.extend_from_slice(ring::signature::KeyPair::public_key(&pair).as_ref());
+    let key = KeyPair::try_from(der.as_slice())?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "tunnelgate direct-path CA");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, Role::RelayDirect.as_str());
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.serial_number = Some(SerialNumber::from_slice(&seed[..16]));
+    let at = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .map_err(|_| IdentityError::Cert(rcgen::Error::Time))
+    };
+    params.not_before = at(not_before)?;
+    params.not_after = at(not_after)?;
+    let cert = params.self_signed(&key)?;
+    let issuer = Issuer::new(params, key);
+    Ok((cert.pem(), issuer))
+}
+
 /// How long after its issue a node certificate of `lifetime` is renewed:
 /// two thirds of the way, leaving a third for retries and outages.
 pub fn renewal_delay(lifetime: Duration) -> Duration {
@@ -311,5 +445,96 @@ mod tests {
             due <= Duration::from_secs(200) && due > Duration::from_secs(190),
             "{due:?}"
         );
+    }
+
+    #[test]
+    fn the_direct_path_ca_is_the_same_on_every_relay_and_signs_only_relays() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Authority::open(dir.path()).unwrap();
+        let b = Authority::open(dir.path()).unwrap();
+        assert_eq!(
+            a.direct_ca_pem(),
+            b.direct_ca_pem(),
+            "relays with the same CA files must agree on the direct-path CA"
+        );
+        assert!(!a
+            .direct_ca_pem()
+            .contains(a.ca_pem().lines().nth(1).unwrap()));
+        let other = tempfile::tempdir().unwrap();
+        let c = Authority::open(other.path()).unwrap();
+        assert_ne!(a.direct_ca_pem(), c.direct_ca_pem());
+
+        // As a daemon checks clients: the relay's direct-path certificate
+        // verifies against the direct-path CA; a node certificate does
+        // not, and the installation CA does not verify the relay's.
+        let verifies = |root_pem: &str, leaf: &rustls::pki_types::CertificateDer<'static>| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(tls::certs_from_pem(root_pem).unwrap().remove(0))
+                .unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                tls::provider(),
+            )
+            .build()
+            .unwrap();
+            verifier
+                .verify_client_cert(leaf, &[], rustls::pki_types::UnixTime::now())
+                .is_ok()
+        };
+        let relay = a
+            .direct_identity(&RelayId::new("relay-a").unwrap())
+            .unwrap();
+        let relay_leaf = relay.chain[0].clone();
+        assert_eq!(
+            tls::subject(&relay_leaf).unwrap().role,
+            Some(Role::RelayDirect)
+        );
+        assert!(verifies(a.direct_ca_pem(), &relay_leaf));
+        assert!(verifies(b.direct_ca_pem(), &relay_leaf));
+        assert!(!verifies(c.direct_ca_pem(), &relay_leaf));
+        assert!(!verifies(a.ca_pem(), &relay_leaf));
+        let tenant = TenantId::new("acme").unwrap();
+        let (node_pem, _) = a
+            .issue_node_cert(
+                &tenant,
+                &NodeId::new("n").unwrap(),
+                &csr(),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let node_leaf = tls::certs_from_pem(&node_pem).unwrap().remove(0);
+        assert!(verifies(a.ca_pem(), &node_leaf));
+        assert!(!verifies(a.direct_ca_pem(), &node_leaf));
+    }
+
+    #[test]
+    fn daemon_certificates_name_the_node_and_its_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Authority::open(dir.path()).unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let node = NodeId::new("web-1").unwrap();
+        let ttl = Duration::from_secs(600);
+        let names = vec!["node.example".to_owned(), "10.0.0.5".to_owned()];
+        let pem = auth
+            .issue_daemon_cert(&tenant, &node, &csr(), &names, ttl)
+            .unwrap();
+        let subject = subject_of(&pem);
+        assert_eq!(subject.name, "web-1");
+        assert_eq!(subject.role, Some(Role::Daemon));
+        assert_eq!(subject.tenant, Some(tenant.clone()));
+        for bad in [
+            vec![],
+            vec!["evil/../x".to_owned()],
+            vec!["*.example".to_owned()],
+        ] {
+            let err = auth
+                .issue_daemon_cert(&tenant, &node, &csr(), &bad, ttl)
+                .unwrap_err();
+            assert!(
+                matches!(err, IdentityError::BadDaemonNames(_)),
+                "{bad:?}: {err}"
+            );
+        }
     }
 }

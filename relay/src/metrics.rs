@@ -106,6 +106,10 @@ pub struct Metrics {
     /// Calls that failed before reaching the daemon and went again on
     /// another route.
     pub route_retries: prometheus::IntCounter,
+    /// Probes of nodes' direct daemon endpoints, by result.
+    pub direct_probes: IntCounterVec,
+    /// Direct daemon endpoints whose last probe held.
+    pub direct_endpoints_up: IntGauge,
 }
 
 impl Metrics {
@@ -171,7 +175,7 @@ impl Metrics {
         let routed = IntCounterVec::new(
             Opts::new(
                 "tunnelgate_front_routed_calls_total",
-                "Calls carried to a node, by route: over this relay's session (local) or through the peer relay holding one (peer).",
+                "Calls carried to a node, by route: straight to its daemon (direct), over this relay's session (local) or through the peer relay holding one (peer).",
             ),
             &["route"],
         )?;
@@ -179,6 +183,19 @@ impl Metrics {
             "tunnelgate_front_route_retries_total",
             "Calls that failed on a route before reaching the daemon and went again on another route.",
         )?;
+        let direct_probes = IntCounterVec::new(
+            Opts::new(
+                "tunnelgate_direct_probes_total",
+                "Probes of nodes' advertised daemon endpoints, by result (up, down, other_daemon).",
+            ),
+            &["result"],
+        )?;
+        let direct_endpoints_up = IntGauge::new(
+            "tunnelgate_direct_endpoints_up",
+            "Nodes' daemon endpoints this relay can reach directly (last probe held).",
+        )?;
+        registry.register(Box::new(direct_probes.clone()))?;
+        registry.register(Box::new(direct_endpoints_up.clone()))?;
         registry.register(Box::new(routed.clone()))?;
         registry.register(Box::new(route_retries.clone()))?;
         registry.register(Box::new(limit_hits.clone()))?;
@@ -203,10 +220,12 @@ impl Metrics {
             auth_failures,
             routed,
             route_retries,
+            direct_probes,
+            direct_endpoints_up,
         })
     }
 
-    /// Counts one call carried over `route` (`local` or `peer`).
+    /// Counts one call carried over `route` (`direct`, `local` or `peer`).
     pub fn routed(&self, route: &str) {
         self.routed.with_label_values(&[route]).inc();
     }

@@ -37,7 +37,7 @@ use crate::sessions::{ControlCommand, NodeView, Sessions};
 use crate::state::credentials::NewCredential;
 use crate::state::records::Records;
 use crate::state::{State, StateError};
-use crate::upstream::{Peers, Tunnel};
+use crate::upstream::{Direct, Peers, Tunnel};
 
 /// The relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,7 @@ pub struct Relay {
     api: TcpListener,
     api_tls: Option<tokio_rustls::TlsAcceptor>,
     metrics_listener: TcpListener,
+    direct: Arc<Direct>,
 }
 
 /// How peers and agents reach a listener bound at `bound`: the first
@@ -203,6 +204,18 @@ impl Relay {
                 lease_ttl,
             } => Registry::etcd(endpoints.clone(), me, *lease_ttl).await?,
         };
+        let metrics = Arc::new(Metrics::new(prometheus::Registry::new())?);
+        let direct_tls = tunnelgate_session::tls::direct_client_config(
+            authority.direct_identity(state.relay_id())?,
+            authority.ca_der(),
+        )
+        .map_err(IdentityError::from)?;
+        let direct = Arc::new(Direct::new(
+            config.direct,
+            direct_tls,
+            config.direct_probe_interval,
+            metrics.clone(),
+        ));
         Ok(Self {
             registry: Arc::new(registry),
             peer_endpoint,
@@ -210,7 +223,8 @@ impl Relay {
             state,
             authority: Arc::new(authority),
             sessions: Arc::default(),
-            metrics: Arc::new(Metrics::new(prometheus::Registry::new())?),
+            metrics,
+            direct,
             endpoint,
             agent_tcp,
             agent_tls: tls,
@@ -273,6 +287,7 @@ impl Relay {
             api,
             api_tls,
             metrics_listener,
+            direct,
         } = self;
         let tasks = TaskTracker::new();
         let calls = TaskTracker::new();
@@ -291,6 +306,7 @@ impl Relay {
             budget: HandshakeBudget::new(config.limits.max_agent_handshakes_per_sec),
             tasks: tasks.clone(),
         });
+        tasks.spawn(direct.clone().run(sessions.clone(), hard.clone()));
         tasks.spawn(listen::run_quic(
             endpoint.clone(),
             agents.clone(),
@@ -310,14 +326,21 @@ impl Relay {
             config: config.clone(),
             state: state.clone(),
             sessions: sessions.clone(),
-            router: Router::new(sessions.clone(), registry.clone(), state.clone()),
+            router: Router::new(
+                sessions.clone(),
+                registry.clone(),
+                state.clone(),
+                direct.clone(),
+            ),
             tunnel: Tunnel::new(
                 metrics.clone(),
                 config.limits.idle_stream_timeout,
                 tasks.clone(),
                 calls.clone(),
                 peer_endpoint.as_ref().map(|(_, peers)| peers.clone()),
+                direct.clone(),
             ),
+            direct: direct.clone(),
             metrics: metrics.clone(),
             slots: Arc::default(),
             tasks: tasks.clone(),

@@ -1,12 +1,12 @@
 //! The one place that decides where a call goes.
 //!
 //! The front asks the router for a node's route and an upstream carries
-//! the call there: over the node's session on this relay, else through
-//! the peer relays the registry says hold one (an agent keeps sessions to
-//! several), else nowhere (offline or unknown). A route straight to the node's daemon is a further variant
-//! of [`Route`], added here without touching the front. Lookups are in
-//! memory only: the session table, the registry's mirror and the state
-//! cache.
+//! the call there: straight to the node's daemon port while this relay's
+//! last probe of it held, else over the node's session on this relay,
+//! else through the peer relays the registry says hold one (an agent
+//! keeps sessions to several), else nowhere (offline or unknown). Lookups
+//! are in memory only: the direct path's probe table, the session table,
+//! the registry's mirror and the state cache.
 
 use std::sync::Arc;
 
@@ -15,13 +15,14 @@ use tunnelgate_proto::NodeKey;
 use crate::registry::Registry;
 use crate::sessions::Sessions;
 use crate::state::{NodeStatus, State};
-use crate::upstream::Via;
+use crate::upstream::{Direct, Via};
 
 /// Where a call to a node goes.
 #[derive(Debug)]
 pub enum Route {
-    /// Over these, best first: the node's session on this relay, then
-    /// the peer relays that hold one, newest session first. Never empty.
+    /// Over these, best first: the node's daemon port, the node's
+    /// session on this relay, then the peer relays that hold one, newest
+    /// session first. Never empty.
     Via(Vec<Via>),
     /// The node enrolled here but its agent is not connected.
     Offline,
@@ -35,24 +36,33 @@ pub struct Router {
     sessions: Arc<Sessions>,
     registry: Arc<Registry>,
     state: Arc<State>,
+    direct: Arc<Direct>,
 }
 
 impl Router {
     /// A router over these tables.
-    pub fn new(sessions: Arc<Sessions>, registry: Arc<Registry>, state: Arc<State>) -> Self {
+    pub fn new(
+        sessions: Arc<Sessions>,
+        registry: Arc<Registry>,
+        state: Arc<State>,
+        direct: Arc<Direct>,
+    ) -> Self {
         Self {
             sessions,
             registry,
             state,
+            direct,
         }
     }
 
     /// Where a call to `key` goes now. Only the caller's tenant is looked
     /// in, so another tenant's node is simply not there.
     pub fn route(&self, key: &NodeKey) -> Route {
+        let direct = self.direct.usable(key).map(Via::Direct);
         let local = self.sessions.get(key).map(Via::Session);
-        let vias: Vec<Via> = local
+        let vias: Vec<Via> = direct
             .into_iter()
+            .chain(local)
             .chain(self.registry.peers_holding(key).into_iter().map(Via::Peer))
             .collect();
         if !vias.is_empty() {

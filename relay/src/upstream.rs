@@ -9,11 +9,13 @@
 //! there on. A client connection keeps its last stream ([`KeptStream`])
 //! so its next call to the node skips the setup. [`splice`] pipes
 //! hijacked connections and releases a call's guard when its last byte
-//! is relayed. A route straight to a daemon gets its own module here.
+//! is relayed. [`direct`] carries a call straight to the node's daemon
+//! port over mutual TLS, and probes which daemons this relay can reach so.
 //!
 //! This module knows nothing of authentication, tenants' limits or the
 //! front's paths: it gets a routed call and returns the node's answer.
 
+pub mod direct;
 pub mod io;
 mod kept;
 pub mod peer;
@@ -21,8 +23,9 @@ pub mod reply;
 pub mod splice;
 mod tunnel;
 
-use tunnelgate_proto::{NodeId, RequestId, TenantId};
+use tunnelgate_proto::{NodeId, NodeKey, RequestId, TenantId};
 
+pub use direct::{Direct, DirectMode};
 pub use kept::KeptStream;
 pub use peer::Peers;
 pub use tunnel::{Tunnel, Via};
@@ -38,4 +41,14 @@ pub struct Target {
     pub request_id: RequestId,
     /// The caller's W3C trace context, if any.
     pub traceparent: Option<String>,
+}
+
+impl Target {
+    /// The node's tenant and id together.
+    pub fn key(&self) -> NodeKey {
+        NodeKey {
+            tenant: self.tenant.clone(),
+            node_id: self.node_id.clone(),
+        }
+    }
 }

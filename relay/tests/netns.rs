@@ -12,94 +12,12 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::netns::Host;
 use support::{docker_endpoint, scenarios, AgentCmd, Docker, Relay};
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {args:?} ({e}); install iproute2 and iptables (scripts/test does)")
-        });
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}; this test needs root for network namespaces",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-}
-
-/// A namespace joined to the root one by a veth pair; removed on drop.
-struct Host {
-    name: String,
-    relay_ip: String,
-}
-
-impl Host {
-    fn new() -> Self {
-        let id = std::process::id() % 10_000;
-        let name = format!("tg-agent-{id}");
-        let (outside, inside) = (format!("tgh{id}"), format!("tga{id}"));
-        // Link-local addresses: never routed anywhere beyond this veth pair.
-        let octet = id % 250 + 1;
-        let relay_ip = format!("169.254.{octet}.1");
-        let agent_ip = format!("169.254.{octet}.2");
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        sh(&["ip", "netns", "add", &name]);
-        let host = Self {
-            name: name.clone(),
-            relay_ip: relay_ip.clone(),
-        };
-        sh(&[
-            "ip", "link", "add", &outside, "type", "veth", "peer", "name", &inside,
-        ]);
-        sh(&["ip", "link", "set", &inside, "netns", &name]);
-        sh(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{relay_ip}/30"),
-            "dev",
-            &outside,
-        ]);
-        sh(&["ip", "link", "set", &outside, "up"]);
-        host.exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{agent_ip}/30"),
-            "dev",
-            &inside,
-        ]);
-        host.exec(&["ip", "link", "set", &inside, "up"]);
-        host.exec(&["ip", "link", "set", "lo", "up"]);
-        host
-    }
-
-    fn exec(&self, args: &[&str]) {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        sh(&full);
-    }
-
-    fn block_udp(&self, block: bool) {
-        let op = if block { "-A" } else { "-D" };
-        self.exec(&["iptables", op, "OUTPUT", "-p", "udp", "-j", "DROP"]);
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes the veth pair with it.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
 
 /// Calls in a loop until told to stop (bounded in count and time),
 /// counting successes and failures.
@@ -151,7 +69,7 @@ impl CallLoop {
 
 #[test]
 fn blocked_udp_falls_back_to_tcp_and_moves_to_quic_without_failing_a_call() {
-    let host = Host::new();
+    let host = Host::new("udp");
     host.block_udp(true);
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start_on(

@@ -106,6 +106,11 @@ pub enum Role {
     Client,
     /// A relay's certificate for the relay-to-relay port (`OU=relay`).
     Relay,
+    /// A node's Docker daemon's server certificate (`OU=daemon`).
+    Daemon,
+    /// A relay's client certificate for the direct path to daemons
+    /// (`OU=relay-direct`), issued by the direct-path CA only.
+    RelayDirect,
 }
 
 impl Role {
@@ -115,6 +120,8 @@ impl Role {
             Self::Node => "node",
             Self::Client => "client",
             Self::Relay => "relay",
+            Self::Daemon => "daemon",
+            Self::RelayDirect => "relay-direct",
         }
     }
 }
@@ -154,6 +161,8 @@ pub fn subject(cert: &CertificateDer<'_>) -> Option<Subject> {
             "node" => Some(Role::Node),
             "client" => Some(Role::Client),
             "relay" => Some(Role::Relay),
+            "daemon" => Some(Role::Daemon),
+            "relay-direct" => Some(Role::RelayDirect),
             _ => None,
         });
     Some(Subject {
@@ -240,6 +249,25 @@ pub fn peer_client_config(
 ) -> Result<rustls::ClientConfig, TlsError> {
     let mut config = client_config(Trust::Ca(ca.clone()), Some(identity))?;
     config.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    Ok(config)
+}
+
+/// A relay's TLS configuration for dialling a node's Docker daemon
+/// directly: trust daemon certificates from `ca` (the installation CA),
+/// present the direct-path certificate `identity`. TLS 1.2 is allowed,
+/// since that is what many daemons are set to. That the server's
+/// certificate is that node's daemon's is checked by the caller.
+pub fn direct_client_config(
+    identity: Identity,
+    ca: &CertificateDer<'static>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 

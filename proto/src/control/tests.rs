@@ -22,7 +22,8 @@ fn hello(id: &str, version: ProtocolVersion) -> Hello {
         hostname: "host".into(),
         docker: DockerFacts::default(),
         labels: Default::default(),
-        direct_endpoint: None,
+        direct_endpoints: vec![],
+        policy: "full".into(),
     }
 }
 
@@ -336,6 +337,59 @@ fn hello_timeout_and_out_of_order_messages() {
     ));
 
     let mut relay = RelayControl::new(node("n1"), RelayId::new("r").unwrap(), INTERVAL, now);
+    assert!(relay
+        .handle_timeout(now + HANDSHAKE_TIMEOUT)
+        .unwrap_err()
+        .is_timeout());
+}
+
+#[test]
+fn a_daemon_certificate_errand_needs_no_hello_and_ends_at_its_deadline() {
+    let now = Instant::now();
+    let mut relay = RelayControl::new(node("n1"), RelayId::new("r").unwrap(), INTERVAL, now);
+    let ask = SignDaemonCert {
+        csr_pem: "csr".into(),
+        dns_names: vec!["node.example".into()],
+        ip_addresses: vec![],
+    };
+    relay
+        .handle_message(ControlMessage::SignDaemonCert(ask.clone()), now)
+        .unwrap();
+    assert_eq!(
+        relay.poll_event(),
+        Some(RelayEvent::DaemonCertRequested(ask))
+    );
+    relay.daemon_cert_signed(DaemonCertSigned {
+        cert_pem: "cert".into(),
+        client_ca_pem: "ca".into(),
+        renew_in_ms: Some(1),
+    });
+    assert!(matches!(
+        relay.poll_transmit(),
+        Some(ControlMessage::DaemonCertSigned(_))
+    ));
+    // An errand is no session: a heartbeat on it is out of order, and
+    // it never outlives the handshake deadline.
+    assert!(relay
+        .handle_message(
+            ControlMessage::Heartbeat(Heartbeat {
+                seq: 1,
+                rtt_us: None
+            }),
+            now
+        )
+        .is_err());
+    let mut relay = RelayControl::new(node("n1"), RelayId::new("r").unwrap(), INTERVAL, now);
+    relay
+        .handle_message(
+            ControlMessage::SignDaemonCert(SignDaemonCert {
+                csr_pem: String::new(),
+                dns_names: vec![],
+                ip_addresses: vec![],
+            }),
+            now,
+        )
+        .unwrap();
     assert!(relay
         .handle_timeout(now + HANDSHAKE_TIMEOUT)
         .unwrap_err()

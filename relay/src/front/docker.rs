@@ -19,9 +19,9 @@ use crate::metrics::Limit;
 use crate::respond::Body;
 use crate::router::Route;
 use crate::upstream::splice::{splice_upgraded, Guarded};
-use crate::upstream::{Target, Via};
+use crate::upstream::Target;
 
-/// Which route carried a call: `local`, or `peer=<relay-id>`.
+/// Which route carried a call: `direct`, `local`, or `peer=<relay-id>`.
 pub const ROUTE_HEADER: &str = "x-tunnelgate-route";
 
 /// Carries one Docker call to `node_id` of `tenant`, with the path `rest`
@@ -93,10 +93,7 @@ pub(super) async fn proxy(
         .send(&vias, &target, &conn.kept, req, upgrade, &record)
         .await?;
     let route = via.name();
-    front.metrics.routed(match via {
-        Via::Session(_) => "local",
-        Via::Peer(_) => "peer",
-    });
+    front.metrics.routed(via.kind());
     if let Ok(v) = HeaderValue::from_str(&route) {
         resp.headers_mut().insert(ROUTE_HEADER, v);
     }

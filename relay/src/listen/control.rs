@@ -1,6 +1,8 @@
 //! An authenticated agent's control stream, for the session's life: the
 //! hello puts the session in the table, heartbeats carry its RTT, node
 //! updates its daemon's state, and renewals get it a new certificate.
+//! A connection that asks for a daemon certificate instead of saying
+//! hello gets one and ends (an errand, never a session).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -10,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 use tunnelgate_proto::control::{RelayControl, RelayEvent};
 use tunnelgate_proto::frame::FrameError;
-use tunnelgate_proto::message::MessageError;
+use tunnelgate_proto::message::{DaemonCertSigned, MessageError, RefusalCode, SignDaemonCert};
 use tunnelgate_proto::NodeKey;
 use tunnelgate_session::{driver, tls, Session, Stream};
 
@@ -84,6 +86,7 @@ pub(super) async fn run(
                 }
             }
             RelayEvent::RenewRequested(csr) => renew(&ctx, &key, &csr, tx.clone()),
+            RelayEvent::DaemonCertRequested(ask) => sign_daemon_cert(&ctx, &key, ask, &tx),
         },
         cancel,
     )
@@ -122,6 +125,40 @@ pub(super) async fn run(
             session.close(&e.to_string());
         }
     }
+}
+
+/// Signs a server certificate for the node's Docker daemon and hands it,
+/// with the direct-path CA the daemon must trust, to the control machine;
+/// a request that cannot be signed is answered with the reason.
+fn sign_daemon_cert(
+    ctx: &Arc<Context>,
+    key: &NodeKey,
+    ask: SignDaemonCert,
+    tx: &mpsc::Sender<ControlCommand>,
+) {
+    let names: Vec<String> = ask.dns_names.into_iter().chain(ask.ip_addresses).collect();
+    let ttl = ctx.config.daemon_cert_ttl;
+    let cmd: ControlCommand =
+        match ctx
+            .authority
+            .issue_daemon_cert(&key.tenant, &key.node_id, &ask.csr_pem, &names, ttl)
+        {
+            Ok(cert_pem) => {
+                info!(names = ?names, "signed a daemon certificate");
+                let signed = DaemonCertSigned {
+                    cert_pem,
+                    client_ca_pem: ctx.authority.direct_ca_pem().to_owned(),
+                    renew_in_ms: Some(renewal_delay(ttl).as_millis() as u64),
+                };
+                Box::new(move |m| m.daemon_cert_signed(signed))
+            }
+            Err(e) => {
+                info!(error = %e, "refused a daemon certificate request");
+                let message = format!("cannot sign a daemon certificate: {e}");
+                Box::new(move |m| m.fail(RefusalCode::ProtocolViolation, message))
+            }
+        };
+    let _ = tx.try_send(cmd);
 }
 
 /// Signs a renewal CSR, records the new certificate on the blocking pool,

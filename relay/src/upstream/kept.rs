@@ -13,10 +13,12 @@ use tunnelgate_proto::{NodeKey, RelayId};
 use crate::audit::StreamBytes;
 use crate::sessions::SessionId;
 
-/// What carries a kept stream: a session of this relay, or the
-/// connection to a peer relay.
+/// What carries a kept stream: a node's daemon port, a session of this
+/// relay, or the connection to a peer relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Carrier {
+    /// A node's daemon port, by its advertised URL.
+    Direct(String),
     Session(SessionId),
     Peer(RelayId),
 }

@@ -1,5 +1,6 @@
-//! Carrying a call over a stream of the node's session on this relay, or
-//! of the connection to the peer relay that holds one.
+//! Carrying a call over a stream of the node's session on this relay, of
+//! the connection to the peer relay that holds one, or of a TLS
+//! connection straight to the node's daemon.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +14,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
 use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
 use tunnelgate_proto::message::{Message, PeerHeader, StreamErrorCode, StreamHeader, StreamKind};
-use tunnelgate_proto::{NodeId, NodeKey, ProtocolVersion};
+use tunnelgate_proto::{NodeId, ProtocolVersion};
 use tunnelgate_session::Stream;
 
+use super::direct::{Direct, Endpoint};
 use super::io::CallStream;
 use super::kept::{CallBody, Carrier, KeptStream, NodeConn};
 use super::peer::Peers;
@@ -30,6 +32,8 @@ use crate::sessions::Entry;
 /// What carries a routed call.
 #[derive(Debug, Clone)]
 pub enum Via {
+    /// The node's own daemon port, over mutual TLS.
+    Direct(Endpoint),
     /// A session of the node on this relay.
     Session(Arc<Entry>),
     /// A peer relay that holds one.
@@ -39,17 +43,28 @@ pub enum Via {
 impl Via {
     fn carrier(&self) -> Carrier {
         match self {
+            Self::Direct(endpoint) => Carrier::Direct(endpoint.url.clone()),
             Self::Session(entry) => Carrier::Session(entry.id()),
             Self::Peer(peer) => Carrier::Peer(peer.relay_id.clone()),
         }
     }
 
     /// The route's name in the response header, logs and the audit line:
-    /// `local` or `peer=<relay-id>`.
+    /// `direct`, `local` or `peer=<relay-id>`.
     pub fn name(&self) -> String {
         match self {
+            Self::Direct(_) => "direct".into(),
             Self::Session(_) => "local".into(),
             Self::Peer(peer) => format!("peer={}", peer.relay_id),
+        }
+    }
+
+    /// The route's kind, as the metrics label it: `direct`, `local`, `peer`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Direct(_) => "direct",
+            Self::Session(_) => "local",
+            Self::Peer(_) => "peer",
         }
     }
 }
@@ -134,6 +149,8 @@ pub struct Tunnel {
     calls: TaskTracker,
     /// Connections to peer relays, in a cluster.
     peers: Option<Arc<Peers>>,
+    /// The direct path to nodes' daemons.
+    direct: Arc<Direct>,
 }
 
 impl Tunnel {
@@ -145,6 +162,7 @@ impl Tunnel {
         tasks: TaskTracker,
         calls: TaskTracker,
         peers: Option<Arc<Peers>>,
+        direct: Arc<Direct>,
     ) -> Self {
         Self {
             metrics,
@@ -152,6 +170,7 @@ impl Tunnel {
             tasks,
             calls,
             peers,
+            direct,
         }
     }
 
@@ -184,12 +203,16 @@ impl Tunnel {
                 Ok(resp) => return Ok((resp, via)),
                 Err((error, unsent)) => {
                     call.give_back(unsent);
+                    if let (Via::Direct(endpoint), true) = (&via, error.is_retry_safe()) {
+                        self.direct
+                            .mark_down(&target.key(), endpoint, &error.to_string());
+                    }
                     let again = error.worth_another_route()
                         && vias.peek().is_some()
                         && matches!(&call, Outgoing::Replayable(_) | Outgoing::Streamed(Some(_)));
                     let error = match &via {
                         Via::Peer(peer) => error.through_peer(&peer.relay_id),
-                        Via::Session(_) => error,
+                        Via::Session(_) | Via::Direct(_) => error,
                     };
                     if !again {
                         return Err(error);
@@ -201,7 +224,8 @@ impl Tunnel {
         }
     }
 
-    /// Local first, then the peers that answered last time, then those
+    /// Direct first (the router offers it only while its probe holds),
+    /// then local, then the peers that answered last time, then those
     /// that did not (a dead relay's lease outlives it by seconds, and the
     /// node's other holder is the better bet meanwhile); a draining peer
     /// after a live one, so its agents' old sessions fall quiet and go.
@@ -209,7 +233,8 @@ impl Tunnel {
     fn ordered(&self, vias: &[Via]) -> Vec<Via> {
         let mut vias = vias.to_vec();
         let rank = |v: &Via| match (v, &self.peers) {
-            (Via::Session(_), _) => (false, false, false),
+            (Via::Direct(_), _) => (false, false, false),
+            (Via::Session(_), _) => (false, false, true),
             (Via::Peer(p), Some(peers)) => (true, peers.is_down(&p.relay_id), p.draining),
             (Via::Peer(p), None) => (true, false, p.draining),
         };
@@ -232,10 +257,7 @@ impl Tunnel {
         record: &CallRecord,
     ) -> Result<Response<Incoming>, (CallError, Option<Request<CallBody>>)> {
         let node = &target.node_id;
-        let key = NodeKey {
-            tenant: target.tenant.clone(),
-            node_id: node.clone(),
-        };
+        let key = target.key();
         let carrier = via.carrier();
         let reused = match upgrade {
             true => None,
@@ -290,19 +312,38 @@ impl Tunnel {
         let node = &target.node_id;
         let setup = async {
             match via {
-                Via::Session(entry) => self.open_on_session(entry, target).await,
-                Via::Peer(peer) => self.open_on_peer(peer, target).await,
+                Via::Direct(endpoint) => {
+                    let tls = self.direct.connect(&target.key(), endpoint).await?;
+                    debug!(endpoint = %endpoint.url, "connected to the node's daemon directly");
+                    self.start_http(tls).await
+                }
+                Via::Session(entry) => {
+                    let stream = self.open_on_session(entry, target).await?;
+                    self.start_http(ReplyFirst::new(stream, STREAM_SETUP_TIMEOUT))
+                        .await
+                }
+                Via::Peer(peer) => {
+                    let stream = self.open_on_peer(peer, target).await?;
+                    self.start_http(ReplyFirst::new(stream, STREAM_SETUP_TIMEOUT))
+                        .await
+                }
             }
         };
-        let stream = tokio::time::timeout(STREAM_SETUP_TIMEOUT, setup)
+        tokio::time::timeout(STREAM_SETUP_TIMEOUT, setup)
             .await
             .map_err(|_| CallError::SetupTimeout {
                 node: node.clone(),
                 timeout: STREAM_SETUP_TIMEOUT,
-            })??;
-        debug!(via = ?via.carrier(), "stream opened towards the agent");
+            })?
+    }
+
+    /// Speaks HTTP/1.1 over `io`, counted and timed as a call stream.
+    async fn start_http<S>(&self, io: S) -> Result<NodeConn, CallError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let stream = CallStream::new(
-            ReplyFirst::new(stream, STREAM_SETUP_TIMEOUT),
+            io,
             self.metrics.clone(),
             self.idle_timeout,
             self.calls.token(),

@@ -654,6 +654,7 @@ impl LineReader {
     }
 }
 pub mod etcd;
+pub mod netns;
 pub mod scenarios;
 
 /// A control-plane client of a relay whose API speaks TLS: trusts the
