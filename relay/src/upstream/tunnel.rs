@@ -128,6 +128,12 @@ impl Outgoing {
         }
     }
 
+    /// Whether the call is a GET or HEAD read in full: Docker's reads
+    /// change nothing, so one can be sent twice.
+    fn is_read_only(&self) -> bool {
+        matches!(self, Self::Replayable(r) if r.head.method == http::Method::GET || r.head.method == http::Method::HEAD)
+    }
+
     fn give_back(&mut self, unsent: Option<Request<CallBody>>) {
         if let (Self::Streamed(slot), Some(req)) = (self, unsent) {
             *slot = Some(req);
@@ -203,11 +209,19 @@ impl Tunnel {
                 Ok(resp) => return Ok((resp, via)),
                 Err((error, unsent)) => {
                     call.give_back(unsent);
-                    if let (Via::Direct(endpoint), true) = (&via, error.is_retry_safe()) {
+                    // A direct connection cut mid-call (the port was
+                    // closed under it) may have delivered the request, so
+                    // only a read-only call goes again, through the tunnel.
+                    let direct_cut = matches!(via, Via::Direct(_))
+                        && call.is_read_only()
+                        && matches!(error, CallError::NoAnswer { .. });
+                    if let (Via::Direct(endpoint), true) =
+                        (&via, error.is_retry_safe() || direct_cut)
+                    {
                         self.direct
                             .mark_down(&target.key(), endpoint, &error.to_string());
                     }
-                    let again = error.worth_another_route()
+                    let again = (error.worth_another_route() || direct_cut)
                         && vias.peek().is_some()
                         && matches!(&call, Outgoing::Replayable(_) | Outgoing::Streamed(Some(_)));
                     let error = match &via {
