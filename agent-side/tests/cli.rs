@@ -86,3 +86,45 @@ fn a_malformed_token_is_refused_before_dialling() {
         "the token text must not be echoed: {stderr}"
     );
 }
+
+#[test]
+fn docker_tls_explains_itself_and_wants_a_name_before_dialling() {
+    let out = agent().args(["docker-tls", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in ["--out", "--name", "--ip", "--port", "--relay", "--token"] {
+        assert!(
+            help.contains(needle),
+            "docker-tls --help lacks {needle}:\n{help}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Port 9 on loopback answers nothing: the command must refuse before
+    // it tries, naming what is missing.
+    let out = agent()
+        .args(["docker-tls", "--out"])
+        .arg(dir.path().join("tls"))
+        .args(["--relay", "127.0.0.1:9", "--node-id", "n1", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--name or --ip"), "{stderr}");
+    assert!(!dir.path().join("tls").exists(), "nothing may be written");
+}
+
+#[test]
+fn a_direct_endpoint_must_be_tcp_host_port() {
+    let out = agent()
+        .args(["--relay", "127.0.0.1:9", "--node-id", "n1"])
+        .args(["--direct-endpoint", "unix:///var/run/docker.sock"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("direct_endpoint") && stderr.contains("tcp://"),
+        "{stderr}"
+    );
+}
