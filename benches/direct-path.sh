@@ -88,10 +88,17 @@ tar -C "$work/rootfs" -c bin big.bin | docker -H "$sock" import - big:latest >/d
 docker -H "$sock" create --name holder --network none big:latest /bin/sh >/dev/null
 docker -H "$sock" cp "$work/rootfs/huge.bin" holder:/huge.bin
 
-straight=(docker --tlsverify -H "tcp://127.0.0.1:$tls_port")
 export DOCKER_CERT_PATH="$work/cli"
-direct=(docker -H "tcp://127.0.0.1:$api/nodes/direct")
-tunnel=(docker -H "tcp://127.0.0.1:$api/nodes/tunnel")
+# The docker CLI on one side: straight to the TLS port, or through the
+# relay to the node that goes direct or the one that takes the tunnel.
+on() {
+    local side=$1
+    shift
+    case $side in
+        straight) docker --tlsverify -H "tcp://127.0.0.1:$tls_port" "$@" ;;
+        *) docker -H "tcp://127.0.0.1:$api/nodes/$side" "$@" ;;
+    esac
+}
 
 ticks=$(getconf CLK_TCK)
 cpu_s() { awk -v t="$ticks" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
@@ -115,12 +122,10 @@ run_op() {
 
 for round in $(seq "$rounds"); do
     for side in straight direct tunnel; do
-        declare -n cli=$side
-        run_op save "$side" "${cli[@]}" save big:latest
-        run_op cp_in "$side" "${cli[@]}" cp "$work/rootfs/big.bin" holder:/big-copy.bin
-        run_op cp_out "$side" "${cli[@]}" cp holder:/big.bin -
-        run_op cp_1g "$side" "${cli[@]}" cp holder:/huge.bin -
-        unset -n cli
+        run_op save "$side" on "$side" save big:latest
+        run_op cp_in "$side" on "$side" cp "$work/rootfs/big.bin" holder:/big-copy.bin
+        run_op cp_out "$side" on "$side" cp holder:/big.bin -
+        run_op cp_1g "$side" on "$side" cp holder:/huge.bin -
     done
     echo "round $round of $rounds done" >&2
 done
