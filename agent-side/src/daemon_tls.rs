@@ -285,4 +285,21 @@ mod tests {
         std::fs::write(dir.path().join(REQUEST_FILE), toml::to_string(&r).unwrap()).unwrap();
         assert_eq!(written_endpoints(dir.path()), r.endpoints());
     }
+
+    #[test]
+    fn renewal_is_due_two_thirds_into_the_certificates_life() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(due(dir.path()).is_none());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["node.example".into()]).unwrap();
+        let start = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        params.not_before = start;
+        params.not_after = start + time::Duration::seconds(300);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("server-cert.pem"), cert.pem()).unwrap();
+        let (renew_at, expires) = due(dir.path()).unwrap();
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(renew_at, at(1_800_000_200));
+        assert_eq!(expires, at(1_800_000_300));
+    }
 }
