@@ -51,6 +51,8 @@ impl Fixture {
                     ttl: Some(Duration::from_secs(60)),
                     uses: Some(1),
                     name: None,
+                    node: None,
+                    replace: false,
                 })
                 .await
                 .expect("token");

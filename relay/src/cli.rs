@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tunnelgate_proto::{NodeKey, TenantId};
+use tunnelgate_proto::{NodeId, NodeKey, TenantId};
 use tunnelgate_relay::config::RegistryConfig;
 use tunnelgate_relay::identity::Authority;
 use tunnelgate_relay::state::credentials::{api_key_text, Credential, Kind, NewCredential};
@@ -111,6 +111,14 @@ pub enum TokenCommand {
         /// How many agents may enrol with it [default: unlimited].
         #[arg(long)]
         uses: Option<u32>,
+        /// Only this node id may enrol with it.
+        #[arg(long, value_name = "NODE")]
+        node: Option<NodeId>,
+        /// Let it enrol --node though that node is enrolled already (moving
+        /// a node to a new host); without it, a token never takes over an
+        /// enrolled node.
+        #[arg(long, requires = "node")]
+        replace: bool,
     },
     /// List join tokens (never their secrets).
     List {
@@ -249,6 +257,8 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             tenant,
             ttl,
             uses,
+            node,
+            replace,
         } => {
             let fingerprint = dir.authority()?.ca_fingerprint();
             let new = NewCredential {
@@ -256,6 +266,8 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 ttl: Some(ttl),
                 uses,
                 name: None,
+                node: node.clone(),
+                replace,
             };
             let (text, stored) = dir
                 .state()
@@ -270,7 +282,8 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 rfc3339(stored.expires_at.unwrap_or_default()),
                 uses.map_or("unlimited uses".into(), |n| format!("{n} use(s)"))
             );
-            println!("  tunnelgate-agent --relay RELAY_HOST:7443 --node-id NODE --state-dir /var/lib/tunnelgate-agent --token <token below>");
+            let node = node.map_or_else(|| "NODE".to_owned(), |n| n.to_string());
+            println!("  tunnelgate-agent --relay RELAY_HOST:7443 --node-id {node} --state-dir /var/lib/tunnelgate-agent --token <token below>");
             println!("{text}");
         }
         TokenCommand::List { dir } => list(&dir, Kind::JoinToken).await?,
@@ -293,6 +306,8 @@ pub async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
                         ttl: None,
                         uses: None,
                         name,
+                        node: None,
+                        replace: false,
                     },
                 )
                 .await

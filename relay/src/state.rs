@@ -33,9 +33,10 @@ use rand::RngCore;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tunnelgate_proto::token::{JoinToken, MalformedToken};
-use tunnelgate_proto::{NodeKey, RelayId};
+use tunnelgate_proto::{NodeId, NodeKey, RelayId};
 
 use credentials::{Credential, Kind, NewCredential, Refusal, Store};
+pub use nodes::CertMode;
 use nodes::{NodeRecord, Revocation};
 use records::Records;
 
@@ -61,6 +62,9 @@ pub enum StateError {
     /// A revoked node asked for a certificate.
     #[error("node {0} was revoked")]
     Revoked(NodeKey),
+    /// A join token tried to enrol a node that is enrolled already.
+    #[error("node {0} is already enrolled; a join token cannot take over an enrolled node. To move it to a new host, revoke it first (`tunnelgate-relay node revoke {0}`) or enrol with a token made for it by `tunnelgate-relay token create --node NODE --replace`")]
+    AlreadyEnrolled(NodeKey),
     /// A secret file others may read.
     #[error("{path} is readable by others (mode {mode:o}); anyone who can read it can end this relay's QUIC sessions: run `chmod 600 {path}`")]
     OpenPermissions {
@@ -335,12 +339,13 @@ impl State {
         Ok((text.to_string(), stored))
     }
 
-    /// Checks a join token an agent presented against this installation
-    /// (`ca_fingerprint`) and consumes one of its uses.
+    /// Checks a join token an agent presented for `node` against this
+    /// installation (`ca_fingerprint`) and consumes one of its uses.
     pub async fn use_join_token(
         self: &Arc<Self>,
         text: String,
         ca_fingerprint: [u8; 32],
+        node: &NodeId,
     ) -> Result<Result<Credential, Refusal>, StateError> {
         let token: JoinToken = match text.parse() {
             Ok(t) => t,
@@ -354,21 +359,20 @@ impl State {
         if token.ca_fingerprint != ca_fingerprint {
             return Ok(Err(Refusal::WrongInstallation));
         }
-        self.gated(self.store.use_token(&token.id, &token.secret))
+        self.gated(self.store.use_token(&token.id, &token.secret, node))
             .await
     }
 
-    /// Records that `key` now holds the certificate `serial`. A renewal keeps the previous certificate good (the
-    /// agent may not have stored the new one yet) and is refused for a
-    /// revoked node; a new enrolment replaces the record.
+    /// Records that `key` now holds the certificate `serial`; see
+    /// [`CertMode`] for what a renewal and an enrolment may replace.
     pub async fn record_node_cert(
         self: &Arc<Self>,
         key: NodeKey,
         serial: String,
-        renew: bool,
+        mode: CertMode,
     ) -> Result<(), StateError> {
         let record = self
-            .gated(nodes::record_cert(&self.records, &key, serial, renew))
+            .gated(nodes::record_cert(&self.records, &key, serial, mode))
             .await?;
         self.nodes.insert(record.key(), record);
         Ok(())
@@ -637,15 +641,21 @@ mod tests {
             ttl: Some(Duration::from_secs(60)),
             uses: Some(1),
             name: None,
+            node: None,
+            replace: false,
         };
         let (text, _) = state.create_join_token(new, ours).await.unwrap();
-        let used = state.use_join_token(text.clone(), ours).await.unwrap();
+        let n = NodeId::new("n1").unwrap();
+        let used = state.use_join_token(text.clone(), ours, &n).await.unwrap();
         assert_eq!(used.unwrap().tenant.as_str(), "acme");
-        let again = state.use_join_token(text.clone(), ours).await.unwrap();
+        let again = state.use_join_token(text.clone(), ours, &n).await.unwrap();
         assert!(matches!(again, Err(Refusal::UsedUp { .. })), "{again:?}");
-        let foreign = state.use_join_token(text, [8u8; 32]).await.unwrap();
+        let foreign = state.use_join_token(text, [8u8; 32], &n).await.unwrap();
         assert_eq!(foreign.unwrap_err(), Refusal::WrongInstallation);
-        let junk = state.use_join_token("nonsense".into(), ours).await.unwrap();
+        let junk = state
+            .use_join_token("nonsense".into(), ours, &n)
+            .await
+            .unwrap();
         assert!(matches!(junk, Err(Refusal::Malformed(..))));
     }
 
@@ -655,12 +665,43 @@ mod tests {
         let state = Arc::new(State::open_files(dir.path()).await.unwrap());
         let web = key("acme/web-1");
         assert_eq!(state.node_status(&web), NodeStatus::Unknown);
+        let enrol = |token: &str, replace| CertMode::Enrol {
+            token_id: token.into(),
+            replace,
+        };
         state
-            .record_node_cert(web.clone(), "s1".into(), false)
+            .record_node_cert(web.clone(), "s1".into(), enrol("t1", false))
+            .await
+            .unwrap();
+        // Another token cannot take the enrolled node over; the same one
+        // may ask again soon after (its first answer may have been lost),
+        // and a token made to replace it may.
+        let taken = state
+            .record_node_cert(web.clone(), "evil".into(), enrol("t2", false))
+            .await;
+        assert!(
+            matches!(taken, Err(StateError::AlreadyEnrolled(_))),
+            "{taken:?}"
+        );
+        let message = taken.unwrap_err().to_string();
+        assert!(
+            message.contains("node revoke") && message.contains("--replace"),
+            "{message}"
+        );
+        state
+            .record_node_cert(web.clone(), "s0".into(), enrol("t1", false))
             .await
             .unwrap();
         state
-            .record_node_cert(web.clone(), "s2".into(), true)
+            .record_node_cert(web.clone(), "s1".into(), enrol("t3", true))
+            .await
+            .unwrap();
+        assert_eq!(
+            state.node_status(&web),
+            NodeStatus::Enrolled(vec!["s1".into()])
+        );
+        state
+            .record_node_cert(web.clone(), "s2".into(), CertMode::Renew)
             .await
             .unwrap();
         assert_eq!(
@@ -669,7 +710,7 @@ mod tests {
             "a renewal keeps the previous certificate good"
         );
         state
-            .record_node_cert(web.clone(), "s3".into(), true)
+            .record_node_cert(web.clone(), "s3".into(), CertMode::Renew)
             .await
             .unwrap();
         assert_eq!(
@@ -692,7 +733,9 @@ mod tests {
         assert!(matches!(state.node_status(&web), NodeStatus::Revoked(_)));
         assert_eq!(revoked.len(), 1);
         assert!(revoked[0].covers(&web, "s3") && !revoked[0].covers(&web, "s1"));
-        let renew = state.record_node_cert(web.clone(), "s4".into(), true).await;
+        let renew = state
+            .record_node_cert(web.clone(), "s4".into(), CertMode::Renew)
+            .await;
         assert!(matches!(renew, Err(StateError::Revoked(_))), "{renew:?}");
 
         // A restarted relay reads every record back.

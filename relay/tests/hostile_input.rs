@@ -125,6 +125,8 @@ async fn fixture() -> Fixture {
                 ttl: Some(Duration::from_secs(600)),
                 uses: Some(1),
                 name: None,
+                node: None,
+                replace: false,
             })
             .await
             .unwrap();

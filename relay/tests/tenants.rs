@@ -294,6 +294,85 @@ fn join_tokens_say_whether_they_expired_were_revoked_or_are_used_up() {
 }
 
 #[test]
+fn a_join_token_cannot_take_over_an_enrolled_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay")).unwrap();
+    let token = relay.token().unwrap();
+    let mut owner = AgentCmd::new(
+        &relay,
+        "web",
+        &docker_endpoint(),
+        &dir.path().join("owner"),
+        Some(&token),
+    )
+    .spawn()
+    .unwrap();
+    relay.wait_for_node("web").unwrap();
+    let owner_serial = cert_serial(&dir.path().join("owner"));
+
+    // Another holder of a tenant token, on another host, same node id.
+    let other = relay.token().unwrap();
+    let out = agent_until_exit(&relay, "web", &dir.path().join("intruder"), &other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second host took over node web");
+    assert!(
+        stderr.contains("already enrolled")
+            && stderr.contains("node revoke")
+            && stderr.contains("--replace"),
+        "the refusal must say how to move a node:\n{stderr}"
+    );
+    // A token made for another node cannot enrol this one either.
+    let bound = relay
+        .cli_last_line(&["token", "create", "--node", "db"])
+        .unwrap();
+    let out = agent_until_exit(&relay, "web", &dir.path().join("bound"), &bound);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("for node db only"), "{stderr}");
+    // The owner was never disturbed.
+    relay.wait_for_node("web").unwrap();
+    Docker::new(relay.docker_host("web")).ok(&["ps"]).unwrap();
+
+    // Moving the node on purpose: a token made to replace it.
+    owner.kill();
+    let replace = relay
+        .cli_last_line(&[
+            "token",
+            "create",
+            "--node",
+            "web",
+            "--replace",
+            "--uses",
+            "1",
+        ])
+        .unwrap();
+    let _mover = AgentCmd::new(
+        &relay,
+        "web",
+        &docker_endpoint(),
+        &dir.path().join("mover"),
+        Some(&replace),
+    )
+    .spawn()
+    .unwrap();
+    let enrolled = dir.path().join("mover/node.pem");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !enrolled.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the replacing agent did not enrol"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_ne!(cert_serial(&dir.path().join("mover")), owner_serial);
+    let moved = relay
+        .wait_log("node enrolled", Duration::from_secs(10))
+        .unwrap();
+    assert!(moved.matches("node enrolled").count() >= 2, "{moved}");
+    relay.wait_for_node("web").unwrap();
+    Docker::new(relay.docker_host("web")).ok(&["ps"]).unwrap();
+}
+
+#[test]
 fn a_revoked_node_is_dropped_at_once_and_cannot_come_back() {
     let tunnel = Tunnel::start("doomed").unwrap();
     let docker = tunnel.docker();

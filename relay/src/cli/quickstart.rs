@@ -54,6 +54,10 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             ttl: Some(Duration::from_secs(600)),
             uses: Some(1),
             name: Some("quickstart".into()),
+            node: None,
+            // The quickstart owns both the relay's and the agent's state:
+            // a fresh agent state beside an old relay state is its own node.
+            replace: true,
         })
         .await
         .context("cannot create a join token")?;

@@ -20,6 +20,7 @@ use super::Context;
 use crate::identity::{renew_in, renewal_delay};
 use crate::metrics::{Handshake, Limit};
 use crate::sessions::{ControlCommand, Entry, NodeInfo};
+use crate::state::CertMode;
 
 /// Runs an authenticated agent's control stream for the session's life.
 pub(super) async fn run(
@@ -176,7 +177,7 @@ fn renew(ctx: &Arc<Context>, key: &NodeKey, csr: &str, tx: mpsc::Sender<ControlC
     let (state, key) = (ctx.state.clone(), key.clone());
     ctx.tasks.spawn(
         async move {
-            match state.record_node_cert(key, serial, true).await {
+            match state.record_node_cert(key, serial, CertMode::Renew).await {
                 Ok(()) => {
                     info!("node certificate renewed");
                     let cmd: ControlCommand =

@@ -10,6 +10,7 @@ use tunnelgate_session::{Session, Stream, HANDSHAKE_TIMEOUT};
 
 use super::Context;
 use crate::metrics::Handshake;
+use crate::state::{CertMode, StateError};
 
 /// Answers one enrolment request on `control` and closes the session.
 pub(super) async fn enrol(session: Session, mut control: Stream, ctx: &Context) {
@@ -72,7 +73,7 @@ async fn issue(ctx: &Context, req: Enroll) -> Result<Enrolled, Refused> {
     };
     let token = ctx
         .state
-        .use_join_token(req.token, ctx.authority.ca_fingerprint())
+        .use_join_token(req.token, ctx.authority.ca_fingerprint(), &req.node_id)
         .await
         .map_err(|e| store_failed(&e))?
         .map_err(|e| refuse(RefusalCode::BadToken, e.to_string()))?;
@@ -94,10 +95,17 @@ async fn issue(ctx: &Context, req: Enroll) -> Result<Enrolled, Refused> {
         tenant: token.tenant.clone(),
         node_id: req.node_id,
     };
-    ctx.state
-        .record_node_cert(key.clone(), serial, false)
-        .await
-        .map_err(|e| store_failed(&e))?;
+    let mode = CertMode::Enrol {
+        token_id: token.id.clone(),
+        replace: token.replace,
+    };
+    match ctx.state.record_node_cert(key.clone(), serial, mode).await {
+        Ok(()) => {}
+        Err(e @ StateError::AlreadyEnrolled(_)) => {
+            return Err(refuse(RefusalCode::BadToken, e.to_string()))
+        }
+        Err(e) => return Err(store_failed(&e)),
+    }
     info!(tenant = %key.tenant, node_id = %key.node_id, token_id = %token.id, "node enrolled");
     Ok(Enrolled {
         cert_pem,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tunnelgate_proto::TenantId;
+use tunnelgate_proto::{NodeId, TenantId};
 
 use super::records::Records;
 use super::{random_hex, rfc3339, unix_now, StateError};
@@ -82,6 +82,13 @@ pub struct Credential {
     /// When an operator revoked it.
     #[serde(default)]
     pub revoked_at: Option<u64>,
+    /// A join token made for this node only.
+    #[serde(default)]
+    pub node: Option<NodeId>,
+    /// A join token that may enrol its node though it is enrolled
+    /// already (moving a node to a new host).
+    #[serde(default)]
+    pub replace: bool,
 }
 
 impl Credential {
@@ -136,6 +143,14 @@ pub enum Refusal {
         /// The create command.
         hint: &'static str,
     },
+    /// A join token made for another node.
+    #[error("the join token {id} is for node {node} only; create one for this node with `tunnelgate-relay token create --node NODE`")]
+    OtherNode {
+        /// Its id.
+        id: String,
+        /// The node it is for.
+        node: NodeId,
+    },
     /// All its uses are spent.
     #[error(
         "the {noun} {id} is used up (it allowed {uses} use(s)); create a new one with `{hint}`"
@@ -163,6 +178,10 @@ pub struct NewCredential {
     pub uses: Option<u32>,
     /// Operator's note.
     pub name: Option<String>,
+    /// For join tokens: the one node it may enrol.
+    pub node: Option<NodeId>,
+    /// For join tokens: may enrol its node though it is enrolled already.
+    pub replace: bool,
 }
 
 /// The join tokens and API keys of one installation.
@@ -209,6 +228,8 @@ impl Store {
             max_uses: new.uses,
             uses: 0,
             revoked_at: None,
+            node: new.node,
+            replace: new.replace,
         };
         let stored = credential.clone();
         self.records
@@ -283,14 +304,15 @@ impl Store {
         Ok(c.clone())
     }
 
-    /// Checks a join token's id and secret and, if it is good, consumes one
-    /// of its uses.
+    /// Checks a join token's id and secret, and that it may enrol `node`;
+    /// if it is good, consumes one of its uses.
     pub async fn use_token(
         &self,
         id: &str,
         secret: &str,
+        node: &NodeId,
     ) -> Result<Result<Credential, Refusal>, StateError> {
-        let (id, secret) = (id.to_owned(), secret.to_owned());
+        let (id, secret, node) = (id.to_owned(), secret.to_owned(), node.clone());
         self.records
             .update(
                 Kind::JoinToken.key(),
@@ -300,6 +322,13 @@ impl Store {
                     let Ok(c) = &checked else {
                         return Ok((None, checked));
                     };
+                    if let Some(bound) = c.node.as_ref().filter(|n| **n != node) {
+                        let refused = Refusal::OtherNode {
+                            id: c.id.clone(),
+                            node: bound.clone(),
+                        };
+                        return Ok((None, Err(refused)));
+                    }
                     if let Some(stored) = list.iter_mut().find(|s| s.id == c.id) {
                         stored.uses += 1;
                     }
@@ -345,6 +374,10 @@ mod tests {
 
     use super::*;
 
+    fn node(n: &str) -> NodeId {
+        NodeId::new(n).unwrap()
+    }
+
     fn tenant(t: &str) -> TenantId {
         TenantId::new(t).unwrap()
     }
@@ -355,6 +388,8 @@ mod tests {
             ttl: ttl.map(Duration::from_secs),
             uses,
             name: None,
+            node: None,
+            replace: false,
         }
     }
 
@@ -368,7 +403,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .use_token(&good.id, &secret)
+                .use_token(&good.id, &secret, &node("n1"))
                 .await
                 .unwrap()
                 .unwrap()
@@ -382,7 +417,7 @@ mod tests {
         );
         assert!(matches!(
             store
-                .use_token(&good.id, "0123456789abcdef0123")
+                .use_token(&good.id, "0123456789abcdef0123", &node("n1"))
                 .await
                 .unwrap(),
             Err(Refusal::Unknown(..))
@@ -392,15 +427,52 @@ mod tests {
             .create(Kind::JoinToken, new(Some(600), Some(1)))
             .await
             .unwrap();
-        assert!(store.use_token(&once.id, &s1).await.unwrap().is_ok());
-        let err = store.use_token(&once.id, &s1).await.unwrap().unwrap_err();
+        assert!(store
+            .use_token(&once.id, &s1, &node("n1"))
+            .await
+            .unwrap()
+            .is_ok());
+        let err = store
+            .use_token(&once.id, &s1, &node("n1"))
+            .await
+            .unwrap()
+            .unwrap_err();
         assert!(err.to_string().contains("used up"), "{err}");
+
+        let (bound, s4) = store
+            .create(
+                Kind::JoinToken,
+                NewCredential {
+                    node: Some(node("web-1")),
+                    ..new(Some(600), Some(1))
+                },
+            )
+            .await
+            .unwrap();
+        let err = store
+            .use_token(&bound.id, &s4, &node("web-2"))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("for node web-1 only"), "{err}");
+        assert!(
+            store
+                .use_token(&bound.id, &s4, &node("web-1"))
+                .await
+                .unwrap()
+                .is_ok(),
+            "a refusal for another node must not spend the token's one use"
+        );
 
         let (old, s2) = store
             .create(Kind::JoinToken, new(Some(0), None))
             .await
             .unwrap();
-        let err = store.use_token(&old.id, &s2).await.unwrap().unwrap_err();
+        let err = store
+            .use_token(&old.id, &s2, &node("n1"))
+            .await
+            .unwrap()
+            .unwrap_err();
         assert!(err.to_string().contains("expired"), "{err}");
 
         let (gone, s3) = store
@@ -412,7 +484,11 @@ mod tests {
             .await
             .unwrap()
             .is_some());
-        let err = store.use_token(&gone.id, &s3).await.unwrap().unwrap_err();
+        let err = store
+            .use_token(&gone.id, &s3, &node("n1"))
+            .await
+            .unwrap()
+            .unwrap_err();
         assert!(err.to_string().contains("revoked"), "{err}");
         assert!(store
             .revoke(Kind::JoinToken, "nope")
@@ -428,7 +504,10 @@ mod tests {
             .iter()
             .map(|c| c.state(now))
             .collect();
-        assert_eq!(states, ["active", "used up", "expired", "revoked"]);
+        assert_eq!(
+            states,
+            ["active", "used up", "used up", "expired", "revoked"]
+        );
     }
 
     #[tokio::test]

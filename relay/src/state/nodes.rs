@@ -23,6 +23,9 @@ pub struct NodeRecord {
     /// When an operator revoked it.
     #[serde(default)]
     pub revoked_at: Option<u64>,
+    /// The id of the join token it enrolled with.
+    #[serde(default)]
+    pub enrolled_with: Option<String>,
 }
 
 impl NodeRecord {
@@ -57,6 +60,28 @@ impl Revocation {
     }
 }
 
+/// Why a node certificate is recorded.
+#[derive(Debug, Clone)]
+pub enum CertMode {
+    /// A renewal over the node's session: the previous certificate stays
+    /// good; refused for a revoked node.
+    Renew,
+    /// An enrolment with the join token `token_id`: a new record. Refused
+    /// for a node that is enrolled and not revoked, unless `replace` (the
+    /// token says so), or the same token enrolled it within
+    /// [`ENROL_RETRY_WINDOW`] (an agent that lost the answer and asks again).
+    Enrol {
+        /// The join token's id.
+        token_id: String,
+        /// The token may replace an enrolled node.
+        replace: bool,
+    },
+}
+
+/// How long after an enrolment the same token may enrol the same node
+/// again, for an agent whose first answer was lost.
+pub const ENROL_RETRY_WINDOW: u64 = 600;
+
 fn record_key(key: &NodeKey) -> String {
     format!("nodes/{}/{}", key.tenant, key.node_id)
 }
@@ -78,24 +103,37 @@ pub(crate) async fn record_cert(
     records: &Records,
     key: &NodeKey,
     serial: String,
-    renew: bool,
+    mode: CertMode,
 ) -> Result<NodeRecord, StateError> {
     let node = key.clone();
     records
         .update(&record_key(key), move |current: Option<NodeRecord>| {
-            let mut record = match current {
-                Some(r) if renew => r,
-                _ => NodeRecord {
+            let now = unix_now();
+            let mut record = match (current, &mode) {
+                (Some(r), CertMode::Renew) if r.revoked_at.is_some() => {
+                    return Err(StateError::Revoked(node.clone()))
+                }
+                (Some(r), CertMode::Renew) => r,
+                (Some(r), CertMode::Enrol { token_id, replace })
+                    if r.revoked_at.is_none()
+                        && !replace
+                        && !(r.enrolled_with.as_ref() == Some(token_id)
+                            && now.saturating_sub(r.enrolled_at) < ENROL_RETRY_WINDOW) =>
+                {
+                    return Err(StateError::AlreadyEnrolled(node.clone()))
+                }
+                (_, mode) => NodeRecord {
                     tenant: node.tenant.clone(),
                     node_id: node.node_id.clone(),
-                    enrolled_at: unix_now(),
+                    enrolled_at: now,
                     serials: Vec::new(),
                     revoked_at: None,
+                    enrolled_with: match mode {
+                        CertMode::Enrol { token_id, .. } => Some(token_id.clone()),
+                        CertMode::Renew => None,
+                    },
                 },
             };
-            if renew && record.revoked_at.is_some() {
-                return Err(StateError::Revoked(node.clone()));
-            }
             record.serials.push(serial.clone());
             let keep = record.serials.len().saturating_sub(2);
             record.serials.drain(..keep);
