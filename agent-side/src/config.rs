@@ -56,6 +56,38 @@ pub enum Command {
     /// files, so relays that can reach the daemon's port go there directly
     /// over mutual TLS; prints the dockerd flags to use.
     DockerTls(DockerTlsArgs),
+    /// Say whether the agent running on this host is connected, to which
+    /// relays, over which transport, since when, and whether it reaches
+    /// the Docker daemon; exits 0 only when it is connected.
+    Status(StatusArgs),
+    /// Ask the relay to revoke this node, as when the host is removed
+    /// (`install.sh --purge` runs it): its certificate is refused
+    /// everywhere from then on. The local state dir is left as it is.
+    Leave(LeaveArgs),
+}
+
+/// `tunnelgate-agent leave`.
+#[derive(clap::Args, Debug)]
+pub struct LeaveArgs {
+    /// How to reach the relay and who this node is (as for running the agent).
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// `tunnelgate-agent status`.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// The running agent's state dir.
+    #[arg(
+        long,
+        env = "TUNNELGATE_AGENT_STATE_DIR",
+        default_value = "/var/lib/tunnelgate-agent",
+        value_name = "DIR"
+    )]
+    pub state_dir: PathBuf,
+    /// Print the status as JSON instead.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `tunnelgate-agent docker-tls`.
@@ -216,6 +248,9 @@ pub struct AgentConfig {
     pub direct_endpoints: Vec<String>,
     /// The daemon's TLS files, renewed by the agent.
     pub daemon_tls: Option<PathBuf>,
+    /// Where the running agent keeps its status for `tunnelgate-agent
+    /// status` (none: not written, as for the load tester's agents).
+    pub status_file: Option<PathBuf>,
     /// A QUIC endpoint to dial from, for a process that runs many agents
     /// (the load tester): sessions share its one UDP socket. `None` opens a
     /// socket per dial, as a lone agent wants.
@@ -365,6 +400,10 @@ impl AgentConfig {
                 ));
             }
         }
+        let state_dir = args
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/tunnelgate-agent"));
         Ok(Self {
             direct_endpoints,
             daemon_tls,
@@ -374,10 +413,8 @@ impl AgentConfig {
             node_id,
             hostname: host,
             docker,
-            state_dir: args
-                .state_dir
-                .or(file.state_dir)
-                .unwrap_or_else(|| PathBuf::from("/var/lib/tunnelgate-agent")),
+            status_file: Some(state_dir.join(crate::status::FILE)),
+            state_dir,
             transport: args
                 .transport
                 .or(file.transport)

@@ -25,20 +25,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
-use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
-use tunnelgate_proto::message::{ControlMessage, DaemonCertSigned, SignDaemonCert};
+use tracing::warn;
+use tunnelgate_proto::message::{ControlMessage, SignDaemonCert};
 use tunnelgate_session::tls;
 
 use crate::config::AgentConfig;
 use crate::error::AgentError;
-use crate::identity::{self, NodeIdentity};
-use crate::transport;
+use crate::{errand, identity};
 
 /// The file that records what a daemon certificate was made for.
 const REQUEST_FILE: &str = "request.toml";
-/// How long the relay may take to sign.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a renewal that failed is tried again.
 const RETRY: Duration = Duration::from_secs(600);
 
@@ -90,86 +86,42 @@ fn write(path: PathBuf, contents: &str, private: bool) -> Result<(), AgentError>
 /// relays and writes the daemon's TLS files to `out`.
 pub async fn obtain(config: &AgentConfig, out: &Path, request: &Request) -> Result<(), AgentError> {
     if request.dns_names.is_empty() && request.ip_addresses.is_empty() {
-        return Err(AgentError::DaemonCert(
+        return Err(AgentError::Errand(
             "name at least one --name or --ip that relays reach this host's daemon by".into(),
         ));
     }
-    let mut last = None;
-    for relay in &config.relays {
-        match sign_at(config, relay, request).await {
-            Ok((signed, key_pem)) => {
-                std::fs::create_dir_all(out).map_err(|source| AgentError::WriteState {
-                    path: out.to_owned(),
-                    source,
-                })?;
-                write(out.join("ca.pem"), &signed.client_ca_pem, false)?;
-                write(out.join("server-key.pem"), &key_pem, true)?;
-                write(out.join("server-cert.pem"), &signed.cert_pem, false)?;
-                let toml = toml::to_string(request).expect("a request serializes");
-                write(out.join(REQUEST_FILE), &toml, false)?;
-                return Ok(());
-            }
-            Err(e) if e.is_fatal() => return Err(e),
-            Err(e) => {
-                info!(%relay, error = %e, "no daemon certificate from this relay; trying the next");
-                last = Some(e);
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| AgentError::DaemonCert("no relay configured".into())))
-}
-
-/// Asks `relay` to sign a fresh daemon key's request; returns the answer
-/// and the key.
-async fn sign_at(
-    config: &AgentConfig,
-    relay: &str,
-    request: &Request,
-) -> Result<(DaemonCertSigned, String), AgentError> {
-    let identity = match NodeIdentity::load(&config.state_dir)? {
-        Some(id) => id,
-        None => identity::enrol(config, relay).await?,
-    };
-    identity.check_node(&config.node_id)?;
-    let (session, _) = transport::dial(config, relay, &identity.credentials()?).await?;
-    let lost = |e: &dyn std::fmt::Display| AgentError::DaemonCert(format!("{relay}: {e}"));
     let (key_pem, csr_pem) = identity::renewal_request()?;
     let ask = ControlMessage::SignDaemonCert(SignDaemonCert {
         csr_pem,
         dns_names: request.dns_names.clone(),
         ip_addresses: request.ip_addresses.clone(),
     });
-    let exchange = async {
-        let mut control = session.open_stream().await.map_err(|e| lost(&e))?;
-        control
-            .write_message(&ask, DEFAULT_MAX_FRAME)
-            .await
-            .map_err(|e| lost(&e))?;
-        control
-            .read_message::<ControlMessage>(DEFAULT_MAX_FRAME)
-            .await
-            .map_err(|e| lost(&e))
-    };
-    let reply = tokio::time::timeout(ANSWER_TIMEOUT, exchange)
-        .await
-        .map_err(|_| lost(&format!("no answer within {ANSWER_TIMEOUT:?}")))?;
-    session.close("daemon certificate done");
-    match reply? {
-        ControlMessage::DaemonCertSigned(signed) => {
-            let certified = tls::certs_from_pem(&signed.cert_pem)
-                .ok()
-                .and_then(|c| c.first().and_then(tls::public_key_info));
-            let key = rcgen::KeyPair::from_pem(&key_pem)?;
-            if certified.as_deref()
-                != Some(rcgen::PublicKeyData::subject_public_key_info(&key).as_slice())
-            {
-                return Err(AgentError::ForeignCertificate);
-            }
-            Ok((signed, key_pem))
+    let signed = match errand::ask_any(config, &ask).await? {
+        ControlMessage::DaemonCertSigned(signed) => signed,
+        ControlMessage::Refused(r) => return Err(AgentError::ErrandRefused(r.message)),
+        _ => {
+            return Err(AgentError::Errand(
+                "unexpected answer to the daemon certificate request".into(),
+            ))
         }
-        ControlMessage::Refused(r) => Err(AgentError::DaemonCertRefused(r.message)),
-        _ => Err(lost(&"unexpected answer to the daemon certificate request")),
+    };
+    let certified = tls::certs_from_pem(&signed.cert_pem)
+        .ok()
+        .and_then(|c| c.first().and_then(tls::public_key_info));
+    let key = rcgen::KeyPair::from_pem(&key_pem)?;
+    if certified.as_deref() != Some(rcgen::PublicKeyData::subject_public_key_info(&key).as_slice())
+    {
+        return Err(AgentError::ForeignCertificate);
     }
+    std::fs::create_dir_all(out).map_err(|source| AgentError::WriteState {
+        path: out.to_owned(),
+        source,
+    })?;
+    write(out.join("ca.pem"), &signed.client_ca_pem, false)?;
+    write(out.join("server-key.pem"), &key_pem, true)?;
+    write(out.join("server-cert.pem"), &signed.cert_pem, false)?;
+    let toml = toml::to_string(request).expect("a request serializes");
+    write(out.join(REQUEST_FILE), &toml, false)
 }
 
 /// What to tell the operator after `docker-tls` wrote to `out`.

@@ -57,12 +57,13 @@ pub enum AgentError {
     /// The relay refused the enrolment (bad, expired or used-up token, ...).
     #[error("enrolment refused: {0}")]
     EnrolRefused(String),
-    /// The relay refused to sign a daemon certificate (names it cannot certify, ...).
-    #[error("daemon certificate refused: {0}")]
-    DaemonCertRefused(String),
-    /// A daemon certificate could not be had.
-    #[error("no daemon certificate: {0}")]
-    DaemonCert(String),
+    /// The relay refused a request (a daemon certificate for names it
+    /// cannot certify, a node it cannot revoke, ...).
+    #[error("refused by the relay: {0}")]
+    ErrandRefused(String),
+    /// A request to the relay got no answer.
+    #[error("no answer: {0}")]
+    Errand(String),
     /// A key or certificate request could not be made.
     #[error("cannot make a key or certificate request: {0}")]
     Key(#[from] rcgen::Error),
@@ -172,7 +173,7 @@ impl AgentError {
                 | Self::NoToken(_)
                 | Self::MalformedToken
                 | Self::EnrolRefused(_)
-                | Self::DaemonCertRefused(_)
+                | Self::ErrandRefused(_)
                 | Self::Key(_)
                 | Self::Tls(_)
                 | Self::QuicConfig(_)

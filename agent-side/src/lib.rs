@@ -16,11 +16,13 @@
 pub mod config;
 pub mod daemon_tls;
 pub mod docker;
+pub mod errand;
 pub mod error;
 pub mod identity;
 pub mod policy;
 pub mod relays;
 mod serve;
+pub mod status;
 pub mod transport;
 
 use std::sync::Arc;
@@ -82,10 +84,22 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
     if let Some(dir) = config.daemon_tls.clone() {
         tokio::spawn(daemon_tls::keep_renewed(config.clone(), dir, stop.clone()));
     }
+    let board = Arc::new(status::Board::new(
+        config.status_file.clone(),
+        config.node_id.as_str(),
+        &config.docker.to_string(),
+    ));
+    tokio::spawn(board.clone().keep_fresh(stop.clone()));
     let mut slots = JoinSet::new();
     // Slot 0 alone first: it enrols if need be, and its welcome brings
     // the membership the other slots choose from.
-    slots.spawn(run_slot(config.clone(), relays.clone(), 0, stop.clone()));
+    slots.spawn(run_slot(
+        config.clone(),
+        relays.clone(),
+        board.clone(),
+        0,
+        stop.clone(),
+    ));
     let mut welcomed = relays.welcomed_once();
     let mut others_started = false;
     loop {
@@ -111,7 +125,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
                 }
                 others_started = true;
                 for slot in 1..relays.slots() {
-                    slots.spawn(run_slot(config.clone(), relays.clone(), slot, stop.clone()));
+                    slots.spawn(run_slot(config.clone(), relays.clone(), board.clone(), slot, stop.clone()));
                 }
             }
         }
@@ -122,6 +136,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
 async fn run_slot(
     config: Arc<AgentConfig>,
     relays: Arc<Relays>,
+    board: Arc<status::Board>,
     slot: usize,
     cancel: CancellationToken,
 ) -> Result<(), AgentError> {
@@ -144,10 +159,11 @@ async fn run_slot(
         let started = Instant::now();
         let span = info_span!("session", node_id = %config.node_id, relay = %target.addr, slot);
         let target_relay = target.relay_id.clone();
-        let end = connect_once(&config, &relays, slot, target, &cancel)
+        let end = connect_once(&config, &relays, &board, slot, target, &cancel)
             .instrument(span)
             .await;
         relays.lost(slot);
+        board.disconnected(slot);
         if cancel.is_cancelled() {
             return Ok(());
         }
@@ -323,6 +339,8 @@ impl Running {
 #[derive(Clone)]
 struct Place {
     relays: Arc<Relays>,
+    /// Where `tunnelgate-agent status` learns of the session.
+    status: Arc<status::Board>,
     slot: usize,
     target: Target,
 }
@@ -330,6 +348,7 @@ struct Place {
 async fn connect_once(
     config: &Arc<AgentConfig>,
     relays: &Arc<Relays>,
+    board: &Arc<status::Board>,
     slot: usize,
     target: Target,
     cancel: &CancellationToken,
@@ -351,6 +370,7 @@ async fn connect_once(
     info!(transport = %session.transport(), reason = %why, "transport chosen");
     let place = |target: Target| Place {
         relays: relays.clone(),
+        status: board.clone(),
         slot,
         target,
     };
@@ -507,6 +527,7 @@ async fn run_session(
         .map_err(|e| AgentError::session("opening the control stream", e))?;
     let facts = config.docker.probe().await;
     report_daemon(&config.docker, None, &facts);
+    place.status.daemon(&facts);
     let hello = Hello {
         version: ProtocolVersion::CURRENT,
         agent_version: VERSION.to_owned(),
@@ -540,6 +561,7 @@ async fn run_session(
     tokio::spawn(
         watch_daemon(
             config.clone(),
+            place.status.clone(),
             facts,
             tx.clone(),
             reprobe,
@@ -560,6 +582,7 @@ async fn run_session(
             AgentEvent::Welcomed(w) => {
                 info!(relay_id = %w.relay_id, %transport, remote = %session.remote_addr(),
                       members = w.members.len(), "connected to relay");
+                place.status.connected(place.slot, w.relay_id.as_str(), &place.target.addr, transport.as_str());
                 place.relays.welcomed(place.slot, &place.target, &w.relay_id, w.members);
                 if let Some(tx) = welcomed.take() {
                     let _ = tx.send(());
@@ -631,6 +654,7 @@ async fn run_session(
 /// reach it, and tells the relay when reachability changes.
 async fn watch_daemon(
     config: Arc<AgentConfig>,
+    board: Arc<status::Board>,
     mut last: DockerFacts,
     control: mpsc::Sender<driver::Command<AgentControl>>,
     reprobe: Arc<Notify>,
@@ -645,6 +669,7 @@ async fn watch_daemon(
         let facts = config.docker.probe().await;
         if facts.reachable != last.reachable || facts.version != last.version {
             report_daemon(&config.docker, Some(&last), &facts);
+            board.daemon(&facts);
             let update = facts.clone();
             let cmd: driver::Command<AgentControl> = Box::new(move |m| m.update_node(update));
             if control.send(cmd).await.is_err() {

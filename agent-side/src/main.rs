@@ -3,15 +3,19 @@
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tunnelgate_agent::config::{AgentConfig, Cli, Command, DockerTlsArgs};
-use tunnelgate_agent::daemon_tls;
+use tunnelgate_agent::config::{AgentConfig, Cli, Command, DockerTlsArgs, LeaveArgs, StatusArgs};
+use tunnelgate_agent::{daemon_tls, errand, status};
+use tunnelgate_proto::message::{ControlMessage, Leave};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tunnelgate_session::process::init_tracing();
     let cli = Cli::parse();
-    if let Some(Command::DockerTls(args)) = cli.command {
-        return docker_tls(args).await;
+    match cli.command {
+        Some(Command::DockerTls(args)) => return docker_tls(args).await,
+        Some(Command::Status(args)) => return show_status(args),
+        Some(Command::Leave(args)) => return leave(args).await,
+        None => {}
     }
     let config = AgentConfig::resolve(cli.run).context("invalid configuration")?;
     tracing::info!(node_id = %config.node_id, relays = ?config.relays, relay_sessions = config.relay_sessions, docker = %config.docker,
@@ -37,4 +41,40 @@ async fn docker_tls(args: DockerTlsArgs) -> anyhow::Result<()> {
         .context("docker-tls")?;
     println!("{}", daemon_tls::instructions(&args.out, &request));
     Ok(())
+}
+
+fn show_status(args: StatusArgs) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let connected = match status::read(&args.state_dir) {
+        Ok(s) => {
+            let (text, connected) = status::report(&s, now, status::alive(&s));
+            match args.json {
+                true => println!("{}", serde_json::to_string_pretty(&s)?),
+                false => print!("{text}"),
+            }
+            connected
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            false
+        }
+    };
+    std::process::exit(if connected { 0 } else { 1 })
+}
+
+async fn leave(args: LeaveArgs) -> anyhow::Result<()> {
+    let config = AgentConfig::resolve(args.agent).context("invalid configuration")?;
+    let ask = ControlMessage::Leave(Leave {
+        reason: format!("removed from host {}", config.hostname),
+    });
+    match errand::ask_any(&config, &ask).await.context("leave")? {
+        ControlMessage::Left(left) => {
+            println!("node {} is revoked at the relay", left.node_id);
+            Ok(())
+        }
+        ControlMessage::Refused(r) => anyhow::bail!("the relay refused: {}", r.message),
+        _ => anyhow::bail!("unexpected answer from the relay"),
+    }
 }

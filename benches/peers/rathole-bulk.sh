@@ -61,5 +61,7 @@ sleep 2
 
 cd "$repo"
 cargo build --quiet --release -p tunnelgate-relay -p tunnelgate-loadtest
+# SCENARIO is a scenario and its flags, split into words on purpose.
+# shellcheck disable=SC2086
 target/release/tunnelgate-loadtest --transport "$transport" --responder-port "$responder" \
     --json "${JSON:-/dev/null}" ${SCENARIO:-bulk --bytes "$bytes" --rounds "$rounds"} "${peer_args[@]}"

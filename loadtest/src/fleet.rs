@@ -91,6 +91,8 @@ impl Fleet {
         };
         let mut config = AgentConfig::resolve(args).context("simulated agent config")?;
         config.daemon_probe_interval = DAEMON_PROBE_INTERVAL;
+        // Thousands of simulated agents: no status files.
+        config.status_file = None;
         if self.transport != TransportChoice::Tcp {
             config.quic_endpoint = Some(self.endpoint(i)?);
         }

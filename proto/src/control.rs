@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use crate::message::{
     CertRenewed, ControlMessage, DaemonCertSigned, DockerFacts, Drain, Heartbeat, HeartbeatAck,
-    Hello, Members, NodeUpdate, RefusalCode, Refused, RelayMember, RenewCert, SignDaemonCert,
-    Welcome,
+    Hello, Leave, Left, Members, NodeUpdate, RefusalCode, Refused, RelayMember, RenewCert,
+    SignDaemonCert, Welcome,
 };
 use crate::version::IncompatibleVersion;
 use crate::{NodeId, ProtocolVersion, RelayId};
@@ -97,6 +97,8 @@ fn kind(msg: &ControlMessage) -> &'static str {
         ControlMessage::CertRenewed(_) => "cert_renewed",
         ControlMessage::SignDaemonCert(_) => "sign_daemon_cert",
         ControlMessage::DaemonCertSigned(_) => "daemon_cert_signed",
+        ControlMessage::Leave(_) => "leave",
+        ControlMessage::Left(_) => "left",
         ControlMessage::Unknown => "unknown",
     }
 }
@@ -298,6 +300,9 @@ pub enum RelayEvent {
     /// The agent asks for its daemon's server certificate; answer with
     /// [`RelayControl::daemon_cert_signed`] or [`RelayControl::fail`].
     DaemonCertRequested(SignDaemonCert),
+    /// The node asks to be revoked (it is being removed from its host);
+    /// answer with [`RelayControl::left`] or [`RelayControl::fail`].
+    LeaveRequested(Leave),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +394,13 @@ impl RelayControl {
             .push_back(ControlMessage::DaemonCertSigned(signed));
     }
 
+    /// Tells the agent its node is revoked, after [`RelayEvent::LeaveRequested`].
+    pub fn left(&mut self) {
+        let node_id = self.node_id.clone();
+        self.transmit
+            .push_back(ControlMessage::Left(Left { node_id }));
+    }
+
     /// Answers a request the relay could not serve, with a sentence for
     /// the agent's operator; the session itself goes on.
     pub fn fail(&mut self, code: RefusalCode, message: String) {
@@ -476,6 +488,11 @@ impl Machine for RelayControl {
             (RelayState::AwaitHello { deadline }, ControlMessage::SignDaemonCert(r)) => {
                 self.state = RelayState::Errand { deadline };
                 self.events.push_back(RelayEvent::DaemonCertRequested(r));
+                Ok(())
+            }
+            (RelayState::AwaitHello { deadline }, ControlMessage::Leave(r)) => {
+                self.state = RelayState::Errand { deadline };
+                self.events.push_back(RelayEvent::LeaveRequested(r));
                 Ok(())
             }
             (RelayState::Established, ControlMessage::SignDaemonCert(r)) => {

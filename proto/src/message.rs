@@ -270,6 +270,23 @@ pub struct DaemonCertSigned {
     pub renew_in_ms: Option<u64>,
 }
 
+/// Agent → relay, as the first message of a connection made for this
+/// alone: the node is being removed from its host (`install.sh --purge`);
+/// revoke it, so its certificate is refused everywhere from now on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leave {
+    /// Why, for the relay's log.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Relay → agent, answering a [`Leave`]: the node is revoked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Left {
+    /// The node that was revoked.
+    pub node_id: NodeId,
+}
+
 /// Everything that travels on the control stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -289,6 +306,8 @@ pub enum ControlMessage {
     CertRenewed(CertRenewed),
     SignDaemonCert(SignDaemonCert),
     DaemonCertSigned(DaemonCertSigned),
+    Leave(Leave),
+    Left(Left),
     /// A message type from a newer minor version; receivers ignore it.
     #[serde(other)]
     Unknown,

@@ -47,10 +47,12 @@ impl std::fmt::Display for Principal {
 }
 
 /// Authenticates one call from its headers and the subject of its
-/// connection's client certificate, against the current `api_keys`.
+/// connection's client certificate, against the current `api_keys` and
+/// recorded `client_certs`.
 pub fn authenticate(
     mode: ApiAuth,
     api_keys: &[Credential],
+    client_certs: &[Credential],
     client_cert: Option<&Subject>,
     headers: &HeaderMap,
 ) -> Result<Principal, AuthFailure> {
@@ -68,10 +70,14 @@ pub fn authenticate(
     }
     if let Some(subject) = client_cert {
         return match (subject.role, &subject.tenant) {
-            (Some(Role::Client), Some(tenant)) => Ok(Principal {
-                tenant: tenant.clone(),
-                credentials: Credentials::Cert(subject.name.clone()),
-            }),
+            (Some(Role::Client), Some(tenant)) => {
+                credentials::check_client_cert(client_certs, &subject.serial)
+                    .map_err(AuthFailure::RevokedCert)?;
+                Ok(Principal {
+                    tenant: tenant.clone(),
+                    credentials: Credentials::Cert(subject.name.clone()),
+                })
+            }
             _ => Err(AuthFailure::NotAClientCert),
         };
     }
@@ -97,20 +103,21 @@ mod tests {
     #[test]
     fn credentials_are_tried_in_order_and_refusals_name_their_cause() {
         let none = HeaderMap::new();
-        let local = authenticate(ApiAuth::LoopbackOpen, &[], None, &none).unwrap();
+        let local = authenticate(ApiAuth::LoopbackOpen, &[], &[], None, &none).unwrap();
         assert_eq!(local.to_string(), "local");
         assert_eq!(local.tenant, TenantId::default_tenant());
         assert_eq!(
-            authenticate(ApiAuth::Required, &[], None, &none),
+            authenticate(ApiAuth::Required, &[], &[], None, &none),
             Err(AuthFailure::Missing)
         );
         assert_eq!(
-            authenticate(ApiAuth::LoopbackOpen, &[], None, &bearer("Basic x")),
+            authenticate(ApiAuth::LoopbackOpen, &[], &[], None, &bearer("Basic x")),
             Err(AuthFailure::BadScheme)
         );
         assert!(matches!(
             authenticate(
                 ApiAuth::LoopbackOpen,
+                &[],
                 &[],
                 None,
                 &bearer("Bearer tgkey1.a.0123456789abcdef")

@@ -119,6 +119,14 @@ pub enum TokenCommand {
         /// enrolled node.
         #[arg(long, requires = "node")]
         replace: bool,
+        /// Print, as the last line, the one command to run on a host to
+        /// install the agent from the relay and enrol it with this token.
+        #[arg(long)]
+        install_command: bool,
+        /// The relay's API as hosts reach it, for --install-command
+        /// [default: https://HOSTNAME:7375].
+        #[arg(long, value_name = "URL", requires = "install_command")]
+        url: Option<String>,
     },
     /// List join tokens (never their secrets).
     List {
@@ -181,6 +189,19 @@ pub enum ClientCertCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// List the client certificates made here (by serial; never keys).
+    List {
+        #[command(flatten)]
+        dir: StateDir,
+    },
+    /// Revoke a client certificate by serial; serving relays refuse it
+    /// within a second.
+    Revoke {
+        #[command(flatten)]
+        dir: StateDir,
+        /// The certificate's serial, as `client-cert list` shows it.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -197,19 +218,39 @@ pub enum NodeCommand {
     },
 }
 
-/// Writes a control-plane client's certificate files.
-pub fn client_cert(cmd: ClientCertCommand) -> anyhow::Result<()> {
-    let ClientCertCommand::Create {
-        dir,
-        tenant,
-        name,
-        ttl,
-        out,
-    } = cmd;
+/// Writes a control-plane client's certificate files, and lists and
+/// revokes them.
+pub async fn client_cert(cmd: ClientCertCommand) -> anyhow::Result<()> {
+    let (dir, tenant, name, ttl, out) = match cmd {
+        ClientCertCommand::Create {
+            dir,
+            tenant,
+            name,
+            ttl,
+            out,
+        } => (dir, tenant, name, ttl, out),
+        ClientCertCommand::List { dir } => return list(&dir, Kind::ClientCert).await,
+        ClientCertCommand::Revoke { dir, id } => return revoke(&dir, Kind::ClientCert, &id).await,
+    };
     let authority = dir.authority()?;
     let (cert, key) = authority
         .issue_client_cert(&tenant, &name, ttl)
         .context("cannot issue the certificate")?;
+    let subject = tunnelgate_session::tls::certs_from_pem(&cert)
+        .ok()
+        .and_then(|c| c.first().and_then(tunnelgate_session::tls::subject))
+        .context("the issued certificate cannot be read back")?;
+    dir.state()
+        .await?
+        .credentials()
+        .record_client_cert(
+            tenant.clone(),
+            subject.serial.clone(),
+            name.clone(),
+            subject.not_after.max(0) as u64,
+        )
+        .await
+        .context("cannot record the certificate")?;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let write = |file: &str, text: &str, private: bool| {
         let path = out.join(file);
@@ -220,7 +261,8 @@ pub fn client_cert(cmd: ClientCertCommand) -> anyhow::Result<()> {
     write("cert.pem", &cert, false)?;
     write("key.pem", &key, true)?;
     println!(
-        "client certificate {name} for tenant {tenant} written to {} (valid {}); use it with:",
+        "client certificate {name} (serial {}) for tenant {tenant} written to {} (valid {}); use it with:",
+        subject.serial,
         out.display(),
         humantime::format_duration(ttl)
     );
@@ -259,6 +301,8 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             uses,
             node,
             replace,
+            install_command,
+            url,
         } => {
             let fingerprint = dir.authority()?.ca_fingerprint();
             let new = NewCredential {
@@ -283,13 +327,48 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 uses.map_or("unlimited uses".into(), |n| format!("{n} use(s)"))
             );
             let node = node.map_or_else(|| "NODE".to_owned(), |n| n.to_string());
-            println!("  tunnelgate-agent --relay RELAY_HOST:7443 --node-id {node} --state-dir /var/lib/tunnelgate-agent --token <token below>");
-            println!("{text}");
+            if install_command {
+                let ca_sha256 = served_ca_sha256(&dir)?;
+                let url = url.unwrap_or_else(|| format!("https://{}:7375", hostname()));
+                println!("  the command below (it checks the relay's CA by its SHA-256, then installs, enrols and starts the agent; add --node-id {node} to name the node):");
+                println!("{}", install_command_line(&url, &ca_sha256, &text));
+            } else {
+                println!("  tunnelgate-agent --relay RELAY_HOST:7443 --node-id {node} --state-dir /var/lib/tunnelgate-agent --token <token below>");
+                println!("{text}");
+            }
         }
         TokenCommand::List { dir } => list(&dir, Kind::JoinToken).await?,
         TokenCommand::Revoke { dir, id } => revoke(&dir, Kind::JoinToken, &id).await?,
     }
     Ok(())
+}
+
+/// The SHA-256 of the CA file the relay serves at /ca.pem.
+fn served_ca_sha256(dir: &StateDir) -> anyhow::Result<String> {
+    Ok(tunnelgate_relay::front::install::sha256_hex(
+        dir.authority()?.ca_pem().as_bytes(),
+    ))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The one line a host runs: over HTTPS it first fetches the relay's CA
+/// and checks it against `ca_sha256`, then fetches the script with that
+/// CA; the script checks the CA again and the agent binary's hash.
+pub fn install_command_line(url: &str, ca_sha256: &str, token: &str) -> String {
+    let url = url.trim_end_matches('/');
+    let run = format!("sudo sh -s -- --token {token} --ca-sha256 {ca_sha256}");
+    if url.starts_with("https://") {
+        format!(
+            "ca=$(mktemp) && curl -fsSk {url}/ca.pem -o \"$ca\" && echo \"{ca_sha256}  $ca\" | sha256sum -c --quiet && curl -fsSL --cacert \"$ca\" {url}/install.sh | {run}"
+        )
+    } else {
+        format!("curl -fsSL {url}/install.sh | {run}")
+    }
 }
 
 pub async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {

@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// [default: 30s].
     #[arg(long, env = "TUNNELGATE_DIRECT_PROBE_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub direct_probe_interval: Option<Duration>,
+    /// The agent binary served to hosts at /download/ for the one-line
+    /// install [default: tunnelgate-agent beside this binary].
+    #[arg(long, env = "TUNNELGATE_AGENT_BINARY", value_name = "PATH")]
+    pub agent_binary: Option<PathBuf>,
     /// Lifetime of the daemon server certificates agents get with
     /// `tunnelgate-agent docker-tls` [default: 90d].
     #[arg(long, env = "TUNNELGATE_DAEMON_CERT_TTL", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -163,6 +167,7 @@ struct FileConfig {
     api_auth: Option<ApiAuth>,
     node_cert_ttl: Option<String>,
     direct: Option<DirectMode>,
+    agent_binary: Option<PathBuf>,
     direct_probe_interval: Option<String>,
     daemon_cert_ttl: Option<String>,
     max_header_bytes: Option<usize>,
@@ -210,6 +215,8 @@ pub struct Config {
     pub direct_probe_interval: Duration,
     /// Lifetime of daemon server certificates.
     pub daemon_cert_ttl: Duration,
+    /// The agent binary served for installs, when not beside the relay's.
+    pub agent_binary: Option<PathBuf>,
     /// Protection limits.
     pub limits: Limits,
 }
@@ -315,6 +322,7 @@ impl Default for Config {
             direct: DirectMode::Prefer,
             direct_probe_interval: Duration::from_secs(30),
             daemon_cert_ttl: Duration::from_secs(90 * 24 * 3600),
+            agent_binary: None,
             limits: Limits::default(),
         }
     }
@@ -416,6 +424,7 @@ impl Config {
                 .or(file_duration("node_cert_ttl", file.node_cert_ttl)?)
                 .unwrap_or(d.node_cert_ttl),
             direct: args.direct.or(file.direct).unwrap_or(d.direct),
+            agent_binary: args.agent_binary.or(file.agent_binary),
             direct_probe_interval: args
                 .direct_probe_interval
                 .or(file_duration(

@@ -47,6 +47,9 @@ pub enum AuthFailure {
     #[error("authentication failed: {0}")]
     BadApiKey(Refusal),
     /// A TLS certificate that is not a client certificate (e.g. a node's).
+    /// The client certificate was revoked.
+    #[error("authentication failed: {0}")]
+    RevokedCert(Refusal),
     #[error("the TLS client certificate is not a control-plane client certificate (node certificates cannot call the API); {HOW_TO_AUTHENTICATE}")]
     NotAClientCert,
     /// No credentials where the relay requires them.
@@ -60,6 +63,7 @@ impl AuthFailure {
         match self {
             Self::BadScheme => "bad_scheme",
             Self::BadApiKey(_) => "bad_api_key",
+            Self::RevokedCert(_) => "revoked_cert",
             Self::NotAClientCert => "not_a_client_cert",
             Self::Missing => "missing",
         }

@@ -8,12 +8,15 @@
 //! lists connected nodes ([`nodes`]); `/nodes/<node-id>/<docker path>`
 //! asks the router where the node is and hands the call to an upstream
 //! ([`docker`]), holding a concurrency slot of the node and of its
-//! tenant ([`slots`]). Every call leaves one audit line.
+//! tenant ([`slots`]). Every call leaves one audit line. The install
+//! assets (`/install.sh`, `/ca.pem`, `/download/...`) are public and
+//! read-only, and served before any of that ([`install`]).
 //!
 //! The front decides nothing about where a node is, and never touches a
 //! session itself.
 
 mod docker;
+pub mod install;
 mod nodes;
 mod routes;
 mod slots;
@@ -59,6 +62,8 @@ pub struct Front {
     pub tunnel: Tunnel,
     /// The direct path's probe findings, for the node list.
     pub direct: Arc<Direct>,
+    /// The install script, CA and agent binary for new hosts.
+    pub install: Arc<install::Installer>,
     /// Request counts and durations.
     pub metrics: Arc<Metrics>,
     /// Calls in flight per node and tenant.
@@ -102,6 +107,15 @@ pub async fn handle(
     conn: Arc<ClientConn>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    if let (Some(asset), &Method::GET) = (install::Asset::parse(req.uri().path()), req.method()) {
+        let response = front.install.serve(asset, req.headers()).await;
+        front
+            .metrics
+            .requests
+            .with_label_values(&[response.status().as_str()])
+            .inc();
+        return Ok(response);
+    }
     let started = Instant::now();
     let request_id = next_request_id();
     let route = Route::parse(req.uri().path());
@@ -156,6 +170,7 @@ fn admit(
     let principal = auth::authenticate(
         front.config.api_auth,
         &front.state.api_keys(),
+        &front.state.client_certs(),
         conn.meta.client_cert.as_ref(),
         req.headers(),
     )

@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token(cmd) => cli::token(cmd).await?,
         Command::ApiKey(cmd) => cli::api_key(cmd).await?,
-        Command::ClientCert(cmd) => cli::client_cert(cmd)?,
+        Command::ClientCert(cmd) => cli::client_cert(cmd).await?,
         Command::Node(cmd) => cli::node(cmd).await?,
         #[cfg(feature = "quickstart")]
         Command::Quickstart(args) => cli::quickstart::run(args).await?,

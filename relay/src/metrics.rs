@@ -110,6 +110,8 @@ pub struct Metrics {
     pub direct_probes: IntCounterVec,
     /// Direct daemon endpoints whose last probe held.
     pub direct_endpoints_up: IntGauge,
+    /// 1 while `/readyz` says ready.
+    pub ready: IntGauge,
 }
 
 impl Metrics {
@@ -194,6 +196,11 @@ impl Metrics {
             "tunnelgate_direct_endpoints_up",
             "Nodes' daemon endpoints this relay can reach directly (last probe held).",
         )?;
+        let ready = IntGauge::new(
+            "tunnelgate_relay_ready",
+            "1 while the relay is ready for calls (/readyz); 0 while starting or draining.",
+        )?;
+        registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(direct_probes.clone()))?;
         registry.register(Box::new(direct_endpoints_up.clone()))?;
         registry.register(Box::new(routed.clone()))?;
@@ -222,6 +229,7 @@ impl Metrics {
             route_retries,
             direct_probes,
             direct_endpoints_up,
+            ready,
         })
     }
 

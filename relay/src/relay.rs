@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use tunnelgate_proto::{NodeKey, RelayId};
 
 use crate::config::{Config, RegistryConfig};
+use crate::front::install::Installer;
 use crate::front::{self, ClientConn, Front};
 use crate::identity::{Authority, IdentityError};
 use crate::listen::{self, HandshakeBudget};
@@ -77,6 +78,7 @@ pub struct Relay {
     api_tls: Option<tokio_rustls::TlsAcceptor>,
     metrics_listener: TcpListener,
     direct: Arc<Direct>,
+    install: Arc<Installer>,
 }
 
 /// How peers and agents reach a listener bound at `bound`: the first
@@ -197,6 +199,13 @@ impl Relay {
                 .map_or(0, |d| d.as_millis() as u64),
             draining: false,
         };
+        let install = Arc::new(Installer::new(
+            authority.ca_pem().to_owned(),
+            me.agent_addr.clone(),
+            me.api_addr.clone(),
+            config.api_tls,
+            config.agent_binary.clone(),
+        ));
         let registry = match &config.registry {
             RegistryConfig::Memory => Registry::memory(me),
             RegistryConfig::Etcd {
@@ -217,6 +226,7 @@ impl Relay {
             metrics.clone(),
         ));
         Ok(Self {
+            install,
             registry: Arc::new(registry),
             peer_endpoint,
             config: Arc::new(config),
@@ -288,6 +298,7 @@ impl Relay {
             api_tls,
             metrics_listener,
             direct,
+            install,
         } = self;
         let tasks = TaskTracker::new();
         let calls = TaskTracker::new();
@@ -341,6 +352,7 @@ impl Relay {
                 direct.clone(),
             ),
             direct: direct.clone(),
+            install,
             metrics: metrics.clone(),
             slots: Arc::default(),
             tasks: tasks.clone(),
@@ -411,6 +423,7 @@ impl Relay {
             () = shutdown.cancelled() => {}
         }
         ready.store(true, Ordering::Release);
+        metrics.ready.set(1);
         info!(relay_id = %state.relay_id(), api_addr = %listening.api, agent_addr = %listening.agent,
               metrics_addr = %listening.metrics, "relay serving");
 
@@ -419,6 +432,7 @@ impl Relay {
             () = hard.cancelled() => {}
         }
         ready.store(false, Ordering::Release);
+        metrics.ready.set(0);
         registry.set_draining();
         accepting.cancel();
         drain(&config, &sessions, &registry, &calls, &wind_down).await;

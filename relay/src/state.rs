@@ -186,6 +186,7 @@ pub struct State {
     records: Records,
     store: Store,
     api_keys: RwLock<Arc<Vec<Credential>>>,
+    client_certs: RwLock<Arc<Vec<Credential>>>,
     nodes: DashMap<NodeKey, NodeRecord>,
     /// Lets one of this process's state-dir writes at a time onto the
     /// blocking pool. They serialize on the state dir's lock anyway; with
@@ -217,6 +218,7 @@ impl State {
             dir: dir.to_owned(),
             relay_id,
             api_keys: RwLock::new(Arc::new(store.list(Kind::ApiKey).await?)),
+            client_certs: RwLock::new(Arc::new(store.list(Kind::ClientCert).await?)),
             store,
             nodes: DashMap::new(),
             writes: tokio::sync::Semaphore::new(1),
@@ -274,6 +276,14 @@ impl State {
     /// The join tokens and API keys.
     pub fn credentials(&self) -> &Store {
         &self.store
+    }
+
+    /// The recorded client certificates as last read.
+    pub fn client_certs(&self) -> Arc<Vec<Credential>> {
+        self.client_certs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The API keys as last read.
@@ -450,7 +460,7 @@ impl State {
     }
 
     fn watched_stamp(dir: &Path) -> Vec<Option<SystemTime>> {
-        ["revoked.json", "api-keys.json"]
+        ["revoked.json", "api-keys.json", "client-certs.json"]
             .iter()
             .map(|f| fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
             .collect()
@@ -460,10 +470,15 @@ impl State {
         *self.api_keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
     }
 
-    /// Rereads what the CLI may have changed: the API keys, and the node
-    /// records of every revoked node.
+    fn set_client_certs(&self, certs: Vec<Credential>) {
+        *self.client_certs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(certs);
+    }
+
+    /// Rereads what the CLI may have changed: the API keys, the client
+    /// certificates, and the node records of every revoked node.
     async fn reload(&self) -> Result<Vec<Revocation>, StateError> {
         self.set_api_keys(self.store.list(Kind::ApiKey).await?);
+        self.set_client_certs(self.store.list(Kind::ClientCert).await?);
         let revoked = self.revocations().await?;
         for r in &revoked {
             let key = NodeKey {
@@ -568,6 +583,10 @@ impl State {
         if changed.key == Kind::ApiKey.key() {
             serde_json::from_slice(&value)
                 .map(|keys| self.set_api_keys(keys))
+                .unwrap_or_else(unreadable);
+        } else if changed.key == Kind::ClientCert.key() {
+            serde_json::from_slice(&value)
+                .map(|certs| self.set_client_certs(certs))
                 .unwrap_or_else(unreadable);
         } else if changed.key == nodes::REVOCATIONS {
             return serde_json::from_slice(&value).map_err(unreadable).ok();

@@ -294,6 +294,68 @@ fn join_tokens_say_whether_they_expired_were_revoked_or_are_used_up() {
 }
 
 #[test]
+fn a_revoked_client_certificate_is_refused_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = secure_relay(dir.path());
+    let token = relay.token().unwrap();
+    let _agent = AgentCmd::new(
+        &relay,
+        "web",
+        &docker_endpoint(),
+        &dir.path().join("web"),
+        Some(&token),
+    )
+    .spawn()
+    .unwrap();
+    let certs = dir.path().join("certs");
+    let made = relay
+        .cli(&[
+            "client-cert",
+            "create",
+            "--tenant",
+            "default",
+            "--name",
+            "laptop",
+            "--out",
+            certs.to_str().unwrap(),
+        ])
+        .unwrap();
+    let client = ApiClient::new(relay.api, &certs).unwrap();
+    client.wait_for_node("web").unwrap();
+    assert_eq!(client.get("/nodes/web/_ping").unwrap().0, 200);
+
+    // The list shows it by serial, the serial `create` printed.
+    let list = relay.cli(&["client-cert", "list"]).unwrap();
+    let serial = list
+        .lines()
+        .find(|l| l.contains("laptop"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("laptop missing from the list:\n{list}"))
+        .to_owned();
+    assert!(made.contains(&serial), "{made}");
+    relay.cli(&["client-cert", "revoke", &serial]).unwrap();
+    let revoked = Instant::now();
+    let body = loop {
+        let (status, body) = client.get("/nodes/web/_ping").unwrap();
+        if status == 401 {
+            break body;
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(5),
+            "a revoked client certificate still calls the API"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!(
+        "revoked client certificate refused after {:?}",
+        revoked.elapsed()
+    );
+    assert!(body.contains("revoked"), "{body}");
+    let list = relay.cli(&["client-cert", "list"]).unwrap();
+    assert!(list.contains("revoked"), "{list}");
+}
+
+#[test]
 fn a_join_token_cannot_take_over_an_enrolled_node() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay")).unwrap();

@@ -88,6 +88,9 @@ pub(super) async fn run(
             }
             RelayEvent::RenewRequested(csr) => renew(&ctx, &key, &csr, tx.clone()),
             RelayEvent::DaemonCertRequested(ask) => sign_daemon_cert(&ctx, &key, ask, &tx),
+            RelayEvent::LeaveRequested(leave) => {
+                revoke_leaving(&ctx, &key, leave.reason, tx.clone())
+            }
         },
         cancel,
     )
@@ -160,6 +163,34 @@ fn sign_daemon_cert(
             }
         };
     let _ = tx.try_send(cmd);
+}
+
+/// Revokes a node whose host is removing it, on the blocking pool, and
+/// answers; the state watcher then drops its sessions everywhere.
+fn revoke_leaving(
+    ctx: &Arc<Context>,
+    key: &NodeKey,
+    reason: String,
+    tx: mpsc::Sender<ControlCommand>,
+) {
+    let (state, key) = (ctx.state.clone(), key.clone());
+    ctx.tasks.spawn(
+        async move {
+            let cmd: ControlCommand = match state.revoke_node(&key).await {
+                Ok(_) => {
+                    info!(%reason, "node revoked at its host's request");
+                    Box::new(|m| m.left())
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot revoke a leaving node");
+                    let message = format!("the relay cannot revoke this node ({e}); revoke it there with `tunnelgate-relay node revoke {key}`");
+                    Box::new(move |m| m.fail(RefusalCode::Internal, message))
+                }
+            };
+            let _ = tx.send(cmd).await;
+        }
+        .in_current_span(),
+    );
 }
 
 /// Signs a renewal CSR, records the new certificate on the blocking pool,

@@ -1,4 +1,6 @@
-//! Join tokens and API keys: tenant-owned secrets stored only as hashes.
+//! Join tokens and API keys: tenant-owned secrets stored only as hashes;
+//! and control-plane client certificates, recorded by serial (no secret)
+//! so that they can be listed and revoked the same way.
 //!
 //! Both live in a JSON list per kind in the [`Records`] (`join-tokens`,
 //! `api-keys`: files in the state dir, or etcd in a cluster) and share one
@@ -30,6 +32,8 @@ pub enum Kind {
     JoinToken,
     /// Lets a control-plane client call the API.
     ApiKey,
+    /// A control-plane client certificate, by serial.
+    ClientCert,
 }
 
 impl Kind {
@@ -38,6 +42,7 @@ impl Kind {
         match self {
             Self::JoinToken => "join-tokens",
             Self::ApiKey => "api-keys",
+            Self::ClientCert => "client-certs",
         }
     }
 
@@ -45,6 +50,7 @@ impl Kind {
         match self {
             Self::JoinToken => "join token",
             Self::ApiKey => "API key",
+            Self::ClientCert => "client certificate",
         }
     }
 
@@ -52,6 +58,7 @@ impl Kind {
         match self {
             Self::JoinToken => "tunnelgate-relay token create",
             Self::ApiKey => "tunnelgate-relay api-key create",
+            Self::ClientCert => "tunnelgate-relay client-cert create",
         }
     }
 }
@@ -244,6 +251,44 @@ impl Store {
         Ok((credential, secret))
     }
 
+    /// Records a client certificate issued for `tenant`, by its serial.
+    pub async fn record_client_cert(
+        &self,
+        tenant: TenantId,
+        serial: String,
+        name: String,
+        expires_at: u64,
+    ) -> Result<Credential, StateError> {
+        let now = unix_now();
+        let credential = Credential {
+            id: serial,
+            tenant,
+            name: Some(name),
+            secret_sha256: String::new(),
+            created_at: now,
+            expires_at: Some(expires_at),
+            max_uses: None,
+            uses: 0,
+            revoked_at: None,
+            node: None,
+            replace: false,
+        };
+        let stored = credential.clone();
+        self.records
+            .update(
+                Kind::ClientCert.key(),
+                move |list: Option<Vec<Credential>>| {
+                    let mut list = list.unwrap_or_default();
+                    // An expired certificate is refused by TLS anyway.
+                    list.retain(|c| c.expires_at.is_none_or(|t| t + 7 * 24 * 3600 > now));
+                    list.push(stored.clone());
+                    Ok((Some(list), ()))
+                },
+            )
+            .await?;
+        Ok(credential)
+    }
+
     /// Revokes the credential `id`; returns it, or `None` if unknown.
     pub async fn revoke(&self, kind: Kind, id: &str) -> Result<Option<Credential>, StateError> {
         let id = id.to_owned();
@@ -355,6 +400,24 @@ pub fn parse_api_key(text: &str) -> Option<(&str, &str)> {
 /// The text of an API key.
 pub fn api_key_text(id: &str, secret: &str) -> String {
     format!("{API_KEY_PREFIX}.{id}.{secret}")
+}
+
+/// Refuses a client certificate (its hex `serial`) that `list` (a cached
+/// copy of the store) says was revoked. A certificate not in the list
+/// (issued before certificates were recorded) passes: TLS has checked it.
+pub fn check_client_cert(list: &[Credential], serial: &str) -> Result<(), Refusal> {
+    match list.iter().find(|c| c.id.eq_ignore_ascii_case(serial)) {
+        Some(c) => match c.revoked_at {
+            Some(at) => Err(Refusal::Revoked {
+                noun: Kind::ClientCert.noun(),
+                id: c.id.clone(),
+                at: rfc3339(at),
+                hint: Kind::ClientCert.create_hint(),
+            }),
+            None => Ok(()),
+        },
+        None => Ok(()),
+    }
 }
 
 /// Checks an API key's text against `list` (a cached copy of the store).

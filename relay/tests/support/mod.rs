@@ -135,6 +135,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// A process to kill when the test ends.
+    pub fn new(child: Child, name: &'static str) -> Self {
+        Self { child, name }
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
