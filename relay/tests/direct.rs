@@ -15,12 +15,12 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::netns::{Host, NodeDockerd};
-use support::{agent_bin, http_get, http_get_full, scenarios, AgentCmd, Docker, Proc, Relay};
+use support::{
+    agent_bin, http_get, http_get_full, scenarios, AgentCmd, CallLoop, Docker, Proc, Relay,
+};
 
 /// How often the relays in these tests probe daemon endpoints.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -98,61 +98,19 @@ fn routed(relay: &Relay, route: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
-/// Calls in a loop until stopped (at most 3,000, 3 minutes): plain HTTP
-/// calls, each of which must answer 200, and every fifth a `docker ps`.
-/// The docker CLI alone would hide a failed call: it shrugs off a failed
-/// `_ping` and goes on with its next request.
-struct CallLoop {
-    stop: Arc<AtomicBool>,
-    ok: Arc<Mutex<u64>>,
-    failures: Arc<Mutex<Vec<String>>>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl CallLoop {
-    fn start(relay: &Relay, node: &str, docker: Docker) -> Self {
-        let (api, path) = (relay.api, format!("/nodes/{node}/containers/json?all=1"));
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(Mutex::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let thread = std::thread::spawn({
-            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-            move || {
-                let started = Instant::now();
-                for i in 0..3_000 {
-                    if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(180)
-                    {
-                        break;
-                    }
-                    let result = match i % 5 {
-                        0 => docker.ok(&["ps", "-a"]).map(drop),
-                        _ => match http_get_full(api, &path) {
-                            Ok((200, _, _)) => Ok(()),
-                            Ok((status, _, body)) => Err(anyhow::anyhow!("{status}: {body}")),
-                            Err(e) => Err(e),
-                        },
-                    };
-                    match result {
-                        Ok(()) => *ok.lock().unwrap() += 1,
-                        Err(e) => failures.lock().unwrap().push(e.to_string()),
-                    }
-                }
-            }
-        });
-        Self {
-            stop,
-            ok,
-            failures,
-            thread,
-        }
-    }
-
-    fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap();
-        let ok = *self.ok.lock().unwrap();
-        (ok, self.failures.lock().unwrap().clone())
-    }
+/// Plain HTTP calls to `node` through the relay, each of which must
+/// answer 200, and every fifth a `docker ps`. The docker CLI alone would
+/// hide a failed call: it shrugs off a failed `_ping` and goes on with
+/// its next request.
+fn short_calls(relay: &Relay, node: &str, docker: Docker) -> CallLoop {
+    let (api, path) = (relay.api, format!("/nodes/{node}/containers/json?all=1"));
+    CallLoop::start(move |i| match i % 5 {
+        0 => docker.ok(&["ps", "-a"]).map(drop),
+        _ => match http_get_full(api, &path)? {
+            (200, _, _) => Ok(()),
+            (status, _, body) => Err(anyhow::anyhow!("{status}: {body}")),
+        },
+    })
 }
 
 #[test]
@@ -200,7 +158,7 @@ fn the_docker_cli_goes_direct_and_falls_back_to_the_tunnel_without_a_failed_call
 
     // Short calls while the port is black-holed, then reset, then open:
     // none fails, and the route comes back within a probe interval.
-    let calls = CallLoop::start(&relay, "edge", docker.clone());
+    let calls = short_calls(&relay, "edge", docker.clone());
     std::thread::sleep(Duration::from_secs(1));
     host.block_tcp_port(2376, "DROP", true);
     relay.wait_for("edge", |n| n["route"] == "tunnel").unwrap();

@@ -12,60 +12,10 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::netns::Host;
-use support::{docker_endpoint, scenarios, AgentCmd, Docker, Relay};
-
-/// Calls in a loop until told to stop (bounded in count and time),
-/// counting successes and failures.
-struct CallLoop {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl CallLoop {
-    fn start(docker: Docker, args: &'static [&'static str]) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let thread = std::thread::spawn({
-            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-            move || {
-                let started = Instant::now();
-                for _ in 0..5_000 {
-                    if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(180)
-                    {
-                        break;
-                    }
-                    match docker.ok(args) {
-                        Ok(_) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => failures.lock().unwrap().push(e.to_string()),
-                    }
-                }
-            }
-        });
-        Self {
-            stop,
-            ok,
-            failures,
-            thread,
-        }
-    }
-
-    fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap();
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
-}
+use support::{docker_endpoint, scenarios, AgentCmd, CallLoop, Docker, Relay};
 
 #[test]
 fn blocked_udp_falls_back_to_tcp_and_moves_to_quic_without_failing_a_call() {
@@ -107,20 +57,27 @@ fn blocked_udp_falls_back_to_tcp_and_moves_to_quic_without_failing_a_call() {
 
     // Short calls and calls that stay open across the move.
     eprintln!("scenarios passed over the fallback; starting call loops");
-    let quick = CallLoop::start(docker.clone(), &["ps"]);
-    let slow = CallLoop::start(
-        docker.clone(),
-        &[
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "busybox",
-            "sh",
-            "-c",
-            "sleep 1; echo ok",
-        ],
-    );
+    let quick = CallLoop::start({
+        let docker = docker.clone();
+        move |_| docker.ok(&["ps"]).map(drop)
+    });
+    let slow = CallLoop::start({
+        let docker = docker.clone();
+        move |_| {
+            docker
+                .ok(&[
+                    "run",
+                    "--rm",
+                    "--network",
+                    "none",
+                    "busybox",
+                    "sh",
+                    "-c",
+                    "sleep 1; echo ok",
+                ])
+                .map(drop)
+        }
+    });
     std::thread::sleep(Duration::from_secs(2));
     host.block_udp(false);
     relay

@@ -580,6 +580,67 @@ impl Docker {
     }
 }
 
+/// Calls in a loop on a thread until told to stop, at most 5,000 times
+/// and 3 minutes, counting successes and keeping each failure's text.
+pub struct CallLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl CallLoop {
+    /// Starts calling `call(i)` for i = 0, 1, ...
+    pub fn start(call: impl Fn(u64) -> Result<()> + Send + 'static) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let thread = std::thread::spawn({
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            move || {
+                let started = Instant::now();
+                for i in 0..5_000 {
+                    if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(180)
+                    {
+                        break;
+                    }
+                    match call(i) {
+                        Ok(()) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(format!("{e:#}")),
+                    }
+                }
+            }
+        });
+        Self {
+            stop,
+            ok,
+            failures,
+            thread,
+        }
+    }
+
+    /// Stops it; returns the successes and the failures.
+    pub fn finish(self) -> (u64, Vec<String>) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .expect("the call loop thread does not panic");
+        let failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
 /// A plain HTTP/1.0 GET; returns status and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let (status, _, body) = http_get_full(addr, path)?;
