@@ -330,7 +330,10 @@ impl Direct {
         let mut wanted: HashMap<NodeKey, Vec<(Endpoint, String)>> = HashMap::new();
         for entry in sessions.entries() {
             let info = entry.info.lock().unwrap_or_else(|p| p.into_inner());
-            let (Some(id), "full") = (info.docker.id.clone(), info.hello.policy.as_str()) else {
+            if info.hello.direct_endpoints.is_empty() || info.hello.policy != "full" {
+                continue;
+            }
+            let Some(id) = info.docker.id.clone() else {
                 continue;
             };
             let endpoints: Vec<_> = info

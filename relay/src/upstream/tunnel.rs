@@ -231,7 +231,16 @@ impl Tunnel {
                     if !again {
                         return Err(error);
                     }
-                    warn!(route = %via.name(), %error, "the call failed before reaching the daemon; trying the next route");
+                    match via {
+                        // Routine when a daemon port closes: the probe
+                        // says so once; no operator needs to act per call.
+                        Via::Direct(_) => {
+                            debug!(%error, "the direct path failed; the call goes through the tunnel")
+                        }
+                        _ => {
+                            warn!(route = %via.name(), %error, "the call failed before reaching the daemon; trying the next route")
+                        }
+                    }
                     self.metrics.route_retry();
                 }
             }
