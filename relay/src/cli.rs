@@ -53,6 +53,13 @@ pub enum Command {
     /// Manage enrolled nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Exit 0 when the relay's metrics listener answers /healthz with 200
+    /// (a container health check; the image has no curl).
+    Healthcheck {
+        /// The health URL, plain HTTP.
+        #[arg(long, default_value = "http://127.0.0.1:9375/healthz")]
+        url: String,
+    },
     /// Run a relay on loopback and an agent for the local Docker daemon, and
     /// print the DOCKER_HOST to use. Ctrl-C stops both.
     #[cfg(feature = "quickstart")]
@@ -442,4 +449,27 @@ async fn revoke(dir: &StateDir, kind: Kind, id: &str) -> anyhow::Result<()> {
         }
         None => anyhow::bail!("no such id {id:?}; the list command shows the ids"),
     }
+}
+
+/// `GET url` (plain HTTP) within 3 s; fails unless the answer is 200.
+pub fn healthcheck(url: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .context("the health URL must be http://HOST:PORT/PATH")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} resolves to nothing"))?;
+    let timeout = Duration::from_secs(3);
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("nothing answers at {addr}"))?;
+    conn.set_read_timeout(Some(timeout))?;
+    write!(conn, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)?;
+    let status = answer.split_whitespace().nth(1).unwrap_or("");
+    anyhow::ensure!(status == "200", "{url} answered {status:?}");
+    Ok(())
 }

@@ -5,6 +5,8 @@
 
 // A panic is a test failure report, in helpers as in #[test] fns.
 #![allow(clippy::unwrap_used)]
+// It polls a container from a plain thread, where sleeping is fine.
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 
@@ -117,4 +119,146 @@ fn the_prometheus_files_check() {
             );
         }
     }
+}
+
+/// The libraries `binary` loads, as `ldd` lists them.
+fn libraries(binary: &Path) -> Vec<PathBuf> {
+    let out = Command::new("ldd").arg(binary).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from)
+        .collect()
+}
+
+#[test]
+fn the_image_builds_from_a_local_base_and_runs_without_a_network() {
+    let docker = support::Docker::new(support::docker_endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let (root, ctx) = (dir.path().join("base"), dir.path().join("ctx"));
+    let bins = Path::new(env!("CARGO_BIN_EXE_tunnelgate-relay"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    support::agent_bin();
+    std::fs::create_dir_all(&ctx).unwrap();
+    for bin in ["tunnelgate-relay", "tunnelgate-agent"] {
+        passes(
+            Command::new("strip")
+                .arg("-o")
+                .arg(ctx.join(bin))
+                .arg(bins.join(bin)),
+        );
+    }
+    // A base with glibc and a non-root user only, as distroless has:
+    // made here because no registry is reachable.
+    for lib in libraries(&ctx.join("tunnelgate-relay")) {
+        let to = root.join(lib.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&lib, &to).unwrap();
+    }
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0::/:/sbin/nologin\nnonroot:x:65532:65532::/home/nonroot:/sbin/nologin\n",
+    )
+    .unwrap();
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .args(["-c", "."])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let base = "tunnelgate-test-base:latest";
+    docker
+        .ok_bytes(&["import", "-", base], &tar.stdout)
+        .unwrap();
+    for f in ["Dockerfile", "state/README"] {
+        let to = ctx.join(f);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(repo().join("deploy").join(f), to).unwrap();
+    }
+    let image = "tunnelgate-test-image:latest";
+    docker
+        .ok(&[
+            "build",
+            "-q",
+            "--build-arg",
+            &format!("BASE={base}"),
+            "-t",
+            image,
+            ctx.to_str().unwrap(),
+        ])
+        .unwrap();
+    let version = docker
+        .ok(&["run", "--rm", "--network", "none", image, "--version"])
+        .unwrap();
+    assert!(version.starts_with("tunnelgate-relay "), "{version}");
+    let agent = docker
+        .ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/usr/local/bin/tunnelgate-agent",
+            image,
+            "--version",
+        ])
+        .unwrap();
+    assert!(agent.starts_with("tunnelgate-agent "), "{agent}");
+    let user = docker
+        .ok(&["image", "inspect", "--format", "{{.Config.User}}", image])
+        .unwrap();
+    assert_eq!(user.trim(), "65532:65532", "the image must not run as root");
+    let health = docker
+        .ok(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .Config.Healthcheck.Test}}",
+            image,
+        ])
+        .unwrap();
+    assert!(health.contains("healthcheck"), "{health}");
+    // Served as the image says (non-root, its own state dir, no network
+    // but loopback), its health check passes once it listens, and it
+    // stops on SIGTERM.
+    let name = format!("tunnelgate-test-relay-{}", std::process::id());
+    docker
+        .ok(&["run", "-d", "--name", &name, "--network", "none", image])
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while docker
+        .ok(&[
+            "exec",
+            &name,
+            "/usr/local/bin/tunnelgate-relay",
+            "healthcheck",
+        ])
+        .is_err()
+    {
+        if std::time::Instant::now() > deadline {
+            let logs = docker.output_with_stdin(&["logs", &name], b"").unwrap();
+            let _ = docker.ok(&["rm", "-f", &name]);
+            panic!(
+                "the relay in the image never passed its health check; its log:\n{}",
+                String::from_utf8_lossy(&logs.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    docker.ok(&["stop", "-t", "30", &name]).unwrap();
+    let code = docker
+        .ok(&["inspect", "--format", "{{.State.ExitCode}}", &name])
+        .unwrap();
+    let _ = docker.ok(&["rm", "-f", &name]);
+    assert_eq!(
+        code.trim(),
+        "0",
+        "the relay did not stop cleanly on SIGTERM"
+    );
+    let _ = docker.ok(&["rmi", image, base]);
 }
