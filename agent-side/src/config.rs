@@ -244,7 +244,8 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// What the relay may ask of the daemon.
     pub policy: Policy,
-    /// Where relays may reach the daemon directly, `tcp://HOST:PORT`.
+    /// Where relays may reach the daemon directly, `tcp://HOST:PORT`, as
+    /// given; see [`crate::daemon_tls::advertised`] for what is sent.
     pub direct_endpoints: Vec<String>,
     /// The daemon's TLS files, renewed by the agent.
     pub daemon_tls: Option<PathBuf>,
@@ -379,15 +380,10 @@ impl AgentConfig {
             labels.insert(k.to_owned(), v.to_owned());
         }
         let daemon_tls = args.daemon_tls.or(file.daemon_tls);
-        let mut direct_endpoints = match args.direct_endpoints {
+        let direct_endpoints = match args.direct_endpoints {
             flags if !flags.is_empty() => flags,
             _ => file.direct_endpoints.unwrap_or_default(),
         };
-        if direct_endpoints.is_empty() {
-            if let Some(dir) = &daemon_tls {
-                direct_endpoints = crate::daemon_tls::written_endpoints(dir);
-            }
-        }
         for e in &direct_endpoints {
             let ok = e
                 .strip_prefix("tcp://")

@@ -72,6 +72,19 @@ pub fn written_endpoints(dir: &Path) -> Vec<String> {
     read_request(dir).map(|r| r.endpoints()).unwrap_or_default()
 }
 
+/// The endpoints the agent offers relays: `--direct-endpoint`, else the
+/// ones `docker-tls` recorded in `--daemon-tls`; none when its policy is
+/// not `full`, since the direct path would bypass the policy.
+pub fn advertised(config: &AgentConfig) -> Vec<String> {
+    if !config.policy.is_full() {
+        return Vec::new();
+    }
+    match (&config.direct_endpoints[..], &config.daemon_tls) {
+        ([], Some(dir)) => written_endpoints(dir),
+        (given, _) => given.to_vec(),
+    }
+}
+
 fn read_request(dir: &Path) -> Option<Request> {
     let text = std::fs::read_to_string(dir.join(REQUEST_FILE)).ok()?;
     toml::from_str(&text).ok()

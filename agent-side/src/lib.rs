@@ -78,7 +78,8 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
         config.relay_sessions,
     ));
     let stop = cancel.child_token();
-    if !config.direct_endpoints.is_empty() && !config.policy.is_full() {
+    let wanted = !config.direct_endpoints.is_empty() || config.daemon_tls.is_some();
+    if wanted && !config.policy.is_full() {
         warn!(policy = %config.policy.name, "not advertising --direct-endpoint: calls straight to the daemon would bypass the policy, so they all go through this agent");
     }
     if let Some(dir) = config.daemon_tls.clone() {
@@ -535,12 +536,7 @@ async fn run_session(
         hostname: config.hostname.clone(),
         docker: facts.clone(),
         labels: config.labels.clone(),
-        // The direct path would bypass a policy, so a restricted node
-        // never offers it.
-        direct_endpoints: match config.policy.is_full() {
-            true => config.direct_endpoints.clone(),
-            false => Vec::new(),
-        },
+        direct_endpoints: daemon_tls::advertised(&config),
         policy: config.policy.name.clone(),
     };
     let mut machine = AgentControl::new(hello, Instant::now());
