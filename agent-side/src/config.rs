@@ -273,14 +273,7 @@ impl std::fmt::Debug for AgentConfig {
     }
 }
 
-pub use tunnelgate_session::config::ConfigError;
-
-/// The host's name, as the kernel knows it.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned())
-}
+pub use tunnelgate_session::config::{hostname, ConfigError};
 
 /// Turns a host name into a valid node id (dots and underscores kept,
 /// anything else becomes `-`).

@@ -336,7 +336,9 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             let node = node.map_or_else(|| "NODE".to_owned(), |n| n.to_string());
             if install_command {
                 let ca_sha256 = served_ca_sha256(&dir)?;
-                let url = url.unwrap_or_else(|| format!("https://{}:7375", hostname()));
+                let url = url.unwrap_or_else(|| {
+                    format!("https://{}:7375", tunnelgate_session::config::hostname())
+                });
                 println!("  the command below (it checks the relay's CA by its SHA-256, then installs, enrols and starts the agent; add --node-id {node} to name the node):");
                 println!("{}", install_command_line(&url, &ca_sha256, &text));
             } else {
@@ -355,12 +357,6 @@ fn served_ca_sha256(dir: &StateDir) -> anyhow::Result<String> {
     Ok(tunnelgate_relay::front::install::sha256_hex(
         dir.authority()?.ca_pem().as_bytes(),
     ))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// The one line a host runs: over HTTPS it first fetches the relay's CA

@@ -88,9 +88,7 @@ fn advertised(config: &Config, bound: SocketAddr) -> String {
     let host = match config.advertise.first() {
         Some(name) => name.clone(),
         None if !bound.ip().is_unspecified() => bound.ip().to_string(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "localhost".into()),
+        None => tunnelgate_session::config::hostname(),
     };
     match host.parse::<std::net::Ipv6Addr>() {
         Ok(_) => format!("[{host}]:{}", bound.port()),
@@ -105,9 +103,8 @@ fn server_names(config: &Config) -> Vec<String> {
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
-    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        names.push(h.trim().to_owned());
-    }
+    // Unreadable, it is `localhost`, which is there already.
+    names.push(tunnelgate_session::config::hostname());
     if !config.agent_listen.ip().is_unspecified() {
         names.push(config.agent_listen.ip().to_string());
     }

@@ -5,6 +5,15 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+/// The host's name, as the kernel knows it (`localhost` if unreadable):
+/// the agent's default node id and hostname, the relay's certificate name
+/// and advertised address.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
 /// A config file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
