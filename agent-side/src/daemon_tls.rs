@@ -118,14 +118,7 @@ pub async fn obtain(config: &AgentConfig, out: &Path, request: &Request) -> Resu
             ))
         }
     };
-    let certified = tls::certs_from_pem(&signed.cert_pem)
-        .ok()
-        .and_then(|c| c.first().and_then(tls::public_key_info));
-    let key = rcgen::KeyPair::from_pem(&key_pem)?;
-    if certified.as_deref() != Some(rcgen::PublicKeyData::subject_public_key_info(&key).as_slice())
-    {
-        return Err(AgentError::ForeignCertificate);
-    }
+    identity::check_certifies(&signed.cert_pem, &key_pem)?;
     std::fs::create_dir_all(out).map_err(|source| AgentError::WriteState {
         path: out.to_owned(),
         source,

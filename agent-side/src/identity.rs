@@ -98,14 +98,7 @@ impl NodeIdentity {
     /// after checking that the certificate is for that key (a late answer
     /// to an earlier renewal request must not pair with a newer key).
     pub fn store(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(), AgentError> {
-        use rcgen::PublicKeyData;
-        let key = rcgen::KeyPair::from_pem(key_pem)?;
-        let certified = tls::certs_from_pem(cert_pem)
-            .ok()
-            .and_then(|c| c.first().and_then(tls::public_key_info));
-        if certified.as_deref() != Some(key.subject_public_key_info().as_slice()) {
-            return Err(AgentError::ForeignCertificate);
-        }
+        check_certifies(cert_pem, key_pem)?;
         write_file(&dir.join("node.pem"), &format!("{cert_pem}{key_pem}"), true)?;
         let _ = fs::remove_file(dir.join("node-key.pem"));
         Ok(())
@@ -166,6 +159,21 @@ pub async fn enrol(config: &AgentConfig, relay: &str) -> Result<NodeIdentity, Ag
         path: dir.join("node.pem"),
         source: std::io::ErrorKind::NotFound.into(),
     })
+}
+
+/// Fails unless the certificate `cert_pem` the relay sent is for the key
+/// `key_pem` this host made: an answer to another request (a late one, or
+/// a relay's mistake) must never pair with it.
+pub fn check_certifies(cert_pem: &str, key_pem: &str) -> Result<(), AgentError> {
+    use rcgen::PublicKeyData;
+    let key = rcgen::KeyPair::from_pem(key_pem)?;
+    let certified = tls::certs_from_pem(cert_pem)
+        .ok()
+        .and_then(|c| c.first().and_then(tls::public_key_info));
+    match certified.as_deref() == Some(key.subject_public_key_info().as_slice()) {
+        true => Ok(()),
+        false => Err(AgentError::ForeignCertificate),
+    }
 }
 
 /// A fresh key (PEM) and a certificate request for it (PEM). The relay
