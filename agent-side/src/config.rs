@@ -380,8 +380,8 @@ impl AgentConfig {
         for e in &direct_endpoints {
             let ok = e
                 .strip_prefix("tcp://")
-                .and_then(|hp| hp.trim_end_matches('/').rsplit_once(':'))
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                .and_then(tunnelgate_proto::docker_api::host_port)
+                .is_some();
             if !ok {
                 return Err(invalid(
                     "direct_endpoint",

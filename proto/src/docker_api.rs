@@ -1,6 +1,6 @@
-//! The two facts about the Docker Engine API that the relay and the agent
-//! must agree on, written once: how an error body looks, and which
-//! request asks to hijack its connection.
+//! The facts about the Docker Engine API that the relay and the agent
+//! must agree on, written once: how an error body looks, which request
+//! asks to hijack its connection, and how a daemon's TCP address reads.
 //!
 //! Pure functions over bytes; this module knows no HTTP library.
 
@@ -8,6 +8,19 @@
 /// Docker's own `{"message": "..."}`.
 pub fn error_body(message: &str) -> String {
     serde_json::json!({ "message": message }).to_string()
+}
+
+/// Splits a daemon address after its scheme, `HOST:PORT` (IPv6 in
+/// brackets, a trailing `/` allowed), into host (brackets off) and port;
+/// `None` when either is missing. The agent checks the endpoints it
+/// advertises with it, the relay parses them with it.
+pub fn host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.trim_end_matches('/').rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match (host.is_empty(), port.parse()) {
+        (false, Ok(port)) => Some((host, port)),
+        _ => None,
+    }
 }
 
 /// Whether a request asks to hijack its connection (attach, exec,
@@ -55,5 +68,14 @@ mod tests {
             is_upgrade(std::iter::empty::<&[u8]>(), true),
             "dockerd hijacks on an Upgrade header alone"
         );
+    }
+
+    #[test]
+    fn daemon_addresses_split_into_host_and_port() {
+        assert_eq!(host_port("10.0.0.5:2376"), Some(("10.0.0.5", 2376)));
+        assert_eq!(host_port("[fd00::5]:2376/"), Some(("fd00::5", 2376)));
+        for bad in ["host", ":2376", "[]:2376", "h:x", "h:99999"] {
+            assert_eq!(host_port(bad), None, "{bad}");
+        }
     }
 }

@@ -79,16 +79,11 @@ impl Endpoint {
         let rest = url
             .strip_prefix("tcp://")
             .or_else(|| url.strip_prefix("https://"))?;
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = rest.rsplit_once(':')?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return None;
-        }
+        let (host, port) = tunnelgate_proto::docker_api::host_port(rest)?;
         Some(Self {
             url: url.to_owned(),
             host: host.to_owned(),
-            port: port.parse().ok()?,
+            port,
         })
     }
 }
