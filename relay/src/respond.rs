@@ -9,17 +9,18 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 /// The response body type of every front response.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-/// A JSON response.
-pub fn json(status: StatusCode, body: String) -> Response<Body> {
+/// A response with a whole body of `content_type`.
+pub fn whole(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
     Response::builder()
         .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(
-            Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed(),
-        )
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(body).map_err(|never| match never {}).boxed())
         .expect("static response parts are valid")
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: String) -> Response<Body> {
+    whole(status, "application/json", Bytes::from(body))
 }
 
 /// A Docker-style error: the `docker` CLI prints `message`.

@@ -12,11 +12,10 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use crate::respond::{docker_error, Body};
+use crate::respond::{docker_error, whole, Body};
 
 /// The install script, with `@...@` placeholders the relay fills in.
 const SCRIPT: &str = include_str!("../../../deploy/install.sh");
@@ -147,15 +146,9 @@ impl Installer {
                 match (build, sum) {
                     (Err(why), _) => docker_error(StatusCode::NOT_FOUND, why),
                     (Ok(b), true) => text("text/plain", format!("{}  {name}\n", b.sha256)),
-                    (Ok(b), false) => Response::builder()
-                        .header(header::CONTENT_TYPE, "application/octet-stream")
-                        .header(header::CONTENT_LENGTH, b.bytes.len())
-                        .body(
-                            Full::new(b.bytes.clone())
-                                .map_err(|never| match never {})
-                                .boxed(),
-                        )
-                        .expect("static response parts are valid"),
+                    (Ok(b), false) => {
+                        whole(StatusCode::OK, "application/octet-stream", b.bytes.clone())
+                    }
                 }
             }
         }
@@ -204,18 +197,13 @@ impl Installer {
 }
 
 fn text(content_type: &'static str, body: String) -> Response<Body> {
-    Response::builder()
-        .header(header::CONTENT_TYPE, content_type)
-        .body(
-            Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed(),
-        )
-        .expect("static response parts are valid")
+    whole(StatusCode::OK, content_type, Bytes::from(body))
 }
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
+
     use super::*;
 
     #[test]
