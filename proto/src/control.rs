@@ -495,11 +495,6 @@ impl Machine for RelayControl {
                 self.events.push_back(RelayEvent::LeaveRequested(r));
                 Ok(())
             }
-            (RelayState::Established, ControlMessage::SignDaemonCert(r)) => {
-                self.last_heard = now;
-                self.events.push_back(RelayEvent::DaemonCertRequested(r));
-                Ok(())
-            }
             (_, other) => {
                 let err = ControlError::Unexpected(kind(&other));
                 self.refuse(RefusalCode::ProtocolViolation, err)

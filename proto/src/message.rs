@@ -242,8 +242,8 @@ pub struct CertRenewed {
 }
 
 /// Agent → relay, as the first message of a connection made for this
-/// alone or on an established session: sign a server certificate for
-/// this node's Docker daemon, for the key in `csr_pem`.
+/// alone (`docker-tls`, and the running agent's renewals): sign a server
+/// certificate for this node's Docker daemon, for the key in `csr_pem`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignDaemonCert {
     /// A PEM certificate signing request for the daemon's key, made on
