@@ -177,17 +177,7 @@ fn the_peer_port_refuses_node_client_and_foreign_certificates() {
         std::fs::read_to_string(dir.path().join("agent/node.pem")).unwrap()
     };
     let client_dir = dir.path().join("client");
-    a.cli(&[
-        "client-cert",
-        "create",
-        "--tenant",
-        "default",
-        "--name",
-        "ci",
-        "--out",
-        client_dir.to_str().unwrap(),
-    ])
-    .unwrap();
+    a.client_cert("default", "ci", &client_dir).unwrap();
     let client_cert = std::fs::read_to_string(client_dir.join("cert.pem")).unwrap();
     let client_key = std::fs::read_to_string(client_dir.join("key.pem")).unwrap();
 

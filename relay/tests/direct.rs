@@ -18,9 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::netns::{Host, NodeDockerd};
-use support::{
-    agent_bin, http_get, http_get_full, scenarios, AgentCmd, CallLoop, Docker, Proc, Relay,
-};
+use support::{agent_bin, http_get_full, scenarios, AgentCmd, CallLoop, Docker, Proc, Relay};
 
 /// How often the relays in these tests probe daemon endpoints.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -91,11 +89,9 @@ fn route_of(relay: &Relay, node: &str) -> String {
 
 /// `tunnelgate_front_routed_calls_total{route}` now.
 fn routed(relay: &Relay, route: &str) -> u64 {
-    let (_, text) = http_get(relay.metrics, "/metrics").unwrap();
-    let prefix = format!("tunnelgate_front_routed_calls_total{{route=\"{route}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    relay.metric(&format!(
+        "tunnelgate_front_routed_calls_total{{route=\"{route}\"}}"
+    ))
 }
 
 /// Plain HTTP calls to `node` through the relay, each of which must
@@ -314,16 +310,7 @@ fn only_relays_reach_the_daemon_and_only_the_reported_daemon_is_used() {
     let ca = d.join("relay/ca.pem");
     let node_pem = d.join("good-agent/node.pem");
     relay
-        .cli(&[
-            "client-cert",
-            "create",
-            "--tenant",
-            "default",
-            "--name",
-            "ops",
-            "--out",
-            d.join("client").to_str().unwrap(),
-        ])
+        .client_cert("default", "ops", &d.join("client"))
         .unwrap();
     let foreign = Command::new(support::relay_bin())
         .args([

@@ -27,16 +27,7 @@ fn tls_relay(state: &Path) -> Relay {
 
 /// A client certificate for the relay's TLS API, and a client with it.
 fn api_client(relay: &Relay, dir: &Path) -> ApiClient {
-    relay
-        .cli(&[
-            "client-cert",
-            "create",
-            "--tenant",
-            "default",
-            "--out",
-            dir.to_str().unwrap(),
-        ])
-        .unwrap();
+    relay.client_cert("default", "client", dir).unwrap();
     ApiClient::new(relay.api, dir).unwrap()
 }
 

@@ -80,10 +80,7 @@ impl KeepAlive {
 }
 
 fn idle_hits(relay: &Relay) -> u64 {
-    let (_, text) = http_get(relay.metrics, "/metrics").unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("tunnelgate_relay_limit_hits_total{limit=\"idle_stream\"} "))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    relay.metric("tunnelgate_relay_limit_hits_total{limit=\"idle_stream\"}")
 }
 
 fn streams_opened(relay: &Relay) -> u64 {

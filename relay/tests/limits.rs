@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 use support::{docker_endpoint, http_get, AgentCmd, Docker, Relay};
 
 fn limit_hits(relay: &Relay, limit: &str) -> u64 {
-    let (_, text) = http_get(relay.metrics, "/metrics").unwrap();
-    let prefix = format!("tunnelgate_relay_limit_hits_total{{limit=\"{limit}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    relay.metric(&format!(
+        "tunnelgate_relay_limit_hits_total{{limit=\"{limit}\"}}"
+    ))
 }
 
 /// Opens `GET /events` on `node` (a stream the daemon keeps open and quiet).

@@ -81,18 +81,7 @@ fn the_api_needs_credentials_and_shows_each_tenant_only_its_nodes() {
     .unwrap();
 
     let acme_certs = dir.path().join("acme-certs");
-    relay
-        .cli(&[
-            "client-cert",
-            "create",
-            "--tenant",
-            "acme",
-            "--name",
-            "ci",
-            "--out",
-            acme_certs.to_str().unwrap(),
-        ])
-        .unwrap();
+    relay.client_cert("acme", "ci", &acme_certs).unwrap();
     let key = relay
         .cli_last_line(&["api-key", "create", "--tenant", "globex", "--name", "ops"])
         .unwrap();
@@ -308,18 +297,7 @@ fn a_revoked_client_certificate_is_refused_within_a_second() {
     .spawn()
     .unwrap();
     let certs = dir.path().join("certs");
-    let made = relay
-        .cli(&[
-            "client-cert",
-            "create",
-            "--tenant",
-            "default",
-            "--name",
-            "laptop",
-            "--out",
-            certs.to_str().unwrap(),
-        ])
-        .unwrap();
+    let made = relay.client_cert("default", "laptop", &certs).unwrap();
     let client = ApiClient::new(relay.api, &certs).unwrap();
     client.wait_for_node("web").unwrap();
     assert_eq!(client.get("/nodes/web/_ping").unwrap().0, 200);

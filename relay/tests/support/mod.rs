@@ -306,6 +306,34 @@ impl Relay {
             .to_owned())
     }
 
+    /// Writes a control-plane client certificate of `tenant` named `name`
+    /// to `out` (ca.pem, cert.pem, key.pem); returns what the command said.
+    pub fn client_cert(&self, tenant: &str, name: &str, out: &Path) -> Result<String> {
+        let out = out.to_str().context("a UTF-8 path")?;
+        self.cli(&[
+            "client-cert",
+            "create",
+            "--tenant",
+            tenant,
+            "--name",
+            name,
+            "--out",
+            out,
+        ])
+    }
+
+    /// The value of one metric series, `name` or `name{labels}`, from the
+    /// metrics listener now; 0 when it has not been counted yet.
+    pub fn metric(&self, series: &str) -> u64 {
+        let (_, text) = http_get(self.metrics, "/metrics").expect("the metrics listener answers");
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |v| {
+                v.trim().parse().expect("a counter is a whole number")
+            })
+    }
+
     /// `DOCKER_HOST` for `node` through this relay.
     pub fn docker_host(&self, node: &str) -> String {
         format!("tcp://{}/nodes/{node}", self.api)
