@@ -53,6 +53,9 @@ pub enum Command {
     /// Manage enrolled nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Make the installation CA that a cluster's relays share (--ca-dir).
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Exit 0 when the relay's metrics listener answers /healthz with 200
     /// (a container health check; the image has no curl).
     Healthcheck {
@@ -69,9 +72,13 @@ pub enum Command {
 /// Where the relay keeps its CA, credentials and node records.
 #[derive(clap::Args)]
 pub struct StateDir {
-    /// The relay's state dir (the CA is always here).
+    /// The relay's state dir.
     #[arg(long, env = "TUNNELGATE_STATE_DIR", default_value = "tunnelgate-data")]
     state_dir: PathBuf,
+    /// Where the CA is, when the relays are started with --ca-dir
+    /// [default: the state dir].
+    #[arg(long, env = "TUNNELGATE_CA_DIR", value_name = "DIR")]
+    ca_dir: Option<PathBuf>,
     /// Where the records are: `memory` (the state dir's files, one relay)
     /// or the cluster's `etcd://HOST:PORT[,HOST:PORT...]`, as the relays
     /// are started with.
@@ -86,7 +93,7 @@ impl StateDir {
 
     /// The CA.
     fn authority(&self) -> anyhow::Result<Authority> {
-        Authority::open(&self.state_dir).with_context(|| self.context())
+        Authority::open(&self.state_dir, self.ca_dir.as_deref()).with_context(|| self.context())
     }
 
     /// Credentials and node records.
@@ -212,6 +219,18 @@ pub enum ClientCertCommand {
 }
 
 #[derive(Subcommand)]
+pub enum CaCommand {
+    /// Write a new installation CA (`ca.pem`, `ca-key.pem`) to a directory,
+    /// unless one is there already; give the directory to every relay with
+    /// --ca-dir (a Kubernetes secret, a compose volume, a copy).
+    Create {
+        /// The directory to write to.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum NodeCommand {
     /// Revoke TENANT/NODE: its certificates are refused from now on and a
     /// serving relay drops its session within a second. It can come back
@@ -277,6 +296,25 @@ pub async fn client_cert(cmd: ClientCertCommand) -> anyhow::Result<()> {
         "  DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={} DOCKER_HOST=tcp://RELAY:7375/nodes/NODE docker ps",
         out.display()
     );
+    Ok(())
+}
+
+/// Makes the installation CA.
+pub fn ca(cmd: CaCommand) -> anyhow::Result<()> {
+    let CaCommand::Create { out } = cmd;
+    let made = Authority::create_ca(&out)
+        .with_context(|| format!("cannot write the CA to {}", out.display()))?;
+    let sha = tunnelgate_relay::front::install::sha256_hex(
+        &std::fs::read(out.join("ca.pem")).context("cannot read back ca.pem")?,
+    );
+    if made {
+        println!("installation CA written to {} (ca.pem sha256 {sha}); start each relay with --ca-dir {}; keep ca-key.pem secret", out.display(), out.display());
+    } else {
+        println!(
+            "{} already holds an installation CA (ca.pem sha256 {sha}); left as it is",
+            out.display()
+        );
+    }
     Ok(())
 }
 

@@ -19,6 +19,11 @@ pub struct ServeArgs {
     /// Where the CA, tokens and enrolled nodes are kept [default: ./tunnelgate-data].
     #[arg(long, env = "TUNNELGATE_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Where the installation CA (`ca.pem`, `ca-key.pem`) is read from,
+    /// when not the state dir: a directory or secret mounted into every
+    /// relay of a cluster; never written [default: the state dir].
+    #[arg(long, env = "TUNNELGATE_CA_DIR", value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
     /// Docker API listener for control-plane clients [default: 127.0.0.1:7375].
     #[arg(long, env = "TUNNELGATE_API_LISTEN", value_name = "ADDR")]
     pub api_listen: Option<SocketAddr>,
@@ -153,6 +158,7 @@ pub struct LimitArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     state_dir: Option<PathBuf>,
+    ca_dir: Option<PathBuf>,
     api_listen: Option<SocketAddr>,
     agent_listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
@@ -184,6 +190,8 @@ struct FileConfig {
 pub struct Config {
     /// Where the CA, tokens and enrolled nodes are kept.
     pub state_dir: PathBuf,
+    /// Where the CA is read from, when not the state dir.
+    pub ca_dir: Option<PathBuf>,
     /// Docker API listener.
     pub api_listen: SocketAddr,
     /// Agent listener (QUIC).
@@ -307,6 +315,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             state_dir: PathBuf::from("tunnelgate-data"),
+            ca_dir: None,
             api_listen: ([127, 0, 0, 1], 7375).into(),
             agent_listen: ([0, 0, 0, 0], 7443).into(),
             metrics_listen: ([127, 0, 0, 1], 9375).into(),
@@ -412,6 +421,7 @@ impl Config {
                 .or(file.peer_listen)
                 .unwrap_or(d.peer_listen),
             state_dir: args.state_dir.or(file.state_dir).unwrap_or(d.state_dir),
+            ca_dir: args.ca_dir.or(file.ca_dir),
             api_listen,
             api_tls: api_tls.unwrap_or(!loopback),
             api_auth: api_auth.unwrap_or(if loopback {

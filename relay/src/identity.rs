@@ -50,6 +50,9 @@ pub enum IdentityError {
     /// A daemon certificate was asked for names that cannot be certified.
     #[error("{0}")]
     BadDaemonNames(String),
+    /// The CA directory given has no CA in it.
+    #[error("{} has no ca.pem and ca-key.pem; copy them from the first relay's state dir, or make them with `tunnelgate-relay ca create --out {}`", .0.display(), .0.display())]
+    NoCa(PathBuf),
     /// A file in the state dir is corrupt.
     #[error("{path} is corrupt ({reason}); restore it from backup or remove it to start afresh")]
     Corrupt {
@@ -88,24 +91,48 @@ fn validity(params: &mut CertificateParams, lifetime: Duration) {
 }
 
 impl Authority {
-    /// Opens the state dir, creating the CA (and the dir) on first start.
-    pub fn open(dir: &Path) -> Result<Self, IdentityError> {
+    /// Makes an installation CA in `dir` unless one is there; says
+    /// whether it made one. The first relay (or `ca create`) does this once;
+    /// every other relay of the installation is given the same two files.
+    pub fn create_ca(dir: &Path) -> Result<bool, IdentityError> {
         fs::create_dir_all(dir).map_err(|e| IdentityError::from(io_err(dir)(e)))?;
         let ca_path = dir.join("ca.pem");
         let key_path = dir.join("ca-key.pem");
-        if !ca_path.exists() {
-            let key = KeyPair::generate()?;
-            let mut params = CertificateParams::new(Vec::<String>::new())?;
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "tunnelgate installation CA");
-            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            validity(&mut params, CA_LIFETIME);
-            let cert = params.self_signed(&key)?;
-            write_private(&key_path, key.serialize_pem().as_bytes())?;
-            write_private(&ca_path, cert.pem().as_bytes())?;
-            tracing::info!(dir = %dir.display(), "created a new installation CA");
+        if ca_path.exists() {
+            return Ok(false);
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "tunnelgate installation CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        validity(&mut params, CA_LIFETIME);
+        let cert = params.self_signed(&key)?;
+        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        write_private(&ca_path, cert.pem().as_bytes())?;
+        tracing::info!(dir = %dir.display(), "created a new installation CA");
+        Ok(true)
+    }
+
+    /// Opens the CA: from `ca_dir` when given (a directory or secret
+    /// mounted into each relay of a cluster, only ever read), else from the
+    /// state dir, creating it (and the dir) on first start. The relay's own
+    /// server certificate is written to the state dir either way.
+    pub fn open(state_dir: &Path, ca_dir: Option<&Path>) -> Result<Self, IdentityError> {
+        fs::create_dir_all(state_dir).map_err(|e| IdentityError::from(io_err(state_dir)(e)))?;
+        let dir = match ca_dir {
+            Some(dir) => dir,
+            None => {
+                Self::create_ca(state_dir)?;
+                state_dir
+            }
+        };
+        let ca_path = dir.join("ca.pem");
+        let key_path = dir.join("ca-key.pem");
+        if !ca_path.exists() || !key_path.exists() {
+            return Err(IdentityError::NoCa(dir.to_owned()));
         }
         let ca_pem =
             fs::read_to_string(&ca_path).map_err(|e| IdentityError::from(io_err(&ca_path)(e)))?;
@@ -126,7 +153,7 @@ impl Authority {
         let (direct_ca_pem, direct_issuer) = direct_ca(&key_pem, validity)?;
 
         Ok(Self {
-            dir: dir.to_owned(),
+            dir: state_dir.to_owned(),
             ca_pem,
             ca_der,
             issuer,
@@ -405,8 +432,8 @@ mod tests {
     #[test]
     fn certificates_name_tenant_holder_and_role_and_the_ca_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Authority::open(dir.path()).unwrap();
-        let auth = Authority::open(dir.path()).unwrap();
+        let first = Authority::open(dir.path(), None).unwrap();
+        let auth = Authority::open(dir.path(), None).unwrap();
         assert_eq!(first.ca_fingerprint(), auth.ca_fingerprint());
 
         let tenant = TenantId::new("acme").unwrap();
@@ -434,7 +461,7 @@ mod tests {
             Duration::from_secs(200)
         );
         let dir = tempfile::tempdir().unwrap();
-        let auth = Authority::open(dir.path()).unwrap();
+        let auth = Authority::open(dir.path(), None).unwrap();
         let tenant = TenantId::new("acme").unwrap();
         let node = NodeId::new("n").unwrap();
         let (pem, _) = auth
@@ -450,8 +477,8 @@ mod tests {
     #[test]
     fn the_direct_path_ca_is_the_same_on_every_relay_and_signs_only_relays() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Authority::open(dir.path()).unwrap();
-        let b = Authority::open(dir.path()).unwrap();
+        let a = Authority::open(dir.path(), None).unwrap();
+        let b = Authority::open(dir.path(), None).unwrap();
         assert_eq!(
             a.direct_ca_pem(),
             b.direct_ca_pem(),
@@ -461,7 +488,7 @@ mod tests {
             .direct_ca_pem()
             .contains(a.ca_pem().lines().nth(1).unwrap()));
         let other = tempfile::tempdir().unwrap();
-        let c = Authority::open(other.path()).unwrap();
+        let c = Authority::open(other.path(), None).unwrap();
         assert_ne!(a.direct_ca_pem(), c.direct_ca_pem());
 
         // As a daemon checks clients: the relay's direct-path certificate
@@ -509,9 +536,29 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_dir_is_read_never_made() {
+        let state = tempfile::tempdir().unwrap();
+        let ca = tempfile::tempdir().unwrap();
+        let err = Authority::open(state.path(), Some(ca.path())).unwrap_err();
+        assert!(
+            err.to_string().contains("ca create --out"),
+            "the error says how to make one: {err}"
+        );
+        assert!(!ca.path().join("ca.pem").exists());
+        assert!(Authority::create_ca(ca.path()).unwrap());
+        assert!(!Authority::create_ca(ca.path()).unwrap(), "made only once");
+        let auth = Authority::open(state.path(), Some(ca.path())).unwrap();
+        assert_eq!(
+            auth.ca_pem(),
+            std::fs::read_to_string(ca.path().join("ca.pem")).unwrap()
+        );
+        assert!(!state.path().join("ca-key.pem").exists());
+    }
+
+    #[test]
     fn daemon_certificates_name_the_node_and_its_addresses() {
         let dir = tempfile::tempdir().unwrap();
-        let auth = Authority::open(dir.path()).unwrap();
+        let auth = Authority::open(dir.path(), None).unwrap();
         let tenant = TenantId::new("acme").unwrap();
         let node = NodeId::new("web-1").unwrap();
         let ttl = Duration::from_secs(600);

@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         Command::ApiKey(cmd) => cli::api_key(cmd).await?,
         Command::ClientCert(cmd) => cli::client_cert(cmd).await?,
         Command::Node(cmd) => cli::node(cmd).await?,
+        Command::Ca(cmd) => cli::ca(cmd)?,
         Command::Healthcheck { url } => cli::healthcheck(&url)?,
         #[cfg(feature = "quickstart")]
         Command::Quickstart(args) => cli::quickstart::run(args).await?,

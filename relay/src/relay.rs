@@ -117,10 +117,11 @@ fn server_names(config: &Config) -> Vec<String> {
 impl Relay {
     /// Opens the state dir and binds every listener.
     pub async fn bind(config: Config) -> Result<Self, RelayError> {
-        let dir = config.state_dir.clone();
-        let authority = tokio::task::spawn_blocking(move || Authority::open(&dir))
-            .await
-            .map_err(StateError::from)??;
+        let (dir, ca_dir) = (config.state_dir.clone(), config.ca_dir.clone());
+        let authority =
+            tokio::task::spawn_blocking(move || Authority::open(&dir, ca_dir.as_deref()))
+                .await
+                .map_err(StateError::from)??;
         let records = match &config.registry {
             RegistryConfig::Memory => Records::Files(config.state_dir.clone()),
             RegistryConfig::Etcd { endpoints, .. } => Records::etcd(endpoints).await?,

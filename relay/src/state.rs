@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! state-dir/
-//!   ca.pem  ca-key.pem           the installation's CA (key 0600; see `identity`)
+//!   ca.pem  ca-key.pem           the installation's CA (key 0600; see `identity`),
+//!                                unless the relay reads it from --ca-dir
 //!   server.pem server-key.pem    re-issued at every start, for the names in use
 //!   tokens.json api-keys.json    hashed secrets (see `credentials`)       } the records: here,
 //!   nodes/<tenant>/<node>.json   enrolled nodes: certificate serials      } or in etcd in a

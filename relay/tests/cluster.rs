@@ -12,10 +12,13 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::etcd::Etcd;
-use support::{docker_endpoint, http_get_full, scenarios, AgentCmd, ApiClient, Docker, Relay};
+use support::{
+    docker_endpoint, http_get_full, relay_bin, scenarios, AgentCmd, ApiClient, Docker, Relay,
+};
 use tunnelgate_session::tls::{self, Identity, Trust};
 use tunnelgate_session::Session;
 
@@ -540,13 +543,21 @@ fn an_agent_on_two_relays_loses_no_call_when_one_is_killed() {
     );
 }
 
-fn secure_cluster_relay(etcd: &Etcd, state: &Path, id: &str) -> Relay {
+/// A relay that authenticates every call, with the CA read from `ca`
+/// (as a mounted secret), never from its state dir.
+fn secure_cluster_relay(etcd: &Etcd, state: &Path, id: &str, ca: &Path) -> Relay {
     cluster_relay_with(
         etcd,
         state,
         id,
         "2s",
-        &["--api-tls", "--api-auth", "required"],
+        &[
+            "--api-tls",
+            "--api-auth",
+            "required",
+            "--ca-dir",
+            ca.to_str().unwrap(),
+        ],
     )
 }
 
@@ -554,10 +565,24 @@ fn secure_cluster_relay(etcd: &Etcd, state: &Path, id: &str) -> Relay {
 fn tokens_keys_and_tenants_hold_across_relays() {
     let etcd = Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let a = secure_cluster_relay(&etcd, &dir.path().join("a"), "relay-a");
-    share_ca(&dir.path().join("a"), &dir.path().join("b"));
-    let b = secure_cluster_relay(&etcd, &dir.path().join("b"), "relay-b");
-
+    let ca = dir.path().join("ca");
+    let made = Command::new(relay_bin())
+        .args(["ca", "create", "--out"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let ca_files = || ["ca.pem", "ca-key.pem"].map(|f| std::fs::read(ca.join(f)).unwrap());
+    let before = ca_files();
+    let a = secure_cluster_relay(&etcd, &dir.path().join("a"), "relay-a", &ca);
+    let b = secure_cluster_relay(&etcd, &dir.path().join("b"), "relay-b", &ca);
+    // The CA is read where it is mounted, never copied or changed: no CA
+    // key lands in a relay's state dir.
+    for state in [&a.state, &b.state] {
+        assert!(!state.join("ca-key.pem").exists());
+        assert!(!state.join("ca.pem").exists());
+    }
+    assert_eq!(ca_files(), before);
     // A token made through relay a enrols an agent at relay b.
     let token = a
         .cli_last_line(&["token", "create", "--tenant", "acme"])
@@ -576,12 +601,8 @@ fn tokens_keys_and_tenants_hold_across_relays() {
     let acme_key = a
         .cli_last_line(&["api-key", "create", "--tenant", "acme"])
         .unwrap();
-    let at_a = ApiClient::new(a.api, &a.state)
-        .unwrap()
-        .with_bearer(&acme_key);
-    let at_b = ApiClient::new(b.api, &b.state)
-        .unwrap()
-        .with_bearer(&acme_key);
+    let at_a = ApiClient::new(a.api, &ca).unwrap().with_bearer(&acme_key);
+    let at_b = ApiClient::new(b.api, &ca).unwrap().with_bearer(&acme_key);
     at_b.wait_for_node("web").unwrap_or_else(|e| {
         panic!(
             "{e}; agent log:\n{}",
@@ -605,9 +626,7 @@ fn tokens_keys_and_tenants_hold_across_relays() {
     let globex_key = b
         .cli_last_line(&["api-key", "create", "--tenant", "globex"])
         .unwrap();
-    let globex_at_a = ApiClient::new(a.api, &a.state)
-        .unwrap()
-        .with_bearer(&globex_key);
+    let globex_at_a = ApiClient::new(a.api, &ca).unwrap().with_bearer(&globex_key);
     let deadline = Instant::now() + Duration::from_secs(20);
     let (status, body) = loop {
         match globex_at_a.get("/nodes/web/_ping").unwrap() {

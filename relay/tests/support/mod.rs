@@ -166,6 +166,12 @@ impl Drop for Proc {
     }
 }
 
+/// The value given to `name` in `args`.
+fn flag(args: &[&str], name: &str) -> Option<String> {
+    let at = args.iter().position(|a| *a == name)?;
+    args.get(at + 1).map(|v| v.to_string())
+}
+
 /// A relay process on ephemeral loopback ports with its own state dir.
 pub struct Relay {
     pub proc: Proc,
@@ -177,6 +183,8 @@ pub struct Relay {
     pub state: PathBuf,
     /// The `--registry` it serves with: admin commands use it too.
     pub registry: Option<String>,
+    /// The `--ca-dir` it serves with, likewise.
+    pub ca_dir: Option<String>,
     _stdout: ChildStdout,
 }
 
@@ -244,11 +252,8 @@ impl Relay {
             metrics,
             peer,
             state: state.to_owned(),
-            registry: extra
-                .iter()
-                .position(|a| *a == "--registry")
-                .and_then(|i| extra.get(i + 1))
-                .map(|r| r.to_string()),
+            registry: flag(extra, "--registry"),
+            ca_dir: flag(extra, "--ca-dir"),
             _stdout: stdout.into_inner(),
         })
     }
@@ -286,6 +291,9 @@ impl Relay {
         cmd.args(args).arg("--state-dir").arg(&self.state);
         if let Some(registry) = &self.registry {
             cmd.args(["--registry", registry]);
+        }
+        if let Some(ca_dir) = &self.ca_dir {
+            cmd.args(["--ca-dir", ca_dir]);
         }
         let out = cmd.output()?;
         anyhow::ensure!(
