@@ -131,31 +131,21 @@ fn libraries(binary: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-#[test]
-fn the_image_builds_from_a_local_base_and_runs_without_a_network() {
-    let docker = support::Docker::new(support::docker_endpoint());
+/// A rootfs of the libraries `binary` loads and `files` (from, to), with
+/// a non-root user, as distroless has: made here because no registry is
+/// reachable. Returns it as a tar.
+fn rootfs(binary: &Path, files: &[(&Path, &str)]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
-    let (root, ctx) = (dir.path().join("base"), dir.path().join("ctx"));
-    let bins = Path::new(env!("CARGO_BIN_EXE_tunnelgate-relay"))
-        .parent()
-        .unwrap()
-        .to_owned();
-    support::agent_bin();
-    std::fs::create_dir_all(&ctx).unwrap();
-    for bin in ["tunnelgate-relay", "tunnelgate-agent"] {
-        passes(
-            Command::new("strip")
-                .arg("-o")
-                .arg(ctx.join(bin))
-                .arg(bins.join(bin)),
-        );
-    }
-    // A base with glibc and a non-root user only, as distroless has:
-    // made here because no registry is reachable.
-    for lib in libraries(&ctx.join("tunnelgate-relay")) {
+    let root = dir.path();
+    for lib in libraries(binary) {
         let to = root.join(lib.strip_prefix("/").unwrap());
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(&lib, &to).unwrap();
+    }
+    for (from, to) in files {
+        let to = root.join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
     }
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::create_dir_all(root.join("tmp")).unwrap();
@@ -166,32 +156,94 @@ fn the_image_builds_from_a_local_base_and_runs_without_a_network() {
     .unwrap();
     let tar = Command::new("tar")
         .arg("-C")
-        .arg(&root)
+        .arg(root)
         .args(["-c", "."])
         .output()
         .unwrap();
     assert!(tar.status.success());
-    let base = "tunnelgate-test-base:latest";
+    tar.stdout
+}
+
+const IMAGE: &str = "tunnelgate-test-image:latest";
+const ETCD_IMAGE: &str = "tunnelgate-test-etcd:latest";
+
+/// Builds, once for this test binary, the image from `deploy/Dockerfile`
+/// with this build's binaries on a locally made glibc-only base, and an
+/// etcd image from this machine's etcd. Returns the docker CLI.
+fn images() -> support::Docker {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let docker = support::Docker::new(support::docker_endpoint());
+    BUILT.call_once(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join("ctx");
+        let bins = Path::new(env!("CARGO_BIN_EXE_tunnelgate-relay"))
+            .parent()
+            .unwrap()
+            .to_owned();
+        support::agent_bin();
+        std::fs::create_dir_all(&ctx).unwrap();
+        for bin in ["tunnelgate-relay", "tunnelgate-agent"] {
+            passes(
+                Command::new("strip")
+                    .arg("-o")
+                    .arg(ctx.join(bin))
+                    .arg(bins.join(bin)),
+            );
+        }
+        let base = "tunnelgate-test-base:latest";
+        let tar = rootfs(&ctx.join("tunnelgate-relay"), &[]);
+        docker.ok_bytes(&["import", "-", base], &tar).unwrap();
+        for f in ["Dockerfile", "state/README"] {
+            let to = ctx.join(f);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(repo().join("deploy").join(f), to).unwrap();
+        }
+        docker
+            .ok(&[
+                "build",
+                "-q",
+                "--build-arg",
+                &format!("BASE={base}"),
+                "-t",
+                IMAGE,
+                ctx.to_str().unwrap(),
+            ])
+            .unwrap();
+        let etcd = which("etcd");
+        let tar = rootfs(&etcd, &[(&etcd, "usr/local/bin/etcd")]);
+        docker
+            .ok_bytes(
+                &[
+                    "import",
+                    "--change",
+                    "ENV PATH=/usr/local/bin",
+                    "-",
+                    ETCD_IMAGE,
+                ],
+                &tar,
+            )
+            .unwrap();
+    });
     docker
-        .ok_bytes(&["import", "-", base], &tar.stdout)
+}
+
+/// Where `name` is on the PATH.
+fn which(name: &str) -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
         .unwrap();
-    for f in ["Dockerfile", "state/README"] {
-        let to = ctx.join(f);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(repo().join("deploy").join(f), to).unwrap();
-    }
-    let image = "tunnelgate-test-image:latest";
-    docker
-        .ok(&[
-            "build",
-            "-q",
-            "--build-arg",
-            &format!("BASE={base}"),
-            "-t",
-            image,
-            ctx.to_str().unwrap(),
-        ])
-        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name} is missing; scripts/test installs it"
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+#[test]
+fn the_image_builds_from_a_local_base_and_runs_without_a_network() {
+    let docker = images();
+    let image = IMAGE;
     let version = docker
         .ok(&["run", "--rm", "--network", "none", image, "--version"])
         .unwrap();
@@ -260,5 +312,200 @@ fn the_image_builds_from_a_local_base_and_runs_without_a_network() {
         "0",
         "the relay did not stop cleanly on SIGTERM"
     );
-    let _ = docker.ok(&["rmi", image, base]);
+}
+
+/// A port free on loopback now (the compose file publishes on the host).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A compose project from `deploy/compose/`, taken down with its volumes
+/// when dropped.
+struct Compose {
+    project: String,
+    env: Vec<(String, String)>,
+}
+
+impl Compose {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("docker-compose");
+        cmd.arg("-f")
+            .arg(repo().join("deploy/compose/docker-compose.yml"))
+            .args(["-p", &self.project, "--no-ansi"])
+            .args(args)
+            .env("DOCKER_HOST", support::docker_endpoint())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.cmd(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "docker-compose {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// The logs of every service, for a failure report.
+    fn logs(&self) -> String {
+        self.cmd(&["logs", "--tail", "40"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["down", "-v", "-t", "5"]).output();
+    }
+}
+
+#[test]
+fn the_compose_file_validates() {
+    let out = Command::new("docker-compose")
+        .arg("-f")
+        .arg(repo().join("deploy/compose/docker-compose.yml"))
+        .args(["config", "-q"])
+        .output()
+        .expect("docker-compose is missing; scripts/test installs it");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The compose cluster as a user brings it up: etcd, the CA made once,
+/// three relays reading it, an agent enrolled with a token made in a relay
+/// container; `docker ps` through each relay's published port reaches the
+/// node (one relay holds no session of it, so that call goes through a
+/// peer), and with one relay stopped the others still serve.
+#[test]
+fn the_compose_cluster_serves_the_node_through_every_relay() {
+    let docker = images();
+    let socket = support::docker_endpoint()
+        .strip_prefix("unix://")
+        .expect("a unix socket")
+        .to_owned();
+    let ports = [free_port(), free_port(), free_port()];
+    let compose = Compose {
+        project: format!("tgcompose{}", std::process::id()),
+        env: vec![
+            ("TUNNELGATE_IMAGE".into(), IMAGE.into()),
+            ("ETCD_IMAGE".into(), ETCD_IMAGE.into()),
+            ("TUNNELGATE_PORT_A".into(), ports[0].to_string()),
+            ("TUNNELGATE_PORT_B".into(), ports[1].to_string()),
+            ("TUNNELGATE_PORT_C".into(), ports[2].to_string()),
+            ("DOCKER_SOCKET".into(), socket),
+            ("TUNNELGATE_NODE_ID".into(), "compose-host".into()),
+        ],
+    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        panic!("{what}: {e}\n--- compose logs:\n{}", compose.logs())
+    };
+    // Prometheus is left out: no registry to pull it from; promtool checks
+    // its files.
+    let up = [
+        "up",
+        "-d",
+        "--no-build",
+        "etcd",
+        "ca",
+        "relay-a",
+        "relay-b",
+        "relay-c",
+    ];
+    compose.run(&up).unwrap_or_else(|e| fail("up", &e));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let token = loop {
+        match compose.run(&[
+            "exec",
+            "-T",
+            "relay-a",
+            "tunnelgate-relay",
+            "token",
+            "create",
+        ]) {
+            Ok(out) => break out.lines().last().unwrap_or_default().to_owned(),
+            Err(e) if std::time::Instant::now() > deadline => fail("token create", &e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    };
+    let mut with_token = compose.cmd(&["--profile", "agent", "up", "-d", "--no-build", "agent"]);
+    let out = with_token.env("TUNNELGATE_TOKEN", &token).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    compose
+        .run(&[
+            "exec",
+            "-T",
+            "relay-b",
+            "tunnelgate-relay",
+            "client-cert",
+            "create",
+            "--tenant",
+            "default",
+            "--out",
+            "/var/lib/tunnelgate-relay/client",
+        ])
+        .unwrap_or_else(|e| fail("client-cert create", &e));
+    let certs = tempfile::tempdir().unwrap();
+    let relay_b = compose.run(&["ps", "-q", "relay-b"]).unwrap();
+    docker
+        .ok(&[
+            "cp",
+            &format!("{}:/var/lib/tunnelgate-relay/client/.", relay_b.trim()),
+            certs.path().to_str().unwrap(),
+        ])
+        .unwrap();
+    let agent_container = format!("{}_agent_1", compose.project);
+    let ps_through = |port: u16| {
+        Command::new("docker")
+            .args(["ps", "--format", "{{.Names}}"])
+            .env(
+                "DOCKER_HOST",
+                format!("tcp://127.0.0.1:{port}/nodes/compose-host"),
+            )
+            .env("DOCKER_TLS_VERIFY", "1")
+            .env("DOCKER_CERT_PATH", certs.path())
+            .output()
+            .unwrap()
+    };
+    let wait_ps = |port: u16| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let out = ps_through(port);
+            let text = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && text.lines().any(|l| l == agent_container) {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                fail(
+                    &format!("docker ps through 127.0.0.1:{port}"),
+                    &format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    };
+    for port in ports {
+        wait_ps(port);
+    }
+    compose
+        .run(&["stop", "-t", "30", "relay-a"])
+        .unwrap_or_else(|e| fail("stop relay-a", &e));
+    for port in &ports[1..] {
+        wait_ps(*port);
+    }
 }
