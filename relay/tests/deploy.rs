@@ -276,11 +276,21 @@ fn the_image_builds_from_a_local_base_and_runs_without_a_network() {
         .unwrap();
     assert!(health.contains("healthcheck"), "{health}");
     // Served as the image says (non-root, its own state dir, no network
-    // but loopback), its health check passes once it listens, and it
+    // but loopback, a read-only root as the Kubernetes manifest asks), its
+    // health check passes once it listens, and it
     // stops on SIGTERM.
     let name = format!("tunnelgate-test-relay-{}", std::process::id());
     docker
-        .ok(&["run", "-d", "--name", &name, "--network", "none", image])
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "--read-only",
+            image,
+        ])
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while docker
@@ -508,4 +518,108 @@ fn the_compose_cluster_serves_the_node_through_every_relay() {
     for port in &ports[1..] {
         wait_ps(*port);
     }
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_against_the_schemas() {
+    let dir = repo().join("deploy/k8s");
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    manifests.sort();
+    assert!(manifests.len() >= 3, "{manifests:?}");
+    // The oldest release with the preStop sleep action on by default, and
+    // the newest the validator knows.
+    for version in ["1.30.0", "1.37.0"] {
+        passes(
+            Command::new("kubernetes-validate")
+                .args(["--strict", "--quiet", "-k", version])
+                .args(&manifests),
+        );
+    }
+}
+
+/// The `TUNNELGATE_*` settings a deploy file sets: keys of a YAML map
+/// (`TUNNELGATE_X: ...`) and `- name: TUNNELGATE_X` entries; not the
+/// compose file's own `${...}` variables.
+fn settings_in(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().trim_start_matches("- name: "))
+        .filter(|l| l.starts_with("TUNNELGATE_"))
+        .map(|l| l.split(':').next().unwrap().trim().to_owned())
+        .collect()
+}
+
+/// The `[env: ...]` names a binary's `--help` lists.
+fn env_names(help: &mut Command) -> Vec<String> {
+    let out = help.output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split("[env: ")
+        .skip(1)
+        .map(|s| s.split(['=', ']']).next().unwrap().to_owned())
+        .collect()
+}
+
+/// A line `key: value` of a deploy file, the value unquoted.
+fn value_of(path: &Path, key: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in {}", path.display()));
+    line[key.len() + 1..].trim().trim_matches('"').to_owned()
+}
+
+fn seconds(text: &str) -> u64 {
+    humantime::parse_duration(text)
+        .map(|d| d.as_secs())
+        .or_else(|_| text.parse())
+        .unwrap_or_else(|_| panic!("not a duration: {text}"))
+}
+
+/// A misspelt setting in a manifest is silently ignored by the relay, so
+/// every one is checked against what the binaries read; and the time a
+/// pod or container gets to stop must cover the relay's drain.
+#[test]
+fn the_deploy_files_set_only_real_settings_and_give_the_drain_its_time() {
+    let relay =
+        env_names(Command::new(env!("CARGO_BIN_EXE_tunnelgate-relay")).args(["serve", "--help"]));
+    let agent = env_names(Command::new(support::agent_bin()).arg("--help"));
+    assert!(relay.iter().any(|n| n == "TUNNELGATE_CA_DIR"), "{relay:?}");
+    assert!(agent.iter().any(|n| n == "TUNNELGATE_TOKEN"), "{agent:?}");
+    let deploy = repo().join("deploy");
+    let files = [
+        deploy.join("compose/docker-compose.yml"),
+        deploy.join("k8s/config.yaml"),
+        deploy.join("k8s/relay.yaml"),
+    ];
+    for file in &files {
+        let settings = settings_in(file);
+        assert!(!settings.is_empty(), "{}", file.display());
+        for name in settings {
+            assert!(
+                relay.contains(&name) || agent.contains(&name),
+                "{} sets {name}, which neither binary reads",
+                file.display()
+            );
+        }
+    }
+    let k8s_grace = seconds(&value_of(&files[1], "TUNNELGATE_SHUTDOWN_GRACE"));
+    let pause = seconds(&value_of(&files[2], "seconds"));
+    let termination = seconds(&value_of(&files[2], "terminationGracePeriodSeconds"));
+    assert!(
+        termination > pause + k8s_grace,
+        "terminationGracePeriodSeconds {termination} must exceed the preStop pause {pause} and the shutdown grace {k8s_grace}"
+    );
+    let compose_grace = seconds(&value_of(&files[0], "TUNNELGATE_SHUTDOWN_GRACE"));
+    let stop = seconds(&value_of(&files[0], "stop_grace_period"));
+    assert!(
+        stop > compose_grace,
+        "stop_grace_period {stop} must exceed the shutdown grace {compose_grace}"
+    );
 }
