@@ -36,7 +36,7 @@ fn passes(cmd: &mut Command) {
 fn every_shell_script_is_shellcheck_clean() {
     let root = repo();
     let mut scripts = vec![root.join("deploy/install.sh")];
-    for dir in ["scripts", "benches", "benches/peers", ".ci"] {
+    for dir in ["scripts", "benches", "benches/peers", ".ci", "deploy/deb"] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -622,4 +622,167 @@ fn the_deploy_files_set_only_real_settings_and_give_the_drain_its_time() {
         stop > compose_grace,
         "stop_grace_period {stop} must exceed the shutdown grace {compose_grace}"
     );
+}
+
+/// `dpkg-query -W -f FORMAT PACKAGE`, or `None` when it is not installed.
+fn dpkg_query(package: &str, format: &str) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", format, package])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+fn installed(package: &str) -> bool {
+    dpkg_query(package, "${Status}").is_some_and(|s| s.ends_with(" installed"))
+}
+
+/// Runs a command as it prints to a user; returns what it printed.
+fn prints(cmd: &mut Command) -> String {
+    let out = cmd
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// The packages as an operator uses them, on this machine (which has no
+/// running systemd, so the maintainer scripts take their no-systemd way):
+/// install, edit the conffile, upgrade to a newer package (the edit
+/// kept), `apt-get remove` (binary gone, config and identity kept),
+/// `apt-get purge` (config and identity gone); the relay's packaged
+/// config starts the packaged binary as it is.
+#[test]
+fn the_debian_packages_install_upgrade_and_remove() {
+    for package in ["tunnelgate-agent", "tunnelgate-relay"] {
+        assert!(
+            !installed(package),
+            "{package} is installed on this machine; this test installs and removes it, so run it \
+             where it is not (a CI machine), or remove it first"
+        );
+    }
+    // Whatever happens below, the machine is left without them.
+    struct Purge;
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = Command::new("dpkg")
+                .args(["--purge", "tunnelgate-agent", "tunnelgate-relay"])
+                .output();
+        }
+    }
+    let _purge = Purge;
+    let bins = Path::new(env!("CARGO_BIN_EXE_tunnelgate-relay"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    support::agent_bin();
+    let out = tempfile::tempdir().unwrap();
+    let build = |version: &str| -> Vec<PathBuf> {
+        prints(
+            Command::new(repo().join("deploy/deb/build.sh"))
+                .arg("--bin-dir")
+                .arg(&bins)
+                .arg("--out")
+                .arg(out.path().join(version))
+                .args(["--version", version, "--compress", "gzip"]),
+        )
+        .lines()
+        .map(PathBuf::from)
+        .collect()
+    };
+    let old = build("0.1.0~test1");
+    let new = build("0.1.0~test2");
+    assert_eq!(old.len(), 2, "{old:?}");
+    let (agent_old, relay_old, agent_new) = (&old[0], &old[1], &new[0]);
+    assert!(agent_old
+        .to_str()
+        .unwrap()
+        .contains("tunnelgate-agent_0.1.0~test1_"));
+
+    let said = prints(Command::new("dpkg").arg("-i").arg(agent_old));
+    assert!(said.contains("no systemd here"), "{said}");
+    let version = prints(Command::new("/usr/bin/tunnelgate-agent").arg("--version"));
+    assert!(version.starts_with("tunnelgate-agent "), "{version}");
+    let conf = Path::new("/etc/tunnelgate/agent.toml");
+    let conffiles = dpkg_query("tunnelgate-agent", "${Conffiles}").unwrap_or_default();
+    assert!(
+        conffiles.contains("/etc/tunnelgate/agent.toml"),
+        "{conffiles}"
+    );
+    assert!(Path::new("/lib/systemd/system/tunnelgate-agent.service").exists());
+    let unit = std::fs::read_to_string("/lib/systemd/system/tunnelgate-agent.service").unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/bin/tunnelgate-agent "),
+        "{unit}"
+    );
+
+    // The operator's edit survives an upgrade; so does the node's identity.
+    let edited = format!(
+        "{}relay = \"relay.test:7443\"\n",
+        std::fs::read_to_string(conf).unwrap()
+    );
+    std::fs::write(conf, &edited).unwrap();
+    std::fs::create_dir_all("/var/lib/tunnelgate-agent").unwrap();
+    std::fs::write("/var/lib/tunnelgate-agent/node.pem", "identity").unwrap();
+    prints(Command::new("dpkg").arg("-i").arg(agent_new));
+    assert_eq!(
+        dpkg_query("tunnelgate-agent", "${Version}").as_deref(),
+        Some("0.1.0~test2")
+    );
+    assert_eq!(std::fs::read_to_string(conf).unwrap(), edited);
+
+    prints(Command::new("apt-get").args(["remove", "-y", "tunnelgate-agent"]));
+    assert!(!Path::new("/usr/bin/tunnelgate-agent").exists());
+    assert!(conf.exists(), "remove keeps the config");
+    assert!(Path::new("/var/lib/tunnelgate-agent/node.pem").exists());
+    let said = prints(Command::new("apt-get").args(["purge", "-y", "tunnelgate-agent"]));
+    assert!(said.contains("node revoke"), "{said}");
+    assert!(!conf.exists(), "purge removes the config");
+    assert!(!Path::new("/var/lib/tunnelgate-agent").exists());
+    assert!(dpkg_query("tunnelgate-agent", "${Status}").is_none_or(|s| !s.ends_with(" installed")));
+
+    // The relay's package: its packaged config starts the packaged binary.
+    let said = prints(Command::new("dpkg").arg("-i").arg(relay_old));
+    assert!(said.contains("no systemd here"), "{said}");
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Command::new("/usr/bin/tunnelgate-relay")
+        .args([
+            "serve",
+            "--config",
+            "/etc/tunnelgate/relay.toml",
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .args([
+            "--api-listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(relay.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = relay.kill();
+    let _ = relay.wait();
+    assert!(
+        line.parse::<tunnelgate_relay::ListeningLine>().is_ok(),
+        "the packaged relay did not start with its packaged config: {line:?}"
+    );
+    prints(Command::new("apt-get").args(["purge", "-y", "tunnelgate-relay"]));
+    assert!(!Path::new("/usr/bin/tunnelgate-relay").exists());
 }
