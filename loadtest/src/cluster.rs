@@ -213,7 +213,14 @@ pub async fn cluster(
     // their own pair): wait until the registry shows two holders each.
     let settled = wait_two_each(&etcd, agents, timeout).await?;
     let (etcd_writes_1, etcd_events_1) = etcd.counters().await?;
-    let spread = sessions(&relays).await?;
+    // A move is make-before-break: the registry can show the new holder
+    // while the old relay still counts the session it is closing. Sample
+    // the spread once the relays' own counts agree.
+    let mut spread = sessions(&relays).await?;
+    while spread.iter().sum::<u64>() != want && started.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        spread = sessions(&relays).await?;
+    }
     let (min, max) = (
         *spread.iter().min().unwrap_or(&0),
         *spread.iter().max().unwrap_or(&0),
