@@ -142,6 +142,12 @@ pub struct LimitArgs {
     /// Calls in flight to all nodes of one tenant [default: 4096].
     #[arg(long, env = "TUNNELGATE_MAX_STREAMS_PER_TENANT", value_name = "N")]
     pub max_streams_per_tenant: Option<usize>,
+    /// Events a reader of `/v1/events` (or the fleet's `docker events`) may
+    /// fall behind by; a reader further behind is cut with a final line
+    /// saying so, so a stalled reader never grows the relay's memory
+    /// [default: 1000].
+    #[arg(long, env = "TUNNELGATE_MAX_EVENTS_BACKLOG", value_name = "N")]
+    pub max_events_backlog: Option<usize>,
     /// New agent handshakes started per second; more wait up to 3 s for
     /// their turn, the rest are refused and retry with backoff, so a
     /// reconnect storm cannot starve live calls [default: 500].
@@ -182,6 +188,7 @@ struct FileConfig {
     idle_stream_timeout: Option<String>,
     max_streams_per_node: Option<usize>,
     max_streams_per_tenant: Option<usize>,
+    max_events_backlog: Option<usize>,
     max_agent_handshakes_per_sec: Option<u32>,
 }
 
@@ -292,6 +299,7 @@ pub struct Limits {
     pub idle_stream_timeout: Duration,
     pub max_streams_per_node: usize,
     pub max_streams_per_tenant: usize,
+    pub max_events_backlog: usize,
     pub max_agent_handshakes_per_sec: u32,
 }
 
@@ -304,6 +312,7 @@ impl Default for Limits {
             idle_stream_timeout: Duration::from_secs(3600),
             max_streams_per_node: 256,
             max_streams_per_tenant: 4096,
+            max_events_backlog: 1000,
             max_agent_handshakes_per_sec: 500,
         }
     }
@@ -381,6 +390,11 @@ impl Config {
                 .max_streams_per_tenant
                 .or(fl.max_streams_per_tenant)
                 .unwrap_or(dl.max_streams_per_tenant),
+            max_events_backlog: l
+                .max_events_backlog
+                .or(fl.max_events_backlog)
+                .unwrap_or(dl.max_events_backlog)
+                .max(1),
             max_agent_handshakes_per_sec: l
                 .max_agent_handshakes_per_sec
                 .or(fl.max_agent_handshakes_per_sec)

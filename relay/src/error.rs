@@ -121,10 +121,10 @@ pub enum CallError {
     #[error("invalid request path: {0}")]
     InvalidPath(#[source] http::uri::InvalidUri),
     /// A path the relay does not serve.
-    #[error("no such endpoint {0}; Docker API calls go to /nodes/<node-id>/..., the node list is at /v1/nodes")]
+    #[error("no such endpoint {0}; Docker API calls go to /nodes/<node-id>/... (or /fleet/... for a read-only view of every node), the node list is at /v1/nodes, events at /v1/events")]
     NoSuchEndpoint(String),
-    /// Anything but GET on the node list.
-    #[error("only GET is supported on /v1/nodes")]
+    /// Anything but GET on the node list or the events.
+    #[error("only GET is supported on /v1/nodes and /v1/events")]
     MethodNotAllowed,
     /// More header fields than `max_headers`.
     #[error(
@@ -253,6 +253,28 @@ pub enum CallError {
         /// What failed.
         source: Box<CallError>,
     },
+    /// A call to the fleet endpoint that would change something.
+    #[error("the fleet endpoint is read-only: {method} {path} would change a node; send it to that node: DOCKER_HOST=tcp://RELAY:7375/nodes/<node-id>")]
+    FleetReadOnly {
+        /// The method.
+        method: http::Method,
+        /// The path, as the client sent it.
+        path: String,
+    },
+    /// A fleet endpoint path the relay does not serve.
+    #[error("the fleet endpoint serves version, info, ps, images, events, and inspect or logs of a container named <node-id>/<name>; for {0} use DOCKER_HOST=tcp://RELAY:7375/nodes/<node-id>")]
+    FleetUnsupported(String),
+    /// A container named on the fleet without its node.
+    #[error("no such container: {0:?}; on the fleet endpoint a container is <node-id>/<name>, as docker ps lists it")]
+    FleetName(String),
+    /// A node's answer to a call the relay made for a fleet view failed.
+    #[error("node {node}: {reason}")]
+    FleetAnswer {
+        /// The node.
+        node: NodeId,
+        /// What failed.
+        reason: String,
+    },
     /// The client's request body could not be read.
     #[error("reading the request body failed: {0}; send the call again")]
     RequestBody(#[source] hyper::Error),
@@ -273,6 +295,9 @@ impl CallError {
             | Self::Unauthenticated(_)
             | Self::TooBusy { .. }
             | Self::RequestBody(_)
+            | Self::FleetReadOnly { .. }
+            | Self::FleetUnsupported(_)
+            | Self::FleetName(_)
             | Self::UnknownNode(_) => ErrorSource::Client,
             Self::NodeOffline(_)
             | Self::SessionFailed { .. }
@@ -280,7 +305,8 @@ impl CallError {
             | Self::SetupTimeout { .. }
             | Self::Setup { .. }
             | Self::NotSent { .. }
-            | Self::NoAnswer { .. } => ErrorSource::Agent,
+            | Self::NoAnswer { .. }
+            | Self::FleetAnswer { .. } => ErrorSource::Agent,
             Self::DaemonUnreachable { .. } | Self::UnaskedUpgrade | Self::DirectFailed { .. } => {
                 ErrorSource::Daemon
             }
@@ -343,7 +369,11 @@ impl CallError {
                 StatusCode::BAD_REQUEST
             }
             Self::ThroughPeer { source, .. } => source.status(),
-            Self::NoSuchEndpoint(_) | Self::UnknownNode(_) => StatusCode::NOT_FOUND,
+            Self::NoSuchEndpoint(_)
+            | Self::UnknownNode(_)
+            | Self::FleetUnsupported(_)
+            | Self::FleetName(_) => StatusCode::NOT_FOUND,
+            Self::FleetReadOnly { .. } => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,

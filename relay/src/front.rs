@@ -16,6 +16,8 @@
 //! session itself.
 
 mod docker;
+mod events;
+pub mod fleet;
 pub mod install;
 mod nodes;
 mod routes;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, Request, Response};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, Instrument};
@@ -187,7 +190,7 @@ fn admit(
 }
 
 async fn dispatch(
-    front: &Front,
+    front: &Arc<Front>,
     conn: &ClientConn,
     principal: Principal,
     route: Route,
@@ -199,19 +202,31 @@ async fn dispatch(
     let get = req.method() == Method::GET;
     match route {
         Route::NodeList if get => Ok(nodes::list(front, tenant)),
+        Route::Events if get => Ok(events::fan_in(
+            front.clone(),
+            principal.clone(),
+            req.uri().query(),
+        )),
+        Route::Fleet { rest } => {
+            let span = info_span!("request", %request_id, %tenant, fleet = true,
+                                  method = %req.method(), path = %rest);
+            fleet::serve(front, conn, &principal, &rest, req)
+                .instrument(span)
+                .await
+        }
         Route::NodeInfo(node) if get => nodes::info(front, tenant, node),
-        Route::NodeList | Route::NodeInfo(_) => Err(CallError::MethodNotAllowed),
+        Route::NodeList | Route::NodeInfo(_) | Route::Events => Err(CallError::MethodNotAllowed),
         Route::Docker { node, rest } => {
             let node_id = node.map_err(CallError::UnknownNode)?;
             let span = info_span!("request", %request_id, %tenant, %node_id,
                                   method = %req.method(), path = %rest);
             docker::proxy(
                 front,
-                conn,
+                &conn.kept,
                 tenant,
                 node_id,
                 &rest,
-                req,
+                req.map(Either::Left),
                 request_id,
                 record.clone(),
             )

@@ -32,6 +32,8 @@ pub enum Limit {
     StreamsPerTenant,
     /// Agent handshakes over `max_agent_handshakes_per_sec`.
     AgentHandshakes,
+    /// An events reader more than `max_events_backlog` behind.
+    EventsBacklog,
 }
 
 impl Limit {
@@ -46,6 +48,7 @@ impl Limit {
             Self::StreamsPerNode => "streams_per_node",
             Self::StreamsPerTenant => "streams_per_tenant",
             Self::AgentHandshakes => "agent_handshakes",
+            Self::EventsBacklog => "events_backlog",
         }
     }
 }

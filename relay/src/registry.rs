@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tunnelgate_proto::{NodeKey, RelayId};
+use tunnelgate_proto::{NodeId, NodeKey, RelayId, TenantId};
 
 /// A relay as the registry lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +239,22 @@ impl Registry {
             .iter()
             .filter(|l| l.relay_id != self.me)
             .filter_map(|l| mirror.members.get(&l.relay_id).cloned())
+            .collect()
+    }
+
+    /// The tenant's nodes that another relay holds a session of.
+    pub fn held_by_peers(&self, tenant: &TenantId) -> Vec<NodeId> {
+        let mirror = self.read();
+        mirror
+            .locations
+            .iter()
+            .filter(|(key, holders)| {
+                &key.tenant == tenant
+                    && holders
+                        .iter()
+                        .any(|l| l.relay_id != self.me && mirror.members.contains_key(&l.relay_id))
+            })
+            .map(|(key, _)| key.node_id.clone())
             .collect()
     }
 

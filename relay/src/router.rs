@@ -8,9 +8,10 @@
 //! are in memory only: the direct path's probe table, the session table,
 //! the registry's mirror and the state cache.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use tunnelgate_proto::NodeKey;
+use tunnelgate_proto::{NodeId, NodeKey, TenantId};
 
 use crate::registry::Registry;
 use crate::sessions::Sessions;
@@ -53,6 +54,30 @@ impl Router {
             state,
             direct,
         }
+    }
+
+    /// The tenant's nodes, sorted by id, each with whether a call to it has
+    /// somewhere to go now (a session here or on a peer, or its daemon
+    /// port) or it is enrolled and offline. For the views over a whole
+    /// fleet; in memory only, like [`Router::route`].
+    pub fn fleet(&self, tenant: &TenantId) -> Vec<(NodeId, bool)> {
+        let mut online: BTreeSet<NodeId> = self
+            .sessions
+            .views(tenant, self.state.relay_id())
+            .into_iter()
+            .map(|v| v.node_id)
+            .collect();
+        online.extend(self.registry.held_by_peers(tenant));
+        let mut nodes: Vec<(NodeId, bool)> = self
+            .state
+            .enrolled(tenant)
+            .into_iter()
+            .filter(|n| !online.contains(n))
+            .map(|n| (n, false))
+            .collect();
+        nodes.extend(online.into_iter().map(|n| (n, true)));
+        nodes.sort();
+        nodes
     }
 
     /// Where a call to `key` goes now. Only the caller's tenant is looked

@@ -34,7 +34,7 @@ use rand::RngCore;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tunnelgate_proto::token::{JoinToken, MalformedToken};
-use tunnelgate_proto::{NodeId, NodeKey, RelayId};
+use tunnelgate_proto::{NodeId, NodeKey, RelayId, TenantId};
 
 use credentials::{Credential, Kind, NewCredential, Refusal, Store};
 pub use nodes::CertMode;
@@ -293,6 +293,15 @@ impl State {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The tenant's enrolled nodes that are not revoked, from memory.
+    pub fn enrolled(&self, tenant: &TenantId) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|r| &r.key().tenant == tenant && r.value().revoked_at.is_none())
+            .map(|r| r.key().node_id.clone())
+            .collect()
     }
 
     /// Whether `key` may connect, from memory.

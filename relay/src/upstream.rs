@@ -26,7 +26,7 @@ mod tunnel;
 use tunnelgate_proto::{NodeId, NodeKey, RequestId, TenantId};
 
 pub use direct::{Direct, DirectMode};
-pub use kept::KeptStream;
+pub use kept::{CallBody, KeptStream};
 pub use peer::Peers;
 pub use tunnel::{Tunnel, Via};
 

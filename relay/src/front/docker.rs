@@ -8,32 +8,32 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tracing::Instrument;
 use tunnelgate_proto::{NodeId, NodeKey, RequestId, TenantId};
 
-use super::{ClientConn, Front};
+use super::Front;
 use crate::audit::CallRecord;
 use crate::error::{BusyScope, CallError};
 use crate::metrics::Limit;
 use crate::respond::Body;
 use crate::router::Route;
 use crate::upstream::splice::{splice_upgraded, Guarded};
-use crate::upstream::Target;
+use crate::upstream::{CallBody, KeptStream, Target};
 
 /// Which route carried a call: `direct`, `local`, or `peer=<relay-id>`.
 pub const ROUTE_HEADER: &str = "x-tunnelgate-route";
 
 /// Carries one Docker call to `node_id` of `tenant`, with the path `rest`
-/// as the daemon sees it.
+/// as the daemon sees it: a client's call, or one the relay makes itself
+/// (the fleet view's), on the client connection's kept stream `kept`.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn proxy(
     front: &Front,
-    conn: &ClientConn,
+    kept: &KeptStream,
     tenant: &TenantId,
     node_id: NodeId,
     rest: &str,
-    mut req: Request<Incoming>,
+    mut req: Request<CallBody>,
     request_id: RequestId,
     record: Arc<CallRecord>,
 ) -> Result<Response<Body>, CallError> {
@@ -90,7 +90,7 @@ pub(super) async fn proxy(
 
     let (mut resp, via) = front
         .tunnel
-        .send(&vias, &target, &conn.kept, req, upgrade, &record)
+        .send(&vias, &target, kept, req, upgrade, &record)
         .await?;
     let route = via.name();
     front.metrics.routed(via.kind());

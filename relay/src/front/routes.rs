@@ -20,6 +20,14 @@ pub enum Route {
         /// The rest of the path, from its `/`.
         rest: String,
     },
+    /// `GET /v1/events`: the Docker and node events of every node.
+    Events,
+    /// `/fleet/<docker path>`: one read-only Docker endpoint over every
+    /// node.
+    Fleet {
+        /// The rest of the path, from its `/`.
+        rest: String,
+    },
     /// Anything else.
     NotFound,
 }
@@ -30,6 +38,17 @@ impl Route {
         let node = |id: &str| NodeId::new(id).map_err(|_| id.to_owned());
         if path == "/v1/nodes" || path == "/v1/nodes/" {
             return Self::NodeList;
+        }
+        if path == "/v1/events" {
+            return Self::Events;
+        }
+        if path == "/fleet" {
+            return Self::Fleet { rest: "/".into() };
+        }
+        if let Some(rest) = path.strip_prefix("/fleet/") {
+            return Self::Fleet {
+                rest: format!("/{rest}"),
+            };
         }
         if let Some(id) = path.strip_prefix("/v1/nodes/") {
             return Self::NodeInfo(node(id));

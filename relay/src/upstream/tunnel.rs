@@ -101,19 +101,32 @@ enum Outgoing {
 
 impl Outgoing {
     /// Reads a small body in full; streams a large, unsized or upgrading one.
-    async fn new(req: Request<Incoming>, upgrade: bool) -> Result<Self, CallError> {
+    /// A body the relay made itself is whole already.
+    async fn new(req: Request<CallBody>, upgrade: bool) -> Result<Self, CallError> {
+        let (head, body) = req.into_parts();
+        let incoming = match body {
+            Either::Right(whole) => {
+                let body = whole
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_else(|never| match never {});
+                return Ok(Self::Replayable(Replayable { head, body }));
+            }
+            Either::Left(incoming) => incoming,
+        };
         let small = !upgrade
-            && !req.headers().contains_key(http::header::TRANSFER_ENCODING)
-            && req
-                .headers()
+            && !head.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && head
+                .headers
                 .get(http::header::CONTENT_LENGTH)
                 .map_or(Some(0), |v| v.to_str().ok()?.parse::<u64>().ok())
                 .is_some_and(|len| len <= REPLAYABLE_BODY);
         if !small {
-            return Ok(Self::Streamed(Some(req.map(Either::Left))));
+            let req = Request::from_parts(head, Either::Left(incoming));
+            return Ok(Self::Streamed(Some(req)));
         }
-        let (head, body) = req.into_parts();
-        let body = body
+        let body = incoming
             .collect()
             .await
             .map_err(CallError::RequestBody)?
@@ -189,7 +202,7 @@ impl Tunnel {
         vias: &[Via],
         target: &Target,
         kept: &KeptStream,
-        req: Request<Incoming>,
+        req: Request<CallBody>,
         upgrade: bool,
         record: &CallRecord,
     ) -> Result<(Response<Incoming>, Via), CallError> {

@@ -162,14 +162,40 @@ impl NodeDockerd {
             exec = d("exec"),
             pid = d("pid"),
         );
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", host.name))
+            .args(["unshare", "-m", "sh", "-c", &script]);
+        Self::spawn(cmd, dir, port)
+    }
+
+    /// Starts a second dockerd on this host (no network namespace, no TCP
+    /// port), a unix socket only, with its data and its own /etc/docker
+    /// (so its own daemon ID) under `dir`: another node's daemon.
+    pub fn start_local(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir.join("etc"))?;
+        let d = |f: &str| dir.join(f).display().to_string();
+        let script = format!(
+            "mount --bind {etc} /etc/docker && exec dockerd --host unix://{sock} \
+             --data-root {root} --exec-root {exec} --pidfile {pid} --iptables=false \
+             --ip6tables=false --bridge=none --storage-driver=vfs",
+            etc = d("etc"),
+            sock = d("docker.sock"),
+            root = d("root"),
+            exec = d("exec"),
+            pid = d("pid"),
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "sh", "-c", &script]);
+        Self::spawn(cmd, dir, 0)
+    }
+
+    fn spawn(mut cmd: Command, dir: &Path, port: u16) -> Result<Self> {
         let log = std::fs::File::create(dir.join("dockerd.log"))?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", host.name))
-            .args(["unshare", "-m", "sh", "-c", &script])
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .context("spawning dockerd in the node's namespace")?;
+            .context("spawning dockerd")?;
         let me = Self {
             proc: Proc {
                 child,

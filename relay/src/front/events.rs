@@ -1,0 +1,382 @@
+//! The events fan-in: one stream, as JSON lines, of the Docker events of
+//! every node of the caller's tenant (`GET /v1/events`, and `docker
+//! events` on the fleet endpoint), each tagged with its node (`"node"`,
+//! and `node` among the actor's attributes, which `docker events` prints),
+//! plus node events: `connected`, `disconnected`, `daemon_unreachable`,
+//! `daemon_back` (`"Type": "node"`).
+//!
+//! `since`, `until` and `filters` go to each node as the client sent them.
+//! Nodes that come online while the stream is open are followed from
+//! then; a node that drops is announced and does not end the stream; a
+//! node's stream that breaks while the node is still there is followed
+//! again from its last event. With `until` the stream ends once every
+//! node's has.
+//!
+//! Memory is bounded: at most `max_events_backlog` lines wait for a
+//! reader; one further behind is cut with a final line saying so.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::{Response, StatusCode};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::debug;
+use tunnelgate_proto::NodeId;
+
+use super::fleet::ask;
+use super::Front;
+use crate::auth::Principal;
+use crate::metrics::Limit;
+use crate::respond::Body;
+
+/// How often the fan-in looks for nodes that came or went.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// A Docker event line longer than this is dropped (Docker's are < 4 KiB).
+const MAX_LINE: usize = 1 << 20;
+
+/// The lines waiting for the reader, and what to say last.
+struct Outlet {
+    tx: mpsc::Sender<Bytes>,
+    cut: Arc<Cut>,
+    front: Arc<Front>,
+}
+
+#[derive(Default)]
+struct Cut {
+    happened: AtomicBool,
+    last_line: Mutex<Option<Bytes>>,
+}
+
+impl Outlet {
+    /// Queues one line; `false` once the stream is over (the reader left
+    /// or was cut).
+    fn send(&self, line: Value) -> bool {
+        if self.cut.happened.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut text = line.to_string().into_bytes();
+        text.push(b'\n');
+        match self.tx.try_send(Bytes::from(text)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let max = self.front.config.limits.max_events_backlog;
+                self.front.metrics.limit_hit(Limit::EventsBacklog);
+                let reason = format!(
+                    "the reader fell {max} events behind, so the relay ends this stream \
+                     (max_events_backlog) rather than hold more; read faster, or open it again \
+                     with since=<time of the last event read>"
+                );
+                let line = json!({"Type": "error", "Action": "cut", "message": reason,
+                                  "error": reason, "time": unix_now().0});
+                *self.cut.last_line.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Bytes::from(format!("{line}\n")));
+                self.cut.happened.store(true, Ordering::Release);
+                false
+            }
+        }
+    }
+
+    fn is_over(&self) -> bool {
+        self.tx.is_closed() || self.cut.happened.load(Ordering::Acquire)
+    }
+}
+
+/// The response body: queued lines, then the cut notice if there was one.
+struct Lines {
+    rx: mpsc::Receiver<Bytes>,
+    cut: Arc<Cut>,
+}
+
+impl HttpBody for Lines {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.cut.happened.load(Ordering::Acquire) {
+            // A cut reader gets what was queued and the notice, no more.
+            self.rx.close();
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(line)) => Poll::Ready(Some(Ok(Frame::data(line)))),
+            Poll::Ready(None) => {
+                let last = self
+                    .cut
+                    .last_line
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                Poll::Ready(last.map(|l| Ok(Frame::data(l))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+fn unix_now() -> (u64, u128) {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs(), d.as_nanos())
+}
+
+/// A node event, in the shape of a Docker event.
+fn node_event(node: &NodeId, action: &str, detail: Option<&str>) -> Value {
+    let (secs, nanos) = unix_now();
+    let mut attributes = json!({"node": node.to_string()});
+    if let Some(d) = detail {
+        attributes["error"] = Value::String(d.to_owned());
+    }
+    json!({
+        "Type": "node", "Action": action, "status": action,
+        "Actor": {"ID": node.to_string(), "Attributes": attributes},
+        "scope": "tunnelgate", "time": secs, "timeNano": nanos,
+        "node": node.to_string(),
+    })
+}
+
+/// The query as the client sent it, with `since` replaced when given.
+fn query_with_since(query: &[(String, String)], since: Option<&str>) -> String {
+    let mut pairs: Vec<String> = query
+        .iter()
+        .filter(|(k, _)| since.is_none() || k != "since")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if let Some(s) = since {
+        pairs.push(format!("since={s}"));
+    }
+    pairs.join("&")
+}
+
+/// Starts the fan-in for `principal` and answers with its stream.
+pub(super) fn fan_in(
+    front: Arc<Front>,
+    principal: Principal,
+    query: Option<&str>,
+) -> Response<Body> {
+    let query: Vec<(String, String)> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (p.to_owned(), String::new()),
+        })
+        .collect();
+    let (tx, rx) = mpsc::channel(front.config.limits.max_events_backlog);
+    let cut = Arc::new(Cut::default());
+    let outlet = Arc::new(Outlet {
+        tx,
+        cut: cut.clone(),
+        front: front.clone(),
+    });
+    front
+        .tasks
+        .spawn(watch(front.clone(), principal, query, outlet));
+    let body = Lines { rx, cut };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body.boxed())
+        .expect("static response parts are valid")
+}
+
+/// What the fan-in knows of one node.
+struct Followed {
+    online: bool,
+    daemon_reachable: Option<bool>,
+    follower: Option<JoinHandle<()>>,
+    /// `timeNano` of the last event relayed, to follow again from there.
+    last: Arc<Mutex<Option<u128>>>,
+}
+
+/// Follows the tenant's nodes until the reader leaves, is cut, or (with
+/// `until`) every node's stream has ended.
+async fn watch(
+    front: Arc<Front>,
+    principal: Principal,
+    query: Vec<(String, String)>,
+    outlet: Arc<Outlet>,
+) {
+    let bounded = query.iter().any(|(k, _)| k == "until");
+    let mut known: HashMap<NodeId, Followed> = HashMap::new();
+    let mut first = true;
+    let mut ticker = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        ticker.tick().await;
+        if outlet.is_over() {
+            break;
+        }
+        let daemons: HashMap<NodeId, (bool, Option<String>)> = front
+            .sessions
+            .views(&principal.tenant, front.state.relay_id())
+            .into_iter()
+            .map(|v| (v.node_id, (v.daemon_reachable, v.daemon_error)))
+            .collect();
+        let fleet = front.router.fleet(&principal.tenant);
+        for (node, online) in &fleet {
+            let entry = known.entry(node.clone()).or_insert_with(|| Followed {
+                online: false,
+                daemon_reachable: None,
+                follower: None,
+                last: Arc::default(),
+            });
+            if *online && !entry.online && !first {
+                outlet.send(node_event(node, "connected", None));
+            }
+            if !*online && entry.online {
+                outlet.send(node_event(node, "disconnected", None));
+                if let Some(f) = entry.follower.take() {
+                    f.abort();
+                }
+            }
+            entry.online = *online;
+            if let Some((now, error)) = daemons.get(node) {
+                let now = *now;
+                match (entry.daemon_reachable, now) {
+                    (Some(true), false) => {
+                        outlet.send(node_event(node, "daemon_unreachable", error.as_deref()));
+                    }
+                    (Some(false), true) => {
+                        outlet.send(node_event(node, "daemon_back", None));
+                    }
+                    _ => {}
+                }
+                entry.daemon_reachable = Some(now);
+            }
+            let running = entry.follower.as_ref().is_some_and(|f| !f.is_finished());
+            // With `until`, each node's stream is opened once and ends by
+            // itself; without, a broken one is followed again.
+            if *online && !running && (!bounded || first) {
+                let since = entry
+                    .last
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .map(|n| {
+                        let n = n + 1;
+                        format!("{}.{:09}", n / 1_000_000_000, n % 1_000_000_000)
+                    });
+                let path = format!("/events?{}", query_with_since(&query, since.as_deref()));
+                entry.follower = Some(tokio::spawn(follow(
+                    front.clone(),
+                    principal.clone(),
+                    node.clone(),
+                    path,
+                    outlet.clone(),
+                    entry.last.clone(),
+                )));
+            }
+        }
+        for (node, entry) in known.iter_mut() {
+            if entry.online && !fleet.iter().any(|(n, _)| n == node) {
+                entry.online = false;
+                outlet.send(node_event(node, "disconnected", None));
+            }
+        }
+        first = false;
+        if bounded
+            && known
+                .values()
+                .all(|e| e.follower.as_ref().is_none_or(|f| f.is_finished()))
+        {
+            break;
+        }
+    }
+    for entry in known.values() {
+        if let Some(f) = &entry.follower {
+            f.abort();
+        }
+    }
+}
+
+/// Relays one node's Docker events, tagged, until its stream ends.
+async fn follow(
+    front: Arc<Front>,
+    principal: Principal,
+    node: NodeId,
+    path: String,
+    outlet: Arc<Outlet>,
+    last: Arc<Mutex<Option<u128>>>,
+) {
+    let resp = match ask(&front, &principal, &node, &path).await {
+        Ok(resp) if resp.status().is_success() => resp,
+        Ok(resp) => {
+            debug!(%node, status = %resp.status(), "a node refused its events stream");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        }
+        Err(e) => {
+            debug!(%node, error = %e, "a node's events stream did not open");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        }
+    };
+    let mut body = resp.into_body();
+    let mut pending = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(at) = pending.iter().position(|b| *b == b'\n') {
+            let line = pending.split_to(at + 1);
+            let Ok(mut event) = serde_json::from_slice::<Value>(&line[..at]) else {
+                continue;
+            };
+            if let Some(nanos) = event.get("timeNano").and_then(Value::as_u64) {
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(u128::from(nanos));
+            }
+            event["node"] = Value::String(node.to_string());
+            if let Some(attrs) = event
+                .get_mut("Actor")
+                .and_then(|a| a.get_mut("Attributes"))
+                .and_then(Value::as_object_mut)
+            {
+                attrs.insert("node".into(), Value::String(node.to_string()));
+            }
+            if !outlet.send(event) {
+                return;
+            }
+        }
+        if pending.len() > MAX_LINE {
+            pending.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_is_replaced_and_the_rest_passed_as_sent() {
+        let q = vec![
+            ("since".to_owned(), "100".to_owned()),
+            (
+                "filters".to_owned(),
+                "%7B%22type%22%3A%5B%22container%22%5D%7D".to_owned(),
+            ),
+        ];
+        assert_eq!(
+            query_with_since(&q, Some("200.000000001")),
+            "filters=%7B%22type%22%3A%5B%22container%22%5D%7D&since=200.000000001"
+        );
+        assert_eq!(
+            query_with_since(&q, None),
+            "since=100&filters=%7B%22type%22%3A%5B%22container%22%5D%7D"
+        );
+    }
+}

@@ -1,0 +1,502 @@
+//! The fleet: one read-only Docker endpoint over every node of the
+//! caller's tenant (`DOCKER_HOST=tcp://RELAY:7375/fleet`, as Swarm gave
+//! one endpoint over many hosts), and the calls the relay makes to nodes
+//! itself for it and for the events fan-in ([`super::events`]).
+//!
+//! `version`, `info`, `ps`, `images` and `events` answer for the whole
+//! fleet: containers are named `<node-id>/<name>`, and reads of one such
+//! container (`inspect`, `logs`, `top`, ...) go to its node. A node that
+//! is offline or fails is skipped (named in `info`'s warnings and in the
+//! `X-Tunnelgate-Skipped` header), never failing the whole call.
+//!
+//! It never changes a node: anything but a read is refused with an error
+//! naming `/nodes/<node-id>`. The relay's own calls go through
+//! [`super::docker::proxy`] like a client's, with the caller's identity,
+//! slots and audit line; this module never touches a session or route.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use serde_json::{json, Map, Value};
+use tokio::task::JoinSet;
+use tracing::{info_span, Instrument};
+use tunnelgate_proto::{NodeId, TenantId};
+
+use super::{docker, events, next_request_id, ClientConn, Front};
+use crate::audit::CallRecord;
+use crate::auth::Principal;
+use crate::error::CallError;
+use crate::respond::{json as json_response, whole, Body};
+use crate::upstream::{CallBody, KeptStream};
+
+/// How long one node may take to answer a fleet view in full.
+const NODE_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The API version the fleet speaks when no node says its own.
+const DEFAULT_API_VERSION: &str = "1.41";
+
+/// Nodes a fleet view skipped, and why.
+pub const SKIPPED_HEADER: &str = "x-tunnelgate-skipped";
+
+/// A GET the relay makes itself to `node` for `principal` (audited as
+/// theirs, counted in their slots): the answer's head, its body streamed.
+pub(super) async fn ask(
+    front: &Front,
+    principal: &Principal,
+    node: &NodeId,
+    path_and_query: &str,
+) -> Result<Response<Body>, CallError> {
+    let uri = Uri::try_from(path_and_query).map_err(CallError::InvalidPath)?;
+    let rest = uri.path().to_owned();
+    let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
+    *req.uri_mut() = uri;
+    // HTTP/1.1 needs one; the daemon ignores its value.
+    req.headers_mut()
+        .insert(http::header::HOST, HeaderValue::from_static("docker"));
+    let kept = KeptStream::default();
+    carry(front, &kept, principal, node.clone(), &rest, req).await
+}
+
+/// Carries one call of `principal` to `node` with the Docker path `rest`,
+/// with its own request id, span and audit line.
+async fn carry(
+    front: &Front,
+    kept: &KeptStream,
+    principal: &Principal,
+    node: NodeId,
+    rest: &str,
+    req: Request<CallBody>,
+) -> Result<Response<Body>, CallError> {
+    let request_id = next_request_id();
+    let (parts, body) = req.into_parts();
+    let record = Arc::new(CallRecord::new(
+        request_id,
+        &parts,
+        Some(principal.clone()),
+        Some(node.clone()),
+        Instant::now(),
+    ));
+    let span = info_span!("request", %request_id, tenant = %principal.tenant, node_id = %node,
+                          method = %parts.method, path = %rest, by = "fleet");
+    let req = Request::from_parts(parts, body);
+    let answer = docker::proxy(
+        front,
+        kept,
+        &principal.tenant,
+        node,
+        rest,
+        req,
+        request_id,
+        record.clone(),
+    )
+    .instrument(span)
+    .await;
+    record.set_status(match &answer {
+        Ok(resp) => resp.status(),
+        Err(e) => e.status(),
+    });
+    answer
+}
+
+/// [`ask`], answered in full within [`NODE_ANSWER_TIMEOUT`], as JSON.
+pub(super) async fn ask_json(
+    front: &Front,
+    principal: &Principal,
+    node: &NodeId,
+    path_and_query: &str,
+) -> Result<Value, CallError> {
+    let failed = |reason: String| CallError::FleetAnswer {
+        node: node.clone(),
+        reason,
+    };
+    let resp = ask(front, principal, node, path_and_query).await?;
+    let status = resp.status();
+    let body = tokio::time::timeout(NODE_ANSWER_TIMEOUT, resp.into_body().collect())
+        .await
+        .map_err(|_| failed(format!("no whole answer within {NODE_ANSWER_TIMEOUT:?}")))?
+        .map_err(|e| failed(format!("the answer broke off: {e}")))?
+        .to_bytes();
+    if !status.is_success() {
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| Some(v.get("message")?.as_str()?.to_owned()))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(failed(format!("{status}: {message}")));
+    }
+    serde_json::from_slice(&body).map_err(|e| failed(format!("the answer is not JSON: {e}")))
+}
+
+/// Splits a leading API version (`/v1.41`) off a Docker path.
+fn split_version(path: &str) -> (&str, &str) {
+    let Some(after) = path.strip_prefix("/v") else {
+        return ("", path);
+    };
+    let end = after.find('/').unwrap_or(after.len());
+    let version = &after[..end];
+    let is_version = !version.is_empty()
+        && version.contains('.')
+        && version.chars().all(|c| c.is_ascii_digit() || c == '.');
+    match is_version {
+        true => path.split_at(end + 2),
+        false => ("", path),
+    }
+}
+
+/// Answers a call to `/fleet<rest>`.
+pub(super) async fn serve(
+    front: &Arc<Front>,
+    conn: &ClientConn,
+    principal: &Principal,
+    rest: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, CallError> {
+    let method = req.method().clone();
+    let read = method == Method::GET || method == Method::HEAD;
+    let (version, path) = split_version(rest);
+    let query = req.uri().query().map(str::to_owned);
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (read, segments.as_slice()) {
+        (false, _) => Err(CallError::FleetReadOnly {
+            method,
+            path: rest.to_owned(),
+        }),
+        (true, ["_ping"]) => Ok(ping(front, &principal.tenant)),
+        (true, ["version"]) => Ok(version_of(front, &principal.tenant)),
+        (true, ["info"]) => Ok(info(front, principal).await),
+        (true, ["containers", "json"]) => Ok(ps(front, principal, query.as_deref()).await),
+        (true, ["images", "json"]) => Ok(images(front, principal, query.as_deref()).await),
+        (true, ["events"]) => Ok(events::fan_in(
+            front.clone(),
+            principal.clone(),
+            query.as_deref(),
+        )),
+        (true, ["containers", node, name, tail @ ..]) if !tail.is_empty() => {
+            let node_id =
+                NodeId::new(*node).map_err(|_| CallError::FleetName(format!("{node}/{name}")))?;
+            let rest = format!("{version}/containers/{name}/{}", tail.join("/"));
+            let req = req.map(Either::Left);
+            carry(front, &conn.kept, principal, node_id, &rest, req).await
+        }
+        // A container by its ID alone (the docker CLI inspects a name, then
+        // calls by the ID it got): on whichever node has it.
+        (true, ["containers", id, tail @ ..]) if !tail.is_empty() => {
+            let node_id = locate(front, principal, id)
+                .await
+                .ok_or_else(|| CallError::FleetName((*id).to_owned()))?;
+            let rest = format!("{version}/containers/{id}/{}", tail.join("/"));
+            let req = req.map(Either::Left);
+            carry(front, &conn.kept, principal, node_id, &rest, req).await
+        }
+        (true, _) => Err(CallError::FleetUnsupported(rest.to_owned())),
+    }
+}
+
+/// The online node that has container `id`, asking them all at once.
+async fn locate(front: &Arc<Front>, principal: &Principal, id: &str) -> Option<NodeId> {
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    {
+        return None;
+    }
+    ask_all(front, principal, &format!("/containers/{id}/json"))
+        .await
+        .into_iter()
+        .find(|p| p.answer.is_ok())
+        .map(|p| p.node)
+}
+
+/// The lowest API version among the tenant's nodes on this relay: every
+/// node understands it.
+fn api_version(front: &Front, tenant: &TenantId) -> String {
+    let parse = |v: &str| -> Option<(u32, u32)> {
+        let (major, minor) = v.split_once('.')?;
+        Some((major.parse().ok()?, minor.parse().ok()?))
+    };
+    front
+        .sessions
+        .views(tenant, front.state.relay_id())
+        .iter()
+        .filter_map(|v| v.docker_api_version.as_deref())
+        .filter_map(|v| Some((parse(v)?, v.to_owned())))
+        .min()
+        .map_or_else(|| DEFAULT_API_VERSION.to_owned(), |(_, v)| v)
+}
+
+fn ping(front: &Front, tenant: &TenantId) -> Response<Body> {
+    let mut resp = whole(
+        StatusCode::OK,
+        "text/plain; charset=utf-8",
+        Bytes::from("OK"),
+    );
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&api_version(front, tenant)) {
+        headers.insert("api-version", v);
+    }
+    headers.insert("ostype", HeaderValue::from_static("linux"));
+    headers.insert("docker-experimental", HeaderValue::from_static("false"));
+    resp
+}
+
+fn version_of(front: &Front, tenant: &TenantId) -> Response<Body> {
+    let fleet = front.router.fleet(tenant);
+    let online = fleet.iter().filter(|(_, on)| *on).count();
+    let version = env!("CARGO_PKG_VERSION");
+    let body = json!({
+        "Platform": {"Name": "tunnelgate fleet"},
+        "Components": [{
+            "Name": "tunnelgate fleet",
+            "Version": version,
+            "Details": {"Nodes": fleet.len().to_string(), "Online": online.to_string()},
+        }],
+        "Version": version,
+        "ApiVersion": api_version(front, tenant),
+        "MinAPIVersion": "1.24",
+        "Os": "linux",
+        "Arch": go_arch(),
+        "KernelVersion": "",
+        "GitCommit": "",
+        "GoVersion": "",
+        "BuildTime": "",
+    });
+    json_response(StatusCode::OK, body.to_string())
+}
+
+/// The architecture as Docker names it.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// One node's part of a fleet view.
+struct Part {
+    node: NodeId,
+    answer: Result<Value, String>,
+}
+
+/// Asks every online node of the caller's tenant for `path` at once; the
+/// offline ones answer `Err("offline")` without a call.
+async fn ask_all(front: &Arc<Front>, principal: &Principal, path: &str) -> Vec<Part> {
+    let mut calls = JoinSet::new();
+    let mut parts = Vec::new();
+    for (node, online) in front.router.fleet(&principal.tenant) {
+        if !online {
+            parts.push(Part {
+                node,
+                answer: Err("offline".to_owned()),
+            });
+            continue;
+        }
+        let (front, principal, path) = (front.clone(), principal.clone(), path.to_owned());
+        calls.spawn(async move {
+            let answer = ask_json(&front, &principal, &node, &path).await;
+            Part {
+                node,
+                answer: answer.map_err(|e| e.to_string()),
+            }
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        if let Ok(part) = done {
+            parts.push(part);
+        }
+    }
+    parts.sort_by(|a, b| a.node.cmp(&b.node));
+    parts
+}
+
+/// Says which nodes a view left out, in a header.
+fn with_skipped(mut resp: Response<Body>, parts: &[Part]) -> Response<Body> {
+    let skipped: Vec<String> = parts
+        .iter()
+        .filter_map(|p| Some(format!("{} ({})", p.node, p.answer.as_ref().err()?)))
+        .collect();
+    if skipped.is_empty() {
+        return resp;
+    }
+    let text: String = skipped
+        .join(", ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&text) {
+        resp.headers_mut().insert(SKIPPED_HEADER, v);
+    }
+    resp
+}
+
+fn number(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+async fn info(front: &Arc<Front>, principal: &Principal) -> Response<Body> {
+    let parts = ask_all(front, principal, "/info").await;
+    let sum = |key: &str| -> u64 {
+        parts
+            .iter()
+            .filter_map(|p| p.answer.as_ref().ok())
+            .map(|v| number(v, key))
+            .sum()
+    };
+    let mut status = vec![json!(["Nodes", parts.len().to_string()])];
+    let mut warnings = Vec::new();
+    for part in &parts {
+        let line = match &part.answer {
+            Ok(v) => format!(
+                "online: {} containers ({} running), {} images, Docker {}",
+                number(v, "Containers"),
+                number(v, "ContainersRunning"),
+                number(v, "Images"),
+                v.get("ServerVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?"),
+            ),
+            Err(why) => {
+                warnings.push(format!(
+                    "node {} is skipped: {why}; its containers and images are not counted",
+                    part.node
+                ));
+                why.clone()
+            }
+        };
+        status.push(json!([format!(" {}", part.node), line]));
+    }
+    let body = json!({
+        "ID": "tunnelgate-fleet",
+        "Name": "tunnelgate-fleet",
+        "Containers": sum("Containers"),
+        "ContainersRunning": sum("ContainersRunning"),
+        "ContainersPaused": sum("ContainersPaused"),
+        "ContainersStopped": sum("ContainersStopped"),
+        "Images": sum("Images"),
+        "NCPU": sum("NCPU"),
+        "MemTotal": sum("MemTotal"),
+        "Driver": "tunnelgate-fleet",
+        "DriverStatus": status,
+        "ServerVersion": env!("CARGO_PKG_VERSION"),
+        "OperatingSystem": format!("tunnelgate fleet of {} nodes", parts.len()),
+        "OSType": "linux",
+        "Architecture": std::env::consts::ARCH,
+        "Swarm": {"LocalNodeState": "inactive"},
+        "Warnings": warnings,
+    });
+    with_skipped(json_response(StatusCode::OK, body.to_string()), &parts)
+}
+
+fn with_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path.to_owned(),
+    }
+}
+
+/// `docker ps` over the fleet: each node's list (with the caller's `-a`
+/// and filters), names as `/<node-id>/<name>`, newest first.
+async fn ps(front: &Arc<Front>, principal: &Principal, query: Option<&str>) -> Response<Body> {
+    let parts = ask_all(front, principal, &with_query("/containers/json", query)).await;
+    let mut all: Vec<Value> = Vec::new();
+    for part in &parts {
+        let Ok(Value::Array(containers)) = &part.answer else {
+            continue;
+        };
+        for c in containers {
+            let mut c = c.clone();
+            if let Some(Value::Array(names)) = c.get_mut("Names") {
+                for name in names.iter_mut() {
+                    if let Some(n) = name.as_str() {
+                        *name =
+                            Value::String(format!("/{}/{}", part.node, n.trim_start_matches('/')));
+                    }
+                }
+            }
+            label_node(&mut c, &part.node);
+            all.push(c);
+        }
+    }
+    all.sort_by_key(|c| std::cmp::Reverse(number(c, "Created")));
+    with_skipped(
+        json_response(StatusCode::OK, Value::Array(all).to_string()),
+        &parts,
+    )
+}
+
+/// `docker images` over the fleet: repository names prefixed with the node.
+async fn images(front: &Arc<Front>, principal: &Principal, query: Option<&str>) -> Response<Body> {
+    let parts = ask_all(front, principal, &with_query("/images/json", query)).await;
+    let mut all: Vec<Value> = Vec::new();
+    for part in &parts {
+        let Ok(Value::Array(images)) = &part.answer else {
+            continue;
+        };
+        for image in images {
+            let mut image = image.clone();
+            if let Some(Value::Array(tags)) = image.get_mut("RepoTags") {
+                for tag in tags.iter_mut() {
+                    if let Some(t) = tag.as_str().filter(|t| !t.starts_with("<none>")) {
+                        *tag = Value::String(format!("{}/{t}", part.node));
+                    }
+                }
+            }
+            label_node(&mut image, &part.node);
+            all.push(image);
+        }
+    }
+    with_skipped(
+        json_response(StatusCode::OK, Value::Array(all).to_string()),
+        &parts,
+    )
+}
+
+/// Puts `tunnelgate.node=<id>` in an object's `Labels`.
+fn label_node(object: &mut Value, node: &NodeId) {
+    let Some(obj) = object.as_object_mut() else {
+        return;
+    };
+    let labels = obj
+        .entry("Labels")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if labels.is_null() {
+        *labels = Value::Object(Map::new());
+    }
+    if let Some(labels) = labels.as_object_mut() {
+        labels.insert("tunnelgate.node".into(), Value::String(node.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_prefix_is_split_off_and_nothing_else() {
+        assert_eq!(
+            split_version("/v1.41/containers/json"),
+            ("/v1.41", "/containers/json")
+        );
+        assert_eq!(split_version("/_ping"), ("", "/_ping"));
+        assert_eq!(split_version("/v1.41"), ("/v1.41", ""));
+        assert_eq!(split_version("/volumes"), ("", "/volumes"));
+        assert_eq!(split_version("/version"), ("", "/version"));
+    }
+
+    #[test]
+    fn a_node_label_lands_in_null_or_missing_labels() {
+        let node = NodeId::new("n1").unwrap();
+        for mut v in [
+            json!({}),
+            json!({"Labels": null}),
+            json!({"Labels": {"a": "b"}}),
+        ] {
+            label_node(&mut v, &node);
+            assert_eq!(v["Labels"]["tunnelgate.node"], "n1");
+        }
+    }
+}
