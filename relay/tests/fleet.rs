@@ -221,7 +221,10 @@ fn the_docker_cli_on_the_fleet_sees_every_node_and_changes_none() {
     );
     assert!(info.status.success(), "{warned}");
     assert!(out.contains(" node-b: offline"), "{out}");
-    assert!(warned.contains("node node-b is skipped: offline"), "{warned}");
+    assert!(
+        warned.contains("node node-b is skipped: offline"),
+        "{warned}"
+    );
     drop(nodes.agent_a);
 }
 

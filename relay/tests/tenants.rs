@@ -183,6 +183,57 @@ fn the_api_needs_credentials_and_shows_each_tenant_only_its_nodes() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The fleet view and the events fan-in show a tenant only its nodes,
+    // though both nodes here serve the same daemon.
+    let name = format!("tenants-fleet-{}", std::process::id());
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
+    let out = run(
+        docker_tls(&relay, "web", &acme_certs),
+        &[
+            "create",
+            "--network",
+            "none",
+            "--name",
+            &name,
+            "busybox",
+            "true",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fleet = |mut c: Command| {
+        c.env("DOCKER_HOST", format!("tcp://{}/fleet", relay.api));
+        c
+    };
+    let out = run(
+        fleet(docker_tls(&relay, "web", &acme_certs)),
+        &["ps", "-a", "--format", "{{.Names}}"],
+    );
+    let names = String::from_utf8_lossy(&out.stdout);
+    assert!(names.lines().any(|l| l == format!("web/{name}")), "{names}");
+    assert!(names.lines().all(|l| l.starts_with("web/")), "{names}");
+    let out = run(fleet(with_key("db")), &["info"]);
+    let info = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        info.contains(" db: online") && !info.contains(" web:"),
+        "{info}"
+    );
+    let (status, events) = acme
+        .get(&format!("/v1/events?since={since}&until={}", since + 4))
+        .unwrap();
+    assert_eq!(status, 200, "{events}");
+    assert!(events.contains(&format!("\"name\":\"{name}\"")), "{events}");
+    assert!(events.contains("\"node\":\"web\""), "{events}");
+    assert!(!events.contains("\"node\":\"db\""), "{events}");
+    let _ = Docker::direct().ok(&["rm", "-f", &name]);
+
     // A revoked API key stops working while the relay serves.
     let key_id = key.split('.').nth(1).unwrap();
     relay.cli(&["api-key", "revoke", key_id]).unwrap();
