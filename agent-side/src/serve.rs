@@ -12,9 +12,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info_span, Instrument};
+use tracing::{debug, info, info_span, Instrument};
 use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
 use tunnelgate_proto::message::{StreamErrorCode, StreamHeader, StreamKind, StreamReply};
+use tunnelgate_proto::trace::TraceParent;
 use tunnelgate_proto::ProtocolVersion;
 use tunnelgate_session::{Session, Stream};
 
@@ -69,7 +70,8 @@ async fn serve_stream(mut stream: Stream, config: Arc<AgentConfig>, reprobe: Arc
             return;
         }
     };
-    let span = info_span!("request", request_id = %header.request_id, node_id = %header.node_id);
+    let trace_id = TraceParent::log_id(header.traceparent.as_deref());
+    let span = info_span!("request", request_id = %header.request_id, node_id = %header.node_id, %trace_id);
     async move {
         let refuse = |code, message: String| StreamReply::Error { code, message };
         let refusal = if let Err(e) = ProtocolVersion::CURRENT.check_compatible(header.version) {
@@ -132,7 +134,7 @@ async fn serve_stream(mut stream: Stream, config: Arc<AgentConfig>, reprobe: Arc
         )
         .await
         {
-            Ok((to_daemon, from_daemon)) => debug!(to_daemon, from_daemon, "stream finished"),
+            Ok((to_daemon, from_daemon)) => info!(to_daemon, from_daemon, "stream finished"),
             Err(e) => debug!(error = %e, "stream failed"),
         }
     }

@@ -31,6 +31,7 @@ pub mod frame;
 pub mod ids;
 pub mod message;
 pub mod token;
+pub mod trace;
 pub mod version;
 
 pub use ids::{NodeId, NodeKey, RelayId, RequestId, TenantId};

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use tunnelgate_proto::trace::TraceParent;
 use tunnelgate_proto::{NodeId, RequestId};
 
 use crate::auth::Principal;
@@ -45,6 +46,8 @@ pub const TARGET: &str = "tunnelgate::audit";
 pub struct CallRecord {
     /// The call.
     pub request_id: RequestId,
+    /// The call's trace: the client's, or one the relay made.
+    pub trace: TraceParent,
     caller: Option<Principal>,
     node: Option<NodeId>,
     method: http::Method,
@@ -68,6 +71,7 @@ impl CallRecord {
     /// `None` when it did not authenticate, `node` when it named none.
     pub fn new(
         request_id: RequestId,
+        trace: TraceParent,
         request: &http::request::Parts,
         caller: Option<Principal>,
         node: Option<NodeId>,
@@ -75,6 +79,7 @@ impl CallRecord {
     ) -> Self {
         Self {
             request_id,
+            trace,
             caller,
             node,
             method: request.method.clone(),
@@ -138,6 +143,7 @@ impl Drop for CallRecord {
         tracing::info!(
             target: TARGET,
             request_id = %self.request_id,
+            trace_id = %self.trace.trace_hex(),
             tenant = %OrDash(self.caller.as_ref().map(|p| &p.tenant)),
             principal = %OrDash(self.caller.as_ref()),
             node = %OrDash(self.node.as_ref()),

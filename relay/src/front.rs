@@ -33,6 +33,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, Instrument};
+use tunnelgate_proto::trace::TraceParent;
 use tunnelgate_proto::RequestId;
 
 pub use slots::StreamSlots;
@@ -104,6 +105,20 @@ fn next_request_id() -> RequestId {
     RequestId(base | NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Every answer's request id, as the relay's and the agent's log lines
+/// show it.
+pub const REQUEST_ID_HEADER: &str = "x-tunnelgate-request-id";
+
+/// A new trace for a call whose client sent none (sampled: the relay's
+/// and agent's logs carry it whatever the flag).
+fn new_trace() -> TraceParent {
+    TraceParent {
+        trace_id: rand::random::<u128>().max(1),
+        parent_id: rand::random::<u64>().max(1),
+        flags: 1,
+    }
+}
+
 /// Answers one control-plane request on connection `conn`.
 pub async fn handle(
     front: Arc<Front>,
@@ -121,11 +136,18 @@ pub async fn handle(
     }
     let started = Instant::now();
     let request_id = next_request_id();
+    let trace = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .unwrap_or_else(new_trace);
     let route = Route::parse(req.uri().path());
     let admitted = admit(&front, &conn, &req);
     let (parts, body) = req.into_parts();
     let record = Arc::new(CallRecord::new(
         request_id,
+        trace,
         &parts,
         admitted.as_ref().ok().cloned(),
         route.docker_node().cloned(),
@@ -143,6 +165,10 @@ pub async fn handle(
         }
         Err(e) => e.into_response(),
     };
+    let mut response = response;
+    if let Ok(v) = http::HeaderValue::from_str(&request_id.to_string()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
     record.set_status(response.status());
     if is_docker {
         front
@@ -204,13 +230,15 @@ async fn dispatch(
         Route::NodeList if get => Ok(nodes::list(front, tenant)),
         Route::Events if get => Ok(events::fan_in(
             front.clone(),
-            principal.clone(),
+            fleet::Caller::new(&principal, record),
             req.uri().query(),
         )),
         Route::Fleet { rest } => {
             let span = info_span!("request", %request_id, %tenant, fleet = true,
+                                  trace_id = %record.trace.trace_hex(),
                                   method = %req.method(), path = %rest);
-            fleet::serve(front, conn, &principal, &rest, req)
+            let caller = fleet::Caller::new(&principal, record);
+            fleet::serve(front, conn, &caller, &rest, req)
                 .instrument(span)
                 .await
         }
@@ -219,6 +247,7 @@ async fn dispatch(
         Route::Docker { node, rest } => {
             let node_id = node.map_err(CallError::UnknownNode)?;
             let span = info_span!("request", %request_id, %tenant, %node_id,
+                                  trace_id = %record.trace.trace_hex(),
                                   method = %req.method(), path = %rest);
             docker::proxy(
                 front,

@@ -75,11 +75,8 @@ pub(super) async fn proxy(
         tenant: key.tenant.clone(),
         node_id: key.node_id.clone(),
         request_id,
-        traceparent: req
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        // This hop's span in the caller's trace.
+        traceparent: Some(record.trace.child(rand::random()).to_string()),
     };
     let path_and_query = match req.uri().query() {
         Some(q) => format!("{rest}?{q}"),

@@ -32,9 +32,8 @@ use tokio::task::JoinHandle;
 use tracing::debug;
 use tunnelgate_proto::NodeId;
 
-use super::fleet::ask;
+use super::fleet::{ask, Caller};
 use super::Front;
-use crate::auth::Principal;
 use crate::metrics::Limit;
 use crate::respond::Body;
 
@@ -160,12 +159,8 @@ fn query_with_since(query: &[(String, String)], since: Option<&str>) -> String {
     pairs.join("&")
 }
 
-/// Starts the fan-in for `principal` and answers with its stream.
-pub(super) fn fan_in(
-    front: Arc<Front>,
-    principal: Principal,
-    query: Option<&str>,
-) -> Response<Body> {
+/// Starts the fan-in for `caller` and answers with its stream.
+pub(super) fn fan_in(front: Arc<Front>, caller: Caller, query: Option<&str>) -> Response<Body> {
     let query: Vec<(String, String)> = query
         .unwrap_or("")
         .split('&')
@@ -184,7 +179,7 @@ pub(super) fn fan_in(
     });
     front
         .tasks
-        .spawn(watch(front.clone(), principal, query, outlet));
+        .spawn(watch(front.clone(), caller, query, outlet));
     let body = Lines { rx, cut };
     Response::builder()
         .status(StatusCode::OK)
@@ -206,7 +201,7 @@ struct Followed {
 /// `until`) every node's stream has ended.
 async fn watch(
     front: Arc<Front>,
-    principal: Principal,
+    caller: Caller,
     query: Vec<(String, String)>,
     outlet: Arc<Outlet>,
 ) {
@@ -221,11 +216,11 @@ async fn watch(
         }
         let daemons: HashMap<NodeId, (bool, Option<String>)> = front
             .sessions
-            .views(&principal.tenant, front.state.relay_id())
+            .views(caller.tenant(), front.state.relay_id())
             .into_iter()
             .map(|v| (v.node_id, (v.daemon_reachable, v.daemon_error)))
             .collect();
-        let fleet = front.router.fleet(&principal.tenant);
+        let fleet = front.router.fleet(caller.tenant());
         for (node, online) in &fleet {
             let entry = known.entry(node.clone()).or_insert_with(|| Followed {
                 online: false,
@@ -271,7 +266,7 @@ async fn watch(
                 let path = format!("/events?{}", query_with_since(&query, since.as_deref()));
                 entry.follower = Some(tokio::spawn(follow(
                     front.clone(),
-                    principal.clone(),
+                    caller.clone(),
                     node.clone(),
                     path,
                     outlet.clone(),
@@ -304,13 +299,13 @@ async fn watch(
 /// Relays one node's Docker events, tagged, until its stream ends.
 async fn follow(
     front: Arc<Front>,
-    principal: Principal,
+    caller: Caller,
     node: NodeId,
     path: String,
     outlet: Arc<Outlet>,
     last: Arc<Mutex<Option<u128>>>,
 ) {
-    let resp = match ask(&front, &principal, &node, &path).await {
+    let resp = match ask(&front, &caller, &node, &path).await {
         Ok(resp) if resp.status().is_success() => resp,
         Ok(resp) => {
             debug!(%node, status = %resp.status(), "a node refused its events stream");

@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use tokio::task::JoinSet;
 use tracing::{info_span, Instrument};
+use tunnelgate_proto::trace::TraceParent;
 use tunnelgate_proto::{NodeId, TenantId};
 
 use super::{docker, events, next_request_id, ClientConn, Front};
@@ -42,11 +43,33 @@ const DEFAULT_API_VERSION: &str = "1.41";
 /// Nodes a fleet view skipped, and why.
 pub const SKIPPED_HEADER: &str = "x-tunnelgate-skipped";
 
-/// A GET the relay makes itself to `node` for `principal` (audited as
+/// Whom the relay's own calls to nodes are for: the caller of the fleet
+/// view, with its trace, so each call is audited and traced as theirs.
+#[derive(Debug, Clone)]
+pub(super) struct Caller {
+    principal: Principal,
+    trace: TraceParent,
+}
+
+impl Caller {
+    /// The caller of the call `record` is of.
+    pub(super) fn new(principal: &Principal, record: &CallRecord) -> Self {
+        Self {
+            principal: principal.clone(),
+            trace: record.trace,
+        }
+    }
+
+    pub(super) fn tenant(&self) -> &TenantId {
+        &self.principal.tenant
+    }
+}
+
+/// A GET the relay makes itself to `node` for `caller` (audited as
 /// theirs, counted in their slots): the answer's head, its body streamed.
 pub(super) async fn ask(
     front: &Front,
-    principal: &Principal,
+    caller: &Caller,
     node: &NodeId,
     path_and_query: &str,
 ) -> Result<Response<Body>, CallError> {
@@ -58,15 +81,15 @@ pub(super) async fn ask(
     req.headers_mut()
         .insert(http::header::HOST, HeaderValue::from_static("docker"));
     let kept = KeptStream::default();
-    carry(front, &kept, principal, node.clone(), &rest, req).await
+    carry(front, &kept, caller, node.clone(), &rest, req).await
 }
 
-/// Carries one call of `principal` to `node` with the Docker path `rest`,
-/// with its own request id, span and audit line.
+/// Carries one call of `caller` to `node` with the Docker path `rest`,
+/// with its own request id, span and audit line, in the caller's trace.
 async fn carry(
     front: &Front,
     kept: &KeptStream,
-    principal: &Principal,
+    caller: &Caller,
     node: NodeId,
     rest: &str,
     req: Request<CallBody>,
@@ -75,18 +98,20 @@ async fn carry(
     let (parts, body) = req.into_parts();
     let record = Arc::new(CallRecord::new(
         request_id,
+        caller.trace,
         &parts,
-        Some(principal.clone()),
+        Some(caller.principal.clone()),
         Some(node.clone()),
         Instant::now(),
     ));
-    let span = info_span!("request", %request_id, tenant = %principal.tenant, node_id = %node,
+    let span = info_span!("request", %request_id, tenant = %caller.tenant(), node_id = %node,
+                          trace_id = %caller.trace.trace_hex(),
                           method = %parts.method, path = %rest, by = "fleet");
     let req = Request::from_parts(parts, body);
     let answer = docker::proxy(
         front,
         kept,
-        &principal.tenant,
+        caller.tenant(),
         node,
         rest,
         req,
@@ -105,7 +130,7 @@ async fn carry(
 /// [`ask`], answered in full within [`NODE_ANSWER_TIMEOUT`], as JSON.
 pub(super) async fn ask_json(
     front: &Front,
-    principal: &Principal,
+    caller: &Caller,
     node: &NodeId,
     path_and_query: &str,
 ) -> Result<Value, CallError> {
@@ -113,7 +138,7 @@ pub(super) async fn ask_json(
         node: node.clone(),
         reason,
     };
-    let resp = ask(front, principal, node, path_and_query).await?;
+    let resp = ask(front, caller, node, path_and_query).await?;
     let status = resp.status();
     let body = tokio::time::timeout(NODE_ANSWER_TIMEOUT, resp.into_body().collect())
         .await
@@ -150,7 +175,7 @@ fn split_version(path: &str) -> (&str, &str) {
 pub(super) async fn serve(
     front: &Arc<Front>,
     conn: &ClientConn,
-    principal: &Principal,
+    caller: &Caller,
     rest: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, CallError> {
@@ -164,14 +189,14 @@ pub(super) async fn serve(
             method,
             path: rest.to_owned(),
         }),
-        (true, ["_ping"]) => Ok(ping(front, &principal.tenant)),
-        (true, ["version"]) => Ok(version_of(front, &principal.tenant)),
-        (true, ["info"]) => Ok(info(front, principal).await),
-        (true, ["containers", "json"]) => Ok(ps(front, principal, query.as_deref()).await),
-        (true, ["images", "json"]) => Ok(images(front, principal, query.as_deref()).await),
+        (true, ["_ping"]) => Ok(ping(front, caller.tenant())),
+        (true, ["version"]) => Ok(version_of(front, caller.tenant())),
+        (true, ["info"]) => Ok(info(front, caller).await),
+        (true, ["containers", "json"]) => Ok(ps(front, caller, query.as_deref()).await),
+        (true, ["images", "json"]) => Ok(images(front, caller, query.as_deref()).await),
         (true, ["events"]) => Ok(events::fan_in(
             front.clone(),
-            principal.clone(),
+            caller.clone(),
             query.as_deref(),
         )),
         (true, ["containers", node, name, tail @ ..]) if !tail.is_empty() => {
@@ -179,24 +204,24 @@ pub(super) async fn serve(
                 NodeId::new(*node).map_err(|_| CallError::FleetName(format!("{node}/{name}")))?;
             let rest = format!("{version}/containers/{name}/{}", tail.join("/"));
             let req = req.map(Either::Left);
-            carry(front, &conn.kept, principal, node_id, &rest, req).await
+            carry(front, &conn.kept, caller, node_id, &rest, req).await
         }
         // A container by its ID alone (the docker CLI inspects a name, then
         // calls by the ID it got): on whichever node has it.
         (true, ["containers", id, tail @ ..]) if !tail.is_empty() => {
-            let node_id = locate(front, principal, id)
+            let node_id = locate(front, caller, id)
                 .await
                 .ok_or_else(|| CallError::FleetName((*id).to_owned()))?;
             let rest = format!("{version}/containers/{id}/{}", tail.join("/"));
             let req = req.map(Either::Left);
-            carry(front, &conn.kept, principal, node_id, &rest, req).await
+            carry(front, &conn.kept, caller, node_id, &rest, req).await
         }
         (true, _) => Err(CallError::FleetUnsupported(rest.to_owned())),
     }
 }
 
 /// The online node that has container `id`, asking them all at once.
-async fn locate(front: &Arc<Front>, principal: &Principal, id: &str) -> Option<NodeId> {
+async fn locate(front: &Arc<Front>, caller: &Caller, id: &str) -> Option<NodeId> {
     if id.is_empty()
         || !id
             .chars()
@@ -204,7 +229,7 @@ async fn locate(front: &Arc<Front>, principal: &Principal, id: &str) -> Option<N
     {
         return None;
     }
-    ask_all(front, principal, &format!("/containers/{id}/json"))
+    ask_all(front, caller, &format!("/containers/{id}/json"))
         .await
         .into_iter()
         .find(|p| p.answer.is_ok())
@@ -284,10 +309,10 @@ struct Part {
 
 /// Asks every online node of the caller's tenant for `path` at once; the
 /// offline ones answer `Err("offline")` without a call.
-async fn ask_all(front: &Arc<Front>, principal: &Principal, path: &str) -> Vec<Part> {
+async fn ask_all(front: &Arc<Front>, caller: &Caller, path: &str) -> Vec<Part> {
     let mut calls = JoinSet::new();
     let mut parts = Vec::new();
-    for (node, online) in front.router.fleet(&principal.tenant) {
+    for (node, online) in front.router.fleet(caller.tenant()) {
         if !online {
             parts.push(Part {
                 node,
@@ -295,9 +320,9 @@ async fn ask_all(front: &Arc<Front>, principal: &Principal, path: &str) -> Vec<P
             });
             continue;
         }
-        let (front, principal, path) = (front.clone(), principal.clone(), path.to_owned());
+        let (front, caller, path) = (front.clone(), caller.clone(), path.to_owned());
         calls.spawn(async move {
-            let answer = ask_json(&front, &principal, &node, &path).await;
+            let answer = ask_json(&front, &caller, &node, &path).await;
             Part {
                 node,
                 answer: answer.map_err(|e| e.to_string()),
@@ -337,8 +362,8 @@ fn number(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
-async fn info(front: &Arc<Front>, principal: &Principal) -> Response<Body> {
-    let parts = ask_all(front, principal, "/info").await;
+async fn info(front: &Arc<Front>, caller: &Caller) -> Response<Body> {
+    let parts = ask_all(front, caller, "/info").await;
     let sum = |key: &str| -> u64 {
         parts
             .iter()
@@ -400,8 +425,8 @@ fn with_query(path: &str, query: Option<&str>) -> String {
 
 /// `docker ps` over the fleet: each node's list (with the caller's `-a`
 /// and filters), names as `/<node-id>/<name>`, newest first.
-async fn ps(front: &Arc<Front>, principal: &Principal, query: Option<&str>) -> Response<Body> {
-    let parts = ask_all(front, principal, &with_query("/containers/json", query)).await;
+async fn ps(front: &Arc<Front>, caller: &Caller, query: Option<&str>) -> Response<Body> {
+    let parts = ask_all(front, caller, &with_query("/containers/json", query)).await;
     let mut all: Vec<Value> = Vec::new();
     for part in &parts {
         let Ok(Value::Array(containers)) = &part.answer else {
@@ -429,8 +454,8 @@ async fn ps(front: &Arc<Front>, principal: &Principal, query: Option<&str>) -> R
 }
 
 /// `docker images` over the fleet: repository names prefixed with the node.
-async fn images(front: &Arc<Front>, principal: &Principal, query: Option<&str>) -> Response<Body> {
-    let parts = ask_all(front, principal, &with_query("/images/json", query)).await;
+async fn images(front: &Arc<Front>, caller: &Caller, query: Option<&str>) -> Response<Body> {
+    let parts = ask_all(front, caller, &with_query("/images/json", query)).await;
     let mut all: Vec<Value> = Vec::new();
     for part in &parts {
         let Ok(Value::Array(images)) = &part.answer else {

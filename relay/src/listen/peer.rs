@@ -21,6 +21,7 @@ use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
 use tunnelgate_proto::message::{
     PeerHeader, StreamErrorCode, StreamHeader, StreamKind, StreamReply,
 };
+use tunnelgate_proto::trace::TraceParent;
 use tunnelgate_proto::{NodeKey, ProtocolVersion, RelayId};
 use tunnelgate_session::{tls, Session, Stream, HANDSHAKE_TIMEOUT};
 
@@ -138,8 +139,9 @@ async fn serve_stream(mut stream: Stream, ctx: &PeerContext) {
         Ok(Err(e)) => return debug!(error = %e, "unreadable peer header"),
         Err(_) => return debug!("no peer header in time"),
     };
+    let trace_id = TraceParent::log_id(header.traceparent.as_deref());
     let span = info_span!("request", request_id = %header.request_id, tenant = %header.tenant,
-                          node_id = %header.node_id, from = "peer");
+                          node_id = %header.node_id, %trace_id, from = "peer");
     async move {
         if let Err(e) = ProtocolVersion::CURRENT.check_compatible(header.version) {
             return refuse(&mut stream, StreamErrorCode::IncompatibleVersion, e.to_string()).await;
