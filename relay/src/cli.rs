@@ -378,7 +378,10 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                     format!("https://{}:7375", tunnelgate_session::config::hostname())
                 });
                 println!("  the command below (it checks the relay's CA by its SHA-256, then installs, enrols and starts the agent; add --node-id {node} to name the node):");
-                println!("{}", install_command_line(&url, &ca_sha256, &text));
+                println!(
+                    "{}",
+                    tunnelgate_relay::front::install::install_command_line(&url, &ca_sha256, &text)
+                );
             } else {
                 println!("  tunnelgate-agent --relay RELAY_HOST:7443 --node-id {node} --state-dir /var/lib/tunnelgate-agent --token <token below>");
                 println!("{text}");
@@ -395,21 +398,6 @@ fn served_ca_sha256(dir: &StateDir) -> anyhow::Result<String> {
     Ok(tunnelgate_relay::front::install::sha256_hex(
         dir.authority()?.ca_pem().as_bytes(),
     ))
-}
-
-/// The one line a host runs: over HTTPS it first fetches the relay's CA
-/// and checks it against `ca_sha256`, then fetches the script with that
-/// CA; the script checks the CA again and the agent binary's hash.
-pub fn install_command_line(url: &str, ca_sha256: &str, token: &str) -> String {
-    let url = url.trim_end_matches('/');
-    let run = format!("sudo sh -s -- --token {token} --ca-sha256 {ca_sha256}");
-    if url.starts_with("https://") {
-        format!(
-            "ca=$(mktemp) && curl -fsSk {url}/ca.pem -o \"$ca\" && echo \"{ca_sha256}  $ca\" | sha256sum -c --quiet && curl -fsSL --cacert \"$ca\" {url}/install.sh | {run}"
-        )
-    } else {
-        format!("curl -fsSL {url}/install.sh | {run}")
-    }
 }
 
 pub async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {

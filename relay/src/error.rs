@@ -123,8 +123,8 @@ pub enum CallError {
     /// A path the relay does not serve.
     #[error("no such endpoint {0}; Docker API calls go to /nodes/<node-id>/... (or /fleet/... for a read-only view of every node), the node list is at /v1/nodes, events at /v1/events")]
     NoSuchEndpoint(String),
-    /// Anything but GET on the node list or the events.
-    #[error("only GET is supported on /v1/nodes and /v1/events")]
+    /// A method the relay's own API does not take on that path.
+    #[error("wrong method: /v1/nodes and /v1/events take GET, /v1/tokens takes POST")]
     MethodNotAllowed,
     /// More header fields than `max_headers`.
     #[error(
@@ -275,6 +275,12 @@ pub enum CallError {
         /// What failed.
         reason: String,
     },
+    /// A query parameter the relay cannot use.
+    #[error("{0}")]
+    BadQuery(String),
+    /// The records could not be written.
+    #[error("cannot store the record ({0}); see the relay's log, and retry")]
+    Records(String),
     /// The client's request body could not be read.
     #[error("reading the request body failed: {0}; send the call again")]
     RequestBody(#[source] hyper::Error),
@@ -298,6 +304,7 @@ impl CallError {
             | Self::FleetReadOnly { .. }
             | Self::FleetUnsupported(_)
             | Self::FleetName(_)
+            | Self::BadQuery(_)
             | Self::UnknownNode(_) => ErrorSource::Client,
             Self::NodeOffline(_)
             | Self::SessionFailed { .. }
@@ -312,7 +319,7 @@ impl CallError {
             }
             Self::PeerUnreachable { .. } | Self::PeerFailed { .. } => ErrorSource::Peer,
             Self::ThroughPeer { source, .. } => source.source_side(),
-            Self::Http(_) => ErrorSource::Internal,
+            Self::Http(_) | Self::Records(_) => ErrorSource::Internal,
         }
     }
 
@@ -365,7 +372,7 @@ impl CallError {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::UnsafePath | Self::InvalidPath(_) | Self::RequestBody(_) => {
+            Self::UnsafePath | Self::InvalidPath(_) | Self::RequestBody(_) | Self::BadQuery(_) => {
                 StatusCode::BAD_REQUEST
             }
             Self::ThroughPeer { source, .. } => source.status(),

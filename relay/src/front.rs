@@ -10,7 +10,11 @@
 //! ([`docker`]), holding a concurrency slot of the node and of its
 //! tenant ([`slots`]). Every call leaves one audit line. The install
 //! assets (`/install.sh`, `/ca.pem`, `/download/...`) are public and
-//! read-only, and served before any of that ([`install`]).
+//! read-only, and served before any of that ([`install`]); so are the
+//! dashboard's static files at `/ui/` ([`ui`]), whose data comes from the
+//! authenticated API. `/fleet/...` is one read-only Docker endpoint over
+//! every node ([`fleet`]), `/v1/events` their events ([`events`]),
+//! `POST /v1/tokens` a join token for the caller's tenant ([`tokens`]).
 //!
 //! The front decides nothing about where a node is, and never touches a
 //! session itself.
@@ -22,6 +26,8 @@ pub mod install;
 mod nodes;
 mod routes;
 mod slots;
+mod tokens;
+mod ui;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,6 +140,11 @@ pub async fn handle(
             .inc();
         return Ok(response);
     }
+    if req.method() == Method::GET {
+        if let Some(page) = ui::serve(req.uri().path()) {
+            return Ok(page);
+        }
+    }
     let started = Instant::now();
     let request_id = next_request_id();
     let trace = req
@@ -227,7 +238,7 @@ async fn dispatch(
     let tenant = &principal.tenant;
     let get = req.method() == Method::GET;
     match route {
-        Route::NodeList if get => Ok(nodes::list(front, tenant)),
+        Route::NodeList if get => Ok(nodes::list_or_watch(front, tenant, req.uri().query())),
         Route::Events if get => Ok(events::fan_in(
             front.clone(),
             fleet::Caller::new(&principal, record),
@@ -243,7 +254,12 @@ async fn dispatch(
                 .await
         }
         Route::NodeInfo(node) if get => nodes::info(front, tenant, node),
-        Route::NodeList | Route::NodeInfo(_) | Route::Events => Err(CallError::MethodNotAllowed),
+        Route::Tokens if req.method() == Method::POST => {
+            tokens::create(front, tenant, req.uri().query(), req.headers()).await
+        }
+        Route::NodeList | Route::NodeInfo(_) | Route::Events | Route::Tokens => {
+            Err(CallError::MethodNotAllowed)
+        }
         Route::Docker { node, rest } => {
             let node_id = node.map_err(CallError::UnknownNode)?;
             let span = info_span!("request", %request_id, %tenant, %node_id,

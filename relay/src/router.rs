@@ -8,10 +8,10 @@
 //! are in memory only: the direct path's probe table, the session table,
 //! the registry's mirror and the state cache.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tunnelgate_proto::{NodeId, NodeKey, TenantId};
+use tunnelgate_proto::{NodeId, NodeKey, RelayId, TenantId};
 
 use crate::registry::Registry;
 use crate::sessions::Sessions;
@@ -29,6 +29,24 @@ pub enum Route {
     Offline,
     /// No such node for this tenant (another tenant's node looks the same).
     Unknown,
+}
+
+/// Where a node's session is, for the fleet views.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// On this relay.
+    Here,
+    /// On this peer relay (the newest session's).
+    Peer(RelayId),
+    /// Nowhere: enrolled, and its agent not connected.
+    Nowhere,
+}
+
+impl Held {
+    /// Whether a call to the node has somewhere to go.
+    pub fn is_online(&self) -> bool {
+        !matches!(self, Self::Nowhere)
+    }
 }
 
 /// Decides routes from the session table and the node records.
@@ -56,28 +74,29 @@ impl Router {
         }
     }
 
-    /// The tenant's nodes, sorted by id, each with whether a call to it has
-    /// somewhere to go now (a session here or on a peer, or its daemon
-    /// port) or it is enrolled and offline. For the views over a whole
-    /// fleet; in memory only, like [`Router::route`].
-    pub fn fleet(&self, tenant: &TenantId) -> Vec<(NodeId, bool)> {
-        let mut online: BTreeSet<NodeId> = self
-            .sessions
-            .views(tenant, self.state.relay_id())
-            .into_iter()
-            .map(|v| v.node_id)
-            .collect();
-        online.extend(self.registry.held_by_peers(tenant));
-        let mut nodes: Vec<(NodeId, bool)> = self
+    /// The tenant's nodes, sorted by id, each with where it is held now:
+    /// here, on a peer relay, or nowhere (enrolled and offline). For the
+    /// views over a whole fleet; in memory only, like [`Router::route`].
+    pub fn fleet(&self, tenant: &TenantId) -> Vec<(NodeId, Held)> {
+        let mut nodes: BTreeMap<NodeId, Held> = self
             .state
             .enrolled(tenant)
             .into_iter()
-            .filter(|n| !online.contains(n))
-            .map(|n| (n, false))
+            .map(|n| (n, Held::Nowhere))
             .collect();
-        nodes.extend(online.into_iter().map(|n| (n, true)));
-        nodes.sort();
-        nodes
+        for node in self.registry.held_by_peers(tenant) {
+            let key = NodeKey {
+                tenant: tenant.clone(),
+                node_id: node.clone(),
+            };
+            if let Some(peer) = self.registry.peers_holding(&key).into_iter().next() {
+                nodes.insert(node, Held::Peer(peer.relay_id));
+            }
+        }
+        for view in self.sessions.views(tenant, self.state.relay_id()) {
+            nodes.insert(view.node_id, Held::Here);
+        }
+        nodes.into_iter().collect()
     }
 
     /// Where a call to `key` goes now. Only the caller's tenant is looked

@@ -16,15 +16,11 @@
 //! reader; one further behind is cut with a final line saying so.
 
 use std::collections::HashMap;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::{Response, StatusCode};
-use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -35,7 +31,7 @@ use tunnelgate_proto::NodeId;
 use super::fleet::{ask, Caller};
 use super::Front;
 use crate::metrics::Limit;
-use crate::respond::Body;
+use crate::respond::{Body, ChannelBody, LastWord};
 
 /// How often the fan-in looks for nodes that came or went.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -45,21 +41,15 @@ const MAX_LINE: usize = 1 << 20;
 /// The lines waiting for the reader, and what to say last.
 struct Outlet {
     tx: mpsc::Sender<Bytes>,
-    cut: Arc<Cut>,
+    last: Arc<LastWord>,
     front: Arc<Front>,
-}
-
-#[derive(Default)]
-struct Cut {
-    happened: AtomicBool,
-    last_line: Mutex<Option<Bytes>>,
 }
 
 impl Outlet {
     /// Queues one line; `false` once the stream is over (the reader left
     /// or was cut).
     fn send(&self, line: Value) -> bool {
-        if self.cut.happened.load(Ordering::Acquire) {
+        if self.last.is_said() {
             return false;
         }
         let mut text = line.to_string().into_bytes();
@@ -77,50 +67,14 @@ impl Outlet {
                 );
                 let line = json!({"Type": "error", "Action": "cut", "message": reason,
                                   "error": reason, "time": unix_now().0});
-                *self.cut.last_line.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(Bytes::from(format!("{line}\n")));
-                self.cut.happened.store(true, Ordering::Release);
+                self.last.say(Bytes::from(format!("{line}\n")));
                 false
             }
         }
     }
 
     fn is_over(&self) -> bool {
-        self.tx.is_closed() || self.cut.happened.load(Ordering::Acquire)
-    }
-}
-
-/// The response body: queued lines, then the cut notice if there was one.
-struct Lines {
-    rx: mpsc::Receiver<Bytes>,
-    cut: Arc<Cut>,
-}
-
-impl HttpBody for Lines {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if self.cut.happened.load(Ordering::Acquire) {
-            // A cut reader gets what was queued and the notice, no more.
-            self.rx.close();
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(line)) => Poll::Ready(Some(Ok(Frame::data(line)))),
-            Poll::Ready(None) => {
-                let last = self
-                    .cut
-                    .last_line
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
-                Poll::Ready(last.map(|l| Ok(Frame::data(l))))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        self.tx.is_closed() || self.last.is_said()
     }
 }
 
@@ -171,20 +125,19 @@ pub(super) fn fan_in(front: Arc<Front>, caller: Caller, query: Option<&str>) -> 
         })
         .collect();
     let (tx, rx) = mpsc::channel(front.config.limits.max_events_backlog);
-    let cut = Arc::new(Cut::default());
+    let last = Arc::new(LastWord::default());
     let outlet = Arc::new(Outlet {
         tx,
-        cut: cut.clone(),
+        last: last.clone(),
         front: front.clone(),
     });
     front
         .tasks
         .spawn(watch(front.clone(), caller, query, outlet));
-    let body = Lines { rx, cut };
     Response::builder()
         .status(StatusCode::OK)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(body.boxed())
+        .body(ChannelBody::boxed_body(rx, last))
         .expect("static response parts are valid")
 }
 
@@ -221,7 +174,8 @@ async fn watch(
             .map(|v| (v.node_id, (v.daemon_reachable, v.daemon_error)))
             .collect();
         let fleet = front.router.fleet(caller.tenant());
-        for (node, online) in &fleet {
+        for (node, held) in &fleet {
+            let online = &held.is_online();
             let entry = known.entry(node.clone()).or_insert_with(|| Followed {
                 online: false,
                 daemon_reachable: None,

@@ -270,7 +270,7 @@ fn ping(front: &Front, tenant: &TenantId) -> Response<Body> {
 
 fn version_of(front: &Front, tenant: &TenantId) -> Response<Body> {
     let fleet = front.router.fleet(tenant);
-    let online = fleet.iter().filter(|(_, on)| *on).count();
+    let online = fleet.iter().filter(|(_, held)| held.is_online()).count();
     let version = env!("CARGO_PKG_VERSION");
     let body = json!({
         "Platform": {"Name": "tunnelgate fleet"},
@@ -312,8 +312,8 @@ struct Part {
 async fn ask_all(front: &Arc<Front>, caller: &Caller, path: &str) -> Vec<Part> {
     let mut calls = JoinSet::new();
     let mut parts = Vec::new();
-    for (node, online) in front.router.fleet(caller.tenant()) {
-        if !online {
+    for (node, held) in front.router.fleet(caller.tenant()) {
+        if !held.is_online() {
             parts.push(Part {
                 node,
                 answer: Err("offline".to_owned()),

@@ -68,6 +68,7 @@ struct AgentBuild {
 /// Serves the install assets.
 pub struct Installer {
     ca_pem: String,
+    ca_fingerprint: [u8; 32],
     agent_addr: String,
     tls: bool,
     api_addr: String,
@@ -86,6 +87,21 @@ impl std::fmt::Debug for Installer {
 /// The agent's file name for this relay's own architecture.
 pub fn agent_file_name() -> String {
     format!("tunnelgate-agent-linux-{}", std::env::consts::ARCH)
+}
+
+/// The one line a host runs: over HTTPS it first fetches the relay's CA
+/// and checks it against `ca_sha256`, then fetches the script with that
+/// CA; the script checks the CA again and the agent binary's hash.
+pub fn install_command_line(url: &str, ca_sha256: &str, token: &str) -> String {
+    let url = url.trim_end_matches('/');
+    let run = format!("sudo sh -s -- --token {token} --ca-sha256 {ca_sha256}");
+    if url.starts_with("https://") {
+        format!(
+            "ca=$(mktemp) && curl -fsSk {url}/ca.pem -o \"$ca\" && echo \"{ca_sha256}  $ca\" | sha256sum -c --quiet && curl -fsSL --cacert \"$ca\" {url}/install.sh | {run}"
+        )
+    } else {
+        format!("curl -fsSL {url}/install.sh | {run}")
+    }
 }
 
 /// The SHA-256 of `text`, hex, as `sha256sum` prints it.
@@ -111,8 +127,13 @@ impl Installer {
                 .join("tunnelgate-agent");
             beside.exists().then_some(beside)
         });
+        let ca_fingerprint = tunnelgate_session::tls::certs_from_pem(&ca_pem)
+            .ok()
+            .and_then(|certs| certs.first().map(tunnelgate_session::tls::fingerprint))
+            .unwrap_or_default();
         Self {
             ca_pem,
+            ca_fingerprint,
             agent_addr,
             tls,
             api_addr,
@@ -152,6 +173,29 @@ impl Installer {
                 }
             }
         }
+    }
+
+    /// The one-line install for a new host that enrols with `token`, for
+    /// a request that reached this relay with `headers`.
+    pub fn install_command(&self, headers: &HeaderMap, token: &str) -> String {
+        install_command_line(
+            &self.url(headers),
+            &sha256_hex(self.ca_pem.as_bytes()),
+            token,
+        )
+    }
+
+    /// The fingerprint of the installation CA, which join tokens carry.
+    pub fn ca_fingerprint(&self) -> [u8; 32] {
+        self.ca_fingerprint
+    }
+
+    /// The agent's command line for a host that runs it by hand.
+    pub fn agent_command(&self, node: &str, token: &str) -> String {
+        format!(
+            "tunnelgate-agent --relay {} --node-id {node} --state-dir /var/lib/tunnelgate-agent --token {token}",
+            self.agent_addr
+        )
     }
 
     /// Where the host reaches this API: as the request named it (the

@@ -1,14 +1,25 @@
 //! The node list API: `GET /v1/nodes` and `GET /v1/nodes/<id>`, the
 //! caller's tenant's connected nodes as JSON, each with the route this
-//! relay takes to it and its direct endpoints' health.
+//! relay takes to it and its direct endpoints' health. With `?all=1` the
+//! list is the whole fleet, each node with its `status` (`connected`,
+//! `daemon unreachable`, `offline`) and the relay that holds it; with
+//! `&watch=1` it is a stream of server-sent events, the whole list again
+//! whenever it changes (what the dashboard shows live).
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 use http::{Response, StatusCode};
 use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
 use tunnelgate_proto::{NodeId, NodeKey, TenantId};
 
 use super::Front;
 use crate::error::CallError;
-use crate::respond::{json, Body};
+use crate::respond::{json, Body, ChannelBody};
+use crate::router::Held;
 use crate::sessions::NodeView;
 use crate::upstream::direct::EndpointView;
 
@@ -38,8 +49,115 @@ fn with_route(front: &Front, tenant: &TenantId, view: NodeView) -> Node {
     }
 }
 
+/// The list `query` asks for: this relay's connected nodes, the whole
+/// fleet (`all=1`), or the whole fleet live (`all=1&watch=1`).
+pub(super) fn list_or_watch(
+    front: &Arc<Front>,
+    tenant: &TenantId,
+    query: Option<&str>,
+) -> Response<Body> {
+    let has = |flag: &str| {
+        query
+            .unwrap_or("")
+            .split('&')
+            .any(|p| p == format!("{flag}=1") || p == format!("{flag}=true"))
+    };
+    match (has("all"), has("watch")) {
+        (true, true) => watch(front.clone(), tenant.clone()),
+        (true, false) => json(
+            StatusCode::OK,
+            Value::Array(fleet(front, tenant)).to_string(),
+        ),
+        _ => list(front, tenant),
+    }
+}
+
+/// Every node of the tenant, sorted by id: this relay's with all it knows,
+/// a peer's and the offline ones with their status and holder.
+fn fleet(front: &Front, tenant: &TenantId) -> Vec<Value> {
+    front
+        .router
+        .fleet(tenant)
+        .into_iter()
+        .map(|(node_id, held)| {
+            let key = NodeKey {
+                tenant: tenant.clone(),
+                node_id: node_id.clone(),
+            };
+            let local = match held {
+                Held::Here => front.sessions.get(&key),
+                _ => None,
+            };
+            match (local, held) {
+                (Some(entry), _) => {
+                    let node = with_route(front, tenant, entry.view(front.state.relay_id()));
+                    let status = match node.view.daemon_reachable {
+                        true => "connected",
+                        false => "daemon unreachable",
+                    };
+                    let mut v = serde_json::to_value(&node).expect("views serialize");
+                    v["status"] = Value::String(status.into());
+                    v
+                }
+                (None, Held::Peer(relay)) => json!({
+                    "node_id": node_id, "status": "connected", "route": "peer",
+                    "relay_id": relay,
+                }),
+                (None, _) => json!({"node_id": node_id, "status": "offline"}),
+            }
+        })
+        .collect()
+}
+
+/// How often the live list looks for changes, and how long it stays
+/// silent at most (a comment line keeps proxies from closing it).
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// The whole fleet as server-sent events: `event: nodes` with the list,
+/// at once and on every change.
+fn watch(front: Arc<Front>, tenant: TenantId) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(2);
+    let task_front = front.clone();
+    front.tasks.spawn(async move {
+        let front = task_front;
+        let mut sent: Option<String> = None;
+        let mut quiet_since = Instant::now();
+        let mut ticker = tokio::time::interval(WATCH_INTERVAL);
+        loop {
+            ticker.tick().await;
+            if tx.is_closed() {
+                break;
+            }
+            let now = Value::Array(fleet(&front, &tenant)).to_string();
+            let frame = if sent.as_deref() != Some(now.as_str()) {
+                format!("event: nodes\ndata: {now}\n\n")
+            } else if quiet_since.elapsed() >= KEEPALIVE {
+                ": still here\n\n".to_owned()
+            } else {
+                continue;
+            };
+            match tx.try_send(Bytes::from(frame)) {
+                Ok(()) => {
+                    sent = Some(now);
+                    quiet_since = Instant::now();
+                }
+                // A slow reader gets the latest list once it catches up.
+                Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "text/event-stream")
+        .header(http::header::CACHE_CONTROL, "no-cache")
+        .body(ChannelBody::boxed_body(rx, Arc::default()))
+        .expect("static response parts are valid")
+}
+
 /// The tenant's connected nodes, sorted by node id.
-pub(super) fn list(front: &Front, tenant: &TenantId) -> Response<Body> {
+fn list(front: &Front, tenant: &TenantId) -> Response<Body> {
     let nodes: Vec<Node> = front
         .sessions
         .views(tenant, front.state.relay_id())

@@ -22,6 +22,8 @@ pub enum Route {
     },
     /// `GET /v1/events`: the Docker and node events of every node.
     Events,
+    /// `POST /v1/tokens`: a join token of the caller's tenant.
+    Tokens,
     /// `/fleet/<docker path>`: one read-only Docker endpoint over every
     /// node.
     Fleet {
@@ -41,6 +43,9 @@ impl Route {
         }
         if path == "/v1/events" {
             return Self::Events;
+        }
+        if path == "/v1/tokens" {
+            return Self::Tokens;
         }
         if path == "/fleet" {
             return Self::Fleet { rest: "/".into() };
