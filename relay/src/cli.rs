@@ -3,6 +3,7 @@
 //! in etcd with --registry) and the CA (client certificates); serving
 //! relays pick the changes up.
 
+pub mod api;
 #[cfg(feature = "quickstart")]
 pub mod quickstart;
 
@@ -50,8 +51,8 @@ pub enum Command {
     /// Make control-plane client certificates (mTLS).
     #[command(subcommand, name = "client-cert")]
     ClientCert(ClientCertCommand),
-    /// Manage enrolled nodes.
-    #[command(subcommand)]
+    /// List, inspect and revoke nodes (`node` or `nodes`).
+    #[command(subcommand, visible_alias = "nodes")]
     Node(NodeCommand),
     /// Make the installation CA that a cluster's relays share (--ca-dir).
     #[command(subcommand)]
@@ -232,6 +233,22 @@ pub enum CaCommand {
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
+    /// List every node of your tenant, as a running relay sees them:
+    /// status, host, transport, route, relay, RTT, versions.
+    Ls {
+        #[command(flatten)]
+        api: api::ApiArgs,
+        /// `table` or `json`.
+        #[arg(long, short, value_enum, default_value_t)]
+        output: api::Output,
+    },
+    /// Show one node of your tenant as JSON, as a running relay sees it.
+    Inspect {
+        #[command(flatten)]
+        api: api::ApiArgs,
+        /// The node id.
+        node: String,
+    },
     /// Revoke TENANT/NODE: its certificates are refused from now on and a
     /// serving relay drops its session within a second. It can come back
     /// only by enrolling again with a new join token.
@@ -320,7 +337,11 @@ pub fn ca(cmd: CaCommand) -> anyhow::Result<()> {
 
 /// Manages enrolled nodes.
 pub async fn node(cmd: NodeCommand) -> anyhow::Result<()> {
-    let NodeCommand::Revoke { dir, node } = cmd;
+    let (dir, node) = match cmd {
+        NodeCommand::Ls { api, output } => return api::ls(&api, output).await,
+        NodeCommand::Inspect { api, node } => return api::inspect(&api, &node).await,
+        NodeCommand::Revoke { dir, node } => (dir, node),
+    };
     let revoked = dir.state().await?.revoke_node(&node).await;
     match revoked.context("cannot revoke")? {
         Some(_) => {

@@ -234,6 +234,48 @@ fn the_api_needs_credentials_and_shows_each_tenant_only_its_nodes() {
     assert!(!events.contains("\"node\":\"db\""), "{events}");
     let _ = Docker::direct().ok(&["rm", "-f", &name]);
 
+    // The command line lists a tenant's nodes with the docker CLI's kinds
+    // of credentials, and nothing without them.
+    let url = format!("https://{}", relay.api);
+    let ls = |args: &[&str]| {
+        Command::new(support::relay_bin())
+            .args(["nodes", "ls", "--url", &url])
+            .args(args)
+            .env_remove("DOCKER_CERT_PATH")
+            .output()
+            .unwrap()
+    };
+    let out = ls(&["--cert-path", acme_certs.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.starts_with("NODE") && table.lines().any(|l| l.starts_with("web ")),
+        "{table}"
+    );
+    assert!(!table.lines().any(|l| l.starts_with("db ")), "{table}");
+    let out = ls(&[
+        "--cert-path",
+        ca_only.to_str().unwrap(),
+        "--api-key",
+        &key,
+        "-o",
+        "json",
+    ]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["node_id"], "db");
+    let out = ls(&["--cert-path", ca_only.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("authentication required"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A revoked API key stops working while the relay serves.
     let key_id = key.split('.').nth(1).unwrap();
     relay.cli(&["api-key", "revoke", key_id]).unwrap();
