@@ -786,3 +786,59 @@ fn the_debian_packages_install_upgrade_and_remove() {
     prints(Command::new("apt-get").args(["purge", "-y", "tunnelgate-relay"]));
     assert!(!Path::new("/usr/bin/tunnelgate-relay").exists());
 }
+
+/// The Grafana dashboard: every panel's query is valid PromQL (promtool
+/// checks it as a recording rule, Grafana's variables filled in), uses
+/// only metrics the relay exports, and the panels do not overlap.
+#[test]
+fn the_grafana_dashboard_queries_are_valid_promql_over_real_metrics() {
+    let path = repo().join("deploy/grafana/tunnelgate-relays.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8, "{} panels", panels.len());
+    let metrics_rs = std::fs::read_to_string(repo().join("relay/src/metrics.rs")).unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut cells = std::collections::HashSet::new();
+    for (i, panel) in panels.iter().enumerate() {
+        let title = panel["title"].as_str().unwrap();
+        let pos = &panel["gridPos"];
+        let (x, y, w, h) = ["x", "y", "w", "h"]
+            .map(|k| pos[k].as_u64().unwrap())
+            .into();
+        assert!(x + w <= 24, "{title} is wider than the grid");
+        for cx in x..x + w {
+            for cy in y..y + h {
+                assert!(cells.insert((cx, cy)), "{title} overlaps another panel");
+            }
+        }
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title} has no query");
+        for (j, target) in targets.iter().enumerate() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("tunnelgate_") {
+                    let base = word.strip_suffix("_bucket").unwrap_or(word);
+                    assert!(
+                        metrics_rs.contains(&format!("\"{base}\"")),
+                        "{title} uses {word}, which the relay does not export"
+                    );
+                }
+            }
+            let promql = expr
+                .replace("$__rate_interval", "5m")
+                .replace("$instance", ".*");
+            rules.push_str(&format!(
+                "      - record: dashboard:panel{i}:query{j}\n        expr: {}\n",
+                serde_json::Value::String(promql)
+            ));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dashboard-rules.yml"), rules).unwrap();
+    passes(
+        Command::new("promtool")
+            .args(["check", "rules", "dashboard-rules.yml"])
+            .current_dir(dir.path()),
+    );
+}
