@@ -17,19 +17,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
-use support::{docker_endpoint, AgentCmd, Docker, Proc, Relay};
-
-fn which(name: &str) -> PathBuf {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{name} is missing; scripts/test installs it (Debian: chromium, chromium-driver)"
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
+use support::{docker_endpoint, which, AgentCmd, Docker, Proc, Relay};
 
 /// chromedriver on a free loopback port.
 fn chromedriver() -> (Proc, String) {

@@ -209,7 +209,7 @@ fn images() -> support::Docker {
                 ctx.to_str().unwrap(),
             ])
             .unwrap();
-        let etcd = which("etcd");
+        let etcd = support::which("etcd");
         let tar = rootfs(&etcd, &[(&etcd, "usr/local/bin/etcd")]);
         docker
             .ok_bytes(
@@ -225,19 +225,6 @@ fn images() -> support::Docker {
             .unwrap();
     });
     docker
-}
-
-/// Where `name` is on the PATH.
-fn which(name: &str) -> PathBuf {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{name} is missing; scripts/test installs it"
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 #[test]

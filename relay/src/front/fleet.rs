@@ -423,29 +423,42 @@ fn with_query(path: &str, query: Option<&str>) -> String {
     }
 }
 
+/// Every node's list in one, each item labelled with its node and the
+/// strings in its array field `field` (names, tags) renamed by `rename`
+/// where it gives a new one.
+fn merged(
+    parts: &[Part],
+    field: &str,
+    rename: impl Fn(&NodeId, &str) -> Option<String>,
+) -> Vec<Value> {
+    let mut all = Vec::new();
+    for part in parts {
+        let Ok(Value::Array(items)) = &part.answer else {
+            continue;
+        };
+        for item in items {
+            let mut item = item.clone();
+            if let Some(Value::Array(names)) = item.get_mut(field) {
+                for name in names.iter_mut() {
+                    if let Some(new) = name.as_str().and_then(|n| rename(&part.node, n)) {
+                        *name = Value::String(new);
+                    }
+                }
+            }
+            label_node(&mut item, &part.node);
+            all.push(item);
+        }
+    }
+    all
+}
+
 /// `docker ps` over the fleet: each node's list (with the caller's `-a`
 /// and filters), names as `/<node-id>/<name>`, newest first.
 async fn ps(front: &Arc<Front>, caller: &Caller, query: Option<&str>) -> Response<Body> {
     let parts = ask_all(front, caller, &with_query("/containers/json", query)).await;
-    let mut all: Vec<Value> = Vec::new();
-    for part in &parts {
-        let Ok(Value::Array(containers)) = &part.answer else {
-            continue;
-        };
-        for c in containers {
-            let mut c = c.clone();
-            if let Some(Value::Array(names)) = c.get_mut("Names") {
-                for name in names.iter_mut() {
-                    if let Some(n) = name.as_str() {
-                        *name =
-                            Value::String(format!("/{}/{}", part.node, n.trim_start_matches('/')));
-                    }
-                }
-            }
-            label_node(&mut c, &part.node);
-            all.push(c);
-        }
-    }
+    let mut all = merged(&parts, "Names", |node, name| {
+        Some(format!("/{node}/{}", name.trim_start_matches('/')))
+    });
     all.sort_by_key(|c| std::cmp::Reverse(number(c, "Created")));
     with_skipped(
         json_response(StatusCode::OK, Value::Array(all).to_string()),
@@ -456,24 +469,9 @@ async fn ps(front: &Arc<Front>, caller: &Caller, query: Option<&str>) -> Respons
 /// `docker images` over the fleet: repository names prefixed with the node.
 async fn images(front: &Arc<Front>, caller: &Caller, query: Option<&str>) -> Response<Body> {
     let parts = ask_all(front, caller, &with_query("/images/json", query)).await;
-    let mut all: Vec<Value> = Vec::new();
-    for part in &parts {
-        let Ok(Value::Array(images)) = &part.answer else {
-            continue;
-        };
-        for image in images {
-            let mut image = image.clone();
-            if let Some(Value::Array(tags)) = image.get_mut("RepoTags") {
-                for tag in tags.iter_mut() {
-                    if let Some(t) = tag.as_str().filter(|t| !t.starts_with("<none>")) {
-                        *tag = Value::String(format!("{}/{t}", part.node));
-                    }
-                }
-            }
-            label_node(&mut image, &part.node);
-            all.push(image);
-        }
-    }
+    let all = merged(&parts, "RepoTags", |node, tag| {
+        (!tag.starts_with("<none>")).then(|| format!("{node}/{tag}"))
+    });
     with_skipped(
         json_response(StatusCode::OK, Value::Array(all).to_string()),
         &parts,

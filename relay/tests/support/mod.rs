@@ -59,6 +59,20 @@ fn bin_dir() -> PathBuf {
         .to_owned()
 }
 
+/// Where tool `name` is on the PATH; a test that needs a missing tool
+/// fails saying that scripts/test installs it.
+pub fn which(name: &str) -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .expect("sh runs");
+    assert!(
+        out.status.success(),
+        "{name} is missing; scripts/test installs it (scripts/install-test-deps)"
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 /// Path of the relay binary cargo built for these tests.
 pub fn relay_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tunnelgate-relay"))
