@@ -145,9 +145,33 @@ pub enum AgentError {
     /// keeps trying, loudly.
     #[error("refused by the relay: {0}")]
     Refused(String),
+    /// The relay is over its handshake budget and said where to go
+    /// instead and when to come back.
+    #[error("{message}")]
+    Busy {
+        /// The relay's words.
+        message: String,
+        /// Its hint.
+        hint: tunnelgate_proto::message::BusyHint,
+    },
 }
 
 impl AgentError {
+    /// What a refusal becomes: [`AgentError::Busy`] when the relay is busy
+    /// and said so, else `other`.
+    pub fn from_refusal(
+        refused: tunnelgate_proto::message::Refused,
+        other: impl FnOnce(String) -> Self,
+    ) -> Self {
+        match (refused.code, refused.busy) {
+            (tunnelgate_proto::message::RefusalCode::Busy, Some(hint)) => Self::Busy {
+                message: refused.message,
+                hint,
+            },
+            _ => other(refused.message),
+        }
+    }
+
     /// Whether retrying cannot help (bad token, unusable state dir, ...).
     /// Whether nothing answered at the relay's address: another relay
     /// may do better. A relay that answered and refused (its handshake

@@ -143,7 +143,9 @@ pub async fn enrol(config: &AgentConfig, relay: &str) -> Result<NodeIdentity, Ag
     session.close("enrolment done");
     let enrolled = match reply {
         ControlMessage::Enrolled(e) => e,
-        ControlMessage::Refused(r) => return Err(AgentError::EnrolRefused(r.message)),
+        ControlMessage::Refused(r) => {
+            return Err(AgentError::from_refusal(r, AgentError::EnrolRefused))
+        }
         _ => return Err(lost(&"unexpected answer to the enrolment request")),
     };
 

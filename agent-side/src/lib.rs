@@ -183,6 +183,23 @@ async fn run_slot(
                 delay
             }
             Err(e) if e.is_fatal() => return Err(e),
+            Err(AgentError::Busy { message, hint }) => {
+                // Pass the busy relay over until it asked to be tried
+                // again; the slot's target moves to the next relay (the one
+                // it named), tried at once, or, with none, after the wait.
+                let retry_after = Duration::from_millis(hint.retry_after_ms);
+                let busy = hint.relay_id.clone();
+                relays.busy(hint);
+                let elsewhere = relays
+                    .target(slot)
+                    .is_some_and(|t| t.relay_id.as_ref() != Some(&busy));
+                let delay = match elsewhere {
+                    true => jitter(BACKOFF_MIN),
+                    false => jitter(retry_after.max(BACKOFF_MIN)),
+                };
+                info!(slot, relay = %busy, retry_in = ?delay, elsewhere, reason = %message, "relay busy");
+                delay
+            }
             Err(AgentError::RelayRestarted) => {
                 // Recognised at once, not after missed heartbeats; the
                 // shortest backoff, jittered, still spreads a fleet.
@@ -633,8 +650,11 @@ async fn run_session(
         // A refusal may be cured on the relay's side (an upgrade, a
         // restored node record), so the agent keeps trying, loudly.
         Err(driver::DriveError::Control(tunnelgate_proto::control::ControlError::Refused(r))) => {
-            tracing::error!(reason = %r.message, "the relay refused this agent's session");
-            Err(AgentError::Refused(r.message))
+            let refused = AgentError::from_refusal(r, AgentError::Refused);
+            if let AgentError::Refused(reason) = &refused {
+                tracing::error!(%reason, "the relay refused this agent's session");
+            }
+            Err(refused)
         }
         // A restarted relay that recognises the connection as one its
         // predecessor held answers with a stateless reset: say so, rather

@@ -22,6 +22,7 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 use tunnelgate_proto::message::RelayMember;
+use tunnelgate_proto::rendezvous::choose;
 use tunnelgate_proto::{NodeId, RelayId};
 
 /// Where a slot should hold its session.
@@ -45,7 +46,7 @@ struct Inner {
     assignment: Vec<Option<Target>>,
     /// The window the last membership change asked moves to spread over.
     spread: std::time::Duration,
-    /// Relays that could not be reached lately, and when.
+    /// Relays passed over (out of reach, or busy), and until when.
     down: HashMap<RelayId, std::time::Instant>,
 }
 
@@ -64,37 +65,6 @@ pub struct Relays {
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
     welcomed: Welcomed,
-}
-
-/// Rendezvous score of `relay` for `node`: FNV-1a over both names, then
-/// a 64-bit finalizer so close names score far apart. Stable across
-/// builds and platforms, so every agent of a release ranks alike.
-fn score(node: &NodeId, relay: &RelayId) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in node
-        .as_str()
-        .bytes()
-        .chain([0])
-        .chain(relay.as_str().bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
-
-/// The `k` relays `node` should hold sessions with, best first.
-pub fn choose(node: &NodeId, members: &[RelayMember], k: usize) -> Vec<RelayId> {
-    let mut live: Vec<&RelayMember> = members.iter().filter(|m| !m.draining).collect();
-    live.sort_by_key(|m| std::cmp::Reverse(score(node, &m.relay_id)));
-    live.into_iter()
-        .take(k)
-        .map(|m| m.relay_id.clone())
-        .collect()
 }
 
 impl Relays {
@@ -194,7 +164,8 @@ impl Relays {
     pub fn refresh(&self) {
         let mut inner = self.lock();
         let before = inner.down.len();
-        inner.down.retain(|_, at| at.elapsed() < DOWN_FOR);
+        let now = std::time::Instant::now();
+        inner.down.retain(|_, until| *until > now);
         if inner.down.len() != before {
             self.reassign(&mut inner);
         }
@@ -205,7 +176,21 @@ impl Relays {
         let mut inner = self.lock();
         inner
             .down
-            .insert(relay_id.clone(), std::time::Instant::now());
+            .insert(relay_id.clone(), std::time::Instant::now() + DOWN_FOR);
+        self.reassign(&mut inner);
+    }
+
+    /// A relay refused a handshake as busy: pass it over until it asked
+    /// to be tried again, and learn the membership it sent if this agent
+    /// has none yet (a first contact in a reconnect storm).
+    pub fn busy(&self, hint: tunnelgate_proto::message::BusyHint) {
+        let mut inner = self.lock();
+        let until =
+            std::time::Instant::now() + std::time::Duration::from_millis(hint.retry_after_ms);
+        inner.down.insert(hint.relay_id, until);
+        if inner.members.len() <= 1 && hint.members.len() > 1 {
+            inner.members = hint.members;
+        }
         self.reassign(&mut inner);
     }
 
@@ -256,11 +241,11 @@ impl Relays {
                 inner
                     .down
                     .get(&m.relay_id)
-                    .is_none_or(|at| at.elapsed() >= DOWN_FOR)
+                    .is_none_or(|until| *until <= std::time::Instant::now())
             })
             .cloned()
             .collect();
-        let chosen = choose(node, &up, slots);
+        let chosen = choose(node.as_str(), &up, slots);
         if chosen.is_empty() {
             // Every relay known is draining or out of reach: back to the
             // addresses the agent was given, where another may answer.
@@ -326,7 +311,7 @@ mod tests {
             .collect();
         let mut per_relay: HashMap<RelayId, usize> = HashMap::new();
         for n in &nodes {
-            for r in choose(n, &members, 2) {
+            for r in choose(n.as_str(), &members, 2) {
                 *per_relay.entry(r).or_default() += 1;
             }
         }
@@ -345,8 +330,8 @@ mod tests {
         let mut draining = members.clone();
         draining[2].draining = true;
         for n in &nodes {
-            let before = choose(n, &members, 2);
-            let after = choose(n, &draining, 2);
+            let before = choose(n.as_str(), &members, 2);
+            let after = choose(n.as_str(), &draining, 2);
             let c = RelayId::new("relay-c").unwrap();
             if before.contains(&c) {
                 assert!(!after.contains(&c));
@@ -374,7 +359,7 @@ mod tests {
             .iter()
             .map(|id| member(id, false))
             .collect();
-        let top = choose(&node, &all, 3);
+        let top = choose(node.as_str(), &all, 3);
         // The seed reached the relay the hash ranks last.
         let seed = relays.target(0).unwrap();
         relays.welcomed(0, &seed, &top[2], all.clone());

@@ -405,7 +405,7 @@ impl RelayControl {
     /// the agent's operator; the session itself goes on.
     pub fn fail(&mut self, code: RefusalCode, message: String) {
         self.transmit
-            .push_back(ControlMessage::Refused(Refused { code, message }));
+            .push_back(ControlMessage::Refused(Refused::new(code, message)));
     }
 
     /// Asks the agent to move elsewhere within `grace`, reconnecting at a
@@ -427,10 +427,8 @@ impl RelayControl {
     }
 
     fn refuse(&mut self, code: RefusalCode, err: ControlError) -> Result<(), ControlError> {
-        self.transmit.push_back(ControlMessage::Refused(Refused {
-            code,
-            message: err.to_string(),
-        }));
+        self.transmit
+            .push_back(ControlMessage::Refused(Refused::new(code, err.to_string())));
         Err(err)
     }
 }

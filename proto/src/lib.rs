@@ -30,6 +30,7 @@ pub mod docker_api;
 pub mod frame;
 pub mod ids;
 pub mod message;
+pub mod rendezvous;
 pub mod token;
 pub mod trace;
 pub mod version;

@@ -134,6 +134,9 @@ pub enum RefusalCode {
     Internal,
     /// The node was revoked by an operator; it must enrol again.
     Revoked,
+    /// The relay takes no more handshakes now (a reconnect storm): try
+    /// another relay, or this one again later ([`Refused::busy`]).
+    Busy,
     /// A code from a newer version.
     #[serde(other)]
     Unknown,
@@ -146,6 +149,36 @@ pub struct Refused {
     pub code: RefusalCode,
     /// A sentence for the operator: what happened and what to do.
     pub message: String,
+    /// With [`RefusalCode::Busy`]: where to go instead, and when to come
+    /// back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<BusyHint>,
+}
+
+impl Refused {
+    /// A refusal with no hint.
+    pub fn new(code: RefusalCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            busy: None,
+        }
+    }
+}
+
+/// What a busy relay tells the agent it refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusyHint {
+    /// The relay that refused.
+    pub relay_id: RelayId,
+    /// Not before this long from now (the agent adds jitter).
+    pub retry_after_ms: u64,
+    /// The relay the agent should try now: the next one its own ranking
+    /// picks, so the fleet stays spread; `None` outside a cluster.
+    pub try_instead: Option<RelayId>,
+    /// The cluster's membership, for an agent that has not been welcomed.
+    #[serde(default)]
+    pub members: Vec<RelayMember>,
 }
 
 /// First message from an agent without a node certificate: trade a join

@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, Instrument};
 use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
-use tunnelgate_proto::message::{ControlMessage, RefusalCode, Refused};
+use tunnelgate_proto::message::{BusyHint, ControlMessage, RefusalCode, Refused, RelayMember};
+use tunnelgate_proto::rendezvous;
 use tunnelgate_proto::{NodeId, NodeKey};
 use tunnelgate_session::{tls, Session, Stream, HANDSHAKE_TIMEOUT};
 
@@ -62,6 +63,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// New agent handshakes allowed now.
     pub budget: HandshakeBudget,
+    /// Handshakes beyond the budget that are still completed, only to
+    /// tell the agent where to go instead and when to come back; the rest
+    /// are refused without a word.
+    pub busy_replies: HandshakeBudget,
     /// Where background work for a session (renewals) runs.
     pub tasks: TaskTracker,
 }
@@ -89,7 +94,16 @@ pub async fn run_quic(
         };
         let Some(wait) = ctx.budget.reserve(HANDSHAKE_QUEUE) else {
             ctx.metrics.limit_hit(Limit::AgentHandshakes);
-            incoming.refuse();
+            if ctx.busy_replies.reserve(Duration::ZERO).is_none() {
+                incoming.refuse();
+                continue;
+            }
+            let ctx = ctx.clone();
+            tracker.spawn(async move {
+                if let Ok(Ok(conn)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                    tell_busy(Session::from_quic(conn), &ctx).await;
+                }
+            });
             continue;
         };
         let (ctx, cancel) = (ctx.clone(), cancel.clone());
@@ -136,7 +150,16 @@ pub async fn run_tcp(
         };
         let Some(wait) = ctx.budget.reserve(HANDSHAKE_QUEUE) else {
             ctx.metrics.limit_hit(Limit::AgentHandshakes);
-            drop(tcp);
+            if ctx.busy_replies.reserve(Duration::ZERO).is_none() {
+                drop(tcp);
+                continue;
+            }
+            let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
+            tracker.spawn(async move {
+                if let Ok(mux) = tunnelgate_session::tcp::accept(tcp, &acceptor).await {
+                    tell_busy(Session::from_mux(mux), &ctx).await;
+                }
+            });
             continue;
         };
         let (ctx, cancel, acceptor) = (ctx.clone(), cancel.clone(), acceptor.clone());
@@ -199,7 +222,7 @@ async fn serve_session(session: Session, ctx: Arc<Context>, cancel: Cancellation
 /// its node enrolled, is not revoked, and this is one of its current
 /// certificates. The refusal goes to the agent as it is.
 async fn check_node_cert(state: &State, subject: &tls::Subject) -> Result<NodeKey, Refused> {
-    let refuse = |code, message: String| Refused { code, message };
+    let refuse = |code, message: String| Refused::new(code, message);
     let mismatch = |message: String| refuse(RefusalCode::IdentityMismatch, message);
     let (Some(tenant), Some(tls::Role::Node), Ok(node_id)) = (
         subject.tenant.clone(),
@@ -228,6 +251,55 @@ async fn check_node_cert(state: &State, subject: &tls::Subject) -> Result<NodeKe
             "node {key} is not enrolled here (its record is gone); enrol it again with a new join token"
         ))),
     }
+}
+
+/// Tells an agent that came over the handshake budget which relay to try
+/// instead (the next its own ranking picks) and when to come back here.
+async fn tell_busy(session: Session, ctx: &Context) {
+    ctx.metrics.handshake(Handshake::Busy);
+    let node = session
+        .peer_certificates()
+        .and_then(|chain| chain.first().and_then(tls::subject))
+        .map(|s| s.name);
+    let Ok(Ok(control)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, session.accept_stream()).await
+    else {
+        return;
+    };
+    let me = ctx.state.relay_id().clone();
+    let members = ctx.registry.agent_view();
+    let others: Vec<RelayMember> = members
+        .iter()
+        .filter(|m| m.relay_id != me)
+        .cloned()
+        .collect();
+    // An agent that has not enrolled has no node id yet: rank by its
+    // address, which spreads such agents as well.
+    let key = node.unwrap_or_else(|| session.remote_addr().to_string());
+    let try_instead = rendezvous::choose(&key, &others, 1).into_iter().next();
+    let retry_after = ctx
+        .budget
+        .backlog()
+        .clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let message = format!(
+        "relay {me} takes no more than {} new agents a second and is at that now; {}",
+        ctx.budget.rate(),
+        match &try_instead {
+            Some(other) =>
+                format!("try relay {other} instead, or this one again in {retry_after:?}"),
+            None => format!("try again in {retry_after:?}"),
+        }
+    );
+    let refused = Refused {
+        code: RefusalCode::Busy,
+        message,
+        busy: Some(BusyHint {
+            relay_id: me,
+            retry_after_ms: retry_after.as_millis() as u64,
+            try_instead,
+            members,
+        }),
+    };
+    refuse_and_close(session, control, refused).await;
 }
 
 /// Sends `refused` on the control stream, lets the agent read it, closes.

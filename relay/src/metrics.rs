@@ -62,6 +62,8 @@ pub enum Handshake {
     Enrolled,
     /// Refused: bad token, revoked or replaced certificate, ...
     Refused,
+    /// Over the handshake budget, told where to go instead.
+    Busy,
     /// The TLS or QUIC handshake failed.
     TlsFailed,
     /// Too slow.
@@ -75,6 +77,7 @@ impl Handshake {
             Self::Accepted => "accepted",
             Self::Enrolled => "enrolled",
             Self::Refused => "refused",
+            Self::Busy => "busy",
             Self::TlsFailed => "tls_failed",
             Self::Timeout => "timeout",
         }

@@ -313,6 +313,7 @@ impl Relay {
             registry: registry.clone(),
             metrics: metrics.clone(),
             budget: HandshakeBudget::new(config.limits.max_agent_handshakes_per_sec),
+            busy_replies: HandshakeBudget::new(config.limits.max_agent_handshakes_per_sec),
             tasks: tasks.clone(),
         });
         tasks.spawn(direct.clone().run(sessions.clone(), hard.clone()));

@@ -19,6 +19,9 @@ use support::etcd::Etcd;
 use support::{
     docker_endpoint, http_get_full, relay_bin, scenarios, AgentCmd, ApiClient, Docker, Relay,
 };
+use tunnelgate_proto::message::RelayMember;
+use tunnelgate_proto::rendezvous::choose;
+use tunnelgate_proto::RelayId;
 use tunnelgate_session::tls::{self, Identity, Trust};
 use tunnelgate_session::Session;
 
@@ -922,4 +925,84 @@ fn a_rolling_restart_of_every_relay_fails_no_short_call() {
     std::thread::sleep(Duration::from_secs(5));
     let held = wait_holders(&etcd, "roll", "two sessions, settled", |h| h.len() == 2);
     println!("settled on {held:?}");
+}
+
+/// A relay over its handshake budget completes a few handshakes beyond it
+/// only to say which relay to try instead: agents that know only it (a
+/// first contact in a reconnect storm) learn the cluster from the reply
+/// and settle on the other relay instead of waiting their turn.
+#[test]
+fn a_busy_relay_sends_the_agents_it_refuses_to_another() {
+    let etcd = Etcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = cluster_relay_with(
+        &etcd,
+        &dir.path().join("a"),
+        "relay-a",
+        "2s",
+        &["--max-agent-handshakes-per-sec", "1"],
+    );
+    share_ca(&dir.path().join("a"), &dir.path().join("b"));
+    let b = cluster_relay(&etcd, &dir.path().join("b"), "relay-b");
+    let token = a.token().unwrap();
+    // Nodes whose own ranking puts relay a first: left to themselves they
+    // would all wait for a; only the busy reply sends them to b.
+    let members: Vec<RelayMember> = ["relay-a", "relay-b"]
+        .iter()
+        .map(|id| RelayMember {
+            relay_id: RelayId::new(*id).unwrap(),
+            agent_addr: String::new(),
+            draining: false,
+        })
+        .collect();
+    let nodes: Vec<String> = (0..)
+        .map(|i| format!("storm-{i}"))
+        .filter(|n| choose(n, &members, 1)[0].as_str() == "relay-a")
+        .take(8)
+        .collect();
+    let _agents: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            AgentCmd::new(
+                &a,
+                node,
+                &docker_endpoint(),
+                &dir.path().join(node),
+                Some(&token),
+            )
+            .arg("--relay-sessions")
+            .arg("1")
+            .spawn_logged(&dir.path().join(format!("{node}.log")))
+            .unwrap()
+        })
+        .collect();
+    for node in &nodes {
+        wait_holders(&etcd, node, "one session", |h| h.len() == 1);
+    }
+    let told = a.metric("tunnelgate_relay_agent_handshakes_total{result=\"busy\"}");
+    assert!(told >= 1, "relay a never told an agent it was busy");
+    let moved: Vec<&String> = nodes
+        .iter()
+        .filter(|node| {
+            std::fs::read_to_string(dir.path().join(format!("{node}.log")))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("relay busy") && l.contains("elsewhere=true"))
+        })
+        .collect();
+    assert!(!moved.is_empty(), "no agent went elsewhere when told");
+    let at_b = nodes
+        .iter()
+        .filter(|n| holders(&etcd, n).iter().any(|h| h == "relay-b"))
+        .count();
+    assert!(
+        at_b >= 1,
+        "no agent that ranks relay a first settled on relay b"
+    );
+    println!(
+        "relay a told {told} handshakes it was busy; {} agents went elsewhere; {at_b} of {} are on relay b",
+        moved.len(),
+        nodes.len()
+    );
+    drop(b);
 }

@@ -136,10 +136,10 @@ pub async fn drive<M: Machine>(
 
 /// Best effort: tells the peer that its bytes broke the protocol, and how.
 async fn refuse(stream: &mut Stream, err: &DriveError) {
-    let msg = ControlMessage::Refused(Refused {
-        code: RefusalCode::ProtocolViolation,
-        message: format!("protocol violation on the control stream: {err}"),
-    });
+    let msg = ControlMessage::Refused(Refused::new(
+        RefusalCode::ProtocolViolation,
+        format!("protocol violation on the control stream: {err}"),
+    ));
     let mut out = BytesMut::new();
     if msg.encode_frame(frame::DEFAULT_MAX_FRAME, &mut out).is_ok() {
         let write = async {

@@ -31,6 +31,22 @@ impl HandshakeBudget {
         }
     }
 
+    /// How long a handshake asking now would wait for its turn, without
+    /// booking it: what a busy relay tells the agents it refuses.
+    pub fn backlog(&self) -> Duration {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = &mut *state;
+        let now = Instant::now().max(*last);
+        let refilled =
+            (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate);
+        Duration::from_secs_f64((1.0 - refilled).max(0.0) / self.rate)
+    }
+
+    /// The budget's rate, handshakes a second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
     /// Books one handshake: how long to wait before starting it (zero when
     /// the budget has one now), or `None` when even waiting `max_wait`
     /// would not reach one — then refuse it.

@@ -59,7 +59,7 @@ pub(super) async fn enrol(session: Session, mut control: Stream, ctx: &Context) 
 }
 
 fn refuse(code: RefusalCode, message: String) -> Refused {
-    Refused { code, message }
+    Refused::new(code, message)
 }
 
 /// Checks the token, signs the CSR and records the node.
