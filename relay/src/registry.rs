@@ -242,19 +242,20 @@ impl Registry {
             .collect()
     }
 
-    /// The tenant's nodes that another relay holds a session of.
-    pub fn held_by_peers(&self, tenant: &TenantId) -> Vec<NodeId> {
+    /// The tenant's nodes that another relay holds a session of, each
+    /// with the relay [`Registry::peers_holding`] would put first.
+    pub fn held_by_peers(&self, tenant: &TenantId) -> Vec<(NodeId, RelayId)> {
         let mirror = self.read();
         mirror
             .locations
             .iter()
-            .filter(|(key, holders)| {
-                &key.tenant == tenant
-                    && holders
-                        .iter()
-                        .any(|l| l.relay_id != self.me && mirror.members.contains_key(&l.relay_id))
+            .filter(|(key, _)| &key.tenant == tenant)
+            .filter_map(|(key, holders)| {
+                let first = holders
+                    .iter()
+                    .find(|l| l.relay_id != self.me && mirror.members.contains_key(&l.relay_id))?;
+                Some((key.node_id.clone(), first.relay_id.clone()))
             })
-            .map(|(key, _)| key.node_id.clone())
             .collect()
     }
 

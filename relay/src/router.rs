@@ -84,14 +84,8 @@ impl Router {
             .into_iter()
             .map(|n| (n, Held::Nowhere))
             .collect();
-        for node in self.registry.held_by_peers(tenant) {
-            let key = NodeKey {
-                tenant: tenant.clone(),
-                node_id: node.clone(),
-            };
-            if let Some(peer) = self.registry.peers_holding(&key).into_iter().next() {
-                nodes.insert(node, Held::Peer(peer.relay_id));
-            }
+        for (node, relay) in self.registry.held_by_peers(tenant) {
+            nodes.insert(node, Held::Peer(relay));
         }
         for view in self.sessions.views(tenant, self.state.relay_id()) {
             nodes.insert(view.node_id, Held::Here);
