@@ -19,9 +19,10 @@
 //! The front decides nothing about where a node is, and never touches a
 //! session itself.
 
+mod asks;
 mod docker;
 mod events;
-pub mod fleet;
+mod fleet;
 pub mod install;
 mod nodes;
 mod routes;
@@ -241,14 +242,14 @@ async fn dispatch(
         Route::NodeList if get => Ok(nodes::list_or_watch(front, tenant, req.uri().query())),
         Route::Events if get => Ok(events::fan_in(
             front.clone(),
-            fleet::Caller::new(&principal, record),
+            asks::Caller::new(&principal, record),
             req.uri().query(),
         )),
         Route::Fleet { rest } => {
             let span = info_span!("request", %request_id, %tenant, fleet = true,
                                   trace_id = %record.trace.trace_hex(),
                                   method = %req.method(), path = %rest);
-            let caller = fleet::Caller::new(&principal, record);
+            let caller = asks::Caller::new(&principal, record);
             fleet::serve(front, conn, &caller, &rest, req)
                 .instrument(span)
                 .await

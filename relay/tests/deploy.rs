@@ -264,8 +264,7 @@ fn the_image_builds_from_a_local_base_and_runs_without_a_network() {
     assert!(health.contains("healthcheck"), "{health}");
     // Served as the image says (non-root, its own state dir, no network
     // but loopback, a read-only root as the Kubernetes manifest asks), its
-    // health check passes once it listens, and it
-    // stops on SIGTERM.
+    // health check passes once it listens, and it stops on SIGTERM.
     let name = format!("tunnelgate-test-relay-{}", std::process::id());
     docker
         .ok(&[

@@ -28,7 +28,8 @@ use tokio::task::JoinHandle;
 use tracing::debug;
 use tunnelgate_proto::NodeId;
 
-use super::fleet::{ask, Caller};
+use super::asks::{ask, Caller};
+use super::routes::query_pairs;
 use super::Front;
 use crate::metrics::Limit;
 use crate::respond::{Body, ChannelBody, LastWord};
@@ -115,14 +116,8 @@ fn query_with_since(query: &[(String, String)], since: Option<&str>) -> String {
 
 /// Starts the fan-in for `caller` and answers with its stream.
 pub(super) fn fan_in(front: Arc<Front>, caller: Caller, query: Option<&str>) -> Response<Body> {
-    let query: Vec<(String, String)> = query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (k.to_owned(), v.to_owned()),
-            None => (p.to_owned(), String::new()),
-        })
+    let query: Vec<(String, String)> = query_pairs(query)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     let (tx, rx) = mpsc::channel(front.config.limits.max_events_backlog);
     let last = Arc::new(LastWord::default());
@@ -175,23 +170,23 @@ async fn watch(
             .collect();
         let fleet = front.router.fleet(caller.tenant());
         for (node, held) in &fleet {
-            let online = &held.is_online();
+            let online = held.is_online();
             let entry = known.entry(node.clone()).or_insert_with(|| Followed {
                 online: false,
                 daemon_reachable: None,
                 follower: None,
                 last: Arc::default(),
             });
-            if *online && !entry.online && !first {
+            if online && !entry.online && !first {
                 outlet.send(node_event(node, "connected", None));
             }
-            if !*online && entry.online {
+            if !online && entry.online {
                 outlet.send(node_event(node, "disconnected", None));
                 if let Some(f) = entry.follower.take() {
                     f.abort();
                 }
             }
-            entry.online = *online;
+            entry.online = online;
             if let Some((now, error)) = daemons.get(node) {
                 let now = *now;
                 match (entry.daemon_reachable, now) {
@@ -208,7 +203,7 @@ async fn watch(
             let running = entry.follower.as_ref().is_some_and(|f| !f.is_finished());
             // With `until`, each node's stream is opened once and ends by
             // itself; without, a broken one is followed again.
-            if *online && !running && (!bounded || first) {
+            if online && !running && (!bounded || first) {
                 let since = entry
                     .last
                     .lock()

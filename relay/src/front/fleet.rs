@@ -1,7 +1,7 @@
 //! The fleet: one read-only Docker endpoint over every node of the
 //! caller's tenant (`DOCKER_HOST=tcp://RELAY:7375/fleet`, as Swarm gave
-//! one endpoint over many hosts), and the calls the relay makes to nodes
-//! itself for it and for the events fan-in ([`super::events`]).
+//! one endpoint over many hosts), from calls the relay makes to each node
+//! itself ([`super::asks`]).
 //!
 //! `version`, `info`, `ps`, `images` and `events` answer for the whole
 //! fleet: containers are named `<node-id>/<name>`, and reads of one such
@@ -10,150 +10,29 @@
 //! `X-Tunnelgate-Skipped` header), never failing the whole call.
 //!
 //! It never changes a node: anything but a read is refused with an error
-//! naming `/nodes/<node-id>`. The relay's own calls go through
-//! [`super::docker::proxy`] like a client's, with the caller's identity,
-//! slots and audit line; this module never touches a session or route.
+//! naming `/nodes/<node-id>`. This module never touches a session or
+//! route.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Full};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use tokio::task::JoinSet;
-use tracing::{info_span, Instrument};
-use tunnelgate_proto::trace::TraceParent;
 use tunnelgate_proto::{NodeId, TenantId};
 
-use super::{docker, events, next_request_id, ClientConn, Front};
-use crate::audit::CallRecord;
-use crate::auth::Principal;
+use super::asks::{ask_json, carry, Caller};
+use super::{events, ClientConn, Front};
 use crate::error::CallError;
 use crate::respond::{json as json_response, whole, Body};
-use crate::upstream::{CallBody, KeptStream};
-
-/// How long one node may take to answer a fleet view in full.
-const NODE_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The API version the fleet speaks when no node says its own.
 const DEFAULT_API_VERSION: &str = "1.41";
 
 /// Nodes a fleet view skipped, and why.
 pub const SKIPPED_HEADER: &str = "x-tunnelgate-skipped";
-
-/// Whom the relay's own calls to nodes are for: the caller of the fleet
-/// view, with its trace, so each call is audited and traced as theirs.
-#[derive(Debug, Clone)]
-pub(super) struct Caller {
-    principal: Principal,
-    trace: TraceParent,
-}
-
-impl Caller {
-    /// The caller of the call `record` is of.
-    pub(super) fn new(principal: &Principal, record: &CallRecord) -> Self {
-        Self {
-            principal: principal.clone(),
-            trace: record.trace,
-        }
-    }
-
-    pub(super) fn tenant(&self) -> &TenantId {
-        &self.principal.tenant
-    }
-}
-
-/// A GET the relay makes itself to `node` for `caller` (audited as
-/// theirs, counted in their slots): the answer's head, its body streamed.
-pub(super) async fn ask(
-    front: &Front,
-    caller: &Caller,
-    node: &NodeId,
-    path_and_query: &str,
-) -> Result<Response<Body>, CallError> {
-    let uri = Uri::try_from(path_and_query).map_err(CallError::InvalidPath)?;
-    let rest = uri.path().to_owned();
-    let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
-    *req.uri_mut() = uri;
-    // HTTP/1.1 needs one; the daemon ignores its value.
-    req.headers_mut()
-        .insert(http::header::HOST, HeaderValue::from_static("docker"));
-    let kept = KeptStream::default();
-    carry(front, &kept, caller, node.clone(), &rest, req).await
-}
-
-/// Carries one call of `caller` to `node` with the Docker path `rest`,
-/// with its own request id, span and audit line, in the caller's trace.
-async fn carry(
-    front: &Front,
-    kept: &KeptStream,
-    caller: &Caller,
-    node: NodeId,
-    rest: &str,
-    req: Request<CallBody>,
-) -> Result<Response<Body>, CallError> {
-    let request_id = next_request_id();
-    let (parts, body) = req.into_parts();
-    let record = Arc::new(CallRecord::new(
-        request_id,
-        caller.trace,
-        &parts,
-        Some(caller.principal.clone()),
-        Some(node.clone()),
-        Instant::now(),
-    ));
-    let span = info_span!("request", %request_id, tenant = %caller.tenant(), node_id = %node,
-                          trace_id = %caller.trace.trace_hex(),
-                          method = %parts.method, path = %rest, by = "fleet");
-    let req = Request::from_parts(parts, body);
-    let answer = docker::proxy(
-        front,
-        kept,
-        caller.tenant(),
-        node,
-        rest,
-        req,
-        request_id,
-        record.clone(),
-    )
-    .instrument(span)
-    .await;
-    record.set_status(match &answer {
-        Ok(resp) => resp.status(),
-        Err(e) => e.status(),
-    });
-    answer
-}
-
-/// [`ask`], answered in full within [`NODE_ANSWER_TIMEOUT`], as JSON.
-pub(super) async fn ask_json(
-    front: &Front,
-    caller: &Caller,
-    node: &NodeId,
-    path_and_query: &str,
-) -> Result<Value, CallError> {
-    let failed = |reason: String| CallError::FleetAnswer {
-        node: node.clone(),
-        reason,
-    };
-    let resp = ask(front, caller, node, path_and_query).await?;
-    let status = resp.status();
-    let body = tokio::time::timeout(NODE_ANSWER_TIMEOUT, resp.into_body().collect())
-        .await
-        .map_err(|_| failed(format!("no whole answer within {NODE_ANSWER_TIMEOUT:?}")))?
-        .map_err(|e| failed(format!("the answer broke off: {e}")))?
-        .to_bytes();
-    if !status.is_success() {
-        let message = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| Some(v.get("message")?.as_str()?.to_owned()))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        return Err(failed(format!("{status}: {message}")));
-    }
-    serde_json::from_slice(&body).map_err(|e| failed(format!("the answer is not JSON: {e}")))
-}
 
 /// Splits a leading API version (`/v1.41`) off a Docker path.
 fn split_version(path: &str) -> (&str, &str) {

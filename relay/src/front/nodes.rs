@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tunnelgate_proto::{NodeId, NodeKey, TenantId};
 
+use super::routes::query_pairs;
 use super::Front;
 use crate::error::CallError;
 use crate::respond::{json, Body, ChannelBody};
@@ -56,12 +57,7 @@ pub(super) fn list_or_watch(
     tenant: &TenantId,
     query: Option<&str>,
 ) -> Response<Body> {
-    let has = |flag: &str| {
-        query
-            .unwrap_or("")
-            .split('&')
-            .any(|p| p == format!("{flag}=1") || p == format!("{flag}=true"))
-    };
+    let has = |flag: &str| query_pairs(query).any(|(k, v)| k == flag && (v == "1" || v == "true"));
     match (has("all"), has("watch")) {
         (true, true) => watch(front.clone(), tenant.clone()),
         (true, false) => json(
@@ -118,9 +114,8 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// at once and on every change.
 fn watch(front: Arc<Front>, tenant: TenantId) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(2);
-    let task_front = front.clone();
-    front.tasks.spawn(async move {
-        let front = task_front;
+    let tasks = front.tasks.clone();
+    tasks.spawn(async move {
         let mut sent: Option<String> = None;
         let mut quiet_since = Instant::now();
         let mut ticker = tokio::time::interval(WATCH_INTERVAL);

@@ -80,6 +80,16 @@ impl Route {
     }
 }
 
+/// The `key=value` pairs of a query string, as sent (still
+/// percent-encoded); a pair without `=` has an empty value.
+pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
 /// Refuses paths that could mean something else after normalisation:
 /// dot-segments, encoded slashes, backslashes and NULs, plain or
 /// percent-encoded. No Docker API path needs them, and refusing them

@@ -13,6 +13,7 @@ use http::{HeaderMap, Response, StatusCode};
 use serde_json::json;
 use tunnelgate_proto::{NodeId, TenantId};
 
+use super::routes::query_pairs;
 use super::Front;
 use crate::error::CallError;
 use crate::respond::{json as json_response, Body};
@@ -30,8 +31,7 @@ pub(super) async fn create(
     headers: &HeaderMap,
 ) -> Result<Response<Body>, CallError> {
     let (mut node, mut ttl, mut uses) = (None, DEFAULT_TTL, Some(1));
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in query_pairs(query) {
         match key {
             "node" => {
                 node = Some(NodeId::new(value).map_err(|e| {

@@ -1,0 +1,138 @@
+//! The calls the relay makes to nodes itself, for the fleet view and the
+//! events fan-in: each goes through [`super::docker::proxy`] like a
+//! client's, for the caller of the view ([`Caller`]), so it takes the
+//! caller's slots, leaves an audit line as theirs and is in their trace.
+//! Nothing here knows what the answers are for.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::{BodyExt, Either, Full};
+use serde_json::Value;
+use tracing::{info_span, Instrument};
+use tunnelgate_proto::trace::TraceParent;
+use tunnelgate_proto::{NodeId, TenantId};
+
+use super::{docker, next_request_id, Front};
+use crate::audit::CallRecord;
+use crate::auth::Principal;
+use crate::error::CallError;
+use crate::respond::Body;
+use crate::upstream::{CallBody, KeptStream};
+
+/// How long one node may take to answer a fleet view in full.
+const NODE_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whom the relay's own calls to nodes are for: the caller of the fleet
+/// view, with its trace, so each call is audited and traced as theirs.
+#[derive(Debug, Clone)]
+pub(super) struct Caller {
+    principal: Principal,
+    trace: TraceParent,
+}
+
+impl Caller {
+    /// The caller of the call `record` is of.
+    pub(super) fn new(principal: &Principal, record: &CallRecord) -> Self {
+        Self {
+            principal: principal.clone(),
+            trace: record.trace,
+        }
+    }
+
+    pub(super) fn tenant(&self) -> &TenantId {
+        &self.principal.tenant
+    }
+}
+
+/// A GET the relay makes itself to `node` for `caller` (audited as
+/// theirs, counted in their slots): the answer's head, its body streamed.
+pub(super) async fn ask(
+    front: &Front,
+    caller: &Caller,
+    node: &NodeId,
+    path_and_query: &str,
+) -> Result<Response<Body>, CallError> {
+    let uri = Uri::try_from(path_and_query).map_err(CallError::InvalidPath)?;
+    let rest = uri.path().to_owned();
+    let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
+    *req.uri_mut() = uri;
+    // HTTP/1.1 needs one; the daemon ignores its value.
+    req.headers_mut()
+        .insert(http::header::HOST, HeaderValue::from_static("docker"));
+    let kept = KeptStream::default();
+    carry(front, &kept, caller, node.clone(), &rest, req).await
+}
+
+/// Carries one call of `caller` to `node` with the Docker path `rest`,
+/// with its own request id, span and audit line, in the caller's trace.
+pub(super) async fn carry(
+    front: &Front,
+    kept: &KeptStream,
+    caller: &Caller,
+    node: NodeId,
+    rest: &str,
+    req: Request<CallBody>,
+) -> Result<Response<Body>, CallError> {
+    let request_id = next_request_id();
+    let (parts, body) = req.into_parts();
+    let record = Arc::new(CallRecord::new(
+        request_id,
+        caller.trace,
+        &parts,
+        Some(caller.principal.clone()),
+        Some(node.clone()),
+        Instant::now(),
+    ));
+    let span = info_span!("request", %request_id, tenant = %caller.tenant(), node_id = %node,
+                          trace_id = %caller.trace.trace_hex(),
+                          method = %parts.method, path = %rest, by = "fleet");
+    let req = Request::from_parts(parts, body);
+    let answer = docker::proxy(
+        front,
+        kept,
+        caller.tenant(),
+        node,
+        rest,
+        req,
+        request_id,
+        record.clone(),
+    )
+    .instrument(span)
+    .await;
+    record.set_status(match &answer {
+        Ok(resp) => resp.status(),
+        Err(e) => e.status(),
+    });
+    answer
+}
+
+/// [`ask`], answered in full within [`NODE_ANSWER_TIMEOUT`], as JSON.
+pub(super) async fn ask_json(
+    front: &Front,
+    caller: &Caller,
+    node: &NodeId,
+    path_and_query: &str,
+) -> Result<Value, CallError> {
+    let failed = |reason: String| CallError::FleetAnswer {
+        node: node.clone(),
+        reason,
+    };
+    let resp = ask(front, caller, node, path_and_query).await?;
+    let status = resp.status();
+    let body = tokio::time::timeout(NODE_ANSWER_TIMEOUT, resp.into_body().collect())
+        .await
+        .map_err(|_| failed(format!("no whole answer within {NODE_ANSWER_TIMEOUT:?}")))?
+        .map_err(|e| failed(format!("the answer broke off: {e}")))?
+        .to_bytes();
+    if !status.is_success() {
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| Some(v.get("message")?.as_str()?.to_owned()))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(failed(format!("{status}: {message}")));
+    }
+    serde_json::from_slice(&body).map_err(|e| failed(format!("the answer is not JSON: {e}")))
+}
