@@ -156,14 +156,26 @@ impl Rig {
 
     /// Polls until `want` nodes are listed or `timeout`; returns the time it took.
     async fn wait_connected(&self, want: usize, timeout: Duration) -> Result<Duration> {
+        self.wait_count(|n| n >= want, &format!("{want} agents connected"), timeout)
+            .await
+    }
+
+    /// Polls the relay's count of agent sessions until `done` holds or
+    /// `timeout`; returns the time it took.
+    async fn wait_count(
+        &self,
+        done: impl Fn(usize) -> bool,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<Duration> {
         let started = Instant::now();
         loop {
             let n = self.connected().await?;
-            if n >= want {
+            if done(n) {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > timeout {
-                bail!("only {n} of {want} agents connected within {timeout:?}");
+                bail!("not {what} within {timeout:?}: the relay holds {n} agent sessions");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -185,10 +197,44 @@ pub(crate) fn usage_json(before: Usage, after: Usage, secs: f64) -> Value {
     })
 }
 
-/// `connect-storm`: `agents` agents connect at once.
+/// `connect-storm`: `agents` agents connect at once, each enrolling
+/// (first contact); then all leave and reconnect at once with the
+/// certificates they got (the restart case). Each wave reports the relay's
+/// and this process's CPU per connected agent, so a fleet's reconnect
+/// storm can be stated in cores.
 pub async fn connect_storm(setup: &Setup, agents: usize, timeout: Duration) -> Result<Value> {
     let mut rig = Rig::start(setup, "connect-storm", agents).await?;
-    let before = rig.relay.usage()?;
+    let first = storm_wave(&mut rig, agents, timeout).await?;
+    rig.fleet.stop_all().await;
+    rig.wait_count(|n| n == 0, "every agent gone", timeout)
+        .await?;
+    let again = storm_wave(&mut rig, agents, timeout).await?;
+    rig.finish().await;
+    Ok(json!({
+        "agents": agents,
+        "connected": again["connected"],
+        "failures": agents - as_count(&again["connected"]).min(agents),
+        "time_to_all_connected_s": first["time_to_all_connected_s"],
+        "handshakes_per_s": first["handshakes_per_s"],
+        "relay": first["relay"],
+        "first_contact": first,
+        "reconnect": again,
+        "note": "first_contact: each handshake includes the agent's enrolment (CSR signing); \
+                 reconnect: the same agents again with their certificates. CPU per agent \
+                 includes the relay's work for agents already connected during the wave",
+    }))
+}
+
+fn as_count(v: &Value) -> usize {
+    v.as_u64().unwrap_or(0) as usize
+}
+
+/// Starts every agent at once and waits for all of them: time, rate and
+/// CPU per connected agent, the relay's and this process's (the simulated
+/// agents' side of each handshake).
+async fn storm_wave(rig: &mut Rig, agents: usize, timeout: Duration) -> Result<Value> {
+    let relay_before = rig.relay.usage()?;
+    let own_before = Usage::of(std::process::id())?;
     let started = Instant::now();
     for i in 0..agents {
         rig.fleet.start(i)?;
@@ -196,16 +242,17 @@ pub async fn connect_storm(setup: &Setup, agents: usize, timeout: Duration) -> R
     let outcome = rig.wait_connected(agents, timeout).await;
     let elapsed = started.elapsed();
     let connected = rig.connected().await?;
-    let after = rig.relay.usage()?;
-    rig.finish().await;
+    let relay_after = rig.relay.usage()?;
+    let own_after = Usage::of(std::process::id())?;
+    let per_agent_ms =
+        |a: &Usage, b: &Usage| (b.cpu_secs - a.cpu_secs) * 1e3 / connected.max(1) as f64;
     Ok(json!({
-        "agents": agents,
         "connected": connected,
-        "failures": agents - connected.min(agents),
         "time_to_all_connected_s": outcome.as_ref().ok().map(|d| d.as_secs_f64()),
         "handshakes_per_s": connected as f64 / elapsed.as_secs_f64(),
-        "relay": usage_json(before, after, elapsed.as_secs_f64()),
-        "note": "each handshake here includes the agent's first-contact enrolment (CSR signing)",
+        "relay": usage_json(relay_before, relay_after, elapsed.as_secs_f64()),
+        "relay_cpu_ms_per_agent": per_agent_ms(&relay_before, &relay_after),
+        "agents_side_cpu_ms_per_agent": per_agent_ms(&own_before, &own_after),
     }))
 }
 
@@ -626,6 +673,7 @@ pub async fn bulk(
     }
 
     let before = rig.relay.usage()?;
+    let own_before = Usage::of(std::process::id())?;
     let down_time = download(
         rig.relay.api,
         &format!("/nodes/{node}/"),
@@ -636,6 +684,7 @@ pub async fn bulk(
     .await?;
     rig.counters.bytes.fetch_add(total, Ordering::Relaxed);
     let mid = rig.relay.usage()?;
+    let own_mid = Usage::of(std::process::id())?;
     let mut relayed = Client::new(rig.relay.api);
     let mut up_time = Duration::ZERO;
     for _ in 0..rounds {
@@ -647,6 +696,7 @@ pub async fn bulk(
         up_time += took;
     }
     let after = rig.relay.usage()?;
+    let own_after = Usage::of(std::process::id())?;
     rig.finish().await;
     let relayed_ratio = |peer: &str| {
         peer_results
@@ -669,6 +719,11 @@ pub async fn bulk(
         "download_ratio_to_direct": direct_time.as_secs_f64() / down_time.as_secs_f64(),
         "relay_cpu_s_per_gb_download": (mid.cpu_secs - before.cpu_secs) / gb,
         "relay_cpu_s_per_gb_upload": (after.cpu_secs - mid.cpu_secs) / gb,
+        // The simulated agent shares this process with the synthetic
+        // daemon and the client, whose work per GB does not change with
+        // the agent's code: a difference between two builds is the agent's.
+        "agent_daemon_client_cpu_s_per_gb_download": (own_mid.cpu_secs - own_before.cpu_secs) / gb,
+        "agent_daemon_client_cpu_s_per_gb_upload": (own_after.cpu_secs - own_mid.cpu_secs) / gb,
     }))
 }
 

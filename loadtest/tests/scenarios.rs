@@ -52,6 +52,17 @@ async fn connect_storm_and_idle_hold_report_every_agent() {
     assert_eq!(r["connected"], 30, "{r}");
     assert_eq!(r["failures"], 0);
     assert!(r["handshakes_per_s"].as_f64().unwrap() > 0.0);
+    // Both waves: first contact (enrolling) and every agent again with
+    // its certificate, each with what it cost the relay.
+    assert_eq!(r["first_contact"]["connected"], 30, "{r}");
+    assert_eq!(r["reconnect"]["connected"], 30, "{r}");
+    assert!(
+        r["first_contact"]["relay_cpu_ms_per_agent"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "30 enrolments cost the relay no CPU? {r}"
+    );
 
     let r = scenarios::idle_hold(&setup(TransportChoice::Tcp), 20, Duration::from_secs(1), T)
         .await
