@@ -23,8 +23,8 @@ use crate::config::AgentConfig;
 
 /// How long the relay has to send a stream's header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Copy buffer per direction: large enough for bulk transfers (image
-/// save/load, cp) without per-chunk overhead.
+/// Largest chunk per read in each direction: large enough for bulk
+/// transfers (image save/load, cp) without per-chunk overhead.
 const COPY_BUFFER: usize = 256 * 1024;
 
 /// Accepts streams until the session ends or `done` fires; each is served
@@ -97,7 +97,7 @@ async fn serve_stream(mut stream: Stream, config: Arc<AgentConfig>, reprobe: Arc
             let _ = stream.write_message(&reply, DEFAULT_MAX_FRAME).await;
             return;
         }
-        let mut daemon = match config.docker.connect().await {
+        let daemon = match config.docker.connect().await {
             Ok(d) => d,
             Err(e) => {
                 reprobe.notify_one();
@@ -126,14 +126,7 @@ async fn serve_stream(mut stream: Stream, config: Arc<AgentConfig>, reprobe: Arc
         if !config.policy.is_full() {
             return checked::serve(stream, daemon, &config.policy).await;
         }
-        match tokio::io::copy_bidirectional_with_sizes(
-            &mut stream,
-            &mut daemon,
-            COPY_BUFFER,
-            COPY_BUFFER,
-        )
-        .await
-        {
+        match tunnelgate_session::pipe::stream_and_io(stream, daemon, COPY_BUFFER).await {
             Ok((to_daemon, from_daemon)) => info!(to_daemon, from_daemon, "stream finished"),
             Err(e) => debug!(error = %e, "stream failed"),
         }

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod driver;
 pub mod files;
+pub mod pipe;
 #[cfg(feature = "process")]
 pub mod process;
 pub mod quic;
@@ -21,7 +22,7 @@ pub mod tcp;
 pub mod tls;
 
 pub use session::{Session, SessionError, Transport};
-pub use stream::{Stream, StreamError};
+pub use stream::{Stream, StreamError, StreamRecv, StreamSend};
 
 /// How long an agent handshake may take, on either side: TCP connect and
 /// TLS, or the QUIC handshake, plus the first control message.

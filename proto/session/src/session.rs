@@ -125,7 +125,7 @@ impl Session {
         match &self.inner {
             Inner::Quic(c) => {
                 let (send, recv) = c.open_bi().await?;
-                Ok(Stream::new(recv, send))
+                Ok(Stream::from_quic(recv, send))
             }
             Inner::Mux(m) => Ok(m.open_stream().await?),
         }
@@ -138,7 +138,7 @@ impl Session {
         match &self.inner {
             Inner::Quic(c) => {
                 let (send, recv) = c.accept_bi().await?;
-                Ok(Stream::new(recv, send))
+                Ok(Stream::from_quic(recv, send))
             }
             Inner::Mux(m) => Ok(m.accept_stream().await?),
         }
