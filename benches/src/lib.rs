@@ -100,11 +100,71 @@ impl Fixture {
 pub async fn session_pair(
     transport: &str,
 ) -> (tunnelgate_session::Session, tunnelgate_session::Session) {
+    use tunnelgate_session::Session;
+    if transport == "quic" {
+        let (relay, agent) = quic_pair().await;
+        return (Session::from_quic(relay), Session::from_quic(agent));
+    }
+    let (server_tls, client_tls) = tls_pair();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_tls));
+    let accept = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        Session::from_mux(
+            tunnelgate_session::tcp::accept(tcp, &acceptor)
+                .await
+                .expect("tls accept"),
+        )
+    });
+    let mux = tunnelgate_session::tcp::connect(addr, "localhost", std::sync::Arc::new(client_tls))
+        .await
+        .expect("tls connect");
+    (accept.await.expect("accept task"), Session::from_mux(mux))
+}
+
+/// The two QUIC connections of a session as the relay and an agent make
+/// them (their endpoints, transport settings and certificates), before
+/// the session layer wraps them.
+pub async fn quic_pair() -> (quinn::Connection, quinn::Connection) {
+    let (server_tls, client_tls) = tls_pair();
+    let server = tunnelgate_session::quic::server_endpoint(
+        "127.0.0.1:0".parse().expect("addr"),
+        server_tls,
+        tunnelgate_session::quic::IDLE_TIMEOUT,
+        &[7; 32],
+    )
+    .expect("server endpoint");
+    let addr = server.local_addr().expect("bound");
+    let accept = tokio::spawn(async move {
+        server
+            .accept()
+            .await
+            .expect("incoming")
+            .await
+            .expect("handshake")
+    });
+    let client = tunnelgate_session::quic::client_endpoint(addr).expect("client endpoint");
+    let conn = client
+        .connect_with(
+            tunnelgate_session::quic::client_config(client_tls).expect("quic config"),
+            addr,
+            "localhost",
+        )
+        .expect("connect")
+        .await
+        .expect("handshake");
+    (accept.await.expect("accept task"), conn)
+}
+
+/// A relay's server TLS and an agent's client TLS from a bench CA.
+fn tls_pair() -> (rustls::ServerConfig, rustls::ClientConfig) {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     };
     use tunnelgate_session::tls::{self, Identity, Trust};
-    use tunnelgate_session::Session;
 
     let ca_key = KeyPair::generate().expect("key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -140,54 +200,5 @@ pub async fn session_pair(
         )),
     )
     .expect("client tls");
-
-    if transport == "quic" {
-        let server = tunnelgate_session::quic::server_endpoint(
-            "127.0.0.1:0".parse().expect("addr"),
-            server_tls,
-            tunnelgate_session::quic::IDLE_TIMEOUT,
-            &[7; 32],
-        )
-        .expect("server endpoint");
-        let addr = server.local_addr().expect("bound");
-        let accept = tokio::spawn(async move {
-            let conn = server
-                .accept()
-                .await
-                .expect("incoming")
-                .await
-                .expect("handshake");
-            Session::from_quic(conn)
-        });
-        let client = tunnelgate_session::quic::client_endpoint(addr).expect("client endpoint");
-        let conn = client
-            .connect_with(
-                tunnelgate_session::quic::client_config(client_tls).expect("quic config"),
-                addr,
-                "localhost",
-            )
-            .expect("connect")
-            .await
-            .expect("handshake");
-        (accept.await.expect("accept task"), Session::from_quic(conn))
-    } else {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("bound");
-        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_tls));
-        let accept = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            Session::from_mux(
-                tunnelgate_session::tcp::accept(tcp, &acceptor)
-                    .await
-                    .expect("tls accept"),
-            )
-        });
-        let mux =
-            tunnelgate_session::tcp::connect(addr, "localhost", std::sync::Arc::new(client_tls))
-                .await
-                .expect("tls connect");
-        (accept.await.expect("accept task"), Session::from_mux(mux))
-    }
+    (server_tls, client_tls)
 }
