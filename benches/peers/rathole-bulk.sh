@@ -53,8 +53,9 @@ for kind in tls tcp; do
     server=$!
     pids+=("$server")
     "$RATHOLE" --client "$work/$kind-client.toml" > "$work/$kind-client.log" 2>&1 &
-    pids+=("$!")
-    peer_args+=(--peer "rathole-$kind=127.0.0.1:$entry,$server")
+    client=$!
+    pids+=("$client")
+    peer_args+=(--peer "rathole-$kind=127.0.0.1:$entry,$server,$client")
 done
 # rathole opens its service port once the client has registered.
 sleep 2

@@ -43,25 +43,33 @@ pub struct Peer {
     pub addr: std::net::SocketAddr,
     /// Its relay-side (server) process.
     pub pid: Option<u32>,
+    /// Its agent-side (client) process.
+    pub client_pid: Option<u32>,
 }
 
 impl std::str::FromStr for Peer {
     type Err = String;
 
-    /// `NAME=ADDR` or `NAME=ADDR,PID`.
+    /// `NAME=ADDR`, `NAME=ADDR,PID` or `NAME=ADDR,PID,CLIENT_PID`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let usage = || {
-            format!("--peer {s:?}: expected NAME=ADDR or NAME=ADDR,PID, e.g. rathole-tls=127.0.0.1:5202,4242")
+            format!("--peer {s:?}: expected NAME=ADDR[,SERVER_PID[,CLIENT_PID]], e.g. rathole-tls=127.0.0.1:5202,4242,4243")
         };
         let (name, rest) = s.split_once('=').ok_or_else(usage)?;
-        let (addr, pid) = match rest.split_once(',') {
-            Some((a, p)) => (a, Some(p.parse().map_err(|_| usage())?)),
-            None => (rest, None),
+        let mut parts = rest.split(',');
+        let addr = parts.next().ok_or_else(usage)?;
+        let mut pid = || {
+            parts
+                .next()
+                .map(|p| p.parse().map_err(|_| usage()))
+                .transpose()
         };
+        let (pid, client_pid) = (pid()?, pid()?);
         Ok(Self {
             name: name.to_owned(),
             addr: addr.parse().map_err(|_| usage())?,
             pid,
+            client_pid,
         })
     }
 }
@@ -593,19 +601,47 @@ pub async fn latency(
         }
         Counters::bump(&rig.counters.ok);
     }
-    // The relay's CPU per kept-alive call, from a run of those alone.
-    let before = rig.relay.usage()?;
+    // CPU per kept-alive call, from a run of each path alone: the relay's,
+    // and this process's (client and synthetic daemon on every path, plus
+    // the simulated agent on ours: the difference to the direct run is
+    // the agent's).
+    let own = || Usage::of(std::process::id()).map(|u| u.cpu_secs);
+    let per_call = |secs: f64| secs / calls.max(1) as f64 * 1e6;
+    let own_before = own()?;
+    for _ in 0..calls {
+        direct.get("/_ping").await?;
+    }
+    let own_direct = own()? - own_before;
+    let (before, own_before) = (rig.relay.usage()?, own()?);
     for _ in 0..calls {
         relayed.get(&relayed_path).await?;
     }
     let relay_cpu = rig.relay.usage()?.cpu_secs - before.cpu_secs;
+    let agent_cpu = own()? - own_before - own_direct;
+    let mut peer_cpu = Vec::new();
+    for (client, peer) in through_peers.iter_mut().zip(peers) {
+        let usage = |pid: Option<u32>| pid.map(|p| Usage::of(p).map(|u| u.cpu_secs)).transpose();
+        let (server, agent) = (usage(peer.pid)?, usage(peer.client_pid)?);
+        for _ in 0..calls {
+            client.get("/_ping").await?;
+        }
+        let spent = |before: Option<f64>, pid| -> Result<Option<f64>> {
+            Ok(match (before, usage(pid)?) {
+                (Some(b), Some(a)) => Some(per_call(a - b)),
+                _ => None,
+            })
+        };
+        peer_cpu.push((spent(server, peer.pid)?, spent(agent, peer.client_pid)?));
+    }
     rig.finish().await;
     let [direct_kept, relayed_kept, direct_new, relayed_new] =
         samples.map(|mut s| Percentiles::of(&mut s).context("no samples"));
     let (direct_kept, relayed_kept) = (direct_kept?, relayed_kept?);
     let (direct_new, relayed_new) = (direct_new?, relayed_new?);
     let mut peer_results = serde_json::Map::new();
-    for (peer, [mut kept, mut new]) in peers.iter().zip(peer_samples) {
+    for ((peer, [mut kept, mut new]), (server_cpu, client_cpu)) in
+        peers.iter().zip(peer_samples).zip(peer_cpu)
+    {
         let kept = Percentiles::of(&mut kept).context("no samples")?;
         let new = Percentiles::of(&mut new).context("no samples")?;
         peer_results.insert(
@@ -616,6 +652,8 @@ pub async fn latency(
                 "kept_alive_added_p99_us": kept.p99_us - direct_kept.p99_us,
                 "new_connection": new,
                 "new_connection_added_p50_us": new.p50_us - direct_new.p50_us,
+                "server_cpu_us_per_kept_alive_call": server_cpu,
+                "client_cpu_us_per_kept_alive_call": client_cpu,
             }),
         );
     }
@@ -634,7 +672,8 @@ pub async fn latency(
             "relayed": relayed_new,
             "added_p50_us": relayed_new.p50_us - direct_new.p50_us,
         },
-        "relay_cpu_us_per_kept_alive_call": relay_cpu / calls.max(1) as f64 * 1e6,
+        "relay_cpu_us_per_kept_alive_call": per_call(relay_cpu),
+        "agent_cpu_us_per_kept_alive_call": per_call(agent_cpu),
     }))
 }
 

@@ -136,9 +136,27 @@ async fn request_rate_counts_calls_and_latencies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_reports_both_paths_and_the_difference() {
-    let r = scenarios::latency(&setup(TransportChoice::Tcp), 50, &[], T)
+    let responder = tunnelgate_loadtest::synthetic_docker::spawn(0)
         .await
         .unwrap();
+    let peer = scenarios::Peer {
+        name: "forwarder".into(),
+        addr: forwarder(responder).await,
+        pid: Some(std::process::id()),
+        client_pid: None,
+    };
+    let setup = Setup {
+        responder: Some(responder),
+        ..setup(TransportChoice::Tcp)
+    };
+    let r = scenarios::latency(&setup, 50, &[peer], T).await.unwrap();
+    // CPU per call is counted for the processes named, and only those.
+    let peer = &r["peers"]["forwarder"];
+    assert!(peer["kept_alive_added_p50_us"].is_f64(), "{r}");
+    assert!(peer["server_cpu_us_per_kept_alive_call"].is_f64(), "{r}");
+    assert!(peer["client_cpu_us_per_kept_alive_call"].is_null(), "{r}");
+    assert!(r["relay_cpu_us_per_kept_alive_call"].is_f64(), "{r}");
+    assert!(r["agent_cpu_us_per_kept_alive_call"].is_f64(), "{r}");
     for path in ["kept_alive", "new_connection"] {
         for side in ["direct", "relayed"] {
             let p = &r[path][side];
@@ -165,6 +183,7 @@ async fn bulk_moves_every_byte_both_ways() {
         name: "forwarder".into(),
         addr: forwarder(responder).await,
         pid: Some(std::process::id()),
+        client_pid: None,
     };
     let setup = Setup {
         responder: Some(responder),
@@ -197,8 +216,12 @@ fn peers_are_parsed_from_name_address_and_pid() {
         (p.name.as_str(), p.addr.port(), p.pid),
         ("rathole-tls", 5202, Some(42))
     );
+    assert_eq!(p.client_pid, None);
+    let p: scenarios::Peer = "rathole-tls=127.0.0.1:5202,42,43".parse().unwrap();
+    assert_eq!((p.pid, p.client_pid), (Some(42), Some(43)));
     let p: scenarios::Peer = "bore=127.0.0.1:7000".parse().unwrap();
     assert_eq!(p.pid, None);
+    assert!("x=127.0.0.1:1,42,four".parse::<scenarios::Peer>().is_err());
     let err = "nonsense".parse::<scenarios::Peer>().unwrap_err();
     assert!(err.contains("NAME=ADDR"), "{err}");
 }
