@@ -9,6 +9,10 @@
 #
 #   benches/direct-path.sh [ROUNDS]
 #
+# ROUTES (default "straight direct tunnel") and OPS (default "save cp_in
+# cp_out cp_1g") narrow a run, e.g. to profile one operation on one route;
+# the tables then cover only the full set.
+#
 # Starts its own relay and dockerd (TLS on loopback from
 # `tunnelgate-agent docker-tls`, plus a unix socket for the agents) in a
 # temporary directory. The daemon is told to trust one more CA than in
@@ -120,15 +124,25 @@ run_op() {
     cpu_agents[${op}_$side]+="$(python3 -c "print($(cpu_s "$direct_agent") + $(cpu_s "$tunnel_agent") - $a0)") "
 }
 
+routes=${ROUTES:-straight direct tunnel}
+ops=${OPS:-save cp_in cp_out cp_1g}
 for round in $(seq "$rounds"); do
-    for side in straight direct tunnel; do
-        run_op save "$side" on "$side" save big:latest
-        run_op cp_in "$side" on "$side" cp "$work/rootfs/big.bin" holder:/big-copy.bin
-        run_op cp_out "$side" on "$side" cp holder:/big.bin -
-        run_op cp_1g "$side" on "$side" cp holder:/huge.bin -
+    for side in $routes; do
+        for op in $ops; do
+            case $op in
+                save) run_op save "$side" on "$side" save big:latest ;;
+                cp_in) run_op cp_in "$side" on "$side" cp "$work/rootfs/big.bin" holder:/big-copy.bin ;;
+                cp_out) run_op cp_out "$side" on "$side" cp holder:/big.bin - ;;
+                cp_1g) run_op cp_1g "$side" on "$side" cp holder:/huge.bin - ;;
+            esac
+        done
     done
     echo "round $round of $rounds done" >&2
 done
+if [ -n "${ROUTES:-}${OPS:-}" ]; then
+    for k in "${!took[@]}"; do echo "$k: seconds ${took[$k]}; relay CPU-s ${cpu_relay[$k]}; dockerd CPU-s ${cpu_daemon[$k]}"; done
+    exit 0
+fi
 
 echo "| operation | straight TLS, s | direct, s | tunnel, s | direct / straight | tunnel / straight | dockerd CPU-s straight / direct / tunnel | relay CPU-s direct / tunnel | agents CPU-s direct / tunnel |"
 echo "|---|---|---|---|---|---|---|---|---|"
