@@ -178,6 +178,52 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 #[tokio::test]
+async fn a_pipe_between_streams_moves_every_byte_in_order_and_half_closes_each_way() {
+    let (relay, agent) = session_pair().await;
+    let mut one = agent.open_stream().await.unwrap();
+    let mut two = agent.open_stream().await.unwrap();
+    // A stream is seen by the peer once something is written on it.
+    one.write_all(b"1").await.unwrap();
+    two.write_all(b"2").await.unwrap();
+    let piped = tokio::spawn(async move {
+        let mut a = relay.accept_stream().await.unwrap();
+        let mut b = relay.accept_stream().await.unwrap();
+        let (mut x, mut y) = ([0u8; 1], [0u8; 1]);
+        a.read_exact(&mut x).await.unwrap();
+        b.read_exact(&mut y).await.unwrap();
+        let (a, b) = if &x == b"1" { (a, b) } else { (b, a) };
+        let moved = tunnelgate_session::pipe::streams(a, b, 64 * 1024).await;
+        (moved.unwrap(), relay)
+    });
+    let big = pattern(3 << 20, 1);
+    let writer = tokio::spawn({
+        let big = big.clone();
+        async move {
+            one.write_all(&big).await.unwrap();
+            one.shutdown().await.unwrap();
+            one
+        }
+    });
+    let mut got = Vec::new();
+    two.read_to_end(&mut got).await.unwrap();
+    assert!(
+        got == big,
+        "{} bytes came through, not the 3 MiB sent in order",
+        got.len()
+    );
+    // The other way still flows after the first direction has ended.
+    let reply = pattern(100_000, 2);
+    two.write_all(&reply).await.unwrap();
+    two.shutdown().await.unwrap();
+    let mut one = writer.await.unwrap();
+    let mut back = Vec::new();
+    one.read_to_end(&mut back).await.unwrap();
+    assert!(back == reply, "{} bytes came back", back.len());
+    let ((a_to_b, b_to_a), _relay) = piped.await.unwrap();
+    assert_eq!((a_to_b, b_to_a), (big.len() as u64, reply.len() as u64));
+}
+
+#[tokio::test]
 async fn a_pipe_between_a_stream_and_a_socket_moves_every_byte_both_ways() {
     let (relay, agent) = session_pair().await;
     let mut stream = agent.open_stream().await.unwrap();

@@ -27,7 +27,7 @@ use tunnelgate_session::{tls, Session, Stream, HANDSHAKE_TIMEOUT};
 
 use crate::sessions::Sessions;
 
-/// Bytes per direction a peer stream's pipe moves at once.
+/// Largest chunk a peer stream's pipe moves at once in each direction.
 const PIPE_BUFFER: usize = 256 * 1024;
 
 /// What the peer listener works with.
@@ -176,7 +176,7 @@ async fn serve_stream(mut stream: Stream, ctx: &PeerContext) {
             Ok::<_, String>(agent)
         })
         .await;
-        let mut agent = match agent {
+        let agent = match agent {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
                 let message = format!("node {key}'s session on relay {} failed: {e}", ctx.relay_id);
@@ -190,7 +190,7 @@ async fn serve_stream(mut stream: Stream, ctx: &PeerContext) {
                 return refuse(&mut stream, StreamErrorCode::NodeNotHere, message).await;
             }
         };
-        match tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut agent, PIPE_BUFFER, PIPE_BUFFER).await {
+        match tunnelgate_session::pipe::streams(stream, agent, PIPE_BUFFER).await {
             Ok((to_agent, from_agent)) => debug!(to_agent, from_agent, "peer stream finished"),
             Err(e) => debug!(error = %e, "peer stream failed"),
         }
