@@ -10,6 +10,11 @@
 //! the registry by watch, and answers from its mirror: the router never
 //! waits for etcd, and while etcd is away the last-known routes stand.
 //!
+//! Holders also share what their agents advertise of a direct path (the
+//! node's daemon endpoints and daemon ID, [`DirectAd`]), so every relay
+//! can probe a node's daemon on its own and go direct to a node it holds
+//! no session of.
+//!
 //! This module knows nothing of sessions, HTTP or peers' connections: it
 //! keeps names and addresses.
 
@@ -41,6 +46,18 @@ pub struct Member {
     pub draining: bool,
 }
 
+/// What a node's agent advertised of its daemon's own port, as the relay
+/// holding its session shares it: the endpoints to probe and the daemon
+/// ID a probe must find there. Only agents whose policy lets every call
+/// through advertise one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectAd {
+    /// `tcp://host:port` endpoints, as the agent gave them.
+    pub endpoints: Vec<String>,
+    /// The daemon ID the agent reports.
+    pub daemon_id: String,
+}
+
 /// Which relay holds a node's session, and which session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
@@ -57,6 +74,8 @@ pub(crate) struct Mirror {
     members: HashMap<RelayId, Member>,
     /// Each node's holders: an agent keeps sessions to several relays.
     locations: HashMap<NodeKey, Vec<Location>>,
+    /// What each holder shares of a node's direct path.
+    directs: HashMap<NodeKey, HashMap<RelayId, DirectAd>>,
     /// Bumped on every membership change, for [`Registry::membership`].
     changed: Option<tokio::sync::watch::Sender<u64>>,
     /// Whether the mirror was ever filled from the registry.
@@ -80,6 +99,7 @@ impl Mirror {
     pub(crate) fn clear(&mut self) {
         self.members.clear();
         self.locations.clear();
+        self.directs.clear();
         self.bump();
     }
 
@@ -114,6 +134,19 @@ impl Mirror {
             None => holders.push(location),
         }
         holders.sort_by_key(|l| std::cmp::Reverse(l.epoch));
+    }
+
+    pub(crate) fn set_direct(&mut self, key: NodeKey, relay_id: RelayId, ad: DirectAd) {
+        self.directs.entry(key).or_default().insert(relay_id, ad);
+    }
+
+    pub(crate) fn remove_direct(&mut self, key: &NodeKey, relay_id: &RelayId) {
+        if let Some(ads) = self.directs.get_mut(key) {
+            ads.remove(relay_id);
+            if ads.is_empty() {
+                self.directs.remove(key);
+            }
+        }
     }
 
     pub(crate) fn remove_location(&mut self, key: &NodeKey, relay_id: &RelayId) {
@@ -268,6 +301,33 @@ impl Registry {
         }
     }
 
+    /// Shares what `key`'s agent advertises of its direct path (`None`:
+    /// nothing, or this relay no longer holds it), for the other relays
+    /// to probe. Returns at once, like [`Registry::publish`].
+    pub fn advertise_direct(&self, key: &NodeKey, ad: Option<DirectAd>) {
+        if let Backend::Etcd(etcd) = &self.backend {
+            etcd.advertise_direct(key.clone(), ad);
+        }
+    }
+
+    /// The direct paths of nodes that other relays hold and this one may
+    /// not: one advertisement per node, from a member.
+    pub fn peers_direct_ads(&self) -> Vec<(NodeKey, DirectAd)> {
+        let mirror = self.read();
+        mirror
+            .directs
+            .iter()
+            .filter_map(|(key, ads)| {
+                let (_, ad) = ads
+                    .iter()
+                    .filter(|(relay, _)| **relay != self.me)
+                    .filter(|(relay, _)| mirror.members.contains_key(*relay))
+                    .min_by(|a, b| a.0.cmp(b.0))?;
+                Some((key.clone(), ad.clone()))
+            })
+            .collect()
+    }
+
     /// Withdraws this relay's claim on `key`, if it is still `epoch`'s.
     pub fn withdraw(&self, key: &NodeKey, epoch: u64) {
         if let Backend::Etcd(etcd) = &self.backend {
@@ -356,5 +416,41 @@ mod tests {
             "the same member again is no change"
         );
         assert_eq!(registry.members().len(), 3);
+    }
+
+    #[test]
+    fn peers_direct_paths_come_from_members_other_than_this_relay() {
+        let registry = Registry::memory(member("a"));
+        let key = NodeKey::parse("acme/web").unwrap();
+        let ad = |id: &str| DirectAd {
+            endpoints: vec!["tcp://10.0.0.7:2376".into()],
+            daemon_id: id.into(),
+        };
+        let id = |s: &str| RelayId::new(s).unwrap();
+        let ads = |r: &Registry| -> Vec<String> {
+            r.peers_direct_ads()
+                .into_iter()
+                .map(|(k, ad)| format!("{k} {}", ad.daemon_id))
+                .collect()
+        };
+        registry
+            .write()
+            .set_direct(key.clone(), id("a"), ad("mine"));
+        registry
+            .write()
+            .set_direct(key.clone(), id("b"), ad("from-b"));
+        assert!(
+            ads(&registry).is_empty(),
+            "b is not a member, a is this relay"
+        );
+        registry.write().set_member(member("b"));
+        assert_eq!(ads(&registry), ["acme/web from-b"]);
+        registry.write().remove_direct(&key, &id("b"));
+        assert!(ads(&registry).is_empty(), "withdrawn");
+        registry
+            .write()
+            .set_direct(key.clone(), id("b"), ad("again"));
+        registry.write().clear();
+        assert!(ads(&registry).is_empty(), "a fresh listing forgets them");
     }
 }

@@ -316,7 +316,11 @@ impl Relay {
             busy_replies: HandshakeBudget::new(config.limits.max_agent_handshakes_per_sec),
             tasks: tasks.clone(),
         });
-        tasks.spawn(direct.clone().run(sessions.clone(), hard.clone()));
+        tasks.spawn(
+            direct
+                .clone()
+                .run(sessions.clone(), registry.clone(), hard.clone()),
+        );
         tasks.spawn(listen::run_quic(
             endpoint.clone(),
             agents.clone(),

@@ -413,3 +413,118 @@ fn only_relays_reach_the_daemon_and_only_the_reported_daemon_is_used() {
     relay.wait_for("good", |n| n["route"] == "direct").unwrap();
     assert_eq!(route_of(&relay, "good"), "direct");
 }
+
+/// Gives the relay whose state dir is `to` the installation CA of `from`,
+/// as an operator mounts one CA into every relay of a cluster.
+fn share_ca(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for file in ["ca.pem", "ca-key.pem"] {
+        std::fs::copy(from.join(file), to.join(file)).unwrap();
+    }
+}
+
+/// Polls `relay` until a call to `node` comes back with route `want`.
+fn wait_route_of(relay: &Relay, node: &str, want: impl Fn(&str) -> bool, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Not routed yet (503 until the node's session is known) counts as
+        // no route.
+        let route = match http_get_full(relay.api, &format!("/nodes/{node}/_ping")) {
+            Ok((200, head, _)) => head
+                .lines()
+                .find_map(|l| l.strip_prefix("x-tunnelgate-route: "))
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            Ok((status, _, body)) => format!("HTTP {status}: {body}"),
+            Err(e) => format!("{e:#}"),
+        };
+        if want(&route) {
+            return route;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relay never routed {node} {what}; last route {route}\n{}",
+            relay.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn in_a_cluster_a_relay_without_a_session_of_the_node_goes_direct_too() {
+    let host = Host::new("tcl");
+    let etcd = support::etcd::Etcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let registry = etcd.registry();
+    let cluster_relay = |id: &str| {
+        Relay::start_args(
+            &d.join(id),
+            "127.0.0.1:0",
+            &format!("{}:0", host.relay_ip),
+            &[
+                "--direct-probe-interval",
+                "1s",
+                "--registry",
+                &registry,
+                "--relay-id",
+                id,
+                "--peer-listen",
+                "127.0.0.1:0",
+                "--registry-lease-ttl",
+                "2s",
+            ],
+        )
+        .unwrap()
+    };
+    let a = cluster_relay("relay-a");
+    share_ca(&d.join("relay-a"), &d.join("relay-b"));
+    let b = cluster_relay("relay-b");
+    docker_tls(&host, &a, "spread", d, &a.token().unwrap(), 2376);
+    let dockerd =
+        NodeDockerd::start(&host, &d.join("dockerd"), &d.join("spread-tls"), 2376).unwrap();
+    // One session, on whichever relay the node's id ranks first.
+    let _agent = agent_on(&host, &a, "spread", &dockerd.socket(), d)
+        .arg("--relay-sessions")
+        .arg("1")
+        .arg("--direct-endpoint")
+        .arg(&format!("tcp://{}:2376", host.host_ip))
+        .spawn()
+        .unwrap();
+    let is_direct = |r: &str| r == "direct";
+    wait_route_of(&a, "spread", is_direct, "direct");
+    wait_route_of(&b, "spread", is_direct, "direct");
+    // Exactly one of the two holds the session; the other learnt the
+    // node's direct path from the registry and probed it itself.
+    let held_here = |r: &Relay| {
+        http_get_full(r.api, "/v1/nodes/spread")
+            .map(|(status, _, _)| status == 200)
+            .unwrap_or(false)
+    };
+    let (holder, other) = if held_here(&a) { (&a, &b) } else { (&b, &a) };
+    assert!(
+        held_here(holder) && !held_here(other),
+        "one holder, one not"
+    );
+    let other_direct = routed(other, "direct");
+    let ps = Docker::new(other.docker_host("spread")).ok(&["ps", "-a"]);
+    ps.unwrap();
+    assert!(
+        routed(other, "direct") > other_direct,
+        "the docker CLI through the relay without a session did not go direct"
+    );
+
+    // The daemon's port dropped: the relay without a session falls back
+    // to the holder, the holder to its own tunnel.
+    host.block_tcp_port(2376, "DROP", true);
+    wait_route_of(
+        other,
+        "spread",
+        |r| r.starts_with("peer="),
+        "through its peer",
+    );
+    wait_route_of(holder, "spread", |r| r == "local", "through its tunnel");
+    host.block_tcp_port(2376, "DROP", false);
+    wait_route_of(other, "spread", is_direct, "direct again");
+}

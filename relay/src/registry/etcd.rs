@@ -3,6 +3,7 @@
 //! ```text
 //! /tunnelgate/v1/relays/<relay-id>                    Member (JSON), under the relay's lease
 //! /tunnelgate/v1/nodes/<tenant>/<node-id>/<relay-id>  "<epoch, 20 digits>", under that relay's lease
+//! /tunnelgate/v1/direct/<tenant>/<node-id>/<relay-id> DirectAd (JSON), under that relay's lease
 //! ```
 //!
 //! An agent keeps sessions to several relays, so a node has a key per
@@ -32,10 +33,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use tunnelgate_proto::{NodeId, NodeKey, RelayId, TenantId};
 
-use super::{Location, Member, Mirror};
+use super::{DirectAd, Location, Member, Mirror};
 
 const RELAYS: &str = "/tunnelgate/v1/relays/";
 const NODES: &str = "/tunnelgate/v1/nodes/";
+const DIRECT: &str = "/tunnelgate/v1/direct/";
 
 /// How long one etcd request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,6 +64,7 @@ pub enum EtcdError {
 enum Op {
     Publish(NodeKey, u64),
     Withdraw(NodeKey, u64),
+    Advertise(NodeKey, Option<DirectAd>),
     Draining,
 }
 
@@ -73,6 +76,8 @@ pub struct Etcd {
     me: Mutex<Member>,
     /// This relay's claims, written again after every new lease.
     claims: Mutex<HashMap<NodeKey, u64>>,
+    /// This relay's direct-path advertisements, likewise.
+    ads: Mutex<HashMap<NodeKey, DirectAd>>,
     ops: mpsc::UnboundedSender<Op>,
     ops_rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
     mirror: Arc<RwLock<Mirror>>,
@@ -82,13 +87,17 @@ fn node_key_path(key: &NodeKey, holder: &RelayId) -> String {
     format!("{NODES}{}/{}/{holder}", key.tenant, key.node_id)
 }
 
+fn direct_key_path(key: &NodeKey, holder: &RelayId) -> String {
+    format!("{DIRECT}{}/{}/{holder}", key.tenant, key.node_id)
+}
+
 fn location_value(epoch: u64) -> String {
     format!("{epoch:020}")
 }
 
-/// The node and holder a location key is of.
-fn parse_node_path(key: &str) -> Option<(NodeKey, RelayId)> {
-    let mut parts = key.strip_prefix(NODES)?.split('/');
+/// The node and holder a location (or direct-path) key under `prefix` is of.
+fn parse_node_path(prefix: &str, key: &str) -> Option<(NodeKey, RelayId)> {
+    let mut parts = key.strip_prefix(prefix)?.split('/');
     let (tenant, node, relay) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
         return None;
@@ -103,7 +112,7 @@ fn parse_node_path(key: &str) -> Option<(NodeKey, RelayId)> {
 }
 
 fn parse_location(key: &str, value: &str) -> Option<(NodeKey, Location)> {
-    let (node, relay_id) = parse_node_path(key)?;
+    let (node, relay_id) = parse_node_path(NODES, key)?;
     Some((
         node,
         Location {
@@ -132,10 +141,18 @@ fn apply(mirror: &mut Mirror, key: &str, value: Option<&str>) {
                 None => debug!(key, "ignoring an unreadable location"),
             },
             None => {
-                if let Some((node, relay_id)) = parse_node_path(key) {
+                if let Some((node, relay_id)) = parse_node_path(NODES, key) {
                     mirror.remove_location(&node, &relay_id);
                 }
             }
+        }
+    } else if let Some((node, relay_id)) = parse_node_path(DIRECT, key) {
+        match value.map(serde_json::from_str::<DirectAd>) {
+            Some(Ok(ad)) => mirror.set_direct(node, relay_id, ad),
+            Some(Err(e)) => {
+                debug!(key, error = %e, "ignoring an unreadable direct-path advertisement")
+            }
+            None => mirror.remove_direct(&node, &relay_id),
         }
     }
 }
@@ -161,6 +178,7 @@ impl Etcd {
             lease_ttl,
             me: Mutex::new(me),
             claims: Mutex::default(),
+            ads: Mutex::default(),
             ops,
             ops_rx: Mutex::new(Some(ops_rx)),
             mirror,
@@ -196,6 +214,17 @@ impl Etcd {
             }
         }
         let _ = self.ops.send(Op::Withdraw(key, epoch));
+    }
+
+    pub(super) fn advertise_direct(&self, key: NodeKey, ad: Option<DirectAd>) {
+        {
+            let mut ads = Self::lock(&self.ads);
+            match &ad {
+                Some(ad) => ads.insert(key.clone(), ad.clone()),
+                None => ads.remove(&key),
+            };
+        }
+        let _ = self.ops.send(Op::Advertise(key, ad));
     }
 
     pub(super) fn set_draining(&self) {
@@ -255,6 +284,13 @@ impl Etcd {
         for (key, epoch) in claims {
             self.put_location(&mut client, lease, &key, epoch).await?;
         }
+        let ads: Vec<_> = Self::lock(&self.ads)
+            .iter()
+            .map(|(k, ad)| (k.clone(), ad.clone()))
+            .collect();
+        for (key, ad) in ads {
+            self.put_direct(&mut client, lease, &key, Some(&ad)).await?;
+        }
         // Writes queued before this lease are covered by the claims above.
         while ops.try_recv().is_ok() {}
         // Members and locations only: the records under the same root have
@@ -265,12 +301,17 @@ impl Etcd {
         let nodes = client
             .get(NODES, Some(GetOptions::new().with_prefix()))
             .await?;
+        let directs = client
+            .get(DIRECT, Some(GetOptions::new().with_prefix()))
+            .await?;
         let revision_of = |r: &etcd_client::GetResponse| r.header().map_or(0, |h| h.revision());
-        let revision = revision_of(&relays).max(revision_of(&nodes));
+        let revision = revision_of(&relays)
+            .max(revision_of(&nodes))
+            .max(revision_of(&directs));
         {
             let mut mirror = self.mirror.write().unwrap_or_else(|p| p.into_inner());
             mirror.clear();
-            for kv in relays.kvs().iter().chain(nodes.kvs()) {
+            for kv in relays.kvs().iter().chain(nodes.kvs()).chain(directs.kvs()) {
                 if let (Ok(k), Ok(v)) = (kv.key_str(), kv.value_str()) {
                     apply(&mut mirror, k, Some(v));
                 }
@@ -284,6 +325,7 @@ impl Etcd {
         };
         let mut watch = client.watch(RELAYS, Some(from(&relays))).await?;
         watch.watch(NODES, Some(from(&nodes))).await?;
+        watch.watch(DIRECT, Some(from(&directs))).await?;
         info!(relay_id = %self.relay_id(), lease, revision, "registered in etcd");
         let mut tick = tokio::time::interval(self.lease_ttl / 3);
         loop {
@@ -302,6 +344,7 @@ impl Etcd {
                 op = ops.recv() => match op {
                     Some(Op::Publish(key, epoch)) => self.put_location(&mut client, lease, &key, epoch).await?,
                     Some(Op::Withdraw(key, epoch)) => self.delete_location(&mut client, &key, epoch).await?,
+                    Some(Op::Advertise(key, ad)) => self.put_direct(&mut client, lease, &key, ad.as_ref()).await?,
                     Some(Op::Draining) => self.put_member(&mut client, lease).await?,
                     None => return Ok(()),
                 },
@@ -375,6 +418,32 @@ impl Etcd {
         Ok(())
     }
 
+    /// Writes (or, for `None`, removes) this relay's advertisement of
+    /// `key`'s direct path. Unfenced: it lives under this relay's lease,
+    /// and a stale one can only send probes to an endpoint, where the
+    /// daemon's certificate and ID decide.
+    async fn put_direct(
+        &self,
+        client: &mut Client,
+        lease: i64,
+        key: &NodeKey,
+        ad: Option<&DirectAd>,
+    ) -> Result<(), etcd_client::Error> {
+        let path = direct_key_path(key, &self.relay_id());
+        match ad {
+            Some(ad) => {
+                let json = serde_json::to_string(ad).expect("an advertisement serializes");
+                client
+                    .put(path, json, Some(PutOptions::new().with_lease(lease)))
+                    .await?;
+            }
+            None => {
+                client.delete(path, None).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes this relay's claim on `key` if it is still `epoch`'s.
     async fn delete_location(
         &self,
@@ -436,5 +505,25 @@ mod tests {
         apply(&mut mirror, &path, None);
         apply(&mut mirror, "/tunnelgate/v1/relays/relay-b", None);
         assert!(mirror.locations.is_empty() && mirror.members.is_empty());
+    }
+
+    #[test]
+    fn direct_path_keys_fill_and_empty_the_mirror() {
+        let mut mirror = Mirror::default();
+        let path = "/tunnelgate/v1/direct/acme/web/relay-b";
+        let json = r#"{"endpoints":["tcp://10.0.0.7:2376"],"daemon_id":"ABCD"}"#;
+        apply(&mut mirror, path, Some(json));
+        let key = NodeKey::parse("acme/web").unwrap();
+        let b = RelayId::new("relay-b").unwrap();
+        assert_eq!(mirror.directs[&key][&b].daemon_id, "ABCD");
+        apply(&mut mirror, path, Some("not json"));
+        assert_eq!(
+            mirror.directs[&key][&b].daemon_id, "ABCD",
+            "garbage is ignored"
+        );
+        apply(&mut mirror, path, None);
+        assert!(mirror.directs.is_empty());
+        apply(&mut mirror, "/tunnelgate/v1/direct/acme/web", Some(json));
+        assert!(mirror.directs.is_empty(), "a short key is ignored");
     }
 }

@@ -3,7 +3,9 @@
 //! last probe of it held.
 //!
 //! Reachability differs per relay, so each relay probes each endpoint the
-//! nodes it holds advertise, on its own schedule: TLS with this relay's
+//! nodes it holds advertise, and those that other relays of a cluster
+//! share for the nodes they hold (through the registry), on its own
+//! schedule: TLS with this relay's
 //! direct-path certificate, the server's certificate that node's daemon
 //! certificate from the installation CA, `GET /_ping`, then `GET /info`
 //! whose daemon ID must equal the one the agent reported, so a different
@@ -38,6 +40,7 @@ use tunnelgate_session::tls;
 pub use crate::config::DirectMode;
 use crate::error::CallError;
 use crate::metrics::Metrics;
+use crate::registry::{DirectAd, Registry};
 use crate::sessions::Sessions;
 
 /// How long a TCP connect to a daemon may take: the call waits on it
@@ -144,6 +147,9 @@ pub struct Direct {
     connector: tokio_rustls::TlsConnector,
     interval: Duration,
     health: Mutex<HashMap<NodeKey, Vec<Health>>>,
+    /// What this relay last shared with the cluster of its own nodes'
+    /// direct paths.
+    shared: Mutex<HashMap<NodeKey, DirectAd>>,
     metrics: Arc<Metrics>,
 }
 
@@ -170,6 +176,7 @@ impl Direct {
             connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             interval,
             health: Mutex::default(),
+            shared: Mutex::default(),
             metrics,
         }
     }
@@ -321,8 +328,11 @@ impl Direct {
 
     /// Brings the table in line with the nodes this relay holds: their
     /// advertised endpoints, when their policy allows the direct path.
-    fn sync(&self, sessions: &Sessions) {
-        let mut wanted: HashMap<NodeKey, Vec<(Endpoint, String)>> = HashMap::new();
+    /// Brings the probe table in line with what the nodes advertise: those
+    /// this relay holds (whose advertisements it shares with the cluster)
+    /// and those only peers hold.
+    fn sync(&self, sessions: &Sessions, registry: &Registry) {
+        let mut own: HashMap<NodeKey, DirectAd> = HashMap::new();
         for entry in sessions.entries() {
             let info = entry.info.lock().unwrap_or_else(|p| p.into_inner());
             if info.hello.direct_endpoints.is_empty() || info.hello.policy != "full" {
@@ -331,15 +341,30 @@ impl Direct {
             let Some(id) = info.docker.id.clone() else {
                 continue;
             };
-            let endpoints: Vec<_> = info
-                .hello
-                .direct_endpoints
+            own.insert(
+                entry.key.clone(),
+                DirectAd {
+                    endpoints: info.hello.direct_endpoints.clone(),
+                    daemon_id: id,
+                },
+            );
+        }
+        self.share(&own, registry);
+        let peers: Vec<_> = registry
+            .peers_direct_ads()
+            .into_iter()
+            .filter(|(key, _)| !own.contains_key(key))
+            .collect();
+        let mut wanted: HashMap<NodeKey, Vec<(Endpoint, String)>> = HashMap::new();
+        for (key, ad) in own.into_iter().chain(peers) {
+            let endpoints: Vec<_> = ad
+                .endpoints
                 .iter()
                 .filter_map(|e| Endpoint::parse(e))
-                .map(|e| (e, id.clone()))
+                .map(|e| (e, ad.daemon_id.clone()))
                 .collect();
             if !endpoints.is_empty() {
-                wanted.insert(entry.key.clone(), endpoints);
+                wanted.insert(key, endpoints);
             }
         }
         let mut health = self.lock();
@@ -371,6 +396,25 @@ impl Direct {
             .filter(|h| h.probed == Probed::Up)
             .count();
         self.metrics.direct_endpoints_up.set(up as i64);
+    }
+
+    /// Tells the cluster what changed in the direct paths of the nodes this
+    /// relay holds.
+    fn share(&self, own: &HashMap<NodeKey, DirectAd>, registry: &Registry) {
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, ad) in own {
+            if shared.get(key) != Some(ad) {
+                registry.advertise_direct(key, Some(ad.clone()));
+                shared.insert(key.clone(), ad.clone());
+            }
+        }
+        shared.retain(|key, _| {
+            let keep = own.contains_key(key);
+            if !keep {
+                registry.advertise_direct(key, None);
+            }
+            keep
+        });
     }
 
     /// Takes the endpoints due for a probe, marking them as being probed.
@@ -433,16 +477,22 @@ impl Direct {
         h.probed = probed;
     }
 
-    /// Probes the advertised endpoints of the nodes this relay holds
-    /// until `cancel`. Cancel-safe: a probe cut short changes nothing.
-    pub async fn run(self: Arc<Self>, sessions: Arc<Sessions>, cancel: CancellationToken) {
+    /// Probes the advertised endpoints of the nodes this relay holds, and
+    /// of those its peers hold, until `cancel`. Cancel-safe: a probe cut
+    /// short changes nothing.
+    pub async fn run(
+        self: Arc<Self>,
+        sessions: Arc<Sessions>,
+        registry: Arc<Registry>,
+        cancel: CancellationToken,
+    ) {
         if self.mode == DirectMode::Never {
             return;
         }
         let tick = (self.interval / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let mut probes = tokio::task::JoinSet::new();
         loop {
-            self.sync(&sessions);
+            self.sync(&sessions, &registry);
             for (key, endpoint, daemon_id) in self.due() {
                 let me = self.clone();
                 probes.spawn(async move {
