@@ -507,6 +507,24 @@ fn in_a_cluster_a_relay_without_a_session_of_the_node_goes_direct_too() {
         held_here(holder) && !held_here(other),
         "one holder, one not"
     );
+    let fleet_route = |r: &Relay| {
+        let (status, _, body) = http_get_full(r.api, "/v1/nodes?all=1").unwrap();
+        assert_eq!(status, 200, "{body}");
+        let nodes: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let node = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == "spread")
+            .cloned()
+            .unwrap_or_else(|| panic!("spread not in the fleet: {body}"));
+        node["route"].as_str().unwrap_or_default().to_owned()
+    };
+    assert_eq!(
+        fleet_route(other),
+        "direct",
+        "the fleet view says how calls go"
+    );
     let other_direct = routed(other, "direct");
     let ps = Docker::new(other.docker_host("spread")).ok(&["ps", "-a"]);
     ps.unwrap();
@@ -524,6 +542,7 @@ fn in_a_cluster_a_relay_without_a_session_of_the_node_goes_direct_too() {
         |r| r.starts_with("peer="),
         "through its peer",
     );
+    assert_eq!(fleet_route(other), "peer");
     wait_route_of(holder, "spread", |r| r == "local", "through its tunnel");
     host.block_tcp_port(2376, "DROP", false);
     wait_route_of(other, "spread", is_direct, "direct again");

@@ -95,8 +95,12 @@ fn fleet(front: &Front, tenant: &TenantId) -> Vec<Value> {
                     v["status"] = Value::String(status.into());
                     v
                 }
+                // Direct from here when this relay's probe of its daemon
+                // holds, else through the holder.
                 (None, Held::Peer(relay)) => json!({
-                    "node_id": node_id, "status": "connected", "route": "peer",
+                    "node_id": node_id, "status": "connected",
+                    "route": if front.direct.usable(&key).is_some() { "direct" } else { "peer" },
+                    "direct": front.direct.views(&key),
                     "relay_id": relay,
                 }),
                 (None, _) => json!({"node_id": node_id, "status": "offline"}),
