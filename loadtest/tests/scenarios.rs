@@ -44,6 +44,26 @@ async fn forwarder(target: std::net::SocketAddr) -> std::net::SocketAddr {
 
 const T: Duration = Duration::from_secs(60);
 
+/// A TLS/TCP setup whose synthetic daemon is also reached through a plain
+/// forwarder in this process, named as a peer tunnel whose server is this
+/// process. The responder listens before the forwarder points at it.
+async fn with_forwarder() -> (Setup, scenarios::Peer) {
+    let responder = tunnelgate_loadtest::synthetic_docker::spawn(0)
+        .await
+        .unwrap();
+    let peer = scenarios::Peer {
+        name: "forwarder".into(),
+        addr: forwarder(responder).await,
+        pid: Some(std::process::id()),
+        client_pid: None,
+    };
+    let setup = Setup {
+        responder: Some(responder),
+        ..setup(TransportChoice::Tcp)
+    };
+    (setup, peer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_storm_and_idle_hold_report_every_agent() {
     let r = scenarios::connect_storm(&setup(TransportChoice::Quic), 30, T)
@@ -136,19 +156,7 @@ async fn request_rate_counts_calls_and_latencies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_reports_both_paths_and_the_difference() {
-    let responder = tunnelgate_loadtest::synthetic_docker::spawn(0)
-        .await
-        .unwrap();
-    let peer = scenarios::Peer {
-        name: "forwarder".into(),
-        addr: forwarder(responder).await,
-        pid: Some(std::process::id()),
-        client_pid: None,
-    };
-    let setup = Setup {
-        responder: Some(responder),
-        ..setup(TransportChoice::Tcp)
-    };
+    let (setup, peer) = with_forwarder().await;
     let r = scenarios::latency(&setup, 50, &[peer], T).await.unwrap();
     // CPU per call is counted for the processes named, and only those.
     let peer = &r["peers"]["forwarder"];
@@ -174,21 +182,8 @@ async fn latency_reports_both_paths_and_the_difference() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_moves_every_byte_both_ways() {
-    // The scenario itself checks every transfer's byte count. The
-    // responder listens before the forwarder is pointed at it.
-    let responder = tunnelgate_loadtest::synthetic_docker::spawn(0)
-        .await
-        .unwrap();
-    let peer = scenarios::Peer {
-        name: "forwarder".into(),
-        addr: forwarder(responder).await,
-        pid: Some(std::process::id()),
-        client_pid: None,
-    };
-    let setup = Setup {
-        responder: Some(responder),
-        ..setup(TransportChoice::Tcp)
-    };
+    // The scenario itself checks every transfer's byte count.
+    let (setup, peer) = with_forwarder().await;
     let r = scenarios::bulk(&setup, 8 << 20, 2, &[peer], T)
         .await
         .unwrap();

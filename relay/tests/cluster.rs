@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use support::etcd::Etcd;
 use support::{
-    docker_endpoint, http_get_full, relay_bin, scenarios, AgentCmd, ApiClient, Docker, Relay,
+    docker_endpoint, http_get_full, relay_bin, scenarios, share_ca, AgentCmd, ApiClient, Docker,
+    Relay,
 };
 use tunnelgate_proto::message::RelayMember;
 use tunnelgate_proto::rendezvous::choose;
@@ -36,28 +37,10 @@ fn cluster_relay_with_lease(etcd: &Etcd, state: &Path, id: &str, lease: &str) ->
 }
 
 fn cluster_relay_with(etcd: &Etcd, state: &Path, id: &str, lease: &str, extra: &[&str]) -> Relay {
-    let registry = etcd.registry();
-    let mut args = vec![
-        "--registry",
-        &registry,
-        "--relay-id",
-        id,
-        "--peer-listen",
-        "127.0.0.1:0",
-        "--registry-lease-ttl",
-        lease,
-    ];
-    args.extend_from_slice(extra);
+    let mut args = etcd.relay_args(id, lease);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Relay::start_with(state, &args).unwrap_or_else(|e| panic!("relay {id} does not start: {e:#}"))
-}
-
-/// Gives the relay whose state dir is `to` the installation CA of `from`,
-/// as an operator mounts one CA into every relay.
-fn share_ca(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for file in ["ca.pem", "ca-key.pem"] {
-        std::fs::copy(from.join(file), to.join(file)).unwrap();
-    }
 }
 
 /// Waits until `relay` answers a call to `node` with route `route`

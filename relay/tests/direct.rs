@@ -414,15 +414,6 @@ fn only_relays_reach_the_daemon_and_only_the_reported_daemon_is_used() {
     assert_eq!(route_of(&relay, "good"), "direct");
 }
 
-/// Gives the relay whose state dir is `to` the installation CA of `from`,
-/// as an operator mounts one CA into every relay of a cluster.
-fn share_ca(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for file in ["ca.pem", "ca-key.pem"] {
-        std::fs::copy(from.join(file), to.join(file)).unwrap();
-    }
-}
-
 /// Polls `relay` until a call to `node` comes back with route `want`.
 fn wait_route_of(relay: &Relay, node: &str, want: impl Fn(&str) -> bool, what: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -457,29 +448,15 @@ fn in_a_cluster_a_relay_without_a_session_of_the_node_goes_direct_too() {
     let etcd = support::etcd::Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let registry = etcd.registry();
     let cluster_relay = |id: &str| {
-        Relay::start_args(
-            &d.join(id),
-            "127.0.0.1:0",
-            &format!("{}:0", host.relay_ip),
-            &[
-                "--direct-probe-interval",
-                "1s",
-                "--registry",
-                &registry,
-                "--relay-id",
-                id,
-                "--peer-listen",
-                "127.0.0.1:0",
-                "--registry-lease-ttl",
-                "2s",
-            ],
-        )
-        .unwrap()
+        let mut args = etcd.relay_args(id, "2s");
+        args.extend(["--direct-probe-interval".into(), "1s".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let agents = format!("{}:0", host.relay_ip);
+        Relay::start_args(&d.join(id), "127.0.0.1:0", &agents, &args).unwrap()
     };
     let a = cluster_relay("relay-a");
-    share_ca(&d.join("relay-a"), &d.join("relay-b"));
+    support::share_ca(&d.join("relay-a"), &d.join("relay-b"));
     let b = cluster_relay("relay-b");
     docker_tls(&host, &a, "spread", d, &a.token().unwrap(), 2376);
     let dockerd =

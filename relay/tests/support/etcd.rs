@@ -110,6 +110,23 @@ impl Etcd {
         format!("etcd://{}", self.client)
     }
 
+    /// The flags that make a relay `id` a member of this etcd's cluster,
+    /// its peer port on loopback and its lease `lease` long.
+    pub fn relay_args(&self, id: &str, lease: &str) -> Vec<String> {
+        [
+            "--registry",
+            &self.registry(),
+            "--relay-id",
+            id,
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--registry-lease-ttl",
+            lease,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     /// The value of `key`, if it is set.
     pub fn get(&self, key: &str) -> Result<Option<String>> {
         let text = self.etcdctl(&["get", "--print-value-only", key])?;
