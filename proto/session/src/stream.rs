@@ -50,6 +50,12 @@ pub struct Stream {
     send: StreamSend,
 }
 
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").finish_non_exhaustive()
+    }
+}
+
 /// A stream's read half.
 pub enum StreamRecv {
     /// A QUIC stream.

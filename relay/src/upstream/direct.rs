@@ -5,11 +5,10 @@
 //! Reachability differs per relay, so each relay probes each endpoint the
 //! nodes it holds advertise, and those that other relays of a cluster
 //! share for the nodes they hold (through the registry), on its own
-//! schedule: TLS with this relay's
-//! direct-path certificate, the server's certificate that node's daemon
-//! certificate from the installation CA, `GET /_ping`, then `GET /info`
-//! whose daemon ID must equal the one the agent reported, so a different
-//! daemon at that address is never used. The router takes an endpoint
+//! schedule: TLS with this relay's direct-path certificate, the server's
+//! certificate that node's daemon certificate from the installation CA,
+//! `GET /_ping`, then `GET /info` whose daemon ID must equal the one the
+//! agent reported, so a different daemon at that address is never used. The router takes an endpoint
 //! only while its last probe held; a call whose connection fails before
 //! any byte left marks it down and goes through the tunnel instead.
 //!
@@ -326,11 +325,9 @@ impl Direct {
         }
     }
 
-    /// Brings the table in line with the nodes this relay holds: their
-    /// advertised endpoints, when their policy allows the direct path.
-    /// Brings the probe table in line with what the nodes advertise: those
-    /// this relay holds (whose advertisements it shares with the cluster)
-    /// and those only peers hold.
+    /// Brings the probe table in line with what the nodes advertise, when
+    /// their policy allows the direct path: those this relay holds (whose
+    /// advertisements it shares with the cluster) and those only peers hold.
     fn sync(&self, sessions: &Sessions, registry: &Registry) {
         let mut own: HashMap<NodeKey, DirectAd> = HashMap::new();
         for entry in sessions.entries() {
