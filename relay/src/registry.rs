@@ -301,12 +301,13 @@ impl Registry {
         }
     }
 
-    /// Shares what `key`'s agent advertises of its direct path (`None`:
-    /// nothing, or this relay no longer holds it), for the other relays
-    /// to probe. Returns at once, like [`Registry::publish`].
-    pub fn advertise_direct(&self, key: &NodeKey, ad: Option<DirectAd>) {
+    /// Shares what the agents of the nodes this relay holds advertise of
+    /// their direct paths, `own` being all of them now: for the other
+    /// relays to probe. Only changes are written, in the background, like
+    /// [`Registry::publish`]; a node no longer in `own` is withdrawn.
+    pub fn share_direct(&self, own: &HashMap<NodeKey, DirectAd>) {
         if let Backend::Etcd(etcd) = &self.backend {
-            etcd.advertise_direct(key.clone(), ad);
+            etcd.share_direct(own);
         }
     }
 

@@ -216,15 +216,22 @@ impl Etcd {
         let _ = self.ops.send(Op::Withdraw(key, epoch));
     }
 
-    pub(super) fn advertise_direct(&self, key: NodeKey, ad: Option<DirectAd>) {
-        {
-            let mut ads = Self::lock(&self.ads);
-            match &ad {
-                Some(ad) => ads.insert(key.clone(), ad.clone()),
-                None => ads.remove(&key),
-            };
+    /// Makes this relay's advertisements `own`, writing only what changed.
+    pub(super) fn share_direct(&self, own: &HashMap<NodeKey, DirectAd>) {
+        let mut ads = Self::lock(&self.ads);
+        for (key, ad) in own {
+            if ads.get(key) != Some(ad) {
+                ads.insert(key.clone(), ad.clone());
+                let _ = self.ops.send(Op::Advertise(key.clone(), Some(ad.clone())));
+            }
         }
-        let _ = self.ops.send(Op::Advertise(key, ad));
+        ads.retain(|key, _| {
+            let keep = own.contains_key(key);
+            if !keep {
+                let _ = self.ops.send(Op::Advertise(key.clone(), None));
+            }
+            keep
+        });
     }
 
     pub(super) fn set_draining(&self) {

@@ -146,9 +146,6 @@ pub struct Direct {
     connector: tokio_rustls::TlsConnector,
     interval: Duration,
     health: Mutex<HashMap<NodeKey, Vec<Health>>>,
-    /// What this relay last shared with the cluster of its own nodes'
-    /// direct paths.
-    shared: Mutex<HashMap<NodeKey, DirectAd>>,
     metrics: Arc<Metrics>,
 }
 
@@ -175,7 +172,6 @@ impl Direct {
             connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             interval,
             health: Mutex::default(),
-            shared: Mutex::default(),
             metrics,
         }
     }
@@ -346,7 +342,7 @@ impl Direct {
                 },
             );
         }
-        self.share(&own, registry);
+        registry.share_direct(&own);
         let peers: Vec<_> = registry
             .peers_direct_ads()
             .into_iter()
@@ -393,25 +389,6 @@ impl Direct {
             .filter(|h| h.probed == Probed::Up)
             .count();
         self.metrics.direct_endpoints_up.set(up as i64);
-    }
-
-    /// Tells the cluster what changed in the direct paths of the nodes this
-    /// relay holds.
-    fn share(&self, own: &HashMap<NodeKey, DirectAd>, registry: &Registry) {
-        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, ad) in own {
-            if shared.get(key) != Some(ad) {
-                registry.advertise_direct(key, Some(ad.clone()));
-                shared.insert(key.clone(), ad.clone());
-            }
-        }
-        shared.retain(|key, _| {
-            let keep = own.contains_key(key);
-            if !keep {
-                registry.advertise_direct(key, None);
-            }
-            keep
-        });
     }
 
     /// Takes the endpoints due for a probe, marking them as being probed.
