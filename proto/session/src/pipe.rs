@@ -17,7 +17,7 @@
 
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::stream::{StreamRecv, StreamSend};
 use crate::Stream;
@@ -68,20 +68,11 @@ fn next_read(want: usize, got: usize, max: usize) -> usize {
 }
 
 async fn stream_to_io(
-    mut from: StreamRecv,
+    from: StreamRecv,
     mut to: impl AsyncWrite + Unpin,
     max: usize,
 ) -> io::Result<u64> {
-    let mut total = 0;
-    let mut buf = vec![0u8; max];
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        to.write_all(&buf[..n]).await?;
-    }
+    let total = tokio::io::copy_buf(&mut BufReader::with_capacity(max, from), &mut to).await?;
     to.shutdown().await?;
     Ok(total)
 }
