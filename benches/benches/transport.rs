@@ -7,38 +7,19 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tunnelgate_benches::session_pair;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tunnelgate_benches::{drain, fill, session_pair};
 
 const LEN: u64 = 256 * 1024 * 1024;
-const BUF: usize = 256 * 1024;
 
 /// Starts writing `LEN` bytes into `w`, then a half-close.
-fn spawn_writer(mut w: impl AsyncWrite + Unpin + Send + 'static) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let chunk = vec![0x5au8; BUF];
-        let mut left = LEN;
-        while left > 0 {
-            let n = left.min(BUF as u64) as usize;
-            w.write_all(&chunk[..n]).await.expect("write");
-            left -= n as u64;
-        }
-        w.shutdown().await.expect("shutdown");
-    })
+fn spawn_writer(w: impl AsyncWrite + Unpin + Send + 'static) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(fill(w, LEN))
 }
 
 /// Reads `r` to its end; checks that all `LEN` bytes arrived.
-async fn drain(mut r: impl AsyncRead + Unpin) {
-    let mut buf = vec![0u8; BUF];
-    let mut got = 0u64;
-    loop {
-        let n = r.read(&mut buf).await.expect("read");
-        if n == 0 {
-            break;
-        }
-        got += n as u64;
-    }
-    assert_eq!(got, LEN);
+async fn drain_all(r: impl AsyncRead + Unpin) {
+    assert_eq!(drain(r).await, LEN);
 }
 
 fn stream(c: &mut Criterion) {
@@ -63,7 +44,7 @@ fn stream(c: &mut Criterion) {
                     let (_, w) = client.expect("connect").into_split();
                     let (r, _w) = accepted.expect("accept").0.into_split();
                     let writer = spawn_writer(w);
-                    drain(r).await;
+                    drain_all(r).await;
                     writer.await.expect("writer");
                 }
                 started.elapsed()
@@ -87,7 +68,7 @@ fn stream(c: &mut Criterion) {
                         // flow, so the writing starts before the accept.
                         let writer = spawn_writer(w);
                         let (r, _w) = agent.accept_stream().await.expect("accept").into_split();
-                        drain(r).await;
+                        drain_all(r).await;
                         writer.await.expect("writer");
                     }
                     started.elapsed()

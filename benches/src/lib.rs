@@ -95,6 +95,39 @@ impl Fixture {
     }
 }
 
+/// Buffer size of [`fill`] and [`drain`]: what the relay's and the
+/// agent's byte pipes move at once.
+pub const STREAM_BUF: usize = 256 * 1024;
+
+/// Writes `len` bytes into `w` from a [`STREAM_BUF`] buffer through
+/// `AsyncWrite`, then half-closes it.
+pub async fn fill(mut w: impl tokio::io::AsyncWrite + Unpin, len: u64) {
+    use tokio::io::AsyncWriteExt;
+    let chunk = vec![0x5au8; STREAM_BUF];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(STREAM_BUF as u64) as usize;
+        w.write_all(&chunk[..n]).await.expect("write");
+        left -= n as u64;
+    }
+    w.shutdown().await.expect("shutdown");
+}
+
+/// Reads `r` to its end into a [`STREAM_BUF`] buffer through `AsyncRead`;
+/// returns the bytes read.
+pub async fn drain(mut r: impl tokio::io::AsyncRead + Unpin) -> u64 {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; STREAM_BUF];
+    let mut got = 0u64;
+    loop {
+        let n = r.read(&mut buf).await.expect("read");
+        if n == 0 {
+            return got;
+        }
+        got += n as u64;
+    }
+}
+
 /// Two ends of one session over `transport` ("quic" or "tcp") on
 /// loopback, authenticated as relay and agent are, for splice benches.
 pub async fn session_pair(

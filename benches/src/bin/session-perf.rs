@@ -18,9 +18,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const BUF: usize = 256 * 1024;
+use tunnelgate_benches::{drain, fill, STREAM_BUF as BUF};
 
 #[derive(Clone, Copy)]
 enum Way {
@@ -98,17 +96,8 @@ async fn transfer(way: Way, bytes: u64) {
         Way::Session => {
             let relay = tunnelgate_session::Session::from_quic(relay);
             let writer = tokio::spawn(write_stream(agent, bytes));
-            let (mut r, _w) = relay.accept_stream().await.expect("accept").into_split();
-            let mut buf = vec![0u8; BUF];
-            let mut got = 0u64;
-            loop {
-                let n = r.read(&mut buf).await.expect("read");
-                if n == 0 {
-                    break;
-                }
-                got += n as u64;
-            }
-            assert_eq!(got, bytes, "the stream lost bytes");
+            let (r, _w) = relay.accept_stream().await.expect("accept").into_split();
+            assert_eq!(drain(r).await, bytes, "the stream lost bytes");
             writer.await.expect("writer");
         }
         Way::SessionWrite => {
@@ -142,15 +131,8 @@ async fn transfer(way: Way, bytes: u64) {
 /// writes a response: `AsyncWrite` from a 256 KiB buffer.
 async fn write_stream(agent: quinn::Connection, bytes: u64) -> tunnelgate_session::Session {
     let agent = tunnelgate_session::Session::from_quic(agent);
-    let (_, mut w) = agent.open_stream().await.expect("open").into_split();
-    let chunk = vec![0x5au8; BUF];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(BUF as u64) as usize;
-        w.write_all(&chunk[..n]).await.expect("write");
-        left -= n as u64;
-    }
-    w.shutdown().await.expect("shutdown");
+    let (_, w) = agent.open_stream().await.expect("open").into_split();
+    fill(w, bytes).await;
     agent
 }
 
