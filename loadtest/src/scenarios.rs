@@ -212,16 +212,16 @@ pub(crate) fn usage_json(before: Usage, after: Usage, secs: f64) -> Value {
 /// storm can be stated in cores.
 pub async fn connect_storm(setup: &Setup, agents: usize, timeout: Duration) -> Result<Value> {
     let mut rig = Rig::start(setup, "connect-storm", agents).await?;
-    let first = storm_wave(&mut rig, agents, timeout).await?;
+    let (_, first) = storm_wave(&mut rig, agents, timeout).await?;
     rig.fleet.stop_all().await;
     rig.wait_count(|n| n == 0, "every agent gone", timeout)
         .await?;
-    let again = storm_wave(&mut rig, agents, timeout).await?;
+    let (connected, again) = storm_wave(&mut rig, agents, timeout).await?;
     rig.finish().await;
     Ok(json!({
         "agents": agents,
-        "connected": again["connected"],
-        "failures": agents - as_count(&again["connected"]).min(agents),
+        "connected": connected,
+        "failures": agents - connected.min(agents),
         "time_to_all_connected_s": first["time_to_all_connected_s"],
         "handshakes_per_s": first["handshakes_per_s"],
         "relay": first["relay"],
@@ -233,14 +233,11 @@ pub async fn connect_storm(setup: &Setup, agents: usize, timeout: Duration) -> R
     }))
 }
 
-fn as_count(v: &Value) -> usize {
-    v.as_u64().unwrap_or(0) as usize
-}
-
-/// Starts every agent at once and waits for all of them: time, rate and
-/// CPU per connected agent, the relay's and this process's (the simulated
-/// agents' side of each handshake).
-async fn storm_wave(rig: &mut Rig, agents: usize, timeout: Duration) -> Result<Value> {
+/// Starts every agent at once and waits for all of them: how many
+/// connected, and the report of time, rate and CPU per connected agent,
+/// the relay's and this process's (the simulated agents' side of each
+/// handshake).
+async fn storm_wave(rig: &mut Rig, agents: usize, timeout: Duration) -> Result<(usize, Value)> {
     let relay_before = rig.relay.usage()?;
     let own_before = Usage::of(std::process::id())?;
     let started = Instant::now();
@@ -254,14 +251,17 @@ async fn storm_wave(rig: &mut Rig, agents: usize, timeout: Duration) -> Result<V
     let own_after = Usage::of(std::process::id())?;
     let per_agent_ms =
         |a: &Usage, b: &Usage| (b.cpu_secs - a.cpu_secs) * 1e3 / connected.max(1) as f64;
-    Ok(json!({
-        "connected": connected,
-        "time_to_all_connected_s": outcome.as_ref().ok().map(|d| d.as_secs_f64()),
-        "handshakes_per_s": connected as f64 / elapsed.as_secs_f64(),
-        "relay": usage_json(relay_before, relay_after, elapsed.as_secs_f64()),
-        "relay_cpu_ms_per_agent": per_agent_ms(&relay_before, &relay_after),
-        "agents_side_cpu_ms_per_agent": per_agent_ms(&own_before, &own_after),
-    }))
+    Ok((
+        connected,
+        json!({
+            "connected": connected,
+            "time_to_all_connected_s": outcome.as_ref().ok().map(|d| d.as_secs_f64()),
+            "handshakes_per_s": connected as f64 / elapsed.as_secs_f64(),
+            "relay": usage_json(relay_before, relay_after, elapsed.as_secs_f64()),
+            "relay_cpu_ms_per_agent": per_agent_ms(&relay_before, &relay_after),
+            "agents_side_cpu_ms_per_agent": per_agent_ms(&own_before, &own_after),
+        }),
+    ))
 }
 
 /// `idle-hold`: `agents` idle agents held for `hold`; then a burst of
