@@ -262,3 +262,40 @@ async fn a_pipe_between_a_stream_and_a_socket_moves_every_byte_both_ways() {
     let ((to_io, to_stream), _relay) = piped.await.unwrap();
     assert_eq!((to_io, to_stream), (up.len() as u64, down.len() as u64));
 }
+
+#[tokio::test]
+async fn path_mtu_discovery_climbs_above_ethernet_size_on_loopback() {
+    let ca = new_ca();
+    let server = server(&ca).await;
+    let accept = tokio::spawn({
+        let server = server.clone();
+        async move { server.accept().await.unwrap().await.unwrap() }
+    });
+    let addr = server.local_addr().unwrap();
+    let client =
+        quic::client_config(tls::client_config(Trust::Ca(ca_der(&ca)), None).unwrap()).unwrap();
+    let endpoint = quic::client_endpoint(addr).unwrap();
+    let conn = endpoint
+        .connect_with(client, addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let relay_side = accept.await.unwrap();
+    // Discovery probes right after the handshake; on loopback each probe
+    // is answered at once, so a few seconds is far more than it needs.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let climbed = |c: &quinn::Connection| c.stats().path.current_mtu > 6_000;
+    while !(climbed(&conn) && climbed(&relay_side)) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (out, back) = (
+        conn.stats().path.current_mtu,
+        relay_side.stats().path.current_mtu,
+    );
+    assert!(
+        out > 6_000 && back > 6_000 && out <= quic::MTU_CEILING && back <= quic::MTU_CEILING,
+        "path MTU {out} out and {back} back after 10 s on loopback; \
+         discovery should have climbed towards {}",
+        quic::MTU_CEILING
+    );
+}
