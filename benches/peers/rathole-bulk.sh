@@ -8,7 +8,9 @@
 # rathole is not part of this repository: set RATHOLE=/path/to/rathole, or
 # the script runs `cargo install rathole` into a temporary root outside the
 # repository (needs libssl-dev and pkg-config for its native-tls build).
-# Loopback only; every process it starts is stopped when it exits.
+# RELAY_ARGS passes settings to the relay, e.g.
+# RELAY_ARGS=--agent-quic-mtu=6500. Loopback only; every process it starts
+# is stopped when it exits.
 set -euo pipefail
 
 transport=${1:-quic}
@@ -62,7 +64,9 @@ sleep 2
 
 cd "$repo"
 cargo build --quiet --release -p tunnelgate-relay -p tunnelgate-loadtest
+relay_args=()
+for a in ${RELAY_ARGS:-}; do relay_args+=("--relay-arg=$a"); done
 # SCENARIO is a scenario and its flags, split into words on purpose.
 # shellcheck disable=SC2086
-target/release/tunnelgate-loadtest --transport "$transport" --responder-port "$responder" \
+target/release/tunnelgate-loadtest --transport "$transport" --responder-port "$responder" "${relay_args[@]}" \
     --json "${JSON:-/dev/null}" ${SCENARIO:-bulk --bytes "$bytes" --rounds "$rounds"} "${peer_args[@]}"

@@ -168,6 +168,7 @@ pub async fn quic_pair() -> (quinn::Connection, quinn::Connection) {
         server_tls,
         tunnelgate_session::quic::IDLE_TIMEOUT,
         &[7; 32],
+        tunnelgate_session::quic::ETHERNET_MTU,
     )
     .expect("server endpoint");
     let addr = server.local_addr().expect("bound");

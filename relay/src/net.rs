@@ -46,6 +46,7 @@ pub async fn bind_agent_listeners(
     tls: &Arc<rustls::ServerConfig>,
     heartbeat: Duration,
     reset_key: &[u8; 32],
+    mtu_ceiling: u16,
 ) -> Result<(quinn::Endpoint, TcpListener), BindError> {
     let idle = tunnelgate_session::quic::idle_timeout(heartbeat);
     let bind_err = |addr| {
@@ -57,9 +58,14 @@ pub async fn bind_agent_listeners(
     };
     let mut attempts = 0;
     loop {
-        let endpoint =
-            tunnelgate_session::quic::server_endpoint(addr, (**tls).clone(), idle, reset_key)
-                .map_err(bind_err(addr))?;
+        let endpoint = tunnelgate_session::quic::server_endpoint(
+            addr,
+            (**tls).clone(),
+            idle,
+            reset_key,
+            mtu_ceiling,
+        )
+        .map_err(bind_err(addr))?;
         let quic_addr = endpoint.local_addr().map_err(bind_err(addr))?;
         match TcpListener::bind(quic_addr).await {
             Ok(tcp) => return Ok((endpoint, tcp)),

@@ -154,6 +154,7 @@ impl Relay {
             &tls,
             config.heartbeat_interval,
             &reset_key,
+            config.agent_quic_mtu,
         )
         .await?;
         let api = net::bind_tcp("api-listen", config.api_listen).await?;

@@ -46,7 +46,7 @@ const MAX_STREAMS_FROM_AGENT: u32 = 4;
 const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
 /// Largest UDP payload MTU discovery may climb to, and the largest an
-/// endpoint accepts. On an Ethernet or internet path discovery settles
+/// endpoint may be set to accept. On an Ethernet or internet path discovery settles
 /// at the path's MTU (about 1,452 bytes) after a handful of lost probes;
 /// on loopback, between relays on one host or on a jumbo-frame network it
 /// climbs here, and a bulk transfer then costs the relay about 40 % less
@@ -56,14 +56,29 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// of larger packets and quinn reads that as loss (8,952 bytes measured
 /// 0.03 Gbit/s). quinn sizes each endpoint's receive buffer as this × 64
 /// GRO segments × 32 per batch: 13 MB of address space, touched only as
-/// far as datagrams fill it.
+/// far as datagrams fill it. Relay-to-relay links and agents use it; the
+/// relay's agent listener uses [`ETHERNET_MTU`] unless told otherwise,
+/// since every discovery step is a padded probe the receiver parses byte
+/// by byte, and on a path that carries them all the way up that doubled
+/// the relay's CPU per agent handshake.
 pub const MTU_CEILING: u16 = 6_500;
 
-fn transport(peer_may_open: u32, idle_timeout: Duration) -> Arc<TransportConfig> {
-    Arc::new(transport_config(peer_may_open, idle_timeout))
+/// quinn's own discovery ceiling: a 1,500-byte Ethernet frame less IPv6
+/// and UDP headers.
+pub const ETHERNET_MTU: u16 = 1_452;
+
+/// The smallest UDP payload every QUIC path must carry.
+pub const INITIAL_MTU: u16 = 1_200;
+
+fn transport(peer_may_open: u32, idle_timeout: Duration, mtu: u16) -> Arc<TransportConfig> {
+    Arc::new(transport_config(peer_may_open, idle_timeout, mtu))
 }
 
-fn transport_config(peer_may_open: u32, idle_timeout: Duration) -> TransportConfig {
+fn transport_config(
+    peer_may_open: u32,
+    idle_timeout: Duration,
+    mtu_ceiling: u16,
+) -> TransportConfig {
     let mut t = TransportConfig::default();
     // Windows sized for a high bandwidth-delay product on one stream; they
     // cap memory use per session but are not allocated up front, so idle
@@ -74,7 +89,7 @@ fn transport_config(peer_may_open: u32, idle_timeout: Duration) -> TransportConf
     t.max_concurrent_bidi_streams(VarInt::from_u32(peer_may_open));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MTU_CEILING);
+    mtu.upper_bound(mtu_ceiling);
     t.mtu_discovery_config(Some(mtu));
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(
@@ -89,15 +104,18 @@ fn transport_config(peer_may_open: u32, idle_timeout: Duration) -> TransportConf
 /// keyed by `reset_key`: an endpoint started again with the same key
 /// answers packets of the connections its predecessor held with resets
 /// their peers recognise, so they reconnect at once instead of waiting
-/// for a timeout.
+/// for a timeout. `mtu_ceiling` bounds path-MTU discovery both ways: the
+/// relay's own, and the agent's, which stops at the largest payload the
+/// endpoint says it accepts.
 pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
     idle_timeout: Duration,
     reset_key: &[u8; 32],
+    mtu_ceiling: u16,
 ) -> std::io::Result<quinn::Endpoint> {
-    let transport = transport(MAX_STREAMS_FROM_AGENT, idle_timeout);
-    listening_endpoint(addr, tls, transport, reset_key)
+    let transport = transport(MAX_STREAMS_FROM_AGENT, idle_timeout, mtu_ceiling);
+    listening_endpoint(addr, tls, transport, reset_key, mtu_ceiling)
 }
 
 /// Calls one relay may have in flight at once towards one peer relay.
@@ -111,7 +129,7 @@ const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 const PEER_KEEP_ALIVE: Duration = Duration::from_millis(750);
 
 fn peer_transport(peer_may_open: u32) -> Arc<TransportConfig> {
-    let mut t = transport_config(peer_may_open, PEER_IDLE_TIMEOUT);
+    let mut t = transport_config(peer_may_open, PEER_IDLE_TIMEOUT, MTU_CEILING);
     t.keep_alive_interval(Some(PEER_KEEP_ALIVE));
     Arc::new(t)
 }
@@ -125,7 +143,7 @@ pub fn peer_endpoint(
     reset_key: &[u8; 32],
 ) -> std::io::Result<quinn::Endpoint> {
     let transport = peer_transport(MAX_PEER_STREAMS);
-    listening_endpoint(addr, tls, transport, reset_key)
+    listening_endpoint(addr, tls, transport, reset_key, MTU_CEILING)
 }
 
 /// A QUIC client configuration for dialling a peer relay.
@@ -142,6 +160,7 @@ fn listening_endpoint(
     tls: rustls::ServerConfig,
     transport: Arc<TransportConfig>,
     reset_key: &[u8; 32],
+    max_udp_payload: u16,
 ) -> std::io::Result<quinn::Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -166,14 +185,18 @@ fn listening_endpoint(
     // endpoint would take minutes to tell a fleet that a crashed relay is
     // back.
     endpoint_config.min_reset_interval(Duration::ZERO);
-    endpoint(addr, Some(config), endpoint_config)
+    endpoint(addr, Some(config), endpoint_config, max_udp_payload)
 }
 
 /// A QUIC client configuration from the agent's TLS configuration.
 pub fn client_config(tls: rustls::ClientConfig) -> std::io::Result<quinn::ClientConfig> {
     let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport(MAX_STREAMS_TO_AGENT, CLIENT_IDLE_TIMEOUT));
+    config.transport_config(transport(
+        MAX_STREAMS_TO_AGENT,
+        CLIENT_IDLE_TIMEOUT,
+        MTU_CEILING,
+    ));
     Ok(config)
 }
 
@@ -184,7 +207,7 @@ pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    endpoint(bind, None, quinn::EndpointConfig::default())
+    endpoint(bind, None, quinn::EndpointConfig::default(), MTU_CEILING)
 }
 
 /// An endpoint on a UDP socket with enlarged kernel buffers.
@@ -192,6 +215,7 @@ fn endpoint(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
     mut config: quinn::EndpointConfig,
+    max_udp_payload: u16,
 ) -> std::io::Result<quinn::Endpoint> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -209,8 +233,8 @@ fn endpoint(
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("QUIC needs a tokio runtime"))?;
     config
-        .max_udp_payload_size(MTU_CEILING)
-        .expect("the MTU ceiling is a valid UDP payload size");
+        .max_udp_payload_size(max_udp_payload.clamp(INITIAL_MTU, MTU_CEILING))
+        .expect("a payload between 1,200 and 6,500 bytes is valid");
     quinn::Endpoint::new(config, server, socket.into(), runtime)
 }
 

@@ -44,6 +44,10 @@ fn ca_der(ca: &Ca) -> rustls::pki_types::CertificateDer<'static> {
 }
 
 async fn server(ca: &Ca) -> quinn::Endpoint {
+    server_with_mtu(ca, quic::ETHERNET_MTU).await
+}
+
+async fn server_with_mtu(ca: &Ca, mtu_ceiling: u16) -> quinn::Endpoint {
     let id = issue(
         ca,
         "relay",
@@ -56,6 +60,7 @@ async fn server(ca: &Ca) -> quinn::Endpoint {
         config,
         quic::IDLE_TIMEOUT,
         &[7; 32],
+        mtu_ceiling,
     )
     .unwrap()
 }
@@ -263,10 +268,11 @@ async fn a_pipe_between_a_stream_and_a_socket_moves_every_byte_both_ways() {
     assert_eq!((to_io, to_stream), (up.len() as u64, down.len() as u64));
 }
 
-#[tokio::test]
-async fn path_mtu_discovery_climbs_above_ethernet_size_on_loopback() {
+/// The path MTU each side of a fresh connection to a server with
+/// `mtu_ceiling` has reached soon after both reached `want` (or 10 s).
+async fn discovered_mtu(mtu_ceiling: u16, want: u16) -> (u16, u16) {
     let ca = new_ca();
-    let server = server(&ca).await;
+    let server = server_with_mtu(&ca, mtu_ceiling).await;
     let accept = tokio::spawn({
         let server = server.clone();
         async move { server.accept().await.unwrap().await.unwrap() }
@@ -275,27 +281,52 @@ async fn path_mtu_discovery_climbs_above_ethernet_size_on_loopback() {
     let client =
         quic::client_config(tls::client_config(Trust::Ca(ca_der(&ca)), None).unwrap()).unwrap();
     let endpoint = quic::client_endpoint(addr).unwrap();
-    let conn = endpoint
+    let agent_side = endpoint
         .connect_with(client, addr, "localhost")
         .unwrap()
         .await
         .unwrap();
     let relay_side = accept.await.unwrap();
     // Discovery probes right after the handshake; on loopback each probe
-    // is answered at once, so a few seconds is far more than it needs.
+    // is answered at once, so 10 s is far more than it needs.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let climbed = |c: &quinn::Connection| c.stats().path.current_mtu > 6_000;
-    while !(climbed(&conn) && climbed(&relay_side)) && tokio::time::Instant::now() < deadline {
+    let mtus = || {
+        (
+            agent_side.stats().path.current_mtu,
+            relay_side.stats().path.current_mtu,
+        )
+    };
+    while tokio::time::Instant::now() < deadline {
+        let (out, back) = mtus();
+        if out >= want && back >= want {
+            break;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let (out, back) = (
-        conn.stats().path.current_mtu,
-        relay_side.stats().path.current_mtu,
-    );
+    // Give a search that would go on past `want` the time to do so.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    mtus()
+}
+
+#[tokio::test]
+async fn path_mtu_discovery_climbs_to_the_relays_ceiling_on_loopback() {
+    let (out, back) = discovered_mtu(quic::MTU_CEILING, 6_000).await;
     assert!(
-        out > 6_000 && back > 6_000 && out <= quic::MTU_CEILING && back <= quic::MTU_CEILING,
-        "path MTU {out} out and {back} back after 10 s on loopback; \
+        (6_000..=quic::MTU_CEILING).contains(&out) && (6_000..=quic::MTU_CEILING).contains(&back),
+        "path MTU {out} agent to relay and {back} back after 10 s on loopback; \
          discovery should have climbed towards {}",
         quic::MTU_CEILING
+    );
+}
+
+#[tokio::test]
+async fn the_relays_ethernet_ceiling_bounds_the_agents_discovery_too() {
+    // The agent allows itself the higher ceiling: only the relay's
+    // advertised payload limit can hold it at Ethernet size.
+    let (out, back) = discovered_mtu(quic::ETHERNET_MTU, quic::ETHERNET_MTU).await;
+    assert_eq!(
+        (out, back),
+        (quic::ETHERNET_MTU, quic::ETHERNET_MTU),
+        "agent to relay, relay to agent"
     );
 }
