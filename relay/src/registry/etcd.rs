@@ -283,6 +283,12 @@ impl Etcd {
         let ttl = self.lease_ttl.as_secs().max(1) as i64;
         let lease = client.lease_grant(ttl, None).await?.id();
         let (mut keeper, mut keep_alive) = client.lease_keep_alive(lease).await?;
+        // Drop the writes queued so far, then write this relay's state as
+        // it stands: each write changes that state before it is queued, so
+        // what is written covers every dropped one, and any queued after
+        // is applied below in order. (Copying first lost a claim made
+        // between the copy and the drop.)
+        while ops.try_recv().is_ok() {}
         self.put_member(&mut client, lease).await?;
         let claims: Vec<_> = Self::lock(&self.claims)
             .iter()
@@ -298,8 +304,6 @@ impl Etcd {
         for (key, ad) in ads {
             self.put_direct(&mut client, lease, &key, Some(&ad)).await?;
         }
-        // Writes queued before this lease are covered by the claims above.
-        while ops.try_recv().is_ok() {}
         // Members and locations only: the records under the same root have
         // a watch of their own (the state's), and would be sent twice.
         let relays = client
