@@ -262,14 +262,24 @@ impl Relays {
                     .unwrap_or_default()
             }),
         };
+        // A chosen relay is kept by the first slot that holds it. Two slots
+        // can hold one relay (both fell back to a seed that reaches it
+        // while every member was passed over); the second must move, or
+        // the agent would keep two sessions on one relay for good.
+        let mut kept: Vec<&RelayId> = Vec::new();
         let mut out: Vec<Option<Target>> = inner
             .holding
             .iter()
-            .map(|h| h.as_ref().filter(|id| chosen.contains(id)).map(target))
+            .map(|h| {
+                let id = h.as_ref().filter(|id| chosen.contains(id))?;
+                if kept.contains(&id) {
+                    return None;
+                }
+                kept.push(id);
+                Some(target(id))
+            })
             .collect();
-        let mut free = chosen
-            .iter()
-            .filter(|id| !inner.holding.iter().flatten().any(|h| h == *id));
+        let mut free = chosen.iter().filter(|id| !kept.contains(id));
         for slot in out.iter_mut().filter(|s| s.is_none()) {
             *slot = free.next().map(target);
         }
@@ -404,5 +414,38 @@ mod tests {
             !changes.has_changed().unwrap(),
             "an empty list changes nothing"
         );
+    }
+
+    #[test]
+    fn two_slots_on_one_relay_split_once_another_is_chosen() {
+        let node = NodeId::new("web-1").unwrap();
+        let relays = Relays::new(node.clone(), vec!["lb:7443".into()], 2);
+        let all: Vec<_> = ["relay-a", "relay-b", "relay-c"]
+            .iter()
+            .map(|id| member(id, false))
+            .collect();
+        let top = choose(node.as_str(), &all, 3);
+        let seed = relays.target(0).unwrap();
+        relays.welcomed(0, &seed, &top[0], all.clone());
+        // Every member passed over: the slots fall back to the seed, and
+        // behind it the same relay answers slot 1 too.
+        for m in &all {
+            relays.unreachable(&m.relay_id);
+        }
+        let fallback = relays.target(0).unwrap();
+        assert_eq!(fallback.addr, "lb:7443");
+        relays.welcomed(1, &fallback, &top[0], vec![]);
+        assert_eq!(
+            relays.holding(),
+            [Some(top[0].clone()), Some(top[0].clone())]
+        );
+
+        // The others are back: one slot keeps the top relay, the other
+        // moves to the second, instead of both staying on one relay.
+        relays.lock().down.clear();
+        relays.refresh();
+        relays.members(all.clone(), std::time::Duration::ZERO);
+        let t = relays.lock().assignment.clone();
+        assert_eq!(ids(&t), [top[0].to_string(), top[1].to_string()]);
     }
 }
