@@ -6,7 +6,10 @@
 //! session is not closed here: an agent moving from TLS/TCP to QUIC lets
 //! the calls in flight on the old one finish and closes it itself, and a
 //! dead one (the agent reconnected after a network change) ends by its
-//! heartbeat timeout.
+//! heartbeat timeout. Until then it stays listed behind the newer one, so
+//! if the newer ends first (an agent that had two sessions here closes
+//! one as it moves), calls go back to the older instead of the node
+//! vanishing from a relay that still holds a session of it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -92,8 +95,20 @@ pub struct NodeView {
 /// All live sessions of this relay.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    map: DashMap<NodeKey, Arc<Entry>>,
+    /// Each node's live sessions here, oldest first, never empty.
+    map: DashMap<NodeKey, Vec<Arc<Entry>>>,
     next_id: AtomicU64,
+}
+
+/// What removing a session left of its node on this relay.
+#[derive(Debug)]
+pub enum Removed {
+    /// It was not the node's current session: nothing changed for calls.
+    NotCurrent,
+    /// It was the node's last session here.
+    Last,
+    /// It was the current one; calls now go to this older session.
+    Fallback(Arc<Entry>),
 }
 
 impl Sessions {
@@ -119,28 +134,43 @@ impl Sessions {
             epoch,
             id: SessionId(self.next_id.fetch_add(1, Ordering::Relaxed)),
         });
-        if let Some(old) = self.map.insert(key, entry.clone()) {
+        let mut held = self.map.entry(key).or_default();
+        if let Some(old) = held.last() {
             tracing::info!(old = %old.session.transport(), new = %entry.session.transport(),
                            "new calls go to the node's newer session");
         }
+        held.push(entry.clone());
         entry
     }
 
-    /// Removes `entry` if it is still the node's current session.
-    pub fn remove(&self, entry: &Entry) -> bool {
-        self.map
-            .remove_if(&entry.key, |_, current| current.id == entry.id)
-            .is_some()
+    /// Takes `entry` out of the table.
+    pub fn remove(&self, entry: &Entry) -> Removed {
+        let dashmap::Entry::Occupied(mut held) = self.map.entry(entry.key.clone()) else {
+            return Removed::NotCurrent;
+        };
+        let Some(at) = held.get().iter().position(|e| e.id == entry.id) else {
+            return Removed::NotCurrent;
+        };
+        let was_current = at + 1 == held.get().len();
+        held.get_mut().remove(at);
+        match held.get().last() {
+            None => {
+                held.remove();
+                Removed::Last
+            }
+            Some(older) if was_current => Removed::Fallback(older.clone()),
+            Some(_) => Removed::NotCurrent,
+        }
     }
 
     /// The session serving `key`.
     pub fn get(&self, key: &NodeKey) -> Option<Arc<Entry>> {
-        self.map.get(key).map(|e| e.value().clone())
+        self.map.get(key).and_then(|e| e.value().last().cloned())
     }
 
-    /// Every live session.
+    /// Every live session, each node's current one after its older ones.
     pub fn entries(&self) -> Vec<Arc<Entry>> {
-        self.map.iter().map(|e| e.value().clone()).collect()
+        self.map.iter().flat_map(|e| e.value().clone()).collect()
     }
 
     /// Number of live sessions.
@@ -159,7 +189,7 @@ impl Sessions {
             .map
             .iter()
             .filter(|e| &e.key().tenant == tenant)
-            .map(|e| e.value().view(relay_id))
+            .filter_map(|e| e.value().last().map(|s| s.view(relay_id)))
             .collect();
         views.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         views
@@ -200,5 +230,76 @@ impl Entry {
             labels: info.hello.labels.clone(),
             relay_id: relay_id.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tunnelgate_session::tcp::{MuxSession, Side};
+
+    fn session() -> Session {
+        let (io, _other_end) = tokio::io::duplex(1024);
+        let addr = "127.0.0.1:1".parse().unwrap();
+        Session::from_mux(MuxSession::spawn(io, Side::Server, addr, None))
+    }
+
+    fn info() -> NodeInfo {
+        let hello: Hello = serde_json::from_value(serde_json::json!({
+            "version": {"major": 1, "minor": 0},
+            "node_id": "web-1",
+        }))
+        .unwrap();
+        NodeInfo {
+            hello,
+            docker: DockerFacts::default(),
+            connected_since: SystemTime::now(),
+            rtt: None,
+        }
+    }
+
+    fn insert(sessions: &Sessions, key: &NodeKey) -> Arc<Entry> {
+        let (control, _) = mpsc::channel(1);
+        sessions.insert(session(), key.clone(), "01".into(), info(), control)
+    }
+
+    #[tokio::test]
+    async fn a_node_falls_back_to_its_older_session_when_the_newer_ends_first() {
+        let sessions = Sessions::default();
+        let key = NodeKey {
+            tenant: TenantId::new("default").unwrap(),
+            node_id: NodeId::new("web-1").unwrap(),
+        };
+        let older = insert(&sessions, &key);
+        let newer = insert(&sessions, &key);
+        assert_eq!(
+            sessions.get(&key).unwrap().id,
+            newer.id,
+            "calls go to the newer"
+        );
+        assert_eq!(sessions.entries().len(), 2);
+
+        match sessions.remove(&newer) {
+            Removed::Fallback(e) => assert_eq!(e.id, older.id),
+            other => panic!("removing the current session gave {other:?}"),
+        }
+        assert_eq!(
+            sessions.get(&key).unwrap().id,
+            older.id,
+            "the node stays here"
+        );
+        assert!(matches!(sessions.remove(&older), Removed::Last));
+        assert!(sessions.get(&key).is_none());
+        assert!(sessions.is_empty());
+
+        // The usual order: the older (dead) one ends after the newer came.
+        let older = insert(&sessions, &key);
+        let newer = insert(&sessions, &key);
+        assert!(matches!(sessions.remove(&older), Removed::NotCurrent));
+        assert_eq!(sessions.get(&key).unwrap().id, newer.id);
+        assert!(
+            matches!(sessions.remove(&older), Removed::NotCurrent),
+            "twice is harmless"
+        );
     }
 }

@@ -19,7 +19,7 @@ use tunnelgate_session::{driver, tls, Session, Stream};
 use super::Context;
 use crate::identity::{renew_in, renewal_delay};
 use crate::metrics::{Handshake, Limit};
-use crate::sessions::{ControlCommand, Entry, NodeInfo};
+use crate::sessions::{ControlCommand, Entry, NodeInfo, Removed};
 use crate::state::CertMode;
 
 /// Runs an authenticated agent's control stream for the session's life.
@@ -96,8 +96,14 @@ pub(super) async fn run(
     )
     .await;
     if let Some(e) = &entry {
-        if ctx.sessions.remove(e) {
-            ctx.registry.withdraw(&key, e.epoch);
+        match ctx.sessions.remove(e) {
+            Removed::NotCurrent => {}
+            Removed::Last => ctx.registry.withdraw(&key, e.epoch),
+            Removed::Fallback(older) => {
+                info!("calls go back to the node's older session here");
+                ctx.registry.withdraw(&key, e.epoch);
+                ctx.registry.publish(&key, older.epoch);
+            }
         }
         ctx.metrics
             .agents_connected
