@@ -312,7 +312,7 @@ pub async fn cluster(
         .holders_per_node()
         .await?
         .values()
-        .copied()
+        .map(Vec::len)
         .max()
         .unwrap_or(0);
     stop_progress.cancel();
@@ -337,6 +337,7 @@ pub async fn cluster(
         "killed_relay_sessions": moving,
         "all_back_to_two_sessions_s": back.map(|d| d.as_secs_f64()),
         "registry_shows_two_each_after_kill_s": after_kill.as_ref().ok().map(|d| d.as_secs_f64()),
+        "registry_after_kill_error": after_kill.as_ref().err().map(|e| format!("{e:#}")),
         "most_sessions_any_node_holds_at_end": held_max,
         "survivors_cpu_s_per_1000_agents_moving": survivors_cpu / (moving.max(1) as f64 / 1000.0),
         "survivors_during_recovery": usage_json(
@@ -357,14 +358,20 @@ async fn wait_two_each(etcd: &EtcdProc, agents: usize, timeout: Duration) -> Res
     let started = Instant::now();
     loop {
         let held = etcd.holders_per_node().await?;
-        if held.len() == agents && held.values().all(|n| *n == 2) {
+        if held.len() == agents && held.values().all(|h| h.len() == 2) {
             return Ok(started.elapsed());
         }
         if started.elapsed() > timeout {
-            let odd = held.values().filter(|n| **n != 2).count();
+            let odd: Vec<String> = held
+                .iter()
+                .filter(|(_, h)| h.len() != 2)
+                .map(|(node, h)| format!("{node}: {h:?}"))
+                .collect();
             bail!(
-                "{} nodes listed, {odd} without exactly two holders, after {timeout:?}",
-                held.len()
+                "{} of {agents} nodes listed, {} without exactly two holders, after {timeout:?}; first few: {:?}",
+                held.len(),
+                odd.len(),
+                &odd[..odd.len().min(FAILURE_SAMPLES)]
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -69,7 +69,7 @@ impl EtcdProc {
     }
 
     /// How many relays hold a session of each node, from the registry.
-    pub async fn holders_per_node(&self) -> Result<std::collections::HashMap<String, usize>> {
+    pub async fn holders_per_node(&self) -> Result<std::collections::HashMap<String, Vec<String>>> {
         let mut client = self.connect().await?;
         let resp = client
             .get(
@@ -80,8 +80,10 @@ impl EtcdProc {
         let mut held = std::collections::HashMap::new();
         for kv in resp.kvs() {
             let key = kv.key_str()?;
-            if let Some((node, _relay)) = key.rsplit_once('/') {
-                *held.entry(node.to_owned()).or_default() += 1;
+            if let Some((node, relay)) = key.rsplit_once('/') {
+                held.entry(node.to_owned())
+                    .or_insert_with(Vec::new)
+                    .push(relay.to_owned());
             }
         }
         Ok(held)
