@@ -20,6 +20,8 @@ Each run starts a fresh `tunnelgate-relay serve` (from --relay-bin), simulated a
 agent sessions in this process serving a synthetic Docker responder, and the scenario's clients. \
 A progress line updates every second; a summary and (with --json) a JSON report come at the end. \
 Every scenario is bounded in count and time.\n\n\
+RUST_LOG (e.g. `tunnelgate_agent=info`) prints the simulated agents' own logs to stderr; \
+the relays log warnings there always.\n\n\
 Many agents need a raised file-descriptor limit: `ulimit -n 65536`."
 )]
 struct Cli {
@@ -161,6 +163,13 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Off unless asked: thousands of agents log a line per session.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let setup = Setup {
         relay_bin: cli.relay_bin.unwrap_or_else(default_relay_bin),
         transport: cli.transport,
