@@ -91,6 +91,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
         &config.docker.to_string(),
     ));
     tokio::spawn(board.clone().keep_fresh(stop.clone()));
+    tokio::spawn(retry_passed_over(relays.clone(), stop.clone()));
     let mut slots = JoinSet::new();
     // Slot 0 alone first: it enrols if need be, and its welcome brings
     // the membership the other slots choose from.
@@ -129,6 +130,27 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
                     slots.spawn(run_slot(config.clone(), relays.clone(), board.clone(), slot, stop.clone()));
                 }
             }
+        }
+    }
+}
+
+/// Chooses again each time a relay passed over (out of reach, or busy)
+/// is due back. Without it, slots that all hold sessions (two on one
+/// relay, the other passed over when they dialled) never looked again,
+/// and the agent stayed on one relay for good.
+async fn retry_passed_over(relays: Arc<Relays>, stop: CancellationToken) {
+    let mut changes = relays.subscribe();
+    loop {
+        let due = relays.next_return();
+        tokio::select! {
+            () = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => relays.refresh(),
+            changed = changes.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
         }
     }
 }
@@ -728,5 +750,42 @@ mod tests {
             let d = jitter(Duration::from_secs(10));
             assert!(d >= Duration::from_secs(5) && d <= Duration::from_secs(10));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_that_all_hold_sessions_look_again_when_a_passed_over_relay_is_due() {
+        use tunnelgate_proto::message::RelayMember;
+        use tunnelgate_proto::NodeId;
+        let node = NodeId::new("web-1").unwrap();
+        let relays = Arc::new(Relays::new(node.clone(), vec!["lb:7443".into()], 2));
+        let members: Vec<RelayMember> = ["relay-a", "relay-b", "relay-c"]
+            .iter()
+            .map(|id| RelayMember {
+                relay_id: RelayId::new(*id).unwrap(),
+                agent_addr: format!("{id}:7443"),
+                draining: false,
+            })
+            .collect();
+        let top = tunnelgate_proto::rendezvous::choose(node.as_str(), &members, 3);
+        let seed = relays.target(0).unwrap();
+        relays.welcomed(0, &seed, &top[0], members.clone());
+        // The other two out of reach: slot 1 dials the only one left, the
+        // relay slot 0 holds, and both hold sessions there.
+        relays.unreachable(&top[1]);
+        relays.unreachable(&top[2]);
+        let only = relays.target(0).unwrap();
+        relays.welcomed(1, &only, &top[0], vec![]);
+        assert_eq!(relays.target(1), None, "nothing else to go to yet");
+
+        let stop = CancellationToken::new();
+        tokio::spawn(retry_passed_over(relays.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let back = relays.target(1).and_then(|t| t.relay_id);
+        assert_eq!(
+            back.as_ref(),
+            Some(&top[1]),
+            "slot 1 should move to the relay due back, not stay beside slot 0"
+        );
+        stop.cancel();
     }
 }

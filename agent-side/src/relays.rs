@@ -160,6 +160,11 @@ impl Relays {
         self.lock().spread
     }
 
+    /// When the first relay passed over is due to be tried again.
+    pub fn next_return(&self) -> Option<std::time::Instant> {
+        self.lock().down.values().min().copied()
+    }
+
     /// Chooses again, now that some relays passed over may be back.
     pub fn refresh(&self) {
         let mut inner = self.lock();
@@ -178,6 +183,7 @@ impl Relays {
             .down
             .insert(relay_id.clone(), std::time::Instant::now() + DOWN_FOR);
         self.reassign(&mut inner);
+        self.changed.send_modify(|v| *v += 1);
     }
 
     /// A relay refused a handshake as busy: pass it over until it asked
@@ -192,6 +198,7 @@ impl Relays {
             inner.members = hint.members;
         }
         self.reassign(&mut inner);
+        self.changed.send_modify(|v| *v += 1);
     }
 
     /// Slot `slot` holds no session any more.
