@@ -754,18 +754,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn slots_that_all_hold_sessions_look_again_when_a_passed_over_relay_is_due() {
-        use tunnelgate_proto::message::RelayMember;
         use tunnelgate_proto::NodeId;
         let node = NodeId::new("web-1").unwrap();
         let relays = Arc::new(Relays::new(node.clone(), vec!["lb:7443".into()], 2));
-        let members: Vec<RelayMember> = ["relay-a", "relay-b", "relay-c"]
-            .iter()
-            .map(|id| RelayMember {
-                relay_id: RelayId::new(*id).unwrap(),
-                agent_addr: format!("{id}:7443"),
-                draining: false,
-            })
-            .collect();
+        let members = crate::relays::tests::three_members();
         let top = tunnelgate_proto::rendezvous::choose(node.as_str(), &members, 3);
         let seed = relays.target(0).unwrap();
         relays.welcomed(0, &seed, &top[0], members.clone());

@@ -295,7 +295,7 @@ impl Relays {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn member(id: &str, draining: bool) -> RelayMember {
@@ -304,6 +304,14 @@ mod tests {
             agent_addr: format!("{id}:7443"),
             draining,
         }
+    }
+
+    /// relay-a, relay-b and relay-c, none draining.
+    pub(crate) fn three_members() -> Vec<RelayMember> {
+        ["relay-a", "relay-b", "relay-c"]
+            .iter()
+            .map(|id| member(id, false))
+            .collect()
     }
 
     fn ids(targets: &[Option<Target>]) -> Vec<String> {
@@ -319,10 +327,7 @@ mod tests {
 
     #[test]
     fn a_fleet_spreads_evenly_and_a_leaving_relay_moves_only_its_agents() {
-        let members: Vec<_> = ["relay-a", "relay-b", "relay-c"]
-            .iter()
-            .map(|id| member(id, false))
-            .collect();
+        let members = three_members();
         let nodes: Vec<NodeId> = (0..3000)
             .map(|i| NodeId::new(format!("node-{i}")).unwrap())
             .collect();
@@ -372,10 +377,7 @@ mod tests {
             "one seed: one session until members are known"
         );
 
-        let all: Vec<_> = ["relay-a", "relay-b", "relay-c"]
-            .iter()
-            .map(|id| member(id, false))
-            .collect();
+        let all = three_members();
         let top = choose(node.as_str(), &all, 3);
         // The seed reached the relay the hash ranks last.
         let seed = relays.target(0).unwrap();
@@ -427,10 +429,7 @@ mod tests {
     fn two_slots_on_one_relay_split_once_another_is_chosen() {
         let node = NodeId::new("web-1").unwrap();
         let relays = Relays::new(node.clone(), vec!["lb:7443".into()], 2);
-        let all: Vec<_> = ["relay-a", "relay-b", "relay-c"]
-            .iter()
-            .map(|id| member(id, false))
-            .collect();
+        let all = three_members();
         let top = choose(node.as_str(), &all, 3);
         let seed = relays.target(0).unwrap();
         relays.welcomed(0, &seed, &top[0], all.clone());
