@@ -561,6 +561,11 @@ async fn announce_members(
 }
 
 /// Closes at once the session of a node whose certificate was revoked.
+///
+/// The session's control loop then ends and takes it out of the table
+/// the way every ended session goes, withdrawing its registry claim;
+/// taking it out here first would leave that claim in the cluster's
+/// registry until this relay's lease ended.
 fn drop_revoked(sessions: &Sessions, revoked: &[crate::state::nodes::Revocation]) {
     for entry in sessions.entries() {
         if revoked
@@ -569,7 +574,6 @@ fn drop_revoked(sessions: &Sessions, revoked: &[crate::state::nodes::Revocation]
         {
             info!(tenant = %entry.key.tenant, node_id = %entry.key.node_id,
                   "node revoked by an operator; closing its session");
-            sessions.remove(&entry);
             entry.session.close("node revoked by an operator");
         }
     }

@@ -362,7 +362,12 @@ fn routes_outlive_an_etcd_outage_and_a_dead_relays_entries_go_with_its_lease() {
 
 /// The relays that hold a session of `node`, as the registry lists them.
 fn holders(etcd: &Etcd, node: &str) -> Vec<String> {
-    let prefix = format!("/tunnelgate/v1/nodes/default/{node}/");
+    tenant_holders(etcd, "default", node)
+}
+
+/// The relays that hold a session of `tenant`'s `node`.
+fn tenant_holders(etcd: &Etcd, tenant: &str, node: &str) -> Vec<String> {
+    let prefix = format!("/tunnelgate/v1/nodes/{tenant}/{node}/");
     let mut held: Vec<String> = etcd
         .keys(&prefix)
         .unwrap_or_default()
@@ -653,10 +658,21 @@ fn tokens_keys_and_tenants_hold_across_relays() {
         revoked.elapsed()
     );
 
-    // A node revoked through a loses its session at b.
+    // A node revoked through a loses its session at b, and b withdraws
+    // its claim at once rather than when its lease ends.
+    assert_eq!(tenant_holders(&etcd, "acme", "web"), ["relay-b"]);
     a.cli(&["node", "revoke", "acme/web"]).unwrap();
     b.wait_log("node revoked by an operator", Duration::from_secs(10))
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tenant_holders(&etcd, "acme", "web").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "b still claims the revoked node: {:?}",
+            tenant_holders(&etcd, "acme", "web")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// One short call as a load balancer that reads `/readyz` would send it:
