@@ -140,3 +140,15 @@ impl Fleet {
         }
     }
 }
+
+impl Drop for Fleet {
+    /// A scenario that gives up early drops its fleet with agents still
+    /// running: stop them before their state dirs go, or they would find
+    /// their certificates gone and enrol again, counted as new nodes.
+    fn drop(&mut self) {
+        for sim in self.agents.iter_mut().filter_map(Option::take) {
+            sim.cancel.cancel();
+            sim.task.abort();
+        }
+    }
+}
