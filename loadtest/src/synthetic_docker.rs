@@ -1,7 +1,8 @@
 //! A synthetic Docker responder: NOT dockerd. It answers just what load
-//! tests and benches ask — `/_ping`, `/version` (so agents see a "daemon"),
-//! `GET /bulk?bytes=N` and `POST /upload` — at next to no cost per byte,
-//! so measurements show the relay's cost rather than the daemon's.
+//! tests and benches ask — `/_ping`, `/version` and `/info` (so agents see
+//! a "daemon"), `GET /bulk?bytes=N` and `POST /upload` — at next to no
+//! cost per byte, so measurements show the relay's cost rather than the
+//! daemon's.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,6 +20,8 @@ const CHUNK: usize = 256 * 1024;
 
 const VERSION_JSON: &str =
     r#"{"Version":"synthetic","ApiVersion":"1.41","Os":"linux","Arch":"amd64"}"#;
+/// The part of `/info` an agent reads: the daemon's ID.
+const INFO_JSON: &str = r#"{"ID":"synthetic-docker-responder"}"#;
 
 /// A body of `left` bytes made of one shared chunk.
 pub struct Bulk {
@@ -71,6 +74,8 @@ async fn answer(
     let path = req.uri().path().to_owned();
     let body = if path.ends_with("/version") {
         small(VERSION_JSON)
+    } else if path.ends_with("/info") {
+        small(INFO_JSON)
     } else if path.ends_with("/bulk") {
         let bytes = req
             .uri()

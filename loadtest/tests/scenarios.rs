@@ -295,3 +295,17 @@ async fn the_peer_hop_is_measured_beside_the_local_path() {
         "the hop's CPU is counted: {r}"
     );
 }
+
+#[tokio::test]
+async fn simulated_agents_see_the_synthetic_responder_as_a_reachable_daemon() {
+    // An agent that reads its daemon as unreachable logs a warning on
+    // every session start: ten thousand of them skew what a run measures.
+    let addr = tunnelgate_loadtest::synthetic_docker::spawn(0)
+        .await
+        .unwrap();
+    let endpoint: tunnelgate_agent::docker::DockerEndpoint =
+        format!("tcp://{addr}").parse().unwrap();
+    let facts = endpoint.probe().await;
+    assert!(facts.reachable, "{:?}", facts.error);
+    assert_eq!(facts.id.as_deref(), Some("synthetic-docker-responder"));
+}
