@@ -21,7 +21,7 @@ agent sessions in this process serving a synthetic Docker responder, and the sce
 A progress line updates every second; a summary and (with --json) a JSON report come at the end. \
 Every scenario is bounded in count and time.\n\n\
 RUST_LOG (e.g. `tunnelgate_agent=info`) prints the simulated agents' own logs to stderr; \
-the relays log warnings there always.\n\n\
+the relays log warnings there, or what RELAY_LOG asks (a RUST_LOG filter, e.g. `info`).\n\n\
 Many agents need a raised file-descriptor limit: `ulimit -n 65536`."
 )]
 struct Cli {

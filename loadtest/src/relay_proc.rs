@@ -180,8 +180,11 @@ fn spawn(
         .arg(state)
         .args(extra_args)
         // Warnings only, and yamux's goodbye failures muted as the relay's
-        // default filter mutes them.
-        .env("RUST_LOG", "warn,yamux=error")
+        // default filter mutes them, unless RELAY_LOG asks for more.
+        .env(
+            "RUST_LOG",
+            std::env::var("RELAY_LOG").unwrap_or_else(|_| "warn,yamux=error".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
