@@ -116,8 +116,9 @@ pub async fn run_quic(
                 let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                     Ok(Ok(conn)) => conn,
                     Ok(Err(e)) => {
-                        ctx.metrics.handshake(Handshake::TlsFailed);
-                        info!(error = %e, "agent QUIC handshake refused");
+                        let result = quic_handshake_failure(&e);
+                        ctx.metrics.handshake(result);
+                        info!(error = %e, result = result.as_str(), "agent QUIC handshake failed");
                         return;
                     }
                     Err(_) => {
@@ -172,13 +173,50 @@ pub async fn run_tcp(
                 match tunnelgate_session::tcp::accept(tcp, &acceptor).await {
                     Ok(mux) => serve_session(Session::from_mux(mux), ctx, cancel).await,
                     Err(e) => {
-                        ctx.metrics.handshake(Handshake::TlsFailed);
-                        info!(error = %e, "agent TLS handshake refused");
+                        let result = tls_handshake_failure(&e);
+                        ctx.metrics.handshake(result);
+                        info!(error = %e, result = result.as_str(), "agent TLS handshake failed");
                     }
                 }
             }
             .instrument(span),
         );
+    }
+}
+
+/// How a failed QUIC handshake counts: a certificate or protocol error
+/// (either side's) is worth an operator's look; an agent that closed,
+/// reset or vanished mid-handshake is not.
+fn quic_handshake_failure(e: &quinn::ConnectionError) -> Handshake {
+    use quinn::ConnectionError as E;
+    match e {
+        E::TimedOut => Handshake::Timeout,
+        E::ApplicationClosed(_) | E::Reset | E::LocallyClosed => Handshake::Aborted,
+        // A peer that closes with a crypto error refused this relay's
+        // certificate or its TLS; any other transport code is a peer
+        // that gave up.
+        E::ConnectionClosed(c) if !is_crypto_error(c.error_code) => Handshake::Aborted,
+        _ => Handshake::TlsFailed,
+    }
+}
+
+/// Whether a QUIC transport error code carries a TLS alert (RFC 9000
+/// section 20.1: `CRYPTO_ERROR` is 0x0100-0x01ff).
+fn is_crypto_error(code: quinn::TransportErrorCode) -> bool {
+    (0x100..0x200).contains(&u64::from(code))
+}
+
+/// How a failed TLS/TCP handshake counts, as for QUIC: a connection
+/// closed or reset before the handshake ended (a load balancer's TCP
+/// health check does exactly that) is an abort, not a TLS failure.
+fn tls_handshake_failure(e: &std::io::Error) -> Handshake {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::TimedOut => Handshake::Timeout,
+        K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
+            Handshake::Aborted
+        }
+        _ => Handshake::TlsFailed,
     }
 }
 
@@ -316,4 +354,50 @@ async fn refuse_and_close(session: Session, mut control: Stream, refused: Refuse
     let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, write).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), session.closed()).await;
     session.close(&reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed_with(code: quinn::TransportErrorCode) -> quinn::ConnectionError {
+        quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: code,
+            frame_type: None,
+            reason: bytes::Bytes::new(),
+        })
+    }
+
+    #[test]
+    fn only_certificate_and_protocol_errors_count_as_failed_handshakes() {
+        use quinn::ConnectionError as E;
+        use quinn::TransportErrorCode as Code;
+        // An agent refusing this relay's certificate closes with a TLS alert.
+        assert_eq!(
+            quic_handshake_failure(&closed_with(Code::crypto(42))),
+            Handshake::TlsFailed
+        );
+        assert_eq!(
+            quic_handshake_failure(&closed_with(Code::NO_ERROR)),
+            Handshake::Aborted
+        );
+        assert_eq!(quic_handshake_failure(&E::Reset), Handshake::Aborted);
+        assert_eq!(quic_handshake_failure(&E::TimedOut), Handshake::Timeout);
+
+        let io = |kind| std::io::Error::new(kind, "x");
+        use std::io::ErrorKind as K;
+        assert_eq!(
+            tls_handshake_failure(&io(K::UnexpectedEof)),
+            Handshake::Aborted
+        );
+        assert_eq!(
+            tls_handshake_failure(&io(K::ConnectionReset)),
+            Handshake::Aborted
+        );
+        assert_eq!(tls_handshake_failure(&io(K::TimedOut)), Handshake::Timeout);
+        assert_eq!(
+            tls_handshake_failure(&io(K::InvalidData)),
+            Handshake::TlsFailed
+        );
+    }
 }

@@ -64,8 +64,11 @@ pub enum Handshake {
     Refused,
     /// Over the handshake budget, told where to go instead.
     Busy,
-    /// The TLS or QUIC handshake failed.
+    /// The TLS or QUIC handshake failed: a certificate or protocol error.
     TlsFailed,
+    /// The agent (or a load balancer's health check) closed or reset the
+    /// connection before the handshake ended: nothing to fix here.
+    Aborted,
     /// Too slow.
     Timeout,
 }
@@ -79,6 +82,7 @@ impl Handshake {
             Self::Refused => "refused",
             Self::Busy => "busy",
             Self::TlsFailed => "tls_failed",
+            Self::Aborted => "aborted",
             Self::Timeout => "timeout",
         }
     }

@@ -55,6 +55,22 @@ fn honest_still_served(tunnel: &Tunnel) {
 async fn hostile_agent_connections_are_refused_and_logged() {
     let tunnel = Tunnel::start("honest").unwrap();
     let addr = tunnel.relay.agent;
+    let counted = |result: &str| {
+        tunnel.relay.metric(&format!(
+            "tunnelgate_relay_agent_handshakes_total{{result=\"{result}\"}}"
+        ))
+    };
+
+    // 0. A connection closed before any TLS, as a load balancer's TCP
+    //    health check does: an abort, not a TLS failure to alert on.
+    drop(tokio::net::TcpStream::connect(addr).await.unwrap());
+    for _ in 0..100 {
+        if counted("aborted") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((counted("aborted"), counted("tls_failed")), (1, 0));
 
     // 1. Not TLS at all on the TCP side of the agent port.
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -63,7 +79,8 @@ async fn hostile_agent_connections_are_refused_and_logged() {
         .unwrap();
     let mut buf = [0u8; 64];
     let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await;
-    logged(&tunnel, &["agent TLS handshake refused"]).await;
+    logged(&tunnel, &["agent TLS handshake failed", "tls_failed"]).await;
+    assert_eq!(counted("tls_failed"), 1);
     honest_still_served(&tunnel);
 
     // 2. A client certificate from another CA, over TLS/TCP.
@@ -78,7 +95,7 @@ async fn hostile_agent_connections_are_refused_and_logged() {
         // TLS 1.3 reports a refused client certificate on the first read.
         let _ = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
     }
-    let line = logged(&tunnel, &["agent TLS handshake refused", "certificate"]).await;
+    let line = logged(&tunnel, &["agent TLS handshake failed", "certificate"]).await;
     assert!(
         line.contains("UnknownIssuer") || line.contains("issuer"),
         "{line}"
@@ -95,7 +112,9 @@ async fn hostile_agent_connections_are_refused_and_logged() {
     if let Ok(conn) = attempt {
         let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
     }
-    logged(&tunnel, &["agent QUIC handshake refused"]).await;
+    logged(&tunnel, &["agent QUIC handshake failed", "tls_failed"]).await;
+    assert_eq!(counted("tls_failed"), 3);
+    assert_eq!(counted("aborted"), 1);
     honest_still_served(&tunnel);
 
     // 4. Authenticated with the honest node's own certificate, then
