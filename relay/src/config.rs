@@ -89,8 +89,9 @@ pub struct ServeArgs {
     pub node_cert_ttl: Option<Duration>,
     /// `prefer`: carry calls straight to a node's own daemon port over
     /// mutual TLS wherever the node advertises one and this relay's probe
-    /// of it holds, else through the tunnel; `never`: always the tunnel
-    /// [default: prefer].
+    /// of it holds, else through the tunnel; `never`: always the tunnel,
+    /// no probes (in a cluster it still shares what its nodes advertise,
+    /// for the other relays to probe) [default: prefer].
     #[arg(long, env = "TUNNELGATE_DIRECT", value_enum, value_name = "MODE")]
     pub direct: Option<DirectMode>,
     /// How often to probe each daemon endpoint that nodes advertise
@@ -115,7 +116,8 @@ pub struct ServeArgs {
 pub enum DirectMode {
     /// Go direct wherever a probe holds, else through the tunnel.
     Prefer,
-    /// Always through the tunnel; no probes.
+    /// Always through the tunnel; no probes. A cluster's other relays
+    /// still learn what this relay's nodes advertise.
     Never,
 }
 

@@ -524,3 +524,62 @@ fn in_a_cluster_a_relay_without_a_session_of_the_node_goes_direct_too() {
     host.block_tcp_port(2376, "DROP", false);
     wait_route_of(other, "spread", is_direct, "direct again");
 }
+
+#[test]
+fn a_relay_that_never_goes_direct_still_shares_its_nodes_direct_paths() {
+    use tunnelgate_proto::message::RelayMember;
+    use tunnelgate_proto::{rendezvous, RelayId};
+
+    let host = Host::new("tnv");
+    let etcd = support::etcd::Etcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cluster_relay = |id: &str, extra: &[&str]| {
+        let mut args = etcd.relay_args(id, "2s");
+        args.extend(["--direct-probe-interval".into(), "1s".into()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let agents = format!("{}:0", host.relay_ip);
+        Relay::start_args(&d.join(id), "127.0.0.1:0", &agents, &args).unwrap()
+    };
+    let never = cluster_relay("relay-a", &["--direct", "never"]);
+    support::share_ca(&d.join("relay-a"), &d.join("relay-b"));
+    let prefer = cluster_relay("relay-b", &[]);
+    // A node whose one session goes to the relay that never goes direct.
+    let members: Vec<RelayMember> = ["relay-a", "relay-b"]
+        .map(|id| RelayMember {
+            relay_id: RelayId::new(id).unwrap(),
+            agent_addr: String::new(),
+            draining: false,
+        })
+        .to_vec();
+    let node = (0..100)
+        .map(|i| format!("nv{i}"))
+        .find(|n| rendezvous::choose(n, &members, 1)[0].as_str() == "relay-a")
+        .unwrap();
+    docker_tls(&host, &never, &node, d, &never.token().unwrap(), 2376);
+    let dockerd = NodeDockerd::start(
+        &host,
+        &d.join("dockerd"),
+        &d.join(format!("{node}-tls")),
+        2376,
+    )
+    .unwrap();
+    let _agent = agent_on(&host, &never, &node, &dockerd.socket(), d)
+        .arg("--relay-sessions")
+        .arg("1")
+        .arg("--direct-endpoint")
+        .arg(&format!("tcp://{}:2376", host.host_ip))
+        .spawn()
+        .unwrap();
+    never.wait_for_node(&node).unwrap();
+    // The holder shares the node's advertisement though it never probes:
+    // the other relay learns it, probes it and goes direct.
+    wait_route_of(
+        &prefer,
+        &node,
+        |r| r == "direct",
+        "direct from the other relay",
+    );
+    assert_eq!(route_of(&never, &node), "local", "never means never");
+}

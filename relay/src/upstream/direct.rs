@@ -325,23 +325,7 @@ impl Direct {
     /// their policy allows the direct path: those this relay holds (whose
     /// advertisements it shares with the cluster) and those only peers hold.
     fn sync(&self, sessions: &Sessions, registry: &Registry) {
-        let mut own: HashMap<NodeKey, DirectAd> = HashMap::new();
-        for entry in sessions.entries() {
-            let info = entry.info.lock().unwrap_or_else(|p| p.into_inner());
-            if info.hello.direct_endpoints.is_empty() || info.hello.policy != "full" {
-                continue;
-            }
-            let Some(id) = info.docker.id.clone() else {
-                continue;
-            };
-            own.insert(
-                entry.key.clone(),
-                DirectAd {
-                    endpoints: info.hello.direct_endpoints.clone(),
-                    daemon_id: id,
-                },
-            );
-        }
+        let own = own_ads(sessions);
         registry.share_direct(&own);
         let peers: Vec<_> = registry
             .peers_direct_ads()
@@ -460,10 +444,18 @@ impl Direct {
         registry: Arc<Registry>,
         cancel: CancellationToken,
     ) {
-        if self.mode == DirectMode::Never {
-            return;
-        }
         let tick = (self.interval / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        if self.mode == DirectMode::Never {
+            // Never going direct itself, this relay still tells its peers
+            // what its nodes advertise: they may reach those daemons.
+            loop {
+                registry.share_direct(&own_ads(&sessions));
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(tick) => {}
+                }
+            }
+        }
         let mut probes = tokio::task::JoinSet::new();
         loop {
             self.sync(&sessions, &registry);
@@ -482,6 +474,29 @@ impl Direct {
             while probes.try_join_next().is_some() {}
         }
     }
+}
+
+/// What the nodes this relay holds advertise of their direct paths, for
+/// those whose policy allows the direct path and whose daemon ID is known.
+fn own_ads(sessions: &Sessions) -> HashMap<NodeKey, DirectAd> {
+    let mut own = HashMap::new();
+    for entry in sessions.entries() {
+        let info = entry.info.lock().unwrap_or_else(|p| p.into_inner());
+        if info.hello.direct_endpoints.is_empty() || info.hello.policy != "full" {
+            continue;
+        }
+        let Some(id) = info.docker.id.clone() else {
+            continue;
+        };
+        own.insert(
+            entry.key.clone(),
+            DirectAd {
+                endpoints: info.hello.direct_endpoints.clone(),
+                daemon_id: id,
+            },
+        );
+    }
+    own
 }
 
 /// `GET path` on a daemon connection; the body when the answer is 200.
