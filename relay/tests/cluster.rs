@@ -980,28 +980,39 @@ fn a_busy_relay_sends_the_agents_it_refuses_to_another() {
     }
     let told = a.metric("tunnelgate_relay_agent_handshakes_total{result=\"busy\"}");
     assert!(told >= 1, "relay a never told an agent it was busy");
+    let logged = |node: &String, what: &dyn Fn(&str) -> bool| {
+        std::fs::read_to_string(dir.path().join(format!("{node}.log")))
+            .unwrap_or_default()
+            .lines()
+            .any(what)
+    };
     let moved: Vec<&String> = nodes
         .iter()
-        .filter(|node| {
-            std::fs::read_to_string(dir.path().join(format!("{node}.log")))
-                .unwrap_or_default()
-                .lines()
-                .any(|l| l.contains("relay busy") && l.contains("elsewhere=true"))
+        .filter(|n| {
+            logged(n, &|l| {
+                l.contains("relay busy") && l.contains("elsewhere=true")
+            })
         })
         .collect();
     assert!(!moved.is_empty(), "no agent went elsewhere when told");
-    let at_b = nodes
+    // Served there: welcomed by relay b. (Once relay a has room again
+    // such an agent may move back to it, its first choice, so where it
+    // is at the end says nothing.)
+    let served_at_b = moved
         .iter()
-        .filter(|n| holders(&etcd, n).iter().any(|h| h == "relay-b"))
+        .filter(|n| {
+            logged(n, &|l| {
+                l.contains("connected to relay") && l.contains("relay_id=relay-b")
+            })
+        })
         .count();
     assert!(
-        at_b >= 1,
-        "no agent that ranks relay a first settled on relay b"
+        served_at_b >= 1,
+        "no agent that ranks relay a first was served by relay b"
     );
     println!(
-        "relay a told {told} handshakes it was busy; {} agents went elsewhere; {at_b} of {} are on relay b",
+        "relay a told {told} handshakes it was busy; {} agents went elsewhere; {served_at_b} of them were served by relay b",
         moved.len(),
-        nodes.len()
     );
     drop(b);
 }
