@@ -123,27 +123,26 @@ pub async fn drive<M: Machine>(
                         return Err(e.into());
                     }
                 }
-                // A timer due meanwhile still runs, so a peer that never
-                // stops talking cannot hold back this side's heartbeats.
-                let now = Instant::now();
-                if machine.poll_timeout().is_some_and(|d| d <= now) {
-                    if let Err(e) = machine.handle_timeout(now) {
-                        flush_queued(machine, stream).await;
-                        return Err(e.into());
-                    }
-                }
             }
-            () = sleep => {
-                if let Err(e) = machine.handle_timeout(Instant::now()) {
-                    flush_queued(machine, stream).await;
-                    return Err(e.into());
-                }
-            }
+            () = sleep => {}
             cmd = commands.recv(), if commands_open => match cmd {
                 Some(cmd) => cmd(machine),
                 None => commands_open = false,
             },
-            () = cancel.cancelled() => {}
+            () = cancel.cancelled() => continue,
+        }
+        // Whatever woke this step, a timer that is due runs now: after
+        // messages read in the same step, and even when the peer never
+        // stops talking, so it cannot hold back this side's heartbeats.
+        let due = machine
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .is_some_and(|d| d <= tokio::time::Instant::now());
+        if due {
+            if let Err(e) = machine.handle_timeout(Instant::now()) {
+                flush_queued(machine, stream).await;
+                return Err(e.into());
+            }
         }
     }
 }
