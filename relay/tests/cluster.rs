@@ -20,9 +20,7 @@ use support::{
     docker_endpoint, http_get_full, relay_bin, scenarios, share_ca, AgentCmd, ApiClient, Docker,
     Relay,
 };
-use tunnelgate_proto::message::RelayMember;
 use tunnelgate_proto::rendezvous::choose;
-use tunnelgate_proto::RelayId;
 use tunnelgate_session::tls::{self, Identity, Trust};
 use tunnelgate_session::Session;
 
@@ -946,14 +944,7 @@ fn a_busy_relay_sends_the_agents_it_refuses_to_another() {
     let token = a.token().unwrap();
     // Nodes whose own ranking puts relay a first: left to themselves they
     // would all wait for a; only the busy reply sends them to b.
-    let members: Vec<RelayMember> = ["relay-a", "relay-b"]
-        .iter()
-        .map(|id| RelayMember {
-            relay_id: RelayId::new(*id).unwrap(),
-            agent_addr: String::new(),
-            draining: false,
-        })
-        .collect();
+    let members = support::members(&["relay-a", "relay-b"]);
     let nodes: Vec<String> = (0..)
         .map(|i| format!("storm-{i}"))
         .filter(|n| choose(n, &members, 1)[0].as_str() == "relay-a")

@@ -34,6 +34,22 @@ fn relay_for(host: &Host, state: &Path) -> Relay {
     .unwrap()
 }
 
+/// A relay of the cluster in `etcd`, as [`relay_for`] with `extra` flags.
+fn cluster_relay_for(
+    host: &Host,
+    etcd: &support::etcd::Etcd,
+    dir: &Path,
+    id: &str,
+    extra: &[&str],
+) -> Relay {
+    let mut args = etcd.relay_args(id, "2s");
+    args.extend(["--direct-probe-interval".into(), "1s".into()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agents = format!("{}:0", host.relay_ip);
+    Relay::start_args(&dir.join(id), "127.0.0.1:0", &agents, &args).unwrap()
+}
+
 /// Runs `tunnelgate-agent docker-tls` on the node's host for `node`,
 /// enrolling it with `token`; returns what it printed.
 fn docker_tls(
@@ -448,16 +464,9 @@ fn in_a_cluster_a_relay_without_a_session_of_the_node_goes_direct_too() {
     let etcd = support::etcd::Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cluster_relay = |id: &str| {
-        let mut args = etcd.relay_args(id, "2s");
-        args.extend(["--direct-probe-interval".into(), "1s".into()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let agents = format!("{}:0", host.relay_ip);
-        Relay::start_args(&d.join(id), "127.0.0.1:0", &agents, &args).unwrap()
-    };
-    let a = cluster_relay("relay-a");
+    let a = cluster_relay_for(&host, &etcd, d, "relay-a", &[]);
     support::share_ca(&d.join("relay-a"), &d.join("relay-b"));
-    let b = cluster_relay("relay-b");
+    let b = cluster_relay_for(&host, &etcd, d, "relay-b", &[]);
     docker_tls(&host, &a, "spread", d, &a.token().unwrap(), 2376);
     let dockerd =
         NodeDockerd::start(&host, &d.join("dockerd"), &d.join("spread-tls"), 2376).unwrap();
@@ -527,32 +536,17 @@ fn in_a_cluster_a_relay_without_a_session_of_the_node_goes_direct_too() {
 
 #[test]
 fn a_relay_that_never_goes_direct_still_shares_its_nodes_direct_paths() {
-    use tunnelgate_proto::message::RelayMember;
-    use tunnelgate_proto::{rendezvous, RelayId};
+    use tunnelgate_proto::rendezvous;
 
     let host = Host::new("tnv");
     let etcd = support::etcd::Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cluster_relay = |id: &str, extra: &[&str]| {
-        let mut args = etcd.relay_args(id, "2s");
-        args.extend(["--direct-probe-interval".into(), "1s".into()]);
-        args.extend(extra.iter().map(|a| a.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let agents = format!("{}:0", host.relay_ip);
-        Relay::start_args(&d.join(id), "127.0.0.1:0", &agents, &args).unwrap()
-    };
-    let never = cluster_relay("relay-a", &["--direct", "never"]);
+    let never = cluster_relay_for(&host, &etcd, d, "relay-a", &["--direct", "never"]);
     support::share_ca(&d.join("relay-a"), &d.join("relay-b"));
-    let prefer = cluster_relay("relay-b", &[]);
+    let prefer = cluster_relay_for(&host, &etcd, d, "relay-b", &[]);
     // A node whose one session goes to the relay that never goes direct.
-    let members: Vec<RelayMember> = ["relay-a", "relay-b"]
-        .map(|id| RelayMember {
-            relay_id: RelayId::new(id).unwrap(),
-            agent_addr: String::new(),
-            draining: false,
-        })
-        .to_vec();
+    let members = support::members(&["relay-a", "relay-b"]);
     let node = (0..100)
         .map(|i| format!("nv{i}"))
         .find(|n| rendezvous::choose(n, &members, 1)[0].as_str() == "relay-a")

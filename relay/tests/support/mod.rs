@@ -783,6 +783,18 @@ impl LineReader {
         bail!("no line with {needle:?} within {wait:?}")
     }
 }
+/// Live cluster members named `ids`, as agents rank them (their
+/// addresses play no part in the ranking).
+pub fn members(ids: &[&str]) -> Vec<tunnelgate_proto::message::RelayMember> {
+    ids.iter()
+        .map(|id| tunnelgate_proto::message::RelayMember {
+            relay_id: tunnelgate_proto::RelayId::new(*id).expect("a valid relay id"),
+            agent_addr: String::new(),
+            draining: false,
+        })
+        .collect()
+}
+
 pub mod etcd;
 pub mod netns;
 pub mod scenarios;
