@@ -53,14 +53,17 @@ impl Limit {
     }
 }
 
-/// How an agent handshake ended, as `tunnelgate_relay_agent_handshakes_total{result}` names it.
+/// How a handshake ended, as `tunnelgate_relay_agent_handshakes_total{result}`
+/// and `tunnelgate_relay_peer_handshakes_total{result}` name it (a peer's
+/// is never `enrolled` or `busy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handshake {
     /// Authenticated and in the session table.
     Accepted,
     /// A new agent got its node certificate.
     Enrolled,
-    /// Refused: bad token, revoked or replaced certificate, ...
+    /// Refused: bad token, revoked or replaced certificate, a peer whose
+    /// certificate is not a relay's, ...
     Refused,
     /// Over the handshake budget, told where to go instead.
     Busy,
@@ -96,6 +99,8 @@ pub struct Metrics {
     pub agents_connected: IntGaugeVec,
     /// Agent handshakes, by result.
     pub agent_handshakes: IntCounterVec,
+    /// Handshakes on the peer port, by result.
+    pub peer_handshakes: IntCounterVec,
     /// Data streams open to agents.
     pub streams_open: IntGauge,
     /// Data streams opened to agents; against the request count, how
@@ -138,6 +143,13 @@ impl Metrics {
             Opts::new(
                 "tunnelgate_relay_agent_handshakes_total",
                 "Agent handshakes, by result.",
+            ),
+            &["result"],
+        )?;
+        let peer_handshakes = IntCounterVec::new(
+            Opts::new(
+                "tunnelgate_relay_peer_handshakes_total",
+                "Handshakes on the relay-to-relay port, by result: refused and tls_failed are something other than this installation's relays knocking.",
             ),
             &["result"],
         )?;
@@ -219,6 +231,7 @@ impl Metrics {
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(agents_connected.clone()))?;
         registry.register(Box::new(agent_handshakes.clone()))?;
+        registry.register(Box::new(peer_handshakes.clone()))?;
         registry.register(Box::new(streams_open.clone()))?;
         registry.register(Box::new(streams_opened.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -228,6 +241,7 @@ impl Metrics {
             registry,
             agents_connected,
             agent_handshakes,
+            peer_handshakes,
             streams_open,
             streams_opened,
             requests,
@@ -261,6 +275,13 @@ impl Metrics {
     /// Counts one agent handshake that ended with `result`.
     pub fn handshake(&self, result: Handshake) {
         self.agent_handshakes
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    /// Counts one handshake on the peer port that ended with `result`.
+    pub fn peer_handshake(&self, result: Handshake) {
+        self.peer_handshakes
             .with_label_values(&[result.as_str()])
             .inc();
     }

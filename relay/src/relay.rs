@@ -396,6 +396,7 @@ impl Relay {
                 relay_id: state.relay_id().clone(),
                 sessions: sessions.clone(),
                 calls: calls.clone(),
+                metrics: metrics.clone(),
             });
             tasks.spawn(listen::peer::run_peers(
                 endpoint.clone(),

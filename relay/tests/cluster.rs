@@ -135,6 +135,13 @@ fn a_call_through_any_relay_reaches_a_node_that_another_relay_holds() {
         );
     }
 
+    // The holder counted the forwarding relay's connection as a peer's.
+    let accepted = a.metric("tunnelgate_relay_peer_handshakes_total{result=\"accepted\"}");
+    assert!(
+        accepted >= 1,
+        "the holder counted no accepted peer handshake"
+    );
+
     // A node nobody holds is unknown on every relay, as on one.
     let (status, _, body) = http_get_full(c.api, "/nodes/nowhere/_ping").unwrap();
     assert_eq!(status, 404, "{body}");
@@ -240,6 +247,23 @@ fn the_peer_port_refuses_node_client_and_foreign_certificates() {
         .wait_log("refused a peer connection", Duration::from_secs(10))
         .unwrap();
     assert!(log.contains("not a relay certificate"), "{log}");
+    // The operator sees them apart: two of this CA's certificates in the
+    // wrong role, one certificate of another CA.
+    let count = |result: &str| {
+        a.metric(&format!(
+            "tunnelgate_relay_peer_handshakes_total{{result=\"{result}\"}}"
+        ))
+    };
+    assert_eq!(
+        (count("refused"), count("tls_failed"), count("accepted")),
+        (2, 1, 0),
+        "peer handshakes counted as (refused, tls_failed, accepted)"
+    );
+    let log = a.log();
+    assert!(
+        log.contains("peer handshake failed: a certificate not of this installation's CA"),
+        "{log}"
+    );
 }
 
 /// Waits until the registry's keys under `prefix` satisfy `ok`.

@@ -3,7 +3,8 @@
 //!
 //! Only a certificate of the installation's CA with the relay role
 //! (`OU=relay`) is accepted; a node's or a client's certificate, or
-//! another CA's, is refused and logged. A peer authenticated and
+//! another CA's, is refused, logged and counted
+//! (`tunnelgate_relay_peer_handshakes_total`). A peer authenticated and
 //! authorized its caller; this relay trusts the peer header only because
 //! the connection is a relay's. Each stream names a node in its peer
 //! header; this relay opens a stream on the node's session, writes the
@@ -25,6 +26,7 @@ use tunnelgate_proto::trace::TraceParent;
 use tunnelgate_proto::{NodeKey, ProtocolVersion, RelayId};
 use tunnelgate_session::{tls, Session, Stream, HANDSHAKE_TIMEOUT};
 
+use crate::metrics::{Handshake, Metrics};
 use crate::sessions::Sessions;
 
 /// Largest chunk a peer stream's pipe moves at once in each direction.
@@ -39,6 +41,8 @@ pub struct PeerContext {
     pub sessions: Arc<Sessions>,
     /// Holds a token per stream in flight; the drain waits on it.
     pub calls: TaskTracker,
+    /// Where peer handshakes are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Accepts peer relays on `endpoint` until `stop_accepting`; their calls
@@ -64,8 +68,21 @@ pub async fn run_peers(
             async move {
                 let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                     Ok(Ok(c)) => c,
-                    Ok(Err(e)) => return info!(error = %e, "peer handshake refused"),
-                    Err(_) => return debug!("peer handshake timed out"),
+                    Ok(Err(e)) => {
+                        let result = super::quic_handshake_failure(&e);
+                        ctx.metrics.peer_handshake(result);
+                        return match result {
+                            Handshake::TlsFailed => info!(
+                                error = %e,
+                                "peer handshake failed: a certificate not of this installation's CA, or a TLS error; if a relay of this cluster logs this, give it this installation's CA directory"
+                            ),
+                            _ => debug!(error = %e, "peer connection closed during its handshake"),
+                        };
+                    }
+                    Err(_) => {
+                        ctx.metrics.peer_handshake(Handshake::Timeout);
+                        return debug!("peer handshake timed out");
+                    }
                 };
                 let session = Session::from_quic(conn);
                 let subject = session
@@ -73,10 +90,12 @@ pub async fn run_peers(
                     .and_then(|chain| chain.first().and_then(tls::subject));
                 match subject {
                     Some(s) if s.role == Some(tls::Role::Relay) => {
+                        ctx.metrics.peer_handshake(Handshake::Accepted);
                         info!(peer = %s.name, "peer relay connected");
                         serve_peer(session, ctx, cancel, streams).await;
                     }
                     other => {
+                        ctx.metrics.peer_handshake(Handshake::Refused);
                         let role = other.as_ref().and_then(|s| s.role);
                         info!(
                             subject = other.as_ref().map_or("none", |s| s.name.as_str()),
