@@ -32,7 +32,7 @@ pub enum DriveError {
     #[error(transparent)]
     Message(#[from] MessageError),
     /// The stream failed.
-    #[error("control stream failed: {0}")]
+    #[error("control stream failed: {}", crate::stream::with_causes(.0))]
     Io(#[from] std::io::Error),
     /// The peer closed the control stream.
     #[error("peer closed the control stream")]

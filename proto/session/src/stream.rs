@@ -22,7 +22,7 @@ type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     /// The stream failed or closed.
-    #[error("stream failed: {0}")]
+    #[error("stream failed: {}", with_causes(.0))]
     Io(#[from] io::Error),
     /// The peer sent something that is not a valid message.
     #[error(transparent)]
@@ -33,6 +33,22 @@ impl From<FrameError> for StreamError {
     fn from(e: FrameError) -> Self {
         Self::Message(e.into())
     }
+}
+
+/// `e` and what caused it: QUIC's "connection lost" says why only in its
+/// source (timed out, closed by the peer and its reason, ...), which an
+/// operator needs to tell a stalled peer from one that hung up.
+pub(crate) fn with_causes(e: &io::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl StreamError {
@@ -257,6 +273,37 @@ mod tests {
         let mut rest = Vec::new();
         b.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"raw bytes");
+    }
+
+    #[test]
+    fn a_lost_quic_connection_says_why_it_was_lost() {
+        let lost = |cause| {
+            let read = quinn::ReadError::ConnectionLost(cause);
+            StreamError::from(io::Error::from(read)).to_string()
+        };
+        assert_eq!(
+            lost(quinn::ConnectionError::TimedOut),
+            "stream failed: connection lost: timed out"
+        );
+        let closed = lost(quinn::ConnectionError::ApplicationClosed(
+            quinn::ApplicationClose {
+                error_code: 0u32.into(),
+                reason: "relay shutting down".into(),
+            },
+        ));
+        assert!(closed.contains("relay shutting down"), "{closed}");
+        let control = crate::driver::DriveError::from(io::Error::from(
+            quinn::ReadError::ConnectionLost(quinn::ConnectionError::TimedOut),
+        ));
+        assert_eq!(
+            control.to_string(),
+            "control stream failed: connection lost: timed out"
+        );
+        // An error with nothing behind it reads as before.
+        assert_eq!(
+            StreamError::from(io::Error::from(io::ErrorKind::UnexpectedEof)).to_string(),
+            "stream failed: unexpected end of file"
+        );
     }
 
     #[tokio::test]
