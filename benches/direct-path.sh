@@ -28,7 +28,8 @@ source "$repo/benches/script-lib.sh"
 
 cd "$repo"
 cargo build --quiet --release -p tunnelgate-relay -p tunnelgate-agent
-relay_bin=target/release/tunnelgate-relay
+# RELAY_BIN runs another relay build, for A/B pairs.
+relay_bin=${RELAY_BIN:-target/release/tunnelgate-relay}
 agent_bin=target/release/tunnelgate-agent
 
 api=$(free_port)

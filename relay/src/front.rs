@@ -98,8 +98,8 @@ impl ClientConn {
     /// A new connection.
     pub fn new(meta: ConnMeta) -> Self {
         Self {
+            kept: KeptStream::on(meta.tasks.clone()),
             meta,
-            kept: KeptStream::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tunnelgate_proto::{NodeKey, RelayId};
 
 use crate::audit::StreamBytes;
+use crate::net::{ConnFuture, ConnTasks};
 use crate::sessions::SessionId;
 
 /// What carries a kept stream: a node's daemon port, a session of this
@@ -39,9 +40,14 @@ pub(super) struct NodeConn {
 /// after another, so the wait is normally nil.
 const KEPT_STREAM_WAIT: Duration = Duration::from_millis(100);
 
-/// One client connection's kept stream, if any.
+/// One client connection's kept stream, if any, and where its node
+/// streams are driven.
 #[derive(Default)]
-pub struct KeptStream(Mutex<Option<Kept>>);
+pub struct KeptStream {
+    kept: Mutex<Option<Kept>>,
+    /// The client connection's own task; none for the relay's own calls.
+    tasks: Option<ConnTasks>,
+}
 
 struct Kept {
     key: NodeKey,
@@ -56,8 +62,26 @@ impl std::fmt::Debug for KeptStream {
 }
 
 impl KeptStream {
+    /// The kept stream of a client connection whose node streams are
+    /// driven on its own task, through `tasks`.
+    pub fn on(tasks: ConnTasks) -> Self {
+        Self {
+            kept: Mutex::default(),
+            tasks: Some(tasks),
+        }
+    }
+
     fn slot(&self) -> MutexGuard<'_, Option<Kept>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drives a node stream's connection on the client connection's task;
+    /// hands it back when there is none.
+    pub(super) fn drive(&self, conn: ConnFuture) -> Result<(), ConnFuture> {
+        match &self.tasks {
+            Some(tasks) => tasks.run(conn),
+            None => Err(conn),
+        }
     }
 
     /// The kept stream, if it goes to `key` over that very `carrier` and

@@ -162,7 +162,8 @@ const STREAM_SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Tunnel {
     metrics: Arc<Metrics>,
     idle_timeout: Duration,
-    /// Where the per-stream HTTP connection tasks run.
+    /// Where a stream's HTTP connection runs when no client connection's
+    /// task drives it (the relay's own calls).
     tasks: TaskTracker,
     /// Holds a token per open stream; the drain waits on it.
     calls: TaskTracker,
@@ -302,7 +303,7 @@ impl Tunnel {
         let was_reused = reused.is_some();
         let mut conn = match reused {
             Some(conn) => conn,
-            None => match self.open(via, target).await {
+            None => match self.open(via, target, kept).await {
                 Ok(conn) => conn,
                 Err(e) => return Err((e, Some(req))),
             },
@@ -316,7 +317,7 @@ impl Tunnel {
                 match unsent {
                     Some(req) if was_reused && error.is_retry_safe() => {
                         debug!(error = %error, "kept stream failed; opening a new one");
-                        conn = match self.open(via, target).await {
+                        conn = match self.open(via, target, kept).await {
                             Ok(conn) => conn,
                             Err(e) => return Err((e, Some(req))),
                         };
@@ -344,23 +345,28 @@ impl Tunnel {
     /// HTTP/1.1 on it. Pipelined: the first request follows the header at
     /// once; [`ReplyFirst`] reads the agent's accept (or refusal) off the
     /// stream before the response.
-    async fn open(&self, via: &Via, target: &Target) -> Result<NodeConn, CallError> {
+    async fn open(
+        &self,
+        via: &Via,
+        target: &Target,
+        kept: &KeptStream,
+    ) -> Result<NodeConn, CallError> {
         let node = &target.node_id;
         let setup = async {
             match via {
                 Via::Direct(endpoint) => {
                     let tls = self.direct.connect(&target.key(), endpoint).await?;
                     debug!(endpoint = %endpoint.url, "connected to the node's daemon directly");
-                    self.start_http(tls).await
+                    self.start_http(tls, kept).await
                 }
                 Via::Session(entry) => {
                     let stream = self.open_on_session(entry, target).await?;
-                    self.start_http(ReplyFirst::new(stream, STREAM_SETUP_TIMEOUT))
+                    self.start_http(ReplyFirst::new(stream, STREAM_SETUP_TIMEOUT), kept)
                         .await
                 }
                 Via::Peer(peer) => {
                     let stream = self.open_on_peer(peer, target).await?;
-                    self.start_http(ReplyFirst::new(stream, STREAM_SETUP_TIMEOUT))
+                    self.start_http(ReplyFirst::new(stream, STREAM_SETUP_TIMEOUT), kept)
                         .await
                 }
             }
@@ -373,8 +379,9 @@ impl Tunnel {
             })?
     }
 
-    /// Speaks HTTP/1.1 over `io`, counted and timed as a call stream.
-    async fn start_http<S>(&self, io: S) -> Result<NodeConn, CallError>
+    /// Speaks HTTP/1.1 over `io`, counted and timed as a call stream,
+    /// driven on the task of the client connection that `kept` belongs to.
+    async fn start_http<S>(&self, io: S, kept: &KeptStream) -> Result<NodeConn, CallError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -389,7 +396,7 @@ impl Tunnel {
             .handshake::<_, CallBody>(TokioIo::new(stream))
             .await
             .map_err(CallError::Http)?;
-        self.tasks.spawn(
+        let conn = Box::pin(
             async move {
                 if let Err(e) = conn.with_upgrades().await {
                     debug!(error = %e, "node connection ended with an error");
@@ -397,6 +404,9 @@ impl Tunnel {
             }
             .in_current_span(),
         );
+        if let Err(conn) = kept.drive(conn) {
+            self.tasks.spawn(conn);
+        }
         Ok(NodeConn { sender, bytes })
     }
 }
