@@ -6,7 +6,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -128,7 +130,7 @@ pub type ConnFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// from the client connection and gives it the response body without
 /// waking another task: spawned, it would be woken once per body chunk,
 /// often on the other thread, which costs a chunked upload (`docker cp`
-/// in, 32 KiB chunks) about a fifth of the relay's CPU.
+/// in, 32 KiB chunks) about a tenth of the relay's CPU.
 #[derive(Debug, Clone)]
 pub struct ConnTasks(tokio::sync::mpsc::UnboundedSender<ConnFuture>);
 
@@ -271,10 +273,92 @@ pub async fn serve_http<F, S, B>(
             // The connection's own work ends with it (the service and its
             // handles are dropped then), or at `hard` with everything.
             tokio::select! {
-                ((), ()) = async { tokio::join!(serve, run_conn_tasks(tasks_rx)) } => {}
+                ((), ()) = Eager::new(async { tokio::join!(serve, run_conn_tasks(tasks_rx)) }) => {}
                 () = end.cancelled() => {}
             }
         });
+    }
+}
+
+/// A future polled again at once when it woke itself during its poll.
+///
+/// A client connection and its node connections hand each other work
+/// within one task: the request to the node connection, the response
+/// back. A task woken during its own poll is rescheduled as a yield,
+/// behind other work and with another thread woken to take it, which
+/// cost a small call through the tunnel about 30 µs; polled again at
+/// once, the hand-over costs nothing.
+struct Eager<F> {
+    inner: Pin<Box<F>>,
+    state: Arc<EagerWake>,
+    waker: Waker,
+}
+
+/// What [`Eager`]'s wakes do: noted while it polls, passed on after.
+#[derive(Default)]
+struct EagerWake {
+    polling: AtomicU8,
+    outer: futures_util::task::AtomicWaker,
+}
+
+const IDLE: u8 = 0;
+const POLLING: u8 = 1;
+const WOKEN: u8 = 2;
+/// Polls in a row at most before an [`Eager`] future yields like any.
+const EAGER_POLLS: usize = 16;
+
+impl<F> Eager<F> {
+    fn new(inner: F) -> Self {
+        let state = Arc::new(EagerWake::default());
+        Self {
+            inner: Box::pin(inner),
+            waker: Waker::from(state.clone()),
+            state,
+        }
+    }
+}
+
+impl Wake for EagerWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self
+            .polling
+            .compare_exchange(POLLING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.outer.wake();
+        }
+    }
+}
+
+impl<F: Future> Future for Eager<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.state.outer.register(cx.waker());
+        let this = &mut *self;
+        let mut inner_cx = Context::from_waker(&this.waker);
+        for _ in 0..EAGER_POLLS {
+            this.state.polling.store(POLLING, Ordering::Release);
+            if let Poll::Ready(out) = this.inner.as_mut().poll(&mut inner_cx) {
+                this.state.polling.store(IDLE, Ordering::Release);
+                return Poll::Ready(out);
+            }
+            // A wake after this point goes to the task's own waker.
+            if this.state.polling.swap(IDLE, Ordering::AcqRel) != WOKEN {
+                return Poll::Pending;
+            }
+            // Out of tokio's budget, every resource says "later" and wakes
+            // at once: polling again would only spin.
+            if !tokio::task::coop::has_budget_remaining() {
+                break;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -329,6 +413,45 @@ mod tests {
             .await
             .expect("the loop ends once its last task has");
         assert!(ran_rx.try_recv().is_ok(), "the task ran to its end");
+    }
+
+    /// Counts the wakes the task gets.
+    struct Counted(std::sync::atomic::AtomicUsize);
+
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_future_that_wakes_itself_is_polled_again_at_once_and_one_woken_later_wakes_the_task() {
+        let outer = Arc::new(Counted(Default::default()));
+        let waker = Waker::from(outer.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        let mut polls = 0;
+        let mut eager = Eager::new(std::future::poll_fn(move |cx| {
+            polls += 1;
+            if polls < 3 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(polls)
+        }));
+        assert_eq!(Pin::new(&mut eager).poll(&mut cx), Poll::Ready(3));
+        assert_eq!(outer.0.load(Ordering::SeqCst), 0);
+
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut eager = Eager::new(async move { rx.recv().await });
+        assert!(Pin::new(&mut eager).poll(&mut cx).is_pending());
+        tx.send(()).unwrap();
+        assert_eq!(
+            outer.0.load(Ordering::SeqCst),
+            1,
+            "a wake after the poll reaches the task"
+        );
+        assert_eq!(Pin::new(&mut eager).poll(&mut cx), Poll::Ready(Some(())));
     }
 
     #[tokio::test]
