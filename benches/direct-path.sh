@@ -11,7 +11,8 @@
 #
 # ROUTES (default "straight direct tunnel") and OPS (default "save cp_in
 # cp_out cp_1g") narrow a run, e.g. to profile one operation on one route;
-# the tables then cover only the full set.
+# the tables then cover only the full set. RELAY_BIN runs another relay
+# build (an A/B pair of builds, run in turn).
 #
 # Starts its own relay and dockerd (TLS on loopback from
 # `tunnelgate-agent docker-tls`, plus a unix socket for the agents) in a
@@ -28,7 +29,6 @@ source "$repo/benches/script-lib.sh"
 
 cd "$repo"
 cargo build --quiet --release -p tunnelgate-relay -p tunnelgate-agent
-# RELAY_BIN runs another relay build, for A/B pairs.
 relay_bin=${RELAY_BIN:-target/release/tunnelgate-relay}
 agent_bin=target/release/tunnelgate-agent
 
