@@ -1,7 +1,8 @@
 //! Sockets: binding the relay's listeners, the TCP accept loop, and a
 //! plain HTTP/1.1 server (optionally TLS) that the Docker API front and
-//! the metrics listener both run on. Nothing here knows what a request
-//! means: each connection gets a service from the caller.
+//! the metrics listener both run on, each connection on one task with
+//! the work its calls hand it ([`ConnTasks`]). Nothing here knows what a
+//! request means: each connection gets a service from the caller.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -286,8 +287,8 @@ pub async fn serve_http<F, S, B>(
 /// within one task: the request to the node connection, the response
 /// back. A task woken during its own poll is rescheduled as a yield,
 /// behind other work and with another thread woken to take it, which
-/// cost a small call through the tunnel about 30 µs; polled again at
-/// once, the hand-over costs nothing.
+/// cost small calls 1.6 times the relay's context switches; polled again
+/// at once, the hand-over costs none.
 struct Eager<F> {
     inner: Pin<Box<F>>,
     state: Arc<EagerWake>,
