@@ -205,7 +205,6 @@ pub async fn serve_http<F, S, B>(
         let (options, make_service) = (options.clone(), make_service.clone());
         let (stop, hard) = (stop_accepting.clone(), hard.clone());
         let (tasks, tasks_rx) = tokio::sync::mpsc::unbounded_channel();
-        let end = hard.clone();
         let serve = async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new());
@@ -254,12 +253,12 @@ pub async fn serve_http<F, S, B>(
             let result = if options.upgrades {
                 let conn = conn.with_upgrades();
                 tokio::pin!(conn);
-                drive_conn(conn, &stop, &hard, |c| c.graceful_shutdown()).await
+                drive_conn(conn, &stop, |c| c.graceful_shutdown()).await
             } else {
                 tokio::pin!(conn);
-                drive_conn(conn, &stop, &hard, |c| c.graceful_shutdown()).await
+                drive_conn(conn, &stop, |c| c.graceful_shutdown()).await
             };
-            if let Some(Err(e)) = result {
+            if let Err(e) = result {
                 if let Some((_, metrics)) = &options.limits {
                     if e.is_parse_too_large() {
                         metrics.limit_hit(Limit::HeaderSize);
@@ -272,10 +271,11 @@ pub async fn serve_http<F, S, B>(
         };
         tracker.spawn(async move {
             // The connection's own work ends with it (the service and its
-            // handles are dropped then), or at `hard` with everything.
+            // handles are dropped then), or at `hard` with everything,
+            // the connection included.
             tokio::select! {
                 ((), ()) = Eager::new(async { tokio::join!(serve, run_conn_tasks(tasks_rx)) }) => {}
-                () = end.cancelled() => {}
+                () = hard.cancelled() => {}
             }
         });
     }
@@ -364,25 +364,20 @@ impl<F: Future> Future for Eager<F> {
 }
 
 /// Drives one connection to its end; asks it to finish gracefully at
-/// `stop` and drops it at `hard`.
+/// `stop`. The hard stop drops it with the rest of its task.
 async fn drive_conn<C, T, E>(
-    mut conn: std::pin::Pin<&mut C>,
+    mut conn: Pin<&mut C>,
     stop: &CancellationToken,
-    hard: &CancellationToken,
-    graceful: impl FnOnce(std::pin::Pin<&mut C>),
-) -> Option<Result<T, E>>
+    graceful: impl FnOnce(Pin<&mut C>),
+) -> Result<T, E>
 where
-    C: std::future::Future<Output = Result<T, E>>,
+    C: Future<Output = Result<T, E>>,
 {
     tokio::select! {
-        r = conn.as_mut() => return Some(r),
+        r = conn.as_mut() => return r,
         () = stop.cancelled() => graceful(conn.as_mut()),
-        () = hard.cancelled() => return None,
     }
-    tokio::select! {
-        r = conn.as_mut() => Some(r),
-        () = hard.cancelled() => None,
-    }
+    conn.await
 }
 
 #[cfg(test)]
