@@ -681,9 +681,9 @@ fn tokens_keys_and_tenants_hold_across_relays() {
     );
 
     // A node revoked through a loses its session at b, and b withdraws
-    // its claim at once rather than when its lease ends. The agent may
-    // still be settling on b (a relay busy with handshakes sends it to
-    // the other, and it moves back make-before-break).
+    // its claim at once rather than when its lease ends. Under load the
+    // agent was once found held by both relays here, as a make-before-
+    // break move leaves it for a moment: wait for it to settle on b.
     let deadline = Instant::now() + Duration::from_secs(20);
     while tenant_holders(&etcd, "acme", "web") != ["relay-b"] {
         assert!(
