@@ -3,7 +3,9 @@
 //!
 //! `peer-hop` measures what the relay-to-relay hop costs: one agent on one
 //! relay, the same downloads and small calls through that relay and
-//! through another, interleaved. `cluster` runs a fleet whose agents each
+//! through another, interleaved, with each path's CPU and context
+//! switches per call, and a plain TCP forwarder's hop beside them as the
+//! floor for any extra process on the path. `cluster` runs a fleet whose agents each
 //! hold sessions to two relays, kills one relay while clients call, and
 //! times the fleet's return to two sessions each.
 
@@ -21,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{Client, Percentiles};
 use crate::etcd_proc::EtcdProc;
 use crate::fleet::{node_name, Fleet};
+use crate::forward::ForwardProc;
 use crate::progress::{spawn_progress, Counters};
-use crate::relay_proc::{RelayProc, Usage};
+use crate::relay_proc::{RelayProc, Sched, Usage};
 use crate::scenarios::{download, usage_json, Setup, FAILURE_SAMPLES, FILL_WINDOW};
 use crate::synthetic_docker;
 
@@ -56,7 +59,9 @@ async fn sessions(relays: &[RelayProc]) -> Result<Vec<u64>> {
 
 /// `peer-hop`: the same downloads and small calls through the relay that
 /// holds the agent's session and through another relay that forwards them
-/// to it, interleaved round by round, with each path's CPU per GB.
+/// to it, interleaved round by round, with each path's CPU per GB; the
+/// small calls also go through a plain TCP forwarder in front of the
+/// holder, and each path's calls are costed per call.
 pub async fn peer_hop(
     setup: &Setup,
     bytes: u64,
@@ -113,31 +118,50 @@ pub async fn peer_hop(
     }
 
     let ping = format!("/nodes/{node}/_ping");
-    let (mut direct_c, mut local_c, mut peer_c) = (
-        Client::new(docker),
+    let forwarder = ForwardProc::start(local.api)?;
+    let mut direct_c = Client::new(docker);
+    // Small calls through the holder, through the other relay, and
+    // through a plain TCP forwarder in front of the holder.
+    let mut clients = [
         Client::new(local.api),
         Client::new(peer.api),
-    );
+        Client::new(forwarder.addr),
+    ];
     for _ in 0..calls.min(200) {
         direct_c.get("/_ping").await?;
-        local_c.get(&ping).await?;
-        peer_c.get(&ping).await?;
+        for c in &mut clients {
+            c.get(&ping).await?;
+        }
     }
+    // Blocks of calls, one path after another, each call after a direct
+    // one: the processes' CPU and context switches over a block belong to
+    // its path alone, and the machine's state still alternates quickly.
+    let mut direct_s = Vec::new();
     let mut samples: [Vec<Duration>; 3] = Default::default();
-    for _ in 0..calls {
-        samples[0].push(direct_c.get("/_ping").await?.1);
-        samples[1].push(local_c.get(&ping).await?.1);
-        samples[2].push(peer_c.get(&ping).await?.1);
+    let mut costs = [PathCost::default(); 3];
+    let mut path = 0;
+    while samples.iter().any(|s| s.len() < calls as usize) {
+        let block = CALL_BLOCK.min(calls - samples[path].len() as u32);
+        let before = PathCost::now(local, peer, &forwarder)?;
+        for _ in 0..block {
+            direct_s.push(direct_c.get("/_ping").await?.1);
+            samples[path].push(clients[path].get(&ping).await?.1);
+        }
+        costs[path].add(&PathCost::now(local, peer, &forwarder)?, &before);
+        path = (path + 1) % samples.len();
     }
+    drop(forwarder);
     fleet.stop_all().await;
-    let [direct, local_p, peer_p] = samples.map(|mut s| Percentiles::of(&mut s));
-    let (direct, local_p, peer_p) = (
-        direct.context("no samples")?,
+    let direct = Percentiles::of(&mut direct_s).context("no samples")?;
+    let [local_p, peer_p, forwarded_p] = samples.map(|mut s| Percentiles::of(&mut s));
+    let (local_p, peer_p, forwarded_p) = (
         local_p.context("no samples")?,
         peer_p.context("no samples")?,
+        forwarded_p.context("no samples")?,
     );
     let added = |p: &Percentiles| (p.p50_us - direct.p50_us, p.p99_us - direct.p99_us);
     let (local_added, peer_added) = (added(&local_p), added(&peer_p));
+    let forwarded_added = added(&forwarded_p);
     Ok(json!({
         "bytes_per_transfer": bytes,
         "rounds": rounds,
@@ -155,7 +179,82 @@ pub async fn peer_hop(
         "local_added_p99_us": local_added.1,
         "peer_added_p99_us": peer_added.1,
         "peer_over_local_added_p50": peer_added.0 / local_added.0,
+        "forwarded": forwarded_p,
+        "forwarded_added_p50_us": forwarded_added.0,
+        "forwarded_over_local_added_p50": forwarded_added.0 / local_added.0,
+        "per_local_call": costs[0].per_call(calls),
+        "per_peer_call": costs[1].per_call(calls),
+        "per_forwarded_call": costs[2].per_call(calls),
     }))
+}
+
+/// Small calls per block of `peer-hop`'s alternating paths.
+const CALL_BLOCK: u32 = 200;
+
+/// What a path's small calls cost the relays, the forwarder and the
+/// machine: exact CPU and context switches of the relay holding the
+/// session, of the other relay and of the TCP forwarder, and UDP datagrams
+/// received on the machine (every QUIC packet of every hop, the simulated
+/// agent's included).
+#[derive(Debug, Clone, Copy, Default)]
+struct PathCost {
+    holder: Sched,
+    other: Sched,
+    forwarder: Sched,
+    datagrams: u64,
+}
+
+impl PathCost {
+    fn now(holder: &RelayProc, other: &RelayProc, forwarder: &ForwardProc) -> Result<Self> {
+        Ok(Self {
+            holder: holder.sched()?,
+            other: other.sched()?,
+            forwarder: forwarder.sched()?,
+            datagrams: udp_datagrams_received()?,
+        })
+    }
+
+    fn add(&mut self, after: &Self, before: &Self) {
+        let add = |sum: &mut Sched, a: &Sched, b: &Sched| {
+            sum.cpu_ns += a.cpu_ns - b.cpu_ns;
+            sum.switches += a.switches - b.switches;
+        };
+        add(&mut self.holder, &after.holder, &before.holder);
+        add(&mut self.other, &after.other, &before.other);
+        add(&mut self.forwarder, &after.forwarder, &before.forwarder);
+        self.datagrams += after.datagrams - before.datagrams;
+    }
+
+    fn per_call(&self, calls: u32) -> Value {
+        let per = |n: u64| n as f64 / calls.max(1) as f64;
+        json!({
+            "holder_cpu_us": per(self.holder.cpu_ns) / 1e3,
+            "holder_context_switches": per(self.holder.switches),
+            "other_relay_cpu_us": per(self.other.cpu_ns) / 1e3,
+            "other_relay_context_switches": per(self.other.switches),
+            "forwarder_cpu_us": per(self.forwarder.cpu_ns) / 1e3,
+            "forwarder_context_switches": per(self.forwarder.switches),
+            "udp_datagrams": per(self.datagrams),
+        })
+    }
+}
+
+/// UDP datagrams the machine has received, from `/proc/net/snmp`.
+fn udp_datagrams_received() -> Result<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp")?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next(), udp.next());
+    let (names, values) = names
+        .zip(values)
+        .context("no Udp lines in /proc/net/snmp")?;
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "InDatagrams")
+        .context("no InDatagrams in /proc/net/snmp")?
+        .1
+        .parse()
+        .context("odd InDatagrams")
 }
 
 /// `cluster`: `relays` relays, `agents` agents with two sessions each;

@@ -10,6 +10,7 @@ pub mod client;
 pub mod cluster;
 pub mod etcd_proc;
 pub mod fleet;
+pub mod forward;
 pub mod progress;
 pub mod relay_proc;
 pub mod scenarios;

@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tunnelgate_agent::config::TransportChoice;
-use tunnelgate_loadtest::cluster;
 use tunnelgate_loadtest::relay_proc::default_relay_bin;
 use tunnelgate_loadtest::scenarios::{self, Setup};
+use tunnelgate_loadtest::{cluster, forward};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// A plain TCP forwarder process (started by `peer-hop`, not a scenario).
+    #[command(hide = true)]
+    TcpForward {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        to: std::net::SocketAddr,
+    },
     /// N agents connect at once: time until all are connected, handshakes/s, failures.
     ConnectStorm {
         #[arg(long, default_value_t = 500)]
@@ -120,7 +128,9 @@ enum Scenario {
     },
     /// Two relays in a cluster (with a real etcd; Debian `etcd-server`): the
     /// same downloads and small calls through the relay holding the agent
-    /// and through the other, interleaved.
+    /// and through the other, interleaved; small calls also through a plain
+    /// TCP forwarder process in front of the holder, the floor for any
+    /// extra process on the path.
     PeerHop {
         #[arg(long, default_value_t = 1 << 30)]
         bytes: u64,
@@ -160,9 +170,19 @@ enum Scenario {
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The forwarder runs on a runtime of its own, one thread.
+    if let Scenario::TcpForward { listen, to } = cli.scenario {
+        return forward::serve(listen, to);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     // Off unless asked: thousands of agents log a line per session.
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
         tracing_subscriber::fmt()
@@ -241,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
             "churn",
             scenarios::churn(&setup, agents, churners, clients, duration, t).await,
         ),
+        Scenario::TcpForward { .. } => unreachable!("handled before the runtime starts"),
     };
     let results = results.with_context(|| format!("scenario {name} failed"))?;
     let report = serde_json::json!({

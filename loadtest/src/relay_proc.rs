@@ -32,21 +32,68 @@ pub struct Usage {
     pub rss_bytes: u64,
 }
 
+/// Exact CPU time and context switches of a process, summed over its
+/// threads: for per-call costs, where `/proc/PID/stat`'s clock ticks are
+/// too coarse.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sched {
+    /// Nanoseconds on a CPU, user and system (`schedstat`).
+    pub cpu_ns: u64,
+    /// Voluntary and involuntary context switches.
+    pub switches: u64,
+}
+
+impl Sched {
+    /// The sums for process `pid` now. A thread that ends between the
+    /// listing and its read is left out.
+    pub fn of(pid: u32) -> Result<Self> {
+        let mut sum = Sched::default();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let dir = task?.path();
+            let (Ok(stat), Ok(status)) = (
+                std::fs::read_to_string(dir.join("schedstat")),
+                std::fs::read_to_string(dir.join("status")),
+            ) else {
+                continue;
+            };
+            sum.cpu_ns += stat
+                .split_whitespace()
+                .next()
+                .context("empty schedstat")?
+                .parse::<u64>()?;
+            for line in status.lines() {
+                if let Some(n) = line
+                    .strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+                {
+                    sum.switches += n.trim().parse::<u64>()?;
+                }
+            }
+        }
+        Ok(sum)
+    }
+}
+
 /// Where the relay binary is: next to this binary, as cargo builds them.
 pub fn default_relay_bin() -> PathBuf {
+    sibling_bin("tunnelgate-relay")
+}
+
+/// The path of binary `name` built beside this one (test binaries live
+/// one level deeper, in deps/), or just `name` for `PATH` to find.
+pub fn sibling_bin(name: &str) -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|p| {
-            // Test binaries live one level deeper, in deps/.
             let dir = p.parent()?.to_owned();
             let dir = if dir.ends_with("deps") {
                 dir.parent()?.to_owned()
             } else {
                 dir
             };
-            Some(dir.join("tunnelgate-relay"))
+            Some(dir.join(name))
         })
-        .unwrap_or_else(|| PathBuf::from("tunnelgate-relay"))
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 impl RelayProc {
@@ -145,6 +192,11 @@ impl RelayProc {
     /// The relay's CPU time and memory now.
     pub fn usage(&self) -> Result<Usage> {
         Usage::of(self.child.id())
+    }
+
+    /// Its exact CPU time and context switches so far.
+    pub fn sched(&self) -> Result<Sched> {
+        Sched::of(self.child.id())
     }
 
     /// Agent sessions the relay holds, from its metrics: cheaper for the
