@@ -142,12 +142,12 @@ pub async fn peer_hop(
     let mut path = 0;
     while samples.iter().any(|s| s.len() < calls as usize) {
         let block = CALL_BLOCK.min(calls - samples[path].len() as u32);
-        let before = PathCost::now(local, peer, &forwarder)?;
+        let before = Reading::now(local, peer, &forwarder)?;
         for _ in 0..block {
             direct_s.push(direct_c.get("/_ping").await?.1);
             samples[path].push(clients[path].get(&ping).await?.1);
         }
-        costs[path].add(&PathCost::now(local, peer, &forwarder)?, &before);
+        costs[path].add(&Reading::now(local, peer, &forwarder)?, &before);
         path = (path + 1) % samples.len();
     }
     drop(forwarder);
@@ -191,20 +191,18 @@ pub async fn peer_hop(
 /// Small calls per block of `peer-hop`'s alternating paths.
 const CALL_BLOCK: u32 = 200;
 
-/// What a path's small calls cost the relays, the forwarder and the
-/// machine: exact CPU and context switches of the relay holding the
-/// session, of the other relay and of the TCP forwarder, and UDP datagrams
-/// received on the machine (every QUIC packet of every hop, the simulated
-/// agent's included).
-#[derive(Debug, Clone, Copy, Default)]
-struct PathCost {
+/// One reading of what small calls cost: the relay holding the session,
+/// the other relay and the TCP forwarder (exact CPU and context
+/// switches), and UDP datagrams received on the machine (every QUIC
+/// packet of every hop, the simulated agent's included).
+struct Reading {
     holder: Sched,
     other: Sched,
     forwarder: Sched,
     datagrams: u64,
 }
 
-impl PathCost {
+impl Reading {
     fn now(holder: &RelayProc, other: &RelayProc, forwarder: &ForwardProc) -> Result<Self> {
         Ok(Self {
             holder: holder.sched()?,
@@ -213,27 +211,40 @@ impl PathCost {
             datagrams: udp_datagrams_received()?,
         })
     }
+}
 
-    fn add(&mut self, after: &Self, before: &Self) {
-        let add = |sum: &mut Sched, a: &Sched, b: &Sched| {
-            sum.cpu_ns += a.cpu_ns - b.cpu_ns;
-            sum.switches += a.switches - b.switches;
+/// A path's small calls, costed: CPU nanoseconds and context switches
+/// of each process, and datagrams, summed over the path's blocks.
+#[derive(Debug, Clone, Copy, Default)]
+struct PathCost {
+    holder: (u64, u64),
+    other: (u64, u64),
+    forwarder: (u64, u64),
+    datagrams: u64,
+}
+
+impl PathCost {
+    fn add(&mut self, after: &Reading, before: &Reading) {
+        let add = |sum: &mut (u64, u64), a: &Sched, b: &Sched| {
+            let (cpu, switches) = a.since(b);
+            sum.0 += cpu;
+            sum.1 += switches;
         };
         add(&mut self.holder, &after.holder, &before.holder);
         add(&mut self.other, &after.other, &before.other);
         add(&mut self.forwarder, &after.forwarder, &before.forwarder);
-        self.datagrams += after.datagrams - before.datagrams;
+        self.datagrams += after.datagrams.saturating_sub(before.datagrams);
     }
 
     fn per_call(&self, calls: u32) -> Value {
         let per = |n: u64| n as f64 / calls.max(1) as f64;
         json!({
-            "holder_cpu_us": per(self.holder.cpu_ns) / 1e3,
-            "holder_context_switches": per(self.holder.switches),
-            "other_relay_cpu_us": per(self.other.cpu_ns) / 1e3,
-            "other_relay_context_switches": per(self.other.switches),
-            "forwarder_cpu_us": per(self.forwarder.cpu_ns) / 1e3,
-            "forwarder_context_switches": per(self.forwarder.switches),
+            "holder_cpu_us": per(self.holder.0) / 1e3,
+            "holder_context_switches": per(self.holder.1),
+            "other_relay_cpu_us": per(self.other.0) / 1e3,
+            "other_relay_context_switches": per(self.other.1),
+            "forwarder_cpu_us": per(self.forwarder.0) / 1e3,
+            "forwarder_context_switches": per(self.forwarder.1),
             "udp_datagrams": per(self.datagrams),
         })
     }

@@ -2,6 +2,7 @@
 //! loopback with a throwaway state dir, and its resource use read from
 //! `/proc`.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,45 +33,61 @@ pub struct Usage {
     pub rss_bytes: u64,
 }
 
-/// Exact CPU time and context switches of a process, summed over its
-/// threads: for per-call costs, where `/proc/PID/stat`'s clock ticks are
-/// too coarse.
-#[derive(Debug, Clone, Copy, Default)]
+/// Exact CPU time and context switches of a process, per thread: for
+/// per-call costs, where `/proc/PID/stat`'s clock ticks are too coarse.
+#[derive(Debug, Clone, Default)]
 pub struct Sched {
-    /// Nanoseconds on a CPU, user and system (`schedstat`).
-    pub cpu_ns: u64,
-    /// Voluntary and involuntary context switches.
-    pub switches: u64,
+    /// Per thread id: nanoseconds on a CPU, user and system
+    /// (`schedstat`), and voluntary plus involuntary context switches.
+    threads: HashMap<u32, (u64, u64)>,
 }
 
 impl Sched {
-    /// The sums for process `pid` now. A thread that ends between the
-    /// listing and its read is left out.
+    /// The counts of process `pid`'s threads now. A thread that ends
+    /// between the listing and its read is left out.
     pub fn of(pid: u32) -> Result<Self> {
-        let mut sum = Sched::default();
+        let mut threads = HashMap::new();
         for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
             let dir = task?.path();
+            let Some(tid) = dir.file_name().and_then(|n| n.to_str()?.parse().ok()) else {
+                continue;
+            };
             let (Ok(stat), Ok(status)) = (
                 std::fs::read_to_string(dir.join("schedstat")),
                 std::fs::read_to_string(dir.join("status")),
             ) else {
                 continue;
             };
-            sum.cpu_ns += stat
+            let cpu_ns = stat
                 .split_whitespace()
                 .next()
                 .context("empty schedstat")?
                 .parse::<u64>()?;
+            let mut switches = 0;
             for line in status.lines() {
                 if let Some(n) = line
                     .strip_prefix("voluntary_ctxt_switches:")
                     .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
                 {
-                    sum.switches += n.trim().parse::<u64>()?;
+                    switches += n.trim().parse::<u64>()?;
                 }
             }
+            threads.insert(tid, (cpu_ns, switches));
         }
-        Ok(sum)
+        Ok(Self { threads })
+    }
+
+    /// CPU nanoseconds and context switches between `before` and this
+    /// reading: threads started since count whole, and a thread that
+    /// ended meanwhile loses only its last stretch (a process's totals
+    /// would otherwise fall when a thread ends).
+    pub fn since(&self, before: &Sched) -> (u64, u64) {
+        self.threads
+            .iter()
+            .fold((0, 0), |(cpu, sw), (tid, (c, s))| {
+                let (c0, s0) = before.threads.get(tid).copied().unwrap_or_default();
+                (cpu + c.saturating_sub(c0), sw + s.saturating_sub(s0))
+            })
     }
 }
 
@@ -294,6 +311,21 @@ impl Drop for RelayProc {
 
 #[cfg(test)]
 mod tests {
+    use super::Sched;
+
+    #[test]
+    fn a_thread_that_ends_between_readings_never_makes_the_counts_wrap() {
+        let before = Sched {
+            threads: [(1, (1_000, 10)), (2, (5_000, 50))].into(),
+        };
+        // Thread 2 ended, thread 3 started.
+        let after = Sched {
+            threads: [(1, (1_600, 13)), (3, (200, 2))].into(),
+        };
+        assert_eq!(after.since(&before), (800, 5));
+        let mine = Sched::of(std::process::id()).unwrap();
+        assert!(mine.threads.contains_key(&std::process::id()), "{mine:?}");
+    }
     #[test]
     fn metric_samples_are_summed_across_labels_only_for_that_name() {
         let text = "# HELP tunnelgate_relay_agents_connected x\n\
