@@ -5,9 +5,9 @@
 //! relay, the same downloads and small calls through that relay and
 //! through another, interleaved, with each path's CPU and context
 //! switches per call, and a plain TCP forwarder's hop beside them as the
-//! floor for any extra process on the path. `cluster` runs a fleet whose agents each
-//! hold sessions to two relays, kills one relay while clients call, and
-//! times the fleet's return to two sessions each.
+//! floor for any extra process on the path. `cluster` runs a fleet whose
+//! agents each hold sessions to two relays, kills one relay while clients
+//! call, and times the fleet's return to two sessions each.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
