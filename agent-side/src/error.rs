@@ -29,6 +29,20 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
+    /// The relay enrolled the node but its certificate could not be kept.
+    #[error(
+        "the relay enrolled node {node}, but its certificate could not be saved to {path}: \
+         {source}; fix the state dir and start the agent again within 10 minutes: it asks \
+         again with the same key, which the join token still answers"
+    )]
+    EnrolledUnsaved {
+        /// `--node-id`.
+        node: NodeId,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The stored identity cannot be used.
     #[error("the node certificate in {dir} is unusable ({source}); remove the directory and enrol again with a new token")]
     CorruptIdentity {
@@ -191,6 +205,7 @@ impl AgentError {
             self,
             Self::ReadState { .. }
                 | Self::WriteState { .. }
+                | Self::EnrolledUnsaved { .. }
                 | Self::CorruptIdentity { .. }
                 | Self::WrongNode { .. }
                 | Self::ForeignCertificate

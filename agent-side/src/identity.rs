@@ -6,6 +6,10 @@
 //!                         key, generated here and never sent anywhere (0600);
 //!                         one file, so a renewal replaces both at once
 //! state-dir/ca.pem        the installation's CA, trusted from enrolment on
+//! state-dir/enrol-key.pem the key of an enrolment not yet stored (0600):
+//!                         kept until node.pem is written, so an agent whose
+//!                         answer was lost asks again with the same key,
+//!                         which a single-use token still answers
 //! ```
 //!
 //! Node certificates are short-lived: the relay says when to renew, and
@@ -117,7 +121,12 @@ pub async fn enrol(config: &AgentConfig, relay: &str) -> Result<NodeIdentity, Ag
         .as_deref()
         .ok_or_else(|| AgentError::NoToken(config.state_dir.clone()))?;
     let token: JoinToken = text.parse().map_err(|_| AgentError::MalformedToken)?;
-    let (key_pem, csr_pem) = renewal_request()?;
+    let dir = &config.state_dir;
+    fs::create_dir_all(dir).map_err(|source| AgentError::WriteState {
+        path: dir.clone(),
+        source,
+    })?;
+    let (key_pem, csr_pem) = enrolment_request(dir)?;
 
     let creds = Credentials::new(Trust::Fingerprint(token.ca_fingerprint), None)?;
     let (session, _) = transport::dial(config, relay, &creds).await?;
@@ -149,13 +158,17 @@ pub async fn enrol(config: &AgentConfig, relay: &str) -> Result<NodeIdentity, Ag
         _ => return Err(lost(&"unexpected answer to the enrolment request")),
     };
 
-    fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::WriteState {
-        path: config.state_dir.clone(),
-        source,
-    })?;
-    let dir = &config.state_dir;
-    write_file(&dir.join("ca.pem"), &enrolled.ca_pem, false)?;
-    NodeIdentity::store(dir, &enrolled.cert_pem, &key_pem)?;
+    let unsaved = |e: AgentError| match e {
+        AgentError::WriteState { path, source } => AgentError::EnrolledUnsaved {
+            node: config.node_id.clone(),
+            path,
+            source,
+        },
+        other => other,
+    };
+    write_file(&dir.join("ca.pem"), &enrolled.ca_pem, false).map_err(unsaved)?;
+    NodeIdentity::store(dir, &enrolled.cert_pem, &key_pem).map_err(unsaved)?;
+    let _ = fs::remove_file(dir.join(ENROL_KEY));
     info!(node_id = %config.node_id, dir = %dir.display(), "enrolled; the join token is no longer needed");
     NodeIdentity::load(dir)?.ok_or_else(|| AgentError::ReadState {
         path: dir.join("node.pem"),
@@ -181,7 +194,30 @@ pub fn check_certifies(cert_pem: &str, key_pem: &str) -> Result<(), AgentError> 
 /// A fresh key (PEM) and a certificate request for it (PEM). The relay
 /// takes only the key from the request.
 pub fn renewal_request() -> Result<(String, String), AgentError> {
-    let key = rcgen::KeyPair::generate()?;
+    request_for(rcgen::KeyPair::generate()?)
+}
+
+/// The pending enrolment key in `dir`.
+const ENROL_KEY: &str = "enrol-key.pem";
+
+/// The key (PEM) and certificate request (PEM) to enrol with: the pending
+/// key of an earlier attempt in `dir` if there is one, else a new one,
+/// written there before it is used.
+fn enrolment_request(dir: &Path) -> Result<(String, String), AgentError> {
+    let path = dir.join(ENROL_KEY);
+    let key = match fs::read_to_string(&path) {
+        Ok(pem) => rcgen::KeyPair::from_pem(&pem)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = rcgen::KeyPair::generate()?;
+            write_file(&path, &key.serialize_pem(), true)?;
+            key
+        }
+        Err(source) => return Err(AgentError::ReadState { path, source }),
+    };
+    request_for(key)
+}
+
+fn request_for(key: rcgen::KeyPair) -> Result<(String, String), AgentError> {
     let csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())
         .and_then(|p| p.serialize_request(&key))
         .and_then(|csr| csr.pem())?;

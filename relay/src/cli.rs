@@ -123,7 +123,9 @@ pub enum TokenCommand {
         /// How long the token may be used to enrol new agents.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: Duration,
-        /// How many agents may enrol with it [default: unlimited].
+        /// How many agents may enrol with it [default: unlimited]. An agent
+        /// that lost the answer and asks again with the same key within
+        /// 10 minutes spends no second use.
         #[arg(long)]
         uses: Option<u32>,
         /// Only this node id may enrol with it.

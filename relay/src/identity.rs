@@ -329,6 +329,17 @@ impl Authority {
         Ok((cert.pem(), serial))
     }
 
+    /// Hex SHA-256 of the public key a certificate request asks for: what
+    /// an enrolment is known by when the agent asks again.
+    pub fn csr_key_sha256(csr_pem: &str) -> Result<String, IdentityError> {
+        use rcgen::PublicKeyData;
+        use sha2::{Digest, Sha256};
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        Ok(hex::encode(Sha256::digest(
+            csr.public_key.subject_public_key_info(),
+        )))
+    }
+
     /// Makes a control-plane client certificate and key for `name` of
     /// `tenant`; returns (certificate PEM, key PEM).
     pub fn issue_client_cert(

@@ -359,13 +359,15 @@ impl State {
         Ok((text.to_string(), stored))
     }
 
-    /// Checks a join token an agent presented for `node` against this
-    /// installation (`ca_fingerprint`) and consumes one of its uses.
+    /// Checks a join token an agent presented for `node` and the key
+    /// `key_sha256` against this installation (`ca_fingerprint`) and
+    /// consumes one of its uses (see [`credentials::Store::use_token`]).
     pub async fn use_join_token(
         self: &Arc<Self>,
         text: String,
         ca_fingerprint: [u8; 32],
         node: &NodeId,
+        key_sha256: &str,
     ) -> Result<Result<Credential, Refusal>, StateError> {
         let token: JoinToken = match text.parse() {
             Ok(t) => t,
@@ -379,8 +381,11 @@ impl State {
         if token.ca_fingerprint != ca_fingerprint {
             return Ok(Err(Refusal::WrongInstallation));
         }
-        self.gated(self.store.use_token(&token.id, &token.secret, node))
-            .await
+        self.gated(
+            self.store
+                .use_token(&token.id, &token.secret, node, key_sha256),
+        )
+        .await
     }
 
     /// Records that `key` now holds the certificate `serial`; see
@@ -675,14 +680,17 @@ mod tests {
         };
         let (text, _) = state.create_join_token(new, ours).await.unwrap();
         let n = NodeId::new("n1").unwrap();
-        let used = state.use_join_token(text.clone(), ours, &n).await.unwrap();
-        assert_eq!(used.unwrap().tenant.as_str(), "acme");
-        let again = state.use_join_token(text.clone(), ours, &n).await.unwrap();
-        assert!(matches!(again, Err(Refusal::UsedUp { .. })), "{again:?}");
-        let foreign = state.use_join_token(text, [8u8; 32], &n).await.unwrap();
-        assert_eq!(foreign.unwrap_err(), Refusal::WrongInstallation);
+        let used = state.use_join_token(text.clone(), ours, &n, "k1").await;
+        assert_eq!(used.unwrap().unwrap().tenant.as_str(), "acme");
+        let again = state.use_join_token(text.clone(), ours, &n, "k2").await;
+        assert!(
+            matches!(again, Ok(Err(Refusal::UsedUp { .. }))),
+            "{again:?}"
+        );
+        let foreign = state.use_join_token(text, [8u8; 32], &n, "k1").await;
+        assert_eq!(foreign.unwrap().unwrap_err(), Refusal::WrongInstallation);
         let junk = state
-            .use_join_token("nonsense".into(), ours, &n)
+            .use_join_token("nonsense".into(), ours, &n, "k1")
             .await
             .unwrap();
         assert!(matches!(junk, Err(Refusal::Malformed(..))));

@@ -376,6 +376,113 @@ fn join_tokens_say_whether_they_expired_were_revoked_or_are_used_up() {
 }
 
 #[test]
+fn an_agent_that_lost_its_enrolment_enrols_again_with_its_single_use_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay")).unwrap();
+    let once = relay
+        .cli_last_line(&["token", "create", "--uses", "1"])
+        .unwrap();
+
+    // ca.pem is a directory with something in it: the relay enrols the
+    // node and spends the token's one use, and the agent cannot keep the
+    // answer, as if it had crashed or its disk had filled up just then.
+    let state = dir.path().join("web");
+    std::fs::create_dir_all(state.join("ca.pem").join("in-the-way")).unwrap();
+    let out = agent_until_exit(&relay, "web", &state, &once);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the agent ran without its certificate"
+    );
+    assert!(
+        stderr.contains("the relay enrolled node web") && stderr.contains("start the agent again"),
+        "the agent should say the node is enrolled and what to do:\n{stderr}"
+    );
+    assert!(relay.cli(&["token", "list"]).unwrap().contains("used up"));
+
+    // Fixed and started again: it asks with the same key, and the used-up
+    // token answers it once more.
+    std::fs::remove_dir_all(state.join("ca.pem")).unwrap();
+    let mut web = AgentCmd::new(&relay, "web", &docker_endpoint(), &state, Some(&once))
+        .spawn()
+        .unwrap();
+    relay.wait_for_node("web").unwrap();
+    web.terminate();
+    assert!(
+        !state.join("enrol-key.pem").exists(),
+        "the pending key outlived the enrolment"
+    );
+
+    // Another host with the same token is still refused: the token was
+    // spent once, on web.
+    let out = agent_until_exit(&relay, "web-2", &dir.path().join("web-2"), &once);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("used up"),
+        "a second host enrolled with a spent token:\n{stderr}"
+    );
+}
+
+#[test]
+fn an_unreadable_certificate_request_spends_no_use_of_the_token() {
+    use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
+    use tunnelgate_proto::message::{ControlMessage, Enroll};
+    use tunnelgate_proto::token::JoinToken;
+    use tunnelgate_proto::{NodeId, ProtocolVersion};
+    use tunnelgate_session::tls::{client_config, Trust};
+
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay")).unwrap();
+    let once = relay
+        .cli_last_line(&["token", "create", "--uses", "1"])
+        .unwrap();
+    let token: JoinToken = once.parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let answer = runtime.block_on(async {
+        let tls = client_config(Trust::Fingerprint(token.ca_fingerprint), None).unwrap();
+        let mux = tunnelgate_session::tcp::connect(relay.agent, "localhost", tls.into())
+            .await
+            .unwrap();
+        let session = tunnelgate_session::Session::from_mux(mux);
+        let mut control = session.open_stream().await.unwrap();
+        let ask = ControlMessage::Enroll(Enroll {
+            version: ProtocolVersion::CURRENT,
+            token: once.clone(),
+            node_id: NodeId::new("web").unwrap(),
+            csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\nbm9uc2Vuc2U=\n-----END CERTIFICATE REQUEST-----\n".into(),
+        });
+        control.write_message(&ask, DEFAULT_MAX_FRAME).await.unwrap();
+        control
+            .read_message::<ControlMessage>(DEFAULT_MAX_FRAME)
+            .await
+            .unwrap()
+    });
+    let ControlMessage::Refused(refused) = answer else {
+        panic!("a nonsense certificate request was answered with {answer:?}");
+    };
+    assert!(
+        refused
+            .message
+            .contains("cannot read the certificate request"),
+        "{}",
+        refused.message
+    );
+
+    // The token still has its one use: a real agent enrols with it.
+    let mut web = AgentCmd::new(
+        &relay,
+        "web",
+        &docker_endpoint(),
+        &dir.path().join("web"),
+        Some(&once),
+    )
+    .spawn()
+    .unwrap();
+    relay.wait_for_node("web").unwrap();
+    web.terminate();
+}
+
+#[test]
 fn a_revoked_client_certificate_is_refused_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let relay = secure_relay(dir.path());

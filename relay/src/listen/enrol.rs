@@ -9,6 +9,7 @@ use tunnelgate_proto::NodeKey;
 use tunnelgate_session::{Session, Stream, HANDSHAKE_TIMEOUT};
 
 use super::Context;
+use crate::identity::Authority;
 use crate::metrics::Handshake;
 use crate::state::{CertMode, StateError};
 
@@ -71,9 +72,21 @@ async fn issue(ctx: &Context, req: Enroll) -> Result<Enrolled, Refused> {
             "the relay cannot use its state dir; see the relay's log".into(),
         )
     };
+    // A request the relay cannot sign must not spend a use of the token.
+    let key_sha256 = Authority::csr_key_sha256(&req.csr_pem).map_err(|e| {
+        refuse(
+            RefusalCode::ProtocolViolation,
+            format!("cannot read the certificate request: {e}"),
+        )
+    })?;
     let token = ctx
         .state
-        .use_join_token(req.token, ctx.authority.ca_fingerprint(), &req.node_id)
+        .use_join_token(
+            req.token,
+            ctx.authority.ca_fingerprint(),
+            &req.node_id,
+            &key_sha256,
+        )
         .await
         .map_err(|e| store_failed(&e))?
         .map_err(|e| refuse(RefusalCode::BadToken, e.to_string()))?;

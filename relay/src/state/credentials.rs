@@ -6,7 +6,8 @@
 //! `api-keys`: files in the state dir, or etcd in a cluster) and share one
 //! lifecycle: create (the only time the secret is shown), list, revoke,
 //! and check. Join tokens also expire and may be limited to a number of
-//! uses; every successful check of one consumes a use. Every change is one
+//! uses; every enrolment spends one, but not the same node asking again
+//! with the same key after losing its answer. Every change is one
 //! read-modify-write of the list, so the CLI and the relays never lose
 //! each other's update.
 //!
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tunnelgate_proto::{NodeId, TenantId};
 
+use super::nodes::ENROL_RETRY_WINDOW;
 use super::records::Records;
 use super::{random_hex, rfc3339, unix_now, StateError};
 
@@ -96,6 +98,30 @@ pub struct Credential {
     /// already (moving a node to a new host).
     #[serde(default)]
     pub replace: bool,
+    /// A limited join token's enrolments of the last
+    /// [`ENROL_RETRY_WINDOW`] seconds, so that an agent whose answer was
+    /// lost may ask again with the same key without spending a use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<Spent>,
+}
+
+/// One use of a limited join token: which node, for which key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spent {
+    /// The node it enrolled.
+    pub node: NodeId,
+    /// Hex SHA-256 of the public key the relay certified.
+    pub key_sha256: String,
+    /// Seconds since the epoch.
+    pub at: u64,
+}
+
+impl Spent {
+    fn is_retry(&self, node: &NodeId, key_sha256: &str, now: u64) -> bool {
+        self.node == *node
+            && self.key_sha256 == key_sha256
+            && now.saturating_sub(self.at) < ENROL_RETRY_WINDOW
+    }
 }
 
 impl Credential {
@@ -237,6 +263,7 @@ impl Store {
             revoked_at: None,
             node: new.node,
             replace: new.replace,
+            recent: Vec::new(),
         };
         let stored = credential.clone();
         self.records
@@ -272,6 +299,7 @@ impl Store {
             revoked_at: None,
             node: None,
             replace: false,
+            recent: Vec::new(),
         };
         let stored = credential.clone();
         self.records
@@ -349,22 +377,40 @@ impl Store {
         Ok(c.clone())
     }
 
-    /// Checks a join token's id and secret, and that it may enrol `node`;
-    /// if it is good, consumes one of its uses.
+    /// Checks a join token's id and secret, and that it may enrol `node`
+    /// with the key whose hex SHA-256 is `key_sha256`; if it is good,
+    /// consumes one of its uses. The same node asking again with the same
+    /// key within [`ENROL_RETRY_WINDOW`] spends nothing: its first answer
+    /// was lost, and a used-up token must not strand it.
     pub async fn use_token(
         &self,
         id: &str,
         secret: &str,
         node: &NodeId,
+        key_sha256: &str,
     ) -> Result<Result<Credential, Refusal>, StateError> {
         let (id, secret, node) = (id.to_owned(), secret.to_owned(), node.clone());
+        let key_sha256 = key_sha256.to_owned();
         self.records
             .update(
                 Kind::JoinToken.key(),
                 move |list: Option<Vec<Credential>>| {
                     let mut list = list.unwrap_or_default();
-                    let checked = Self::check_in(Kind::JoinToken, &list, &id, &secret, unix_now());
-                    let Ok(c) = &checked else {
+                    let now = unix_now();
+                    let checked = Self::check_in(Kind::JoinToken, &list, &id, &secret, now);
+                    // Only a token whose secret matched and that is good
+                    // but for its count may answer a retry.
+                    let retry = match &checked {
+                        Ok(_) | Err(Refusal::UsedUp { .. }) => list.iter().find(|c| {
+                            c.id == id
+                                && c.recent.iter().any(|s| s.is_retry(&node, &key_sha256, now))
+                        }),
+                        Err(_) => None,
+                    };
+                    if let Some(c) = retry {
+                        return Ok((None, Ok(c.clone())));
+                    }
+                    let Ok(c) = checked else {
                         return Ok((None, checked));
                     };
                     if let Some(bound) = c.node.as_ref().filter(|n| **n != node) {
@@ -376,8 +422,18 @@ impl Store {
                     }
                     if let Some(stored) = list.iter_mut().find(|s| s.id == c.id) {
                         stored.uses += 1;
+                        if stored.max_uses.is_some() {
+                            stored
+                                .recent
+                                .retain(|s| now.saturating_sub(s.at) < ENROL_RETRY_WINDOW);
+                            stored.recent.push(Spent {
+                                node: node.clone(),
+                                key_sha256: key_sha256.clone(),
+                                at: now,
+                            });
+                        }
                     }
-                    Ok((Some(list), checked))
+                    Ok((Some(list), Ok(c)))
                 },
             )
             .await
@@ -466,7 +522,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .use_token(&good.id, &secret, &node("n1"))
+                .use_token(&good.id, &secret, &node("n1"), "k1")
                 .await
                 .unwrap()
                 .unwrap()
@@ -480,7 +536,7 @@ mod tests {
         );
         assert!(matches!(
             store
-                .use_token(&good.id, "0123456789abcdef0123", &node("n1"))
+                .use_token(&good.id, "0123456789abcdef0123", &node("n1"), "k1")
                 .await
                 .unwrap(),
             Err(Refusal::Unknown(..))
@@ -490,17 +546,21 @@ mod tests {
             .create(Kind::JoinToken, new(Some(600), Some(1)))
             .await
             .unwrap();
-        assert!(store
-            .use_token(&once.id, &s1, &node("n1"))
-            .await
-            .unwrap()
-            .is_ok());
-        let err = store
-            .use_token(&once.id, &s1, &node("n1"))
-            .await
-            .unwrap()
-            .unwrap_err();
-        assert!(err.to_string().contains("used up"), "{err}");
+        let use_once = |n: &'static str, key: &'static str| {
+            let (store, id, secret) = (store.clone(), once.id.clone(), s1.clone());
+            async move { store.use_token(&id, &secret, &node(n), key).await.unwrap() }
+        };
+        assert!(use_once("n1", "k1").await.is_ok());
+        // The same node with the same key: its answer was lost; it may ask
+        // again, and that spends nothing. Another key or node may not.
+        assert!(use_once("n1", "k1").await.is_ok());
+        for (n, key) in [("n1", "k2"), ("n2", "k1")] {
+            let err = use_once(n, key).await.unwrap_err();
+            assert!(err.to_string().contains("used up"), "{n} {key}: {err}");
+        }
+        let listed = store.list(Kind::JoinToken).await.unwrap();
+        let spent = listed.iter().find(|c| c.id == once.id).unwrap();
+        assert_eq!((spent.uses, spent.recent.len()), (1, 1));
 
         let (bound, s4) = store
             .create(
@@ -513,14 +573,14 @@ mod tests {
             .await
             .unwrap();
         let err = store
-            .use_token(&bound.id, &s4, &node("web-2"))
+            .use_token(&bound.id, &s4, &node("web-2"), "k1")
             .await
             .unwrap()
             .unwrap_err();
         assert!(err.to_string().contains("for node web-1 only"), "{err}");
         assert!(
             store
-                .use_token(&bound.id, &s4, &node("web-1"))
+                .use_token(&bound.id, &s4, &node("web-1"), "k1")
                 .await
                 .unwrap()
                 .is_ok(),
@@ -532,7 +592,7 @@ mod tests {
             .await
             .unwrap();
         let err = store
-            .use_token(&old.id, &s2, &node("n1"))
+            .use_token(&old.id, &s2, &node("n1"), "k1")
             .await
             .unwrap()
             .unwrap_err();
@@ -548,7 +608,7 @@ mod tests {
             .unwrap()
             .is_some());
         let err = store
-            .use_token(&gone.id, &s3, &node("n1"))
+            .use_token(&gone.id, &s3, &node("n1"), "k1")
             .await
             .unwrap()
             .unwrap_err();
