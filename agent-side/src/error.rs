@@ -154,9 +154,10 @@ pub enum AgentError {
     /// The relay ended the session without an error.
     #[error("the session ended")]
     SessionEnded,
-    /// The relay refused the session. A refusal may be cured on the
-    /// relay's side (an upgrade, a restored node record), so the agent
-    /// keeps trying, loudly.
+    /// The relay refused the session, or failed on its side during an
+    /// enrolment. A refusal may be cured on the relay's side (an upgrade,
+    /// a restored node record, etcd back), so the agent keeps trying,
+    /// loudly.
     #[error("refused by the relay: {0}")]
     Refused(String),
     /// The relay is over its handshake budget and said where to go

@@ -312,8 +312,21 @@ fn routes_outlive_an_etcd_outage_and_a_dead_relays_entries_go_with_its_lease() {
     wait_route(&c, "steady", &format!("peer={holder}"));
 
     // etcd away for 30 s: both relays keep serving, from their sessions
-    // and their last-known routes. Bounded in count and time.
+    // and their last-known routes. Bounded in count and time. A host
+    // enrolling meanwhile is refused for now and keeps trying.
+    let late_token = a.token().unwrap();
     etcd.stop();
+    let mut late = AgentCmd::new(
+        &a,
+        "late",
+        &docker_endpoint(),
+        &dir.path().join("late"),
+        Some(&late_token),
+    )
+    .arg("--relay-sessions")
+    .arg("1")
+    .spawn()
+    .unwrap();
     let until = Instant::now() + Duration::from_secs(30);
     let (mut calls, mut failed) = (0, Vec::new());
     while Instant::now() < until && calls < 10_000 {
@@ -335,6 +348,15 @@ fn routes_outlive_an_etcd_outage_and_a_dead_relays_entries_go_with_its_lease() {
     assert!(
         a.log().contains("etcd unreachable"),
         "the holding relay did not say etcd was away"
+    );
+    assert!(
+        a.log().contains("cannot check or record an enrolment"),
+        "the enrolling agent was not refused while etcd was away:\n{}",
+        a.log()
+    );
+    assert!(
+        late.is_running(),
+        "the agent enrolling while etcd was away gave up"
     );
 
     // Back: both relays register again by themselves.
@@ -362,6 +384,8 @@ fn routes_outlive_an_etcd_outage_and_a_dead_relays_entries_go_with_its_lease() {
         back.elapsed()
     );
     wait_route(&c, "steady", &format!("peer={holder}"));
+    a.wait_for_node("late").unwrap();
+    late.terminate();
 
     // The holder dies without leaving: its entries go with its 2 s lease.
     // The agent then moves to the relay that is left; until it has, the

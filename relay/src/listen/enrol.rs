@@ -66,10 +66,12 @@ fn refuse(code: RefusalCode, message: String) -> Refused {
 /// Checks the token, signs the CSR and records the node.
 async fn issue(ctx: &Context, req: Enroll) -> Result<Enrolled, Refused> {
     let store_failed = |e: &dyn std::fmt::Display| {
-        warn!(error = %e, "cannot use the state dir for an enrolment");
+        warn!(error = %e, "cannot check or record an enrolment: the state dir or etcd failed; the agent will try again");
         refuse(
             RefusalCode::Internal,
-            "the relay cannot use its state dir; see the relay's log".into(),
+            "the relay cannot reach its records (its state dir, or etcd in a cluster) just now; \
+             the agent tries again by itself, and the relay's log says what failed"
+                .into(),
         )
     };
     // A request the relay cannot sign must not spend a use of the token.
