@@ -27,7 +27,8 @@ pub async fn ask(
         None => identity::enrol(config, relay).await?,
     };
     identity.check_node(&config.node_id)?;
-    let (session, _) = transport::dial(config, relay, &identity.credentials()?).await?;
+    let creds = identity.credentials()?.for_one_answer();
+    let (session, _) = transport::dial(config, relay, &creds).await?;
     let lost = |e: &dyn std::fmt::Display| AgentError::Errand(format!("{relay}: {e}"));
     let exchange = async {
         let mut control = session.open_stream().await.map_err(|e| lost(&e))?;

@@ -128,7 +128,7 @@ pub async fn enrol(config: &AgentConfig, relay: &str) -> Result<NodeIdentity, Ag
     })?;
     let (key_pem, csr_pem) = enrolment_request(dir)?;
 
-    let creds = Credentials::new(Trust::Fingerprint(token.ca_fingerprint), None)?;
+    let creds = Credentials::new(Trust::Fingerprint(token.ca_fingerprint), None)?.for_one_answer();
     let (session, _) = transport::dial(config, relay, &creds).await?;
     let lost = |e: &dyn std::fmt::Display| AgentError::EnrolInterrupted(e.to_string());
     let mut control = session.open_stream().await.map_err(|e| lost(&e))?;

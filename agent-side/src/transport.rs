@@ -22,13 +22,26 @@ pub const QUIC_HEAD_START: Duration = Duration::from_millis(300);
 #[derive(Clone)]
 pub struct Credentials {
     tls: Arc<rustls::ClientConfig>,
+    one_answer: bool,
 }
 
 impl Credentials {
     /// Trust `trust`; present `identity` if given (else this is enrolment).
     pub fn new(trust: Trust, identity: Option<Identity>) -> Result<Self, AgentError> {
         let tls = tls::client_config(trust, identity).map_err(AgentError::Tls)?;
-        Ok(Self { tls: Arc::new(tls) })
+        Ok(Self {
+            tls: Arc::new(tls),
+            one_answer: false,
+        })
+    }
+
+    /// For a connection that asks one thing and waits for the answer (an
+    /// enrolment, an errand), however long the relay takes: over QUIC it
+    /// keeps itself alive while it waits, where a session relies on its
+    /// heartbeats.
+    pub fn for_one_answer(mut self) -> Self {
+        self.one_answer = true;
+        self
     }
 }
 
@@ -56,8 +69,12 @@ pub async fn dial_quic(
     creds: &Credentials,
 ) -> Result<Session, AgentError> {
     let (addr, host) = resolve(relay).await?;
-    let client = tunnelgate_session::quic::client_config((*creds.tls).clone())
-        .map_err(AgentError::QuicConfig)?;
+    let tls = (*creds.tls).clone();
+    let client = match creds.one_answer {
+        true => tunnelgate_session::quic::answer_client_config(tls),
+        false => tunnelgate_session::quic::client_config(tls),
+    }
+    .map_err(AgentError::QuicConfig)?;
     let endpoint = match &config.quic_endpoint {
         Some(shared) => shared.clone(),
         None => tunnelgate_session::quic::client_endpoint(addr).map_err(AgentError::UdpSocket)?,

@@ -424,6 +424,52 @@ fn an_agent_that_lost_its_enrolment_enrols_again_with_its_single_use_token() {
 }
 
 #[test]
+fn an_enrolment_the_relay_answers_after_its_idle_timeout_is_not_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay")).unwrap();
+    let once = relay
+        .cli_last_line(&["token", "create", "--uses", "1"])
+        .unwrap();
+    // The state dir's lock, held here for longer than the relay's QUIC
+    // idle timeout (10 s): the relay cannot record the enrolment until it
+    // is let go, as when enrolment writes queue in a storm.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(relay.state.join("state.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let log = dir.path().join("web.log");
+    let mut web = AgentCmd::new(
+        &relay,
+        "web",
+        &docker_endpoint(),
+        &dir.path().join("web"),
+        Some(&once),
+    )
+    .arg("--transport")
+    .arg("quic")
+    .spawn_logged(&log)
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(14));
+    lock.unlock().unwrap();
+    relay.wait_for_node("web").unwrap();
+    web.terminate();
+    let agent_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !agent_log.contains("enrolment interrupted"),
+        "the slow answer was cut off:\n{agent_log}"
+    );
+    assert_eq!(
+        relay.log().matches("node enrolled").count(),
+        1,
+        "the relay enrolled the node more than once:\n{}",
+        relay.log()
+    );
+}
+
+#[test]
 fn an_unreadable_certificate_request_spends_no_use_of_the_token() {
     use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
     use tunnelgate_proto::message::{ControlMessage, Enroll};

@@ -13,6 +13,12 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 /// keep-alive fired between heartbeats and doubled the relay's CPU per
 /// idle agent.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(25);
+/// Keep-alive on a connection that waits for one answer (an enrolment, an
+/// errand): more often than [`IDLE_TIMEOUT`], so an answer that takes
+/// longer (enrolment writes queued in a storm) is not cut off by the
+/// silence before it. Such connections last seconds, so this costs
+/// nothing at idle.
+pub const ANSWER_KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// The shortest idle timeout: a session silent this long is dead, and the
 /// calls it carried fail. The relay's is [`idle_timeout`] of its heartbeat
 /// interval.
@@ -200,6 +206,17 @@ pub fn client_config(tls: rustls::ClientConfig) -> std::io::Result<quinn::Client
     Ok(config)
 }
 
+/// [`client_config`] for a connection that waits for one answer: it keeps
+/// itself alive every [`ANSWER_KEEP_ALIVE`] while it waits.
+pub fn answer_client_config(tls: rustls::ClientConfig) -> std::io::Result<quinn::ClientConfig> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut t = transport_config(MAX_STREAMS_TO_AGENT, CLIENT_IDLE_TIMEOUT, MTU_CEILING);
+    t.keep_alive_interval(Some(ANSWER_KEEP_ALIVE));
+    config.transport_config(Arc::new(t));
+    Ok(config)
+}
+
 /// A client endpoint on an ephemeral port of the right address family.
 pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let bind: SocketAddr = if remote.is_ipv6() {
@@ -256,6 +273,10 @@ mod tests {
         assert!(
             KEEP_ALIVE > Duration::from_secs(5),
             "heartbeats, not keep-alives, keep sessions busy"
+        );
+        assert!(
+            ANSWER_KEEP_ALIVE < IDLE_TIMEOUT / 2,
+            "a connection waiting for an answer outlives the relay's idle timeout"
         );
     }
 }
