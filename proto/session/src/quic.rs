@@ -196,23 +196,23 @@ fn listening_endpoint(
 
 /// A QUIC client configuration from the agent's TLS configuration.
 pub fn client_config(tls: rustls::ClientConfig) -> std::io::Result<quinn::ClientConfig> {
-    let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport(
-        MAX_STREAMS_TO_AGENT,
-        CLIENT_IDLE_TIMEOUT,
-        MTU_CEILING,
-    ));
-    Ok(config)
+    agent_client_config(tls, KEEP_ALIVE)
 }
 
 /// [`client_config`] for a connection that waits for one answer: it keeps
 /// itself alive every [`ANSWER_KEEP_ALIVE`] while it waits.
 pub fn answer_client_config(tls: rustls::ClientConfig) -> std::io::Result<quinn::ClientConfig> {
+    agent_client_config(tls, ANSWER_KEEP_ALIVE)
+}
+
+fn agent_client_config(
+    tls: rustls::ClientConfig,
+    keep_alive: Duration,
+) -> std::io::Result<quinn::ClientConfig> {
     let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut t = transport_config(MAX_STREAMS_TO_AGENT, CLIENT_IDLE_TIMEOUT, MTU_CEILING);
-    t.keep_alive_interval(Some(ANSWER_KEEP_ALIVE));
+    t.keep_alive_interval(Some(keep_alive));
     config.transport_config(Arc::new(t));
     Ok(config)
 }
