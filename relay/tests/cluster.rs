@@ -384,7 +384,13 @@ fn routes_outlive_an_etcd_outage_and_a_dead_relays_entries_go_with_its_lease() {
         back.elapsed()
     );
     wait_route(&c, "steady", &format!("peer={holder}"));
-    a.wait_for_node("late").unwrap();
+    // Enrolled now, on whichever relay its node id hashes to.
+    wait_holders(
+        &etcd,
+        "late",
+        "the agent that enrolled while etcd was away",
+        |h| h.len() == 1,
+    );
     late.terminate();
 
     // The holder dies without leaving: its entries go with its 2 s lease.
