@@ -36,6 +36,16 @@ fn agent_until_exit(relay: &Relay, node: &str, state: &Path, token: &str) -> Out
     child.wait_with_output().unwrap()
 }
 
+/// A relay in a temp dir, and a join token for one enrolment.
+fn relay_with_single_use_token() -> (tempfile::TempDir, Relay, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay")).unwrap();
+    let once = relay
+        .cli_last_line(&["token", "create", "--uses", "1"])
+        .unwrap();
+    (dir, relay, once)
+}
+
 fn secure_relay(dir: &Path) -> Relay {
     Relay::start_with(&dir.join("relay"), &["--api-tls", "--api-auth", "required"]).unwrap()
 }
@@ -377,11 +387,7 @@ fn join_tokens_say_whether_they_expired_were_revoked_or_are_used_up() {
 
 #[test]
 fn an_agent_that_lost_its_enrolment_enrols_again_with_its_single_use_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&dir.path().join("relay")).unwrap();
-    let once = relay
-        .cli_last_line(&["token", "create", "--uses", "1"])
-        .unwrap();
+    let (dir, relay, once) = relay_with_single_use_token();
 
     // ca.pem is a directory with something in it: the relay enrols the
     // node and spends the token's one use, and the agent cannot keep the
@@ -425,11 +431,7 @@ fn an_agent_that_lost_its_enrolment_enrols_again_with_its_single_use_token() {
 
 #[test]
 fn an_enrolment_the_relay_answers_after_its_idle_timeout_is_not_cut_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&dir.path().join("relay")).unwrap();
-    let once = relay
-        .cli_last_line(&["token", "create", "--uses", "1"])
-        .unwrap();
+    let (dir, relay, once) = relay_with_single_use_token();
     // The state dir's lock, held here for longer than the relay's QUIC
     // idle timeout (10 s): the relay cannot record the enrolment until it
     // is let go, as when enrolment writes queue in a storm.
@@ -477,11 +479,7 @@ fn an_unreadable_certificate_request_spends_no_use_of_the_token() {
     use tunnelgate_proto::{NodeId, ProtocolVersion};
     use tunnelgate_session::tls::{client_config, Trust};
 
-    let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&dir.path().join("relay")).unwrap();
-    let once = relay
-        .cli_last_line(&["token", "create", "--uses", "1"])
-        .unwrap();
+    let (dir, relay, once) = relay_with_single_use_token();
     let token: JoinToken = once.parse().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let answer = runtime.block_on(async {
