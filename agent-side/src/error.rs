@@ -173,16 +173,19 @@ pub enum AgentError {
 
 impl AgentError {
     /// What a refusal becomes: [`AgentError::Busy`] when the relay is busy
-    /// and said so, else `other`.
+    /// and said so, [`AgentError::Refused`] (worth another try) when it
+    /// failed on its side (its state dir, or etcd away), else `other`.
     pub fn from_refusal(
         refused: tunnelgate_proto::message::Refused,
         other: impl FnOnce(String) -> Self,
     ) -> Self {
+        use tunnelgate_proto::message::RefusalCode;
         match (refused.code, refused.busy) {
-            (tunnelgate_proto::message::RefusalCode::Busy, Some(hint)) => Self::Busy {
+            (RefusalCode::Busy, Some(hint)) => Self::Busy {
                 message: refused.message,
                 hint,
             },
+            (RefusalCode::Internal, _) => Self::Refused(refused.message),
             _ => other(refused.message),
         }
     }

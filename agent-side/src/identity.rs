@@ -23,7 +23,7 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 use tracing::info;
 use tunnelgate_proto::frame::DEFAULT_MAX_FRAME;
-use tunnelgate_proto::message::{ControlMessage, Enroll, RefusalCode};
+use tunnelgate_proto::message::{ControlMessage, Enroll};
 use tunnelgate_proto::token::JoinToken;
 use tunnelgate_proto::{NodeId, ProtocolVersion};
 use tunnelgate_session::tls::{self, Identity, Trust};
@@ -152,11 +152,6 @@ pub async fn enrol(config: &AgentConfig, relay: &str) -> Result<NodeIdentity, Ag
     session.close("enrolment done");
     let enrolled = match reply {
         ControlMessage::Enrolled(e) => e,
-        // The relay failed on its side (its state dir, or etcd away): it
-        // may recover, so this is worth another try, with the same key.
-        ControlMessage::Refused(r) if r.code == RefusalCode::Internal => {
-            return Err(AgentError::Refused(r.message))
-        }
         ControlMessage::Refused(r) => {
             return Err(AgentError::from_refusal(r, AgentError::EnrolRefused))
         }
