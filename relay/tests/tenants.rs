@@ -36,6 +36,15 @@ fn agent_until_exit(relay: &Relay, node: &str, state: &Path, token: &str) -> Out
     child.wait_with_output().unwrap()
 }
 
+/// Runs an agent for `node` until it is up through `relay`, then stops it.
+fn enrols(relay: &Relay, node: &str, state: &Path, token: &str) {
+    let mut agent = AgentCmd::new(relay, node, &docker_endpoint(), state, Some(token))
+        .spawn()
+        .unwrap();
+    relay.wait_for_node(node).unwrap();
+    agent.terminate();
+}
+
 /// A relay in a temp dir, and a join token for one enrolment.
 fn relay_with_single_use_token() -> (tempfile::TempDir, Relay, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -349,17 +358,7 @@ fn join_tokens_say_whether_they_expired_were_revoked_or_are_used_up() {
         .cli_last_line(&["token", "create", "--uses", "1"])
         .unwrap();
 
-    let mut first = AgentCmd::new(
-        &relay,
-        "first",
-        &docker_endpoint(),
-        &dir.path().join("first"),
-        Some(&once),
-    )
-    .spawn()
-    .unwrap();
-    relay.wait_for_node("first").unwrap();
-    first.terminate();
+    enrols(&relay, "first", &dir.path().join("first"), &once);
 
     for (token, node, why) in [
         (&expired, "late", "expired"),
@@ -409,11 +408,7 @@ fn an_agent_that_lost_its_enrolment_enrols_again_with_its_single_use_token() {
     // Fixed and started again: it asks with the same key, and the used-up
     // token answers it once more.
     std::fs::remove_dir_all(state.join("ca.pem")).unwrap();
-    let mut web = AgentCmd::new(&relay, "web", &docker_endpoint(), &state, Some(&once))
-        .spawn()
-        .unwrap();
-    relay.wait_for_node("web").unwrap();
-    web.terminate();
+    enrols(&relay, "web", &state, &once);
     assert!(
         !state.join("enrol-key.pem").exists(),
         "the pending key outlived the enrolment"
@@ -513,17 +508,7 @@ fn an_unreadable_certificate_request_spends_no_use_of_the_token() {
     );
 
     // The token still has its one use: a real agent enrols with it.
-    let mut web = AgentCmd::new(
-        &relay,
-        "web",
-        &docker_endpoint(),
-        &dir.path().join("web"),
-        Some(&once),
-    )
-    .spawn()
-    .unwrap();
-    relay.wait_for_node("web").unwrap();
-    web.terminate();
+    enrols(&relay, "web", &dir.path().join("web"), &once);
 }
 
 #[test]
