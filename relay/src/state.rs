@@ -388,6 +388,17 @@ impl State {
         .await
     }
 
+    /// Gives back a join token's use that enrolled nothing (see
+    /// [`credentials::Store::give_back`]).
+    pub async fn give_back_join_token(
+        &self,
+        id: &str,
+        node: &NodeId,
+        key_sha256: &str,
+    ) -> Result<(), StateError> {
+        self.gated(self.store.give_back(id, node, key_sha256)).await
+    }
+
     /// Records that `key` now holds the certificate `serial`; see
     /// [`CertMode`] for what a renewal and an enrolment may replace.
     pub async fn record_node_cert(

@@ -580,7 +580,9 @@ fn a_join_token_cannot_take_over_an_enrolled_node() {
     let owner_serial = cert_serial(&dir.path().join("owner"));
 
     // Another holder of a tenant token, on another host, same node id.
-    let other = relay.token().unwrap();
+    let other = relay
+        .cli_last_line(&["token", "create", "--uses", "1"])
+        .unwrap();
     let out = agent_until_exit(&relay, "web", &dir.path().join("intruder"), &other);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a second host took over node web");
@@ -590,6 +592,9 @@ fn a_join_token_cannot_take_over_an_enrolled_node() {
             && stderr.contains("--replace"),
         "the refusal must say how to move a node:\n{stderr}"
     );
+    // The refusal cost the single-use token nothing: it still enrols a
+    // node that is free.
+    enrols(&relay, "free", &dir.path().join("free"), &other);
     // A token made for another node cannot enrol this one either.
     let bound = relay
         .cli_last_line(&["token", "create", "--node", "db"])

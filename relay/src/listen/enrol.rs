@@ -108,7 +108,7 @@ async fn issue(ctx: &Context, req: Enroll) -> Result<Enrolled, Refused> {
         })?;
     let key = NodeKey {
         tenant: token.tenant.clone(),
-        node_id: req.node_id,
+        node_id: req.node_id.clone(),
     };
     let mode = CertMode::Enrol {
         token_id: token.id.clone(),
@@ -117,7 +117,15 @@ async fn issue(ctx: &Context, req: Enroll) -> Result<Enrolled, Refused> {
     match ctx.state.record_node_cert(key.clone(), serial, mode).await {
         Ok(()) => {}
         Err(e @ StateError::AlreadyEnrolled(_)) => {
-            return Err(refuse(RefusalCode::BadToken, e.to_string()))
+            if let Err(failed) = ctx
+                .state
+                .give_back_join_token(&token.id, &req.node_id, &key_sha256)
+                .await
+            {
+                warn!(token_id = %token.id, error = %failed,
+                      "cannot give back the join token's use an enrolment refused after all spent; `tunnelgate-relay token list` counts it");
+            }
+            return Err(refuse(RefusalCode::BadToken, e.to_string()));
         }
         Err(e) => return Err(store_failed(&e)),
     }

@@ -438,6 +438,42 @@ impl Store {
             )
             .await
     }
+
+    /// Gives back the use [`Store::use_token`] spent for `node` and the
+    /// key `key_sha256`, when the enrolment it was spent on was refused
+    /// after all (the node was enrolled already): a refused host must not
+    /// cost the token a use. A token gone or revoked since is left alone.
+    pub async fn give_back(
+        &self,
+        id: &str,
+        node: &NodeId,
+        key_sha256: &str,
+    ) -> Result<(), StateError> {
+        let (id, node, key_sha256) = (id.to_owned(), node.clone(), key_sha256.to_owned());
+        self.records
+            .update(
+                Kind::JoinToken.key(),
+                move |list: Option<Vec<Credential>>| {
+                    let mut list = list.unwrap_or_default();
+                    let Some(c) = list.iter_mut().find(|c| c.id == id) else {
+                        return Ok((None, ()));
+                    };
+                    if c.max_uses.is_some() {
+                        let before = c.recent.len();
+                        c.recent
+                            .retain(|s| !(s.node == node && s.key_sha256 == key_sha256));
+                        if c.recent.len() == before {
+                            // Nothing of this node's was spent (or it was
+                            // pruned long ago): there is nothing to give.
+                            return Ok((None, ()));
+                        }
+                    }
+                    c.uses = c.uses.saturating_sub(1);
+                    Ok((Some(list), ()))
+                },
+            )
+            .await
+    }
 }
 
 /// Splits `tgkey1.<id>.<secret>`.
@@ -561,6 +597,13 @@ mod tests {
         let listed = store.list(Kind::JoinToken).await.unwrap();
         let spent = listed.iter().find(|c| c.id == once.id).unwrap();
         assert_eq!((spent.uses, spent.recent.len()), (1, 1));
+        // Given back for a node that spent nothing: nothing changes.
+        store.give_back(&once.id, &node("n2"), "k1").await.unwrap();
+        assert!(use_once("n2", "k2").await.is_err());
+        // Given back for the node that spent it: another may use it.
+        store.give_back(&once.id, &node("n1"), "k1").await.unwrap();
+        assert!(use_once("n2", "k2").await.is_ok());
+        assert!(use_once("n3", "k3").await.is_err(), "given back once only");
 
         let (bound, s4) = store
             .create(
