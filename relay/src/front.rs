@@ -104,6 +104,25 @@ impl ClientConn {
     }
 }
 
+/// Whether a client connection whose first bytes are `head` runs best on
+/// a thread of its own ([`crate::net::Placement`]): its first request
+/// names a node this relay reaches over the direct path. A guess from
+/// one request line; each call is still routed on its own.
+pub fn goes_direct(direct: &Direct, head: &[u8]) -> bool {
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let Some(target) = line.split(|b| *b == b' ').nth(1) else {
+        return false;
+    };
+    let Ok(target) = std::str::from_utf8(target) else {
+        return false;
+    };
+    let path = target.split('?').next().unwrap_or_default();
+    match Route::parse(path) {
+        Route::Docker { node: Ok(node), .. } => direct.reaches(&node),
+        _ => false,
+    }
+}
+
 fn next_request_id() -> RequestId {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     // Random high bits keep ids distinct across relay restarts in logs.

@@ -121,6 +121,8 @@ pub struct Metrics {
     /// Calls that failed before reaching the daemon and went again on
     /// another route.
     pub route_retries: prometheus::IntCounter,
+    /// Client connections of the API, by where they run.
+    pub front_connections: IntCounterVec,
     /// Probes of nodes' direct daemon endpoints, by result.
     pub direct_probes: IntCounterVec,
     /// Direct daemon endpoints whose last probe held.
@@ -207,6 +209,13 @@ impl Metrics {
             "tunnelgate_front_route_retries_total",
             "Calls that failed on a route before reaching the daemon and went again on another route.",
         )?;
+        let front_connections = IntCounterVec::new(
+            Opts::new(
+                "tunnelgate_front_connections_total",
+                "API client connections accepted, by where they run: on the relay's shared pool (shared_pool), or on a thread of their own because their first call went direct (direct_thread).",
+            ),
+            &["runs_on"],
+        )?;
         let direct_probes = IntCounterVec::new(
             Opts::new(
                 "tunnelgate_direct_probes_total",
@@ -224,6 +233,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(direct_probes.clone()))?;
+        registry.register(Box::new(front_connections.clone()))?;
         registry.register(Box::new(direct_endpoints_up.clone()))?;
         registry.register(Box::new(routed.clone()))?;
         registry.register(Box::new(route_retries.clone()))?;
@@ -251,6 +261,7 @@ impl Metrics {
             auth_failures,
             routed,
             route_retries,
+            front_connections,
             direct_probes,
             direct_endpoints_up,
             ready,

@@ -167,10 +167,78 @@ pub struct HttpOptions {
     pub upgrades: bool,
     /// Request-head limits, and the metrics counting their hits.
     pub limits: Option<(Limits, Arc<Metrics>)>,
+    /// Which plain (not TLS) connections run on threads of their own.
+    pub placement: Option<Placement>,
+}
+
+/// Client connections that run on [`FrontThreads`] rather than on the
+/// relay's shared runtime, chosen by their first bytes.
+pub struct Placement {
+    /// Where they run.
+    pub threads: Arc<FrontThreads>,
+    /// Whether a connection whose first bytes (the start of its first
+    /// request) are these goes there.
+    pub wants: FirstBytes,
+}
+
+/// A choice made from a connection's first bytes.
+pub type FirstBytes = Box<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
+/// Threads that each run client connections on a single-threaded runtime
+/// of their own, handed out in turn.
+///
+/// A connection there shares its thread with the node connections its
+/// calls make, from start to end: its bytes never wake another thread to
+/// look for work. That suits a connection whose calls go straight to a
+/// daemon over TCP; one whose calls go over an agent's session would
+/// cross to the thread driving the session on every call instead.
+#[derive(Debug)]
+pub struct FrontThreads {
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<ConnFuture>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl FrontThreads {
+    /// Starts `count` threads; each ends when the pool is dropped and the
+    /// connections it runs have ended.
+    pub fn start(count: usize) -> std::io::Result<Arc<Self>> {
+        let mut senders = Vec::with_capacity(count);
+        for i in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ConnFuture>();
+            std::thread::Builder::new()
+                .name(format!("front-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let running = TaskTracker::new();
+                        while let Some(conn) = rx.recv().await {
+                            running.spawn(conn);
+                        }
+                        running.close();
+                        running.wait().await;
+                    })
+                })?;
+            senders.push(tx);
+        }
+        Ok(Arc::new(Self {
+            senders,
+            next: Default::default(),
+        }))
+    }
+
+    /// Runs `conn` on the next thread; hands it back if that thread is gone.
+    fn run(&self, conn: ConnFuture) -> Result<(), ConnFuture> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
+        self.senders[i].send(conn).map_err(|unsent| unsent.0)
+    }
 }
 
 /// How long a TLS handshake or request head may take where no limit is set.
 const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much of a connection's first request [`Placement`] looks at.
+const PLACEMENT_PEEK: usize = 256;
 
 /// Accepts HTTP/1.1 connections until `stop_accepting`, serving each with
 /// the service `make_service` gives for it; open connections are asked to
@@ -202,24 +270,149 @@ pub async fn serve_http<F, S, B>(
             return;
         };
         let _ = tcp.set_nodelay(true);
-        let (options, make_service) = (options.clone(), make_service.clone());
-        let (stop, hard) = (stop_accepting.clone(), hard.clone());
+        let conn = Conn {
+            peer,
+            options: options.clone(),
+            make_service: make_service.clone(),
+            stop: stop_accepting.clone(),
+            hard: hard.clone(),
+        };
+        let placed = tracker.clone();
+        tracker.spawn(async move {
+            if let Some(tcp) = conn.place(tcp, &placed).await {
+                conn.serve(tcp).await;
+            }
+        });
+    }
+}
+
+/// One accepted client connection and what serving it needs.
+struct Conn<F> {
+    peer: SocketAddr,
+    options: Arc<HttpOptions>,
+    make_service: Arc<F>,
+    stop: CancellationToken,
+    hard: CancellationToken,
+}
+
+impl<F, S, B> Conn<F>
+where
+    F: Fn(ConnMeta) -> S + Send + Sync + 'static,
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = hyper::Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Hands the connection to a thread of its own if its first request
+    /// asks for it (see [`Placement`]); else gives it back to be served
+    /// here. `None` when it is handed on or has ended.
+    async fn place(&self, tcp: TcpStream, tracker: &TaskTracker) -> Option<TcpStream> {
+        let count = |runs_on: &str| {
+            if let Some((_, metrics)) = &self.options.limits {
+                metrics
+                    .front_connections
+                    .with_label_values(&[runs_on])
+                    .inc();
+            }
+        };
+        let placement = match &self.options.placement {
+            Some(p) if self.options.tls.is_none() => p,
+            _ => {
+                count("shared_pool");
+                return Some(tcp);
+            }
+        };
+        let mut head = [0u8; PLACEMENT_PEEK];
+        // A client that sends nothing is cut here at the head timeout, as
+        // hyper would cut it; one that closes or fails has nothing to serve.
+        let n = match tokio::time::timeout(self.head_timeout(), tcp.peek(&mut head)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            Ok(_) => return None,
+            Err(_) => {
+                if let Some((_, metrics)) = &self.options.limits {
+                    metrics.limit_hit(Limit::HeaderReadTimeout);
+                }
+                debug!(peer = %self.peer, "no request within the head timeout");
+                return None;
+            }
+        };
+        if !(placement.wants)(&head[..n]) {
+            count("shared_pool");
+            return Some(tcp);
+        }
+        // The socket moves to the thread's own reactor.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                debug!(peer = %self.peer, error = %e, "cannot hand the connection to a front thread");
+                return None;
+            }
+        };
+        let conn = self.clone_for_thread();
+        let run = placement
+            .threads
+            .run(Box::pin(tracker.track_future(async move {
+                match TcpStream::from_std(tcp) {
+                    Ok(tcp) => conn.serve(tcp).await,
+                    Err(e) => {
+                        debug!(peer = %conn.peer, error = %e, "cannot register the connection")
+                    }
+                }
+            })));
+        match run {
+            Ok(()) => count("direct_thread"),
+            Err(_) => {
+                debug!(peer = %self.peer, "the front threads have stopped; connection dropped")
+            }
+        }
+        None
+    }
+
+    fn clone_for_thread(&self) -> Self {
+        Self {
+            peer: self.peer,
+            options: self.options.clone(),
+            make_service: self.make_service.clone(),
+            stop: self.stop.clone(),
+            hard: self.hard.clone(),
+        }
+    }
+
+    fn head_timeout(&self) -> Duration {
+        match &self.options.limits {
+            Some((limits, _)) => limits.header_read_timeout,
+            None => DEFAULT_HEAD_TIMEOUT,
+        }
+    }
+
+    /// Serves the connection, and the work its calls hand it, to the end.
+    async fn serve(self, tcp: TcpStream) {
+        let head_timeout = self.head_timeout();
+        let Self {
+            peer,
+            options,
+            make_service,
+            stop,
+            hard,
+        } = self;
         let (tasks, tasks_rx) = tokio::sync::mpsc::unbounded_channel();
         let serve = async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new());
-            let head_timeout = match &options.limits {
-                Some((limits, _)) => {
-                    builder
-                        .header_read_timeout(limits.header_read_timeout)
-                        .max_header_size(limits.max_header_bytes)
-                        // The front answers too many headers itself with a
-                        // clear message; hyper stops only the absurd.
-                        .max_headers(limits.max_headers.saturating_mul(4).max(100));
-                    limits.header_read_timeout
-                }
-                None => DEFAULT_HEAD_TIMEOUT,
-            };
+            if let Some((limits, _)) = &options.limits {
+                builder
+                    .header_read_timeout(limits.header_read_timeout)
+                    .max_header_size(limits.max_header_bytes)
+                    // The front answers too many headers itself with a
+                    // clear message; hyper stops only the absurd.
+                    .max_headers(limits.max_headers.saturating_mul(4).max(100));
+            }
             let (io, client_cert) = match &options.tls {
                 None => (Either::Left(tcp), None),
                 Some(acceptor) => {
@@ -269,15 +462,13 @@ pub async fn serve_http<F, S, B>(
                 debug!(%peer, error = %e, "client connection ended with an error");
             }
         };
-        tracker.spawn(async move {
-            // The connection's own work ends with it (the service and its
-            // handles are dropped then), or at `hard` with everything,
-            // the connection included.
-            tokio::select! {
-                ((), ()) = Eager::new(async { tokio::join!(serve, run_conn_tasks(tasks_rx)) }) => {}
-                () = hard.cancelled() => {}
-            }
-        });
+        // The connection's own work ends with it (the service and its
+        // handles are dropped then), or at `hard` with everything, the
+        // connection included.
+        tokio::select! {
+            ((), ()) = Eager::new(async { tokio::join!(serve, run_conn_tasks(tasks_rx)) }) => {}
+            () = hard.cancelled() => {}
+        }
     }
 }
 

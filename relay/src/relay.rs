@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use tunnelgate_proto::{NodeKey, RelayId};
 
-use crate::config::{Config, RegistryConfig};
+use crate::config::{Config, DirectMode, RegistryConfig};
 use crate::front::install::Installer;
 use crate::front::{self, ClientConn, Front};
 use crate::identity::{Authority, IdentityError};
@@ -337,6 +337,22 @@ impl Relay {
             hard.clone(),
             tasks.clone(),
         ));
+        let wants_threads = config.direct_threads > 0 && config.direct != DirectMode::Never;
+        let placement = match wants_threads.then(|| net::FrontThreads::start(config.direct_threads))
+        {
+            None => None,
+            Some(Ok(threads)) => {
+                let direct = direct.clone();
+                Some(net::Placement {
+                    threads,
+                    wants: Box::new(move |head| front::goes_direct(&direct, head)),
+                })
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "cannot start the direct path's threads; its connections run on the shared pool");
+                None
+            }
+        };
         let front = Arc::new(Front {
             config: config.clone(),
             state: state.clone(),
@@ -368,6 +384,7 @@ impl Relay {
                 tls: api_tls,
                 upgrades: true,
                 limits: Some((config.limits.clone(), metrics.clone())),
+                placement,
             },
             (accepting.clone(), hard.clone()),
             tasks.clone(),
@@ -383,6 +400,7 @@ impl Relay {
                 tls: None,
                 upgrades: false,
                 limits: None,
+                placement: None,
             },
             (hard.clone(), hard.clone()),
             tasks.clone(),

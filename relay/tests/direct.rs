@@ -110,6 +110,13 @@ fn routed(relay: &Relay, route: &str) -> u64 {
     ))
 }
 
+/// `tunnelgate_front_connections_total{runs_on}` now.
+fn connections_on(relay: &Relay, runs_on: &str) -> u64 {
+    relay.metric(&format!(
+        "tunnelgate_front_connections_total{{runs_on=\"{runs_on}\"}}"
+    ))
+}
+
 /// Plain HTTP calls to `node` through the relay, each of which must
 /// answer 200, and every fifth a `docker ps`. The docker CLI alone would
 /// hide a failed call: it shrugs off a failed `_ping` and goes on with
@@ -155,6 +162,7 @@ fn the_docker_cli_goes_direct_and_falls_back_to_the_tunnel_without_a_failed_call
     // The whole scenario list, every call of it direct.
     let docker = Docker::new(relay.docker_host("edge"));
     let local_before = routed(&relay, "local");
+    let threaded_before = connections_on(&relay, "direct_thread");
     let direct_times = scenarios::run_all(&docker).unwrap_or_else(|e| {
         panic!(
             "scenarios fail on the direct path: {e:#}\nrelay log:\n{}",
@@ -167,6 +175,14 @@ fn the_docker_cli_goes_direct_and_falls_back_to_the_tunnel_without_a_failed_call
         "a call of the scenario list went through the tunnel though the direct path held"
     );
     assert!(routed(&relay, "direct") > 100);
+    // The docker CLI's connections went direct from their first call:
+    // each ran on a thread of its own.
+    let threaded = connections_on(&relay, "direct_thread");
+    assert!(
+        threaded >= threaded_before + 20,
+        "only {} of the scenario list's connections ran on the direct path's threads",
+        threaded - threaded_before
+    );
 
     // Short calls while the port is black-holed, then reset, then open:
     // none fails, and the route comes back within a probe interval.
@@ -214,9 +230,16 @@ fn the_docker_cli_goes_direct_and_falls_back_to_the_tunnel_without_a_failed_call
     // The same list through the tunnel, for the timing table.
     host.block_tcp_port(2376, "REJECT", true);
     relay.wait_for("edge", |n| n["route"] == "tunnel").unwrap();
+    let (threaded, pooled) = (
+        connections_on(&relay, "direct_thread"),
+        connections_on(&relay, "shared_pool"),
+    );
     let tunnel_times = scenarios::run_all(&docker)
         .unwrap_or_else(|e| panic!("scenarios fail on the tunnel: {e:#}"));
     assert_eq!(route_of(&relay, "edge"), "local");
+    // Through the tunnel they stay on the shared pool, beside the session.
+    assert_eq!(connections_on(&relay, "direct_thread"), threaded);
+    assert!(connections_on(&relay, "shared_pool") >= pooled + 20);
     eprintln!(
         "{:<34} {:>9} {:>9} {:>6}",
         "scenario", "direct s", "tunnel s", "ratio"

@@ -358,6 +358,21 @@ async fn hostile_input_gets_clear_errors_and_never_disturbs_honest_calls() {
     }
     held();
 
+    // A silent client: connects and sends nothing. Cut at the same
+    // timeout, not held open.
+    case("silent client");
+    let mut silent = TcpStream::connect(api).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = silent.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok(),
+        "a client that sends nothing is still connected: {closed:?}"
+    );
+    held();
+
     // --- The agent port, over both transports, with a valid node
     //     certificate: garbage, truncated and oversized control frames.
     for transport in ["tcp", "quic"] {

@@ -192,6 +192,16 @@ impl Direct {
             .map(|h| h.endpoint.clone())
     }
 
+    /// Whether some tenant's node `node_id` has an endpoint whose last
+    /// probe held: a hint for where a client connection runs, before its
+    /// tenant is known.
+    pub fn reaches(&self, node_id: &NodeId) -> bool {
+        self.mode != DirectMode::Never
+            && self.lock().iter().any(|(key, list)| {
+                key.node_id == *node_id && list.iter().any(|h| h.probed == Probed::Up)
+            })
+    }
+
     /// The node's endpoints and their health, for the node list.
     pub fn views(&self, key: &NodeKey) -> Vec<EndpointView> {
         let health = self.lock();
