@@ -279,7 +279,11 @@ pub async fn serve_http<F, S, B>(
         };
         let placed = tracker.clone();
         tracker.spawn(async move {
-            if let Some(tcp) = conn.place(tcp, &placed).await {
+            let tcp = tokio::select! {
+                tcp = conn.place(tcp, &placed) => tcp,
+                () = conn.hard.cancelled() => None,
+            };
+            if let Some(tcp) = tcp {
                 conn.serve(tcp).await;
             }
         });
@@ -293,6 +297,18 @@ struct Conn<F> {
     make_service: Arc<F>,
     stop: CancellationToken,
     hard: CancellationToken,
+}
+
+impl<F> Clone for Conn<F> {
+    fn clone(&self) -> Self {
+        Self {
+            peer: self.peer,
+            options: self.options.clone(),
+            make_service: self.make_service.clone(),
+            stop: self.stop.clone(),
+            hard: self.hard.clone(),
+        }
+    }
 }
 
 impl<F, S, B> Conn<F>
@@ -331,6 +347,8 @@ where
         let mut head = [0u8; PLACEMENT_PEEK];
         // A client that sends nothing is cut here at the head timeout, as
         // hyper would cut it; one that closes or fails has nothing to serve.
+        // hyper's own head timeout starts after this, so a head sent a
+        // byte at a time may take up to twice the timeout in all.
         let n = match tokio::time::timeout(self.head_timeout(), tcp.peek(&mut head)).await {
             Ok(Ok(n)) if n > 0 => n,
             Ok(_) => return None,
@@ -354,7 +372,7 @@ where
                 return None;
             }
         };
-        let conn = self.clone_for_thread();
+        let conn = self.clone();
         let run = placement
             .threads
             .run(Box::pin(tracker.track_future(async move {
@@ -372,16 +390,6 @@ where
             }
         }
         None
-    }
-
-    fn clone_for_thread(&self) -> Self {
-        Self {
-            peer: self.peer,
-            options: self.options.clone(),
-            make_service: self.make_service.clone(),
-            stop: self.stop.clone(),
-            hard: self.hard.clone(),
-        }
     }
 
     fn head_timeout(&self) -> Duration {
