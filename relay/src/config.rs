@@ -100,9 +100,10 @@ pub struct ServeArgs {
     pub direct_probe_interval: Option<Duration>,
     /// Threads of their own for client connections whose first call goes
     /// over the direct path: such a connection and its daemon connection
-    /// then share one thread, which costs the relay a fifth less CPU than
-    /// its shared pool; 0 keeps them on the pool (plain-HTTP API only;
-    /// with --api-tls they stay on the pool) [default: one per core].
+    /// then share one thread, which cost the relay 6-20 % less CPU than
+    /// its shared pool in benches/README.md; 0 keeps them on the pool
+    /// (plain-HTTP API only; with --api-tls they stay on the pool)
+    /// [default: one per core].
     #[arg(long, env = "TUNNELGATE_DIRECT_THREADS", value_name = "N")]
     pub direct_threads: Option<usize>,
     /// The agent binary served to hosts at /download/ for the one-line
