@@ -45,13 +45,18 @@ fn enrols(relay: &Relay, node: &str, state: &Path, token: &str) {
     agent.terminate();
 }
 
+/// A join token of `relay` for one enrolment.
+fn single_use_token(relay: &Relay) -> String {
+    relay
+        .cli_last_line(&["token", "create", "--uses", "1"])
+        .unwrap()
+}
+
 /// A relay in a temp dir, and a join token for one enrolment.
 fn relay_with_single_use_token() -> (tempfile::TempDir, Relay, String) {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay")).unwrap();
-    let once = relay
-        .cli_last_line(&["token", "create", "--uses", "1"])
-        .unwrap();
+    let once = single_use_token(&relay);
     (dir, relay, once)
 }
 
@@ -354,9 +359,7 @@ fn join_tokens_say_whether_they_expired_were_revoked_or_are_used_up() {
     relay
         .cli(&["token", "revoke", revoked.split('.').nth(2).unwrap()])
         .unwrap();
-    let once = relay
-        .cli_last_line(&["token", "create", "--uses", "1"])
-        .unwrap();
+    let once = single_use_token(&relay);
 
     enrols(&relay, "first", &dir.path().join("first"), &once);
 
@@ -580,9 +583,7 @@ fn a_join_token_cannot_take_over_an_enrolled_node() {
     let owner_serial = cert_serial(&dir.path().join("owner"));
 
     // Another holder of a tenant token, on another host, same node id.
-    let other = relay
-        .cli_last_line(&["token", "create", "--uses", "1"])
-        .unwrap();
+    let other = single_use_token(&relay);
     let out = agent_until_exit(&relay, "web", &dir.path().join("intruder"), &other);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a second host took over node web");
