@@ -337,20 +337,21 @@ impl Relay {
             hard.clone(),
             tasks.clone(),
         ));
-        let wants_threads = config.direct_threads > 0 && config.direct != DirectMode::Never;
-        let placement = match wants_threads.then(|| net::FrontThreads::start(config.direct_threads))
-        {
-            None => None,
-            Some(Ok(threads)) => {
-                let direct = direct.clone();
-                Some(net::Placement {
-                    threads,
-                    wants: Box::new(move |head| front::goes_direct(&direct, head)),
-                })
-            }
-            Some(Err(e)) => {
-                warn!(error = %e, "cannot start the direct path's threads; its connections run on the shared pool");
-                None
+        let placement = if config.direct_threads == 0 || config.direct == DirectMode::Never {
+            None
+        } else {
+            match net::FrontThreads::start(config.direct_threads) {
+                Ok(threads) => {
+                    let direct = direct.clone();
+                    Some(net::Placement {
+                        threads,
+                        wants: Box::new(move |head| front::goes_direct(&direct, head)),
+                    })
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot start the direct path's threads; its connections run on the shared pool");
+                    None
+                }
             }
         };
         let front = Arc::new(Front {

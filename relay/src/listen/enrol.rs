@@ -123,7 +123,7 @@ async fn issue(ctx: &Context, req: Enroll) -> Result<Enrolled, Refused> {
                 .await
             {
                 warn!(token_id = %token.id, error = %failed,
-                      "cannot give back the join token's use an enrolment refused after all spent; `tunnelgate-relay token list` counts it");
+                      "cannot give back the join token use this refused enrolment spent; `tunnelgate-relay token list` still counts it");
             }
             return Err(refuse(RefusalCode::BadToken, e.to_string()));
         }

@@ -442,7 +442,7 @@ impl Store {
     /// Gives back the use [`Store::use_token`] spent for `node` and the
     /// key `key_sha256`, when the enrolment it was spent on was refused
     /// after all (the node was enrolled already): a refused host must not
-    /// cost the token a use. A token gone or revoked since is left alone.
+    /// cost the token a use. A token gone since is left alone.
     pub async fn give_back(
         &self,
         id: &str,
