@@ -626,13 +626,17 @@ fn tokens_keys_and_tenants_hold_across_relays() {
         assert!(!state.join("ca.pem").exists());
     }
     assert_eq!(ca_files(), before);
-    // A token made through relay a enrols an agent at relay b.
+    // A token made through relay a enrols an agent at relay b. Its node
+    // id ranks relay-b first among the two (rendezvous hashing), so the
+    // agent stays where it enrolled; with "web", which ranks relay-a
+    // first, it moved to a whenever the membership reached it before
+    // the checks below, and they found it held by relay-a.
     let token = a
         .cli_last_line(&["token", "create", "--tenant", "acme"])
         .unwrap();
     let _agent = AgentCmd::new(
         &b,
-        "web",
+        "edge",
         &docker_endpoint(),
         &dir.path().join("agent"),
         Some(&token),
@@ -646,7 +650,7 @@ fn tokens_keys_and_tenants_hold_across_relays() {
         .unwrap();
     let at_a = ApiClient::new(a.api, &ca).unwrap().with_bearer(&acme_key);
     let at_b = ApiClient::new(b.api, &ca).unwrap().with_bearer(&acme_key);
-    at_b.wait_for_node("web").unwrap_or_else(|e| {
+    at_b.wait_for_node("edge").unwrap_or_else(|e| {
         panic!(
             "{e}; agent log:\n{}",
             std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
@@ -656,13 +660,13 @@ fn tokens_keys_and_tenants_hold_across_relays() {
     // the node b holds.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match at_a.get("/nodes/web/_ping") {
+        match at_a.get("/nodes/edge/_ping") {
             Ok((200, body)) if body == "OK" => break,
             other => assert!(Instant::now() < deadline, "a call through a: {other:?}"),
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(at_b.get("/nodes/web/_ping").unwrap().0, 200);
+    assert_eq!(at_b.get("/nodes/edge/_ping").unwrap().0, 200);
 
     // Another tenant's caller at a: 404 exactly like a node that does
     // not exist.
@@ -672,7 +676,7 @@ fn tokens_keys_and_tenants_hold_across_relays() {
     let globex_at_a = ApiClient::new(a.api, &ca).unwrap().with_bearer(&globex_key);
     let deadline = Instant::now() + Duration::from_secs(20);
     let (status, body) = loop {
-        match globex_at_a.get("/nodes/web/_ping").unwrap() {
+        match globex_at_a.get("/nodes/edge/_ping").unwrap() {
             (401, _) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
             other => break other,
         }
@@ -684,7 +688,7 @@ fn tokens_keys_and_tenants_hold_across_relays() {
         "{body} / {missing_body}"
     );
     assert_eq!(
-        body.replace("web", "X"),
+        body.replace("edge", "X"),
         missing_body.replace("nosuch", "X")
     );
 
@@ -694,7 +698,7 @@ fn tokens_keys_and_tenants_hold_across_relays() {
     let revoked = Instant::now();
     let deadline = revoked + Duration::from_secs(10);
     loop {
-        let (status, body) = at_a.get("/nodes/web/_ping").unwrap();
+        let (status, body) = at_a.get("/nodes/edge/_ping").unwrap();
         if status == 401 {
             assert!(body.contains("revoked"), "{body}");
             break;
@@ -715,24 +719,24 @@ fn tokens_keys_and_tenants_hold_across_relays() {
     // agent was once found held by both relays here, as a make-before-
     // break move leaves it for a moment: wait for it to settle on b.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while tenant_holders(&etcd, "acme", "web") != ["relay-b"] {
+    while tenant_holders(&etcd, "acme", "edge") != ["relay-b"] {
         assert!(
             Instant::now() < deadline,
-            "web is held by {:?}, not relay-b alone; agent log:\n{}",
-            tenant_holders(&etcd, "acme", "web"),
+            "edge is held by {:?}, not relay-b alone; agent log:\n{}",
+            tenant_holders(&etcd, "acme", "edge"),
             std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    a.cli(&["node", "revoke", "acme/web"]).unwrap();
+    a.cli(&["node", "revoke", "acme/edge"]).unwrap();
     b.wait_log("node revoked by an operator", Duration::from_secs(10))
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !tenant_holders(&etcd, "acme", "web").is_empty() {
+    while !tenant_holders(&etcd, "acme", "edge").is_empty() {
         assert!(
             Instant::now() < deadline,
             "b still claims the revoked node: {:?}",
-            tenant_holders(&etcd, "acme", "web")
+            tenant_holders(&etcd, "acme", "edge")
         );
         std::thread::sleep(Duration::from_millis(100));
     }
