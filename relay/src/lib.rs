@@ -26,6 +26,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod front;
 pub mod identity;
 pub mod listen;

@@ -1,0 +1,123 @@
+//! The filters a placement runs, in order, each keeping the nodes that can
+//! run a container and saying why each other one cannot (Swarm's
+//! `scheduler/filter`, one file per filter). A filter is pure: the ask and
+//! the nodes in, a verdict out.
+
+mod affinity;
+mod constraint;
+mod dependency;
+mod health;
+mod port;
+mod resources;
+
+pub use affinity::Affinity;
+pub use constraint::Constraint;
+pub use dependency::Dependency;
+pub use health::Health;
+pub use port::Port;
+pub use resources::Resources;
+
+use super::ask::Ask;
+use super::expr::Expr;
+use super::view::Node;
+
+/// What one filter made of the nodes it was given.
+#[derive(Debug, Default)]
+pub struct Outcome<'v> {
+    /// The nodes that pass.
+    pub kept: Vec<&'v Node>,
+    /// The nodes that do not, each with why.
+    pub ruled_out: Vec<(&'v Node, String)>,
+    /// What else the placement should say (a soft filter dropped, ...).
+    pub notes: Vec<String>,
+}
+
+/// One of the placement's filters.
+pub trait Filter: Sync {
+    /// Its name in messages (`constraint`, `port`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Keeps the `nodes` that can run `ask`; `fleet` is every node of the
+    /// tenant, for filters that look at where other containers are.
+    fn filter<'v>(&self, ask: &Ask, fleet: &[&'v Node], nodes: Vec<&'v Node>) -> Outcome<'v>;
+}
+
+/// Every filter, in the order a placement runs them.
+pub fn all() -> [&'static dyn Filter; 6] {
+    [
+        &Health,
+        &Constraint,
+        &Affinity,
+        &Dependency,
+        &Port,
+        &Resources,
+    ]
+}
+
+/// Keeps the nodes for which every hard expression holds, then applies
+/// each soft one that leaves at least one node, and notes the others.
+/// `values` gives a node's values for an expression's key, and `why` the
+/// reason a node fails one.
+pub(super) fn by_expressions<'v>(
+    what: &str,
+    exprs: &[Expr],
+    nodes: Vec<&'v Node>,
+    holds: impl Fn(&Expr, &Node) -> bool,
+    why: impl Fn(&Expr, &Node) -> String,
+) -> Outcome<'v> {
+    let mut out = Outcome::default();
+    let mut kept = nodes;
+    for expr in exprs.iter().filter(|e| !e.soft) {
+        let (pass, fail): (Vec<_>, Vec<_>) = kept.into_iter().partition(|n| holds(expr, n));
+        out.ruled_out
+            .extend(fail.into_iter().map(|n| (n, why(expr, n))));
+        kept = pass;
+    }
+    for expr in exprs.iter().filter(|e| e.soft) {
+        let (pass, fail): (Vec<_>, Vec<_>) = kept.iter().partition(|n| holds(expr, n));
+        if pass.is_empty() {
+            out.notes.push(format!(
+                "the soft {what} {expr} matched none of the {} node(s) left, so it was ignored",
+                kept.len()
+            ));
+            continue;
+        }
+        out.ruled_out
+            .extend(fail.into_iter().map(|n| (n, why(expr, n))));
+        kept = pass;
+    }
+    out.kept = kept;
+    out
+}
+
+#[cfg(test)]
+pub(super) mod fake {
+    //! A made-up fleet for the filters' and strategies' tests.
+    use tunnelgate_proto::NodeId;
+
+    use crate::fleet::view::{Container, Node};
+
+    /// A healthy node with 4 CPUs and 4 GiB.
+    pub fn node(id: &str) -> Node {
+        let mut n = Node::new(NodeId::new(id).expect("a valid test node id"));
+        n.facts.ncpu = 4;
+        n.facts.mem_total = 4 << 30;
+        n
+    }
+
+    /// A running container.
+    pub fn container(name: &str, id: &str) -> Container {
+        Container {
+            id: id.into(),
+            name: name.into(),
+            image: "busybox".into(),
+            running: true,
+            ..Default::default()
+        }
+    }
+
+    /// The ids of nodes, in order.
+    pub fn ids(nodes: &[&Node]) -> Vec<String> {
+        nodes.iter().map(|n| n.id.to_string()).collect()
+    }
+}

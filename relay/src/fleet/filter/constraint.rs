@@ -1,0 +1,128 @@
+//! Constraints on the node itself: `node` (its id or hostname), the
+//! agent's `--label`s and the daemon's own labels, the `docker info`
+//! facts `storagedriver`, `kernelversion`, `operatingsystem` and
+//! `architecture`, and the relay's own `transport`, `route` and `relay`.
+
+use super::{by_expressions, Filter, Outcome};
+use crate::fleet::ask::Ask;
+use crate::fleet::expr::Expr;
+use crate::fleet::view::Node;
+
+/// The constraint filter.
+#[derive(Debug)]
+pub struct Constraint;
+
+/// A node's values for a constraint's key: none when it has no such
+/// fact or label; an agent label and a daemon label of one key both count.
+pub fn values<'n>(node: &'n Node, key: &str) -> Vec<&'n str> {
+    let fact = match key {
+        "node" => return vec![node.id.as_str(), node.hostname.as_str()],
+        "storagedriver" => &node.facts.storage_driver,
+        "kernelversion" => &node.facts.kernel_version,
+        "operatingsystem" => &node.facts.operating_system,
+        "architecture" => &node.facts.architecture,
+        "transport" => &node.transport,
+        "route" => &node.route,
+        "relay" => &node.relay,
+        _ => {
+            return node
+                .labels
+                .get(key)
+                .into_iter()
+                .chain(node.engine_labels.get(key))
+                .map(String::as_str)
+                .collect()
+        }
+    };
+    vec![fact.as_str()]
+}
+
+fn why(expr: &Expr, node: &Node) -> String {
+    let have = values(node, &expr.key);
+    match have.as_slice() {
+        [] => format!("it has no label {} (wanted {expr})", expr.key),
+        [one] => format!("its {} is {one:?} (wanted {expr})", expr.key),
+        many => format!("its {} is {} (wanted {expr})", expr.key, many.join(" / ")),
+    }
+}
+
+impl Filter for Constraint {
+    fn name(&self) -> &'static str {
+        "constraint"
+    }
+
+    fn filter<'v>(&self, ask: &Ask, _: &[&'v Node], nodes: Vec<&'v Node>) -> Outcome<'v> {
+        by_expressions(
+            "constraint",
+            &ask.constraints,
+            nodes,
+            |e, n| e.holds(values(n, &e.key).into_iter()),
+            why,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::filter::fake::{ids, node};
+
+    fn ask(exprs: &[&str]) -> Ask {
+        Ask {
+            constraints: exprs.iter().map(|t| Expr::parse(t).unwrap()).collect(),
+            ..Ask::default()
+        }
+    }
+
+    fn run<'v>(exprs: &[&str], all: &[&'v Node]) -> Outcome<'v> {
+        Constraint.filter(&ask(exprs), all, all.to_vec())
+    }
+
+    #[test]
+    fn agent_labels_daemon_labels_facts_and_the_node_itself_are_matched() {
+        let mut a = node("a");
+        a.labels.insert("region".into(), "eu".into());
+        a.facts.storage_driver = "vfs".into();
+        a.hostname = "host-a".into();
+        let mut b = node("b");
+        b.engine_labels.insert("region".into(), "us".into());
+        b.facts.storage_driver = "overlay2".into();
+        b.transport = "tcp".into();
+        let all = [&a, &b];
+        assert_eq!(ids(&run(&["region==eu"], &all).kept), ["a"]);
+        assert_eq!(ids(&run(&["region==us"], &all).kept), ["b"]);
+        assert_eq!(ids(&run(&["region!=eu"], &all).kept), ["b"]);
+        assert_eq!(ids(&run(&["storagedriver==/over.*/"], &all).kept), ["b"]);
+        assert_eq!(ids(&run(&["node==host-a"], &all).kept), ["a"]);
+        assert_eq!(ids(&run(&["node!=b"], &all).kept), ["a"]);
+        assert_eq!(ids(&run(&["transport==tcp"], &all).kept), ["b"]);
+        assert_eq!(ids(&run(&["node==*"], &all).kept), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_soft_constraint_that_matches_nothing_is_ignored_and_said() {
+        let mut a = node("a");
+        a.labels.insert("disk".into(), "ssd".into());
+        let b = node("b");
+        let all = [&a, &b];
+        let soft = run(&["disk==~nvme"], &all);
+        assert_eq!(ids(&soft.kept), ["a", "b"]);
+        assert!(soft.notes[0].contains("disk==~nvme"), "{:?}", soft.notes);
+        let soft = run(&["disk==~ssd"], &all);
+        assert_eq!(
+            ids(&soft.kept),
+            ["a"],
+            "a soft constraint that matches holds"
+        );
+        let hard = run(&["disk==nvme"], &all);
+        assert!(hard.kept.is_empty());
+        assert_eq!(
+            hard.ruled_out[0].1,
+            "its disk is \"ssd\" (wanted disk==nvme)"
+        );
+        assert_eq!(
+            hard.ruled_out[1].1,
+            "it has no label disk (wanted disk==nvme)"
+        );
+    }
+}

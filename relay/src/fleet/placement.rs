@@ -1,0 +1,195 @@
+//! Placement: a pure function from the fleet's nodes and a create's
+//! [`Ask`] to the candidates, best first, or to why there are none, filter
+//! by filter. It never does IO; the caller tries the candidates in order,
+//! since a node's daemon has the final word on names and ports.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use tunnelgate_proto::NodeId;
+
+use super::ask::Ask;
+use super::filter;
+use super::strategy::Strategy;
+use super::view::Node;
+
+/// The candidates for one create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Best first; never empty.
+    pub ranked: Vec<NodeId>,
+    /// What the filters said on the way (soft filters dropped).
+    pub notes: Vec<String>,
+}
+
+/// Why no node can run a container: what each filter ruled out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoNode {
+    /// How many nodes the fleet has.
+    pub nodes: usize,
+    /// Each filter that ruled any out, in the order they ran, with each
+    /// node it ruled out and why.
+    pub steps: Vec<(&'static str, Vec<(NodeId, String)>)>,
+    /// What the filters said on the way.
+    pub notes: Vec<String>,
+}
+
+/// How many nodes are named for one reason before "and N more".
+const NAMED_PER_REASON: usize = 3;
+/// How many reasons are given per filter before "and N more".
+const REASONS_PER_FILTER: usize = 4;
+
+impl fmt::Display for NoNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.nodes == 0 {
+            return f.write_str(
+                "no node can run this container: the fleet has no nodes; enrol one with a join \
+                 token (tunnelgate-relay token create)",
+            );
+        }
+        write!(
+            f,
+            "no node can run this container; nothing was created. Of {} node(s):",
+            self.nodes
+        )?;
+        for (name, out) in &self.steps {
+            let mut by_reason: BTreeMap<&str, Vec<&NodeId>> = BTreeMap::new();
+            for (node, why) in out {
+                by_reason.entry(why).or_default().push(node);
+            }
+            write!(f, " {name} ruled out {}:", out.len())?;
+            let mut first = true;
+            for (why, nodes) in by_reason.iter().take(REASONS_PER_FILTER) {
+                let mut named: Vec<String> = nodes
+                    .iter()
+                    .take(NAMED_PER_REASON)
+                    .map(ToString::to_string)
+                    .collect();
+                if nodes.len() > NAMED_PER_REASON {
+                    named.push(format!("{} more", nodes.len() - NAMED_PER_REASON));
+                }
+                let sep = if first { " " } else { "; " };
+                write!(f, "{sep}{} ({why})", named.join(", "))?;
+                first = false;
+            }
+            if by_reason.len() > REASONS_PER_FILTER {
+                write!(
+                    f,
+                    "; and {} other reasons",
+                    by_reason.len() - REASONS_PER_FILTER
+                )?;
+            }
+            f.write_str(".")?;
+        }
+        for note in &self.notes {
+            write!(f, " Also: {note}.")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NoNode {}
+
+/// Ranks the nodes of `fleet` that can run `ask`, best first, by
+/// `strategy` (which may draw on `seed`), or says why none can.
+pub fn place(
+    fleet: &[&Node],
+    ask: &Ask,
+    strategy: &dyn Strategy,
+    seed: u64,
+) -> Result<Placement, NoNode> {
+    let mut nodes = fleet.to_vec();
+    let mut steps = Vec::new();
+    let mut notes = Vec::new();
+    for filter in filter::all() {
+        let out = filter.filter(ask, fleet, nodes);
+        notes.extend(out.notes);
+        if !out.ruled_out.is_empty() {
+            let named = out
+                .ruled_out
+                .into_iter()
+                .map(|(n, why)| (n.id.clone(), why))
+                .collect();
+            steps.push((filter.name(), named));
+        }
+        nodes = out.kept;
+        if nodes.is_empty() {
+            return Err(NoNode {
+                nodes: fleet.len(),
+                steps,
+                notes,
+            });
+        }
+    }
+    strategy.rank(ask, &mut nodes, seed);
+    Ok(Placement {
+        ranked: nodes.into_iter().map(|n| n.id.clone()).collect(),
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::expr::Expr;
+    use crate::fleet::filter::fake::node;
+    use crate::fleet::strategy::Spread;
+    use crate::fleet::view::Health;
+
+    #[test]
+    fn an_impossible_ask_says_filter_by_filter_what_ruled_each_node_out() {
+        let mut a = node("a");
+        a.labels.insert("region".into(), "eu".into());
+        let mut b = node("b");
+        b.labels.insert("region".into(), "eu".into());
+        let mut c = node("c");
+        c.health = Health::Offline;
+        let fleet = [&a, &b, &c];
+        let ask = Ask {
+            constraints: vec![Expr::parse("region==us").unwrap()],
+            ..Ask::default()
+        };
+        let err = place(&fleet, &ask, &Spread, 0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no node can run this container; nothing was created. Of 3 node(s): \
+             health ruled out 1: c (its agent is not connected). \
+             constraint ruled out 2: a, b (its region is \"eu\" (wanted region==us))."
+        );
+    }
+
+    #[test]
+    fn the_candidates_come_ranked_and_soft_notes_travel_with_them() {
+        let mut a = node("a");
+        a.containers
+            .push(crate::fleet::filter::fake::container("x", "1"));
+        let b = node("b");
+        let ask = Ask {
+            constraints: vec![Expr::parse("zone==~z9").unwrap()],
+            ..Ask::default()
+        };
+        let placed = place(&[&a, &b], &ask, &Spread, 0).unwrap();
+        assert_eq!(
+            placed.ranked,
+            [NodeId::new("b").unwrap(), NodeId::new("a").unwrap()]
+        );
+        assert_eq!(placed.notes.len(), 1);
+        let none = place(&[], &ask, &Spread, 0).unwrap_err();
+        assert!(none.to_string().contains("has no nodes"), "{none}");
+    }
+
+    #[test]
+    fn many_nodes_with_one_reason_are_counted_not_all_named() {
+        let nodes: Vec<Node> = (0..10).map(|i| node(&format!("n{i}"))).collect();
+        let fleet: Vec<&Node> = nodes.iter().collect();
+        let ask = Ask {
+            memory: 64 << 30,
+            ..Ask::default()
+        };
+        let text = place(&fleet, &ask, &Spread, 0).unwrap_err().to_string();
+        assert!(
+            text.contains("resources ruled out 10: n0, n1, n2, 7 more (it has 4 GiB"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! How the nodes that passed every filter are ranked (Swarm's
+//! `scheduler/strategy`, one file per strategy). A node's score is what
+//! its running containers reserve plus what the new one asks, in percent
+//! of its total, CPU and memory added, as Swarm's `weighted_node` had it;
+//! ties go by container count.
+
+mod binpack;
+mod random;
+mod spread;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use binpack::Binpack;
+pub use random::Random;
+pub use spread::Spread;
+
+use super::ask::Ask;
+use super::view::Node;
+
+/// One way of ranking candidates.
+pub trait Strategy: Sync + fmt::Debug {
+    /// Its name, as the setting spells it.
+    fn name(&self) -> &'static str;
+
+    /// Orders `nodes` best first; `seed` is the only randomness it may use.
+    fn rank(&self, ask: &Ask, nodes: &mut [&Node], seed: u64);
+}
+
+/// The strategy a relay places with (`--fleet-strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StrategyName {
+    /// Fewest reserved resources, then fewest containers, first.
+    #[default]
+    Spread,
+    /// Most reserved resources (that still fit), then most containers.
+    Binpack,
+    /// Any node that passed the filters.
+    Random,
+}
+
+impl StrategyName {
+    /// The strategy itself.
+    pub fn strategy(self) -> &'static dyn Strategy {
+        match self {
+            Self::Spread => &Spread,
+            Self::Binpack => &Binpack,
+            Self::Random => &Random,
+        }
+    }
+}
+
+impl FromStr for StrategyName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "spread" => Ok(Self::Spread),
+            "binpack" => Ok(Self::Binpack),
+            "random" => Ok(Self::Random),
+            other => Err(format!(
+                "unknown fleet strategy {other:?}: the strategies are spread, binpack and random"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for StrategyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.strategy().name())
+    }
+}
+
+/// What the node would have reserved with the new container, in percent
+/// of its CPUs plus percent of its memory (a resource it does not report
+/// counts nothing).
+pub fn score(ask: &Ask, node: &Node) -> u64 {
+    let percent = |used: u64, total: u64| match total {
+        0 => 0,
+        t => ((u128::from(used) * 100) / u128::from(t)) as u64,
+    };
+    let cpu = percent(
+        node.reserved_nano_cpus() + ask.nano_cpus,
+        node.facts.ncpu * 1_000_000_000,
+    );
+    let mem = percent(node.reserved_memory() + ask.memory, node.facts.mem_total);
+    cpu + mem
+}

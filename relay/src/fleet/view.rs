@@ -1,0 +1,273 @@
+//! What the fleet knows of each node: its facts, its containers and its
+//! images, as the placement and the cached reads see them. Plain data:
+//! filled by [`super::cache`], read by everything else; nothing here does
+//! IO or knows where the data came from.
+
+use std::collections::BTreeMap;
+
+use tunnelgate_proto::NodeId;
+
+/// One node of a tenant's fleet.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The node's id.
+    pub id: NodeId,
+    /// The host's name, as its agent reported it.
+    pub hostname: String,
+    /// The agent's `--label`s.
+    pub labels: BTreeMap<String, String>,
+    /// The daemon's own labels (`docker info`'s `Labels`, `key=value`).
+    pub engine_labels: BTreeMap<String, String>,
+    /// What `docker info` says of the host.
+    pub facts: Facts,
+    /// `quic` or `tcp` for a node held here, `peer` for one held elsewhere.
+    pub transport: String,
+    /// How a call reaches it from this relay: `direct`, `local` or `peer`.
+    pub route: String,
+    /// The relay holding its session.
+    pub relay: String,
+    /// Whether calls can reach its daemon now.
+    pub health: Health,
+    /// Whether the agent's policy lets calls change the node.
+    pub writable: bool,
+    /// Its containers, stopped ones included.
+    pub containers: Vec<Container>,
+    /// Its images.
+    pub images: Vec<Image>,
+}
+
+/// `docker info` facts of a host that constraints may name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// CPUs (`NCPU`).
+    pub ncpu: u64,
+    /// Memory in bytes (`MemTotal`).
+    pub mem_total: u64,
+    /// `Driver`.
+    pub storage_driver: String,
+    /// `KernelVersion`.
+    pub kernel_version: String,
+    /// `OperatingSystem`.
+    pub operating_system: String,
+    /// `Architecture`, as Docker names it (`x86_64`).
+    pub architecture: String,
+    /// `ServerVersion`.
+    pub server_version: String,
+}
+
+/// Whether a node can take calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Health {
+    /// Connected, and its daemon answers.
+    #[default]
+    Healthy,
+    /// Connected, but the agent cannot reach its daemon (why).
+    DaemonDown(String),
+    /// Its agent is not connected to any relay.
+    Offline,
+}
+
+/// One container, as the placement needs it.
+#[derive(Debug, Clone, Default)]
+pub struct Container {
+    /// The full id.
+    pub id: String,
+    /// Its name, without the leading `/`.
+    pub name: String,
+    /// The image it was created from, as asked (`busybox`, `busybox:1`).
+    pub image: String,
+    /// The image's id (`sha256:...`).
+    pub image_id: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// CPUs it reserves, in billionths (`--cpus`; `--cpu-shares` / 1024).
+    pub nano_cpus: u64,
+    /// Memory it reserves, in bytes (`-m`).
+    pub memory: u64,
+    /// Host ports it binds.
+    pub host_ports: Vec<HostPort>,
+    /// Whether it is running (or paused, or restarting): holding its
+    /// ports and reservations.
+    pub running: bool,
+}
+
+/// A port on the host a container binds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    /// The host address, empty for all of them.
+    pub ip: String,
+    /// The port.
+    pub port: u16,
+    /// `tcp`, `udp` or `sctp`.
+    pub proto: String,
+}
+
+impl HostPort {
+    /// Whether this binding and `other` cannot both be held on one host.
+    pub fn clashes(&self, other: &HostPort) -> bool {
+        let any = |ip: &str| ip.is_empty() || ip == "0.0.0.0" || ip == "::";
+        self.port == other.port
+            && self.proto == other.proto
+            && (any(&self.ip) || any(&other.ip) || self.ip == other.ip)
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ip.is_empty() {
+            true => write!(f, "{}/{}", self.port, self.proto),
+            false => write!(f, "{}:{}/{}", self.ip, self.port, self.proto),
+        }
+    }
+}
+
+/// One image.
+#[derive(Debug, Clone, Default)]
+pub struct Image {
+    /// `sha256:...`.
+    pub id: String,
+    /// `repo:tag` names.
+    pub tags: Vec<String>,
+}
+
+impl Image {
+    /// Whether `name` (a name with or without tag, or an id or id prefix)
+    /// names this image.
+    pub fn is_named(&self, name: &str) -> bool {
+        let bare_id = self.id.strip_prefix("sha256:").unwrap_or(&self.id);
+        let asked_id = name.strip_prefix("sha256:").unwrap_or(name);
+        if asked_id.len() >= 4 && bare_id.starts_with(asked_id) {
+            return true;
+        }
+        let wanted = with_tag(name);
+        self.tags.contains(&wanted)
+    }
+}
+
+/// An image name with `:latest` when it names no tag or digest.
+pub fn with_tag(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    match last.contains(':') || name.contains('@') {
+        true => name.to_owned(),
+        false => format!("{name}:latest"),
+    }
+}
+
+impl Node {
+    /// A healthy, writable node with no facts, containers or images.
+    pub fn new(id: NodeId) -> Self {
+        Self {
+            hostname: id.to_string(),
+            id,
+            labels: BTreeMap::new(),
+            engine_labels: BTreeMap::new(),
+            facts: Facts::default(),
+            transport: String::new(),
+            route: String::new(),
+            relay: String::new(),
+            health: Health::Healthy,
+            writable: true,
+            containers: Vec::new(),
+            images: Vec::new(),
+        }
+    }
+
+    /// CPUs its running containers reserve, in billionths.
+    pub fn reserved_nano_cpus(&self) -> u64 {
+        self.live().map(|c| c.nano_cpus).sum()
+    }
+
+    /// Memory its running containers reserve, in bytes.
+    pub fn reserved_memory(&self) -> u64 {
+        self.live().map(|c| c.memory).sum()
+    }
+
+    /// Its running containers.
+    pub fn live(&self) -> impl Iterator<Item = &Container> {
+        self.containers.iter().filter(|c| c.running)
+    }
+
+    /// The container named `name` (without `/`), or with id or a unique
+    /// id prefix `name`.
+    pub fn container(&self, name: &str) -> Option<&Container> {
+        let name = name.trim_start_matches('/');
+        if let Some(c) = self.containers.iter().find(|c| c.name == name) {
+            return Some(c);
+        }
+        let mut by_id = self.containers.iter().filter(|c| c.id.starts_with(name));
+        match (name.is_empty(), by_id.next(), by_id.next()) {
+            (false, Some(c), None) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Whether it has an image that `name` names.
+    pub fn has_image(&self, name: &str) -> bool {
+        self.images.iter().any(|i| i.is_named(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_is_named_by_tag_with_or_without_latest_and_by_id_prefix() {
+        let image = Image {
+            id: "sha256:0123456789abcdef".into(),
+            tags: vec!["busybox:latest".into(), "reg:5000/tools/sh:1.2".into()],
+        };
+        for name in [
+            "busybox",
+            "busybox:latest",
+            "reg:5000/tools/sh:1.2",
+            "01234567",
+            "sha256:0123",
+        ] {
+            assert!(image.is_named(name), "{name}");
+        }
+        for name in ["busybox:1", "reg:5000/tools/sh", "012", "alpine", "abcdef"] {
+            assert!(!image.is_named(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_container_is_found_by_name_or_a_unique_id_prefix() {
+        let node = Node {
+            containers: vec![
+                Container {
+                    id: "abc111".into(),
+                    name: "web".into(),
+                    ..Default::default()
+                },
+                Container {
+                    id: "abc222".into(),
+                    name: "db".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Node::new(NodeId::new("n").unwrap())
+        };
+        assert_eq!(
+            node.container("/web").map(|c| c.id.as_str()),
+            Some("abc111")
+        );
+        assert_eq!(node.container("abc2").map(|c| c.name.as_str()), Some("db"));
+        assert!(node.container("abc").is_none(), "an ambiguous prefix");
+        assert!(node.container("").is_none());
+    }
+
+    #[test]
+    fn host_ports_clash_on_the_same_port_and_an_overlapping_address() {
+        let p = |ip: &str, port, proto: &str| HostPort {
+            ip: ip.into(),
+            port,
+            proto: proto.into(),
+        };
+        assert!(p("", 80, "tcp").clashes(&p("127.0.0.1", 80, "tcp")));
+        assert!(p("10.0.0.1", 80, "tcp").clashes(&p("10.0.0.1", 80, "tcp")));
+        assert!(!p("10.0.0.1", 80, "tcp").clashes(&p("10.0.0.2", 80, "tcp")));
+        assert!(!p("", 80, "tcp").clashes(&p("", 80, "udp")));
+        assert!(!p("", 80, "tcp").clashes(&p("", 81, "tcp")));
+    }
+}
