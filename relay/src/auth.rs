@@ -24,6 +24,8 @@ pub enum Credentials {
     ApiKey(String),
     /// Nothing: a loopback-open relay's local caller.
     Local,
+    /// The relay itself, keeping its fleet view of a tenant's nodes.
+    Relay,
 }
 
 /// An authenticated caller.
@@ -42,6 +44,7 @@ impl std::fmt::Display for Principal {
             Credentials::Cert(name) => write!(f, "cert:{name}"),
             Credentials::ApiKey(id) => write!(f, "api-key:{id}"),
             Credentials::Local => f.write_str("local"),
+            Credentials::Relay => f.write_str("relay:fleet-view"),
         }
     }
 }

@@ -106,6 +106,12 @@ pub struct ServeArgs {
     /// [default: one per core].
     #[arg(long, env = "TUNNELGATE_DIRECT_THREADS", value_name = "N")]
     pub direct_threads: Option<usize>,
+    /// How the fleet endpoint places a new container among the nodes its
+    /// filters leave: spread (the node with the least reserved CPU and
+    /// memory, then the fewest containers), binpack (the fullest node it
+    /// still fits on), or random [default: spread].
+    #[arg(long, env = "TUNNELGATE_FLEET_STRATEGY", value_name = "STRATEGY")]
+    pub fleet_strategy: Option<crate::fleet::StrategyName>,
     /// The agent binary served to hosts at /download/ for the one-line
     /// install [default: tunnelgate-agent beside this binary].
     #[arg(long, env = "TUNNELGATE_AGENT_BINARY", value_name = "PATH")]
@@ -204,6 +210,7 @@ struct FileConfig {
     agent_binary: Option<PathBuf>,
     direct_probe_interval: Option<String>,
     direct_threads: Option<usize>,
+    fleet_strategy: Option<crate::fleet::StrategyName>,
     daemon_cert_ttl: Option<String>,
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
@@ -255,6 +262,8 @@ pub struct Config {
     pub direct_probe_interval: Duration,
     /// Threads for client connections that go direct (0: none).
     pub direct_threads: usize,
+    /// How the fleet endpoint places new containers.
+    pub fleet_strategy: crate::fleet::StrategyName,
     /// Lifetime of daemon server certificates.
     pub daemon_cert_ttl: Duration,
     /// The agent binary served for installs, when not beside the relay's.
@@ -368,6 +377,7 @@ impl Default for Config {
             direct: DirectMode::Prefer,
             direct_probe_interval: Duration::from_secs(30),
             direct_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            fleet_strategy: crate::fleet::StrategyName::default(),
             daemon_cert_ttl: Duration::from_secs(90 * 24 * 3600),
             agent_binary: None,
             limits: Limits::default(),
@@ -489,6 +499,10 @@ impl Config {
                 .direct_threads
                 .or(file.direct_threads)
                 .unwrap_or(d.direct_threads),
+            fleet_strategy: args
+                .fleet_strategy
+                .or(file.fleet_strategy)
+                .unwrap_or(d.fleet_strategy),
             daemon_cert_ttl: args
                 .daemon_cert_ttl
                 .or(file_duration("daemon_cert_ttl", file.daemon_cert_ttl)?)

@@ -253,25 +253,46 @@ pub enum CallError {
         /// What failed.
         source: Box<CallError>,
     },
-    /// A call to the fleet endpoint that would change something.
-    #[error("the fleet endpoint is read-only: {method} {path} would change a node; send it to that node: DOCKER_HOST=tcp://RELAY:7375/nodes/<node-id>")]
-    FleetReadOnly {
-        /// The method.
-        method: http::Method,
-        /// The path, as the client sent it.
-        path: String,
-    },
     /// A fleet endpoint path the relay does not serve.
-    #[error("the fleet endpoint serves version, info, ps, images, events, and inspect or logs of a container named <node-id>/<name>; for {0} use DOCKER_HOST=tcp://RELAY:7375/nodes/<node-id>")]
+    #[error("the fleet endpoint does not serve {0}; send it to one node: DOCKER_HOST=tcp://RELAY:7375/nodes/<node-id>")]
     FleetUnsupported(String),
-    /// A container named on the fleet without its node.
-    #[error("no such container: {0:?}; on the fleet endpoint a container is <node-id>/<name>, as docker ps lists it")]
+    /// A container the fleet has nowhere (Docker's own words).
+    #[error("No such container: {0}")]
     FleetName(String),
+    /// An exec instance no node of the fleet made (Docker's own words).
+    #[error("No such exec instance: {0}")]
+    FleetNoExec(String),
+    /// A name or id prefix that fits containers on several nodes.
+    #[error("{name:?} names containers on several nodes ({nodes}); name it <node-id>/<name> or by its full id")]
+    FleetAmbiguous {
+        /// As the caller gave it.
+        name: String,
+        /// Where it fits.
+        nodes: String,
+    },
+    /// A create whose name is taken somewhere in the fleet.
+    #[error("Conflict. The container name \"/{name}\" is already in use by container \"{id}\" on node {node}. You have to remove (or rename) that container to be able to reuse that name.")]
+    FleetNameTaken {
+        /// The name.
+        name: String,
+        /// The container that has it.
+        id: String,
+        /// Its node.
+        node: NodeId,
+    },
+    /// A create the fleet cannot read.
+    #[error("{0}")]
+    FleetAsk(#[from] crate::fleet::ask::AskError),
+    /// No node fits a create: what ruled each out.
+    #[error("{0}")]
+    FleetNoNode(#[from] crate::fleet::NoNode),
     /// A node's answer to a call the relay made for a fleet view failed.
     #[error("node {node}: {reason}")]
     FleetAnswer {
         /// The node.
         node: NodeId,
+        /// The node's status, when it answered.
+        status: Option<StatusCode>,
         /// What failed.
         reason: String,
     },
@@ -301,9 +322,13 @@ impl CallError {
             | Self::Unauthenticated(_)
             | Self::TooBusy { .. }
             | Self::RequestBody(_)
-            | Self::FleetReadOnly { .. }
             | Self::FleetUnsupported(_)
             | Self::FleetName(_)
+            | Self::FleetNoExec(_)
+            | Self::FleetAmbiguous { .. }
+            | Self::FleetNameTaken { .. }
+            | Self::FleetAsk(_)
+            | Self::FleetNoNode(_)
             | Self::BadQuery(_)
             | Self::UnknownNode(_) => ErrorSource::Client,
             Self::NodeOffline(_)
@@ -369,6 +394,14 @@ impl CallError {
         }
     }
 
+    /// The status a node answered a call the relay made itself with.
+    pub fn node_status(&self) -> Option<StatusCode> {
+        match self {
+            Self::FleetAnswer { status, .. } => *status,
+            _ => None,
+        }
+    }
+
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -379,8 +412,10 @@ impl CallError {
             Self::NoSuchEndpoint(_)
             | Self::UnknownNode(_)
             | Self::FleetUnsupported(_)
+            | Self::FleetNoExec(_)
             | Self::FleetName(_) => StatusCode::NOT_FOUND,
-            Self::FleetReadOnly { .. } => StatusCode::FORBIDDEN,
+            Self::FleetAmbiguous { .. } | Self::FleetAsk(_) => StatusCode::BAD_REQUEST,
+            Self::FleetNameTaken { .. } | Self::FleetNoNode(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,

@@ -10,11 +10,13 @@
 //! opens a stream or knows HTTP.
 
 pub mod ask;
+pub mod cache;
 pub mod expr;
 pub mod filter;
 pub mod placement;
 pub mod strategy;
 pub mod view;
+pub mod watch;
 
 pub use ask::Ask;
 pub use placement::{place, NoNode, Placement};

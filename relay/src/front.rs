@@ -79,6 +79,8 @@ pub struct Front {
     pub metrics: Arc<Metrics>,
     /// Calls in flight per node and tenant.
     pub slots: Arc<StreamSlots>,
+    /// The fleet endpoint's view of each tenant's nodes.
+    pub fleet: Arc<crate::fleet::cache::Cache>,
     /// Where hijacked pipes run.
     pub tasks: TaskTracker,
     /// Fires when the shutdown grace is over: long streams still open

@@ -376,6 +376,7 @@ impl Relay {
             install,
             metrics: metrics.clone(),
             slots: Arc::default(),
+            fleet: Arc::default(),
             tasks: tasks.clone(),
             wind_down: wind_down.clone(),
         });

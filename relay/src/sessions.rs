@@ -90,6 +90,8 @@ pub struct NodeView {
     pub labels: std::collections::BTreeMap<String, String>,
     /// The relay holding the session.
     pub relay_id: RelayId,
+    /// The agent's policy: `full`, `read-only` or a policy file's name.
+    pub policy: String,
 }
 
 /// All live sessions of this relay.
@@ -229,6 +231,7 @@ impl Entry {
             agent_version: info.hello.agent_version.clone(),
             labels: info.hello.labels.clone(),
             relay_id: relay_id.clone(),
+            policy: info.hello.policy.clone(),
         }
     }
 }

@@ -8,7 +8,7 @@ mod constraint;
 mod dependency;
 mod health;
 mod port;
-mod resources;
+pub mod resources;
 
 pub use affinity::Affinity;
 pub use constraint::Constraint;

@@ -87,8 +87,13 @@ pub struct Container {
     /// Host ports it binds.
     pub host_ports: Vec<HostPort>,
     /// Whether it is running (or paused, or restarting): holding its
-    /// ports and reservations.
+    /// host ports.
     pub running: bool,
+    /// Docker's word for its state (`created`, `running`, `exited`, ...).
+    pub state: String,
+    /// Its entry of the daemon's `GET /containers/json`, as JSON text,
+    /// for `ps` on the fleet.
+    pub listing: Option<std::sync::Arc<str>>,
 }
 
 /// A port on the host a container binds.
@@ -172,14 +177,15 @@ impl Node {
         }
     }
 
-    /// CPUs its running containers reserve, in billionths.
+    /// CPUs its containers reserve, in billionths: stopped ones too, as
+    /// Swarm counted them, since each may be started again.
     pub fn reserved_nano_cpus(&self) -> u64 {
-        self.live().map(|c| c.nano_cpus).sum()
+        self.containers.iter().map(|c| c.nano_cpus).sum()
     }
 
-    /// Memory its running containers reserve, in bytes.
+    /// Memory its containers reserve, in bytes, stopped ones too.
     pub fn reserved_memory(&self) -> u64 {
-        self.live().map(|c| c.memory).sum()
+        self.containers.iter().map(|c| c.memory).sum()
     }
 
     /// Its running containers.

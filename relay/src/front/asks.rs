@@ -42,6 +42,18 @@ impl Caller {
         }
     }
 
+    /// The relay itself, keeping the fleet view of `tenant`, in a trace
+    /// of its own.
+    pub(super) fn relay(tenant: &TenantId) -> Self {
+        Self {
+            principal: Principal {
+                tenant: tenant.clone(),
+                credentials: crate::auth::Credentials::Relay,
+            },
+            trace: super::new_trace(),
+        }
+    }
+
     pub(super) fn tenant(&self) -> &TenantId {
         &self.principal.tenant
     }
@@ -116,23 +128,30 @@ pub(super) async fn ask_json(
     node: &NodeId,
     path_and_query: &str,
 ) -> Result<Value, CallError> {
-    let failed = |reason: String| CallError::FleetAnswer {
+    let failed = |status, reason: String| CallError::FleetAnswer {
         node: node.clone(),
+        status,
         reason,
     };
     let resp = ask(front, caller, node, path_and_query).await?;
     let status = resp.status();
     let body = tokio::time::timeout(NODE_ANSWER_TIMEOUT, resp.into_body().collect())
         .await
-        .map_err(|_| failed(format!("no whole answer within {NODE_ANSWER_TIMEOUT:?}")))?
-        .map_err(|e| failed(format!("the answer broke off: {e}")))?
+        .map_err(|_| {
+            failed(
+                None,
+                format!("no whole answer within {NODE_ANSWER_TIMEOUT:?}"),
+            )
+        })?
+        .map_err(|e| failed(None, format!("the answer broke off: {e}")))?
         .to_bytes();
     if !status.is_success() {
         let message = serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| Some(v.get("message")?.as_str()?.to_owned()))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        return Err(failed(format!("{status}: {message}")));
+        return Err(failed(Some(status), format!("{status}: {message}")));
     }
-    serde_json::from_slice(&body).map_err(|e| failed(format!("the answer is not JSON: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| failed(Some(status), format!("the answer is not JSON: {e}")))
 }

@@ -1,31 +1,35 @@
-//! The fleet: one read-only Docker endpoint over every node of the
-//! caller's tenant (`DOCKER_HOST=tcp://RELAY:7375/fleet`, as Swarm gave
-//! one endpoint over many hosts), from calls the relay makes to each node
-//! itself ([`super::asks`]).
+//! The fleet endpoint's HTTP adapter: one Docker host over every node of
+//! the caller's tenant (`DOCKER_HOST=tcp://RELAY:7375/fleet`, as Swarm
+//! gave one endpoint over many hosts).
 //!
-//! `version`, `info`, `ps`, `images` and `events` answer for the whole
-//! fleet: containers are named `<node-id>/<name>`, and reads of one such
-//! container (`inspect`, `logs`, `top`, ...) go to its node. A node that
-//! is offline or fails is skipped (named in `info`'s warnings and in the
-//! `X-Tunnelgate-Skipped` header), never failing the whole call.
-//!
-//! It never changes a node: anything but a read is refused with an error
-//! naming `/nodes/<node-id>`. This module never touches a session or
-//! route.
+//! Reads (`info`, `ps`) answer from the tenant's cached view
+//! ([`crate::fleet::cache`], kept by [`calls`]); `docker run` and
+//! `create` are placed by [`crate::fleet::place`] ([`writes`]); every call
+//! about an existing container or exec instance goes to its node, found
+//! from the view by `node/name`, bare name, id or id prefix. Containers
+//! are listed as `<node-id>/<name>`. A node that is offline is skipped
+//! (named in `info`'s warnings and in the `X-Tunnelgate-Skipped` header),
+//! never failing the whole call. This module decides nothing about
+//! placement and never touches a session or route itself.
+
+mod calls;
+mod ps_query;
+mod writes;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Either;
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use tokio::task::JoinSet;
 use tunnelgate_proto::{NodeId, TenantId};
 
-use super::asks::{ask_json, carry, Caller};
+use super::asks::{ask_json, Caller};
 use super::{events, ClientConn, Front};
 use crate::error::CallError;
+use crate::fleet::cache::TenantView;
+use crate::fleet::view::Health;
 use crate::respond::{json as json_response, whole, Body};
 
 /// The API version the fleet speaks when no node says its own.
@@ -33,6 +37,9 @@ const DEFAULT_API_VERSION: &str = "1.41";
 
 /// Nodes a fleet view skipped, and why.
 pub const SKIPPED_HEADER: &str = "x-tunnelgate-skipped";
+
+/// The node a fleet call was placed on or routed to.
+pub const NODE_HEADER: &str = "x-tunnelgate-node";
 
 /// Splits a leading API version (`/v1.41`) off a Docker path.
 fn split_version(path: &str) -> (&str, &str) {
@@ -50,6 +57,16 @@ fn split_version(path: &str) -> (&str, &str) {
     }
 }
 
+/// What a fleet call works with.
+pub(super) struct Ctx<'a> {
+    front: &'a Arc<Front>,
+    conn: &'a ClientConn,
+    caller: &'a Caller,
+    view: Arc<TenantView>,
+    /// The API version prefix the client used (`/v1.41`), or empty.
+    version: &'a str,
+}
+
 /// Answers a call to `/fleet<rest>`.
 pub(super) async fn serve(
     front: &Arc<Front>,
@@ -59,43 +76,47 @@ pub(super) async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, CallError> {
     let method = req.method().clone();
-    let read = method == Method::GET || method == Method::HEAD;
     let (version, path) = split_version(rest);
     let query = req.uri().query().map(str::to_owned);
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (read, segments.as_slice()) {
-        (false, _) => Err(CallError::FleetReadOnly {
-            method,
-            path: rest.to_owned(),
-        }),
-        (true, ["_ping"]) => Ok(ping(front, caller.tenant())),
-        (true, ["version"]) => Ok(version_of(front, caller.tenant())),
-        (true, ["info"]) => Ok(info(front, caller).await),
-        (true, ["containers", "json"]) => Ok(ps(front, caller, query.as_deref()).await),
-        (true, ["images", "json"]) => Ok(images(front, caller, query.as_deref()).await),
-        (true, ["events"]) => Ok(events::fan_in(
+    let read = method == Method::GET || method == Method::HEAD;
+    if let (true, ["_ping"]) = (read, segments.as_slice()) {
+        return Ok(ping(front, caller.tenant()));
+    }
+    let view = calls::view(front, caller.tenant()).await;
+    let cx = Ctx {
+        front,
+        conn,
+        caller,
+        view,
+        version,
+    };
+    let is_node = |id: &str| NodeId::new(id).is_ok_and(|id| cx.view.node(&id).is_some());
+    match (method.as_str(), segments.as_slice()) {
+        ("GET", ["version"]) => Ok(version_of(front, caller.tenant())),
+        ("GET", ["info"]) => Ok(info(&cx)),
+        ("GET", ["containers", "json"]) => Ok(ps(&cx, query.as_deref()).await),
+        ("GET", ["images", "json"]) => Ok(images(front, caller, query.as_deref()).await),
+        ("GET", ["events"]) => Ok(events::fan_in(
             front.clone(),
             caller.clone(),
             query.as_deref(),
         )),
-        (true, ["containers", node, name, tail @ ..]) if !tail.is_empty() => {
-            let node_id =
-                NodeId::new(*node).map_err(|_| CallError::FleetName(format!("{node}/{name}")))?;
-            let rest = format!("{version}/containers/{name}/{}", tail.join("/"));
-            let req = req.map(Either::Left);
-            carry(front, &conn.kept, caller, node_id, &rest, req).await
+        ("POST", ["containers", "create"]) => writes::create(&cx, query.as_deref(), req).await,
+        ("POST", ["images", "create"]) => writes::pull(&cx, query.as_deref(), req).await,
+        // `node/name`, as `ps` lists it: the docker CLI sends the slash.
+        (_, ["containers", node, name, tail @ ..])
+            if is_node(node) && (!tail.is_empty() || method == Method::DELETE) =>
+        {
+            writes::container_call(&cx, &format!("{node}/{name}"), tail, req).await
         }
-        // A container by its ID alone (the docker CLI inspects a name, then
-        // calls by the ID it got): on whichever node has it.
-        (true, ["containers", id, tail @ ..]) if !tail.is_empty() => {
-            let node_id = locate(front, caller, id)
-                .await
-                .ok_or_else(|| CallError::FleetName((*id).to_owned()))?;
-            let rest = format!("{version}/containers/{id}/{}", tail.join("/"));
-            let req = req.map(Either::Left);
-            carry(front, &conn.kept, caller, node_id, &rest, req).await
+        (_, ["containers", name, tail @ ..]) if !name.is_empty() => {
+            writes::container_call(&cx, name, tail, req).await
         }
-        (true, _) => Err(CallError::FleetUnsupported(rest.to_owned())),
+        (_, ["exec", id, tail @ ..]) if !tail.is_empty() => {
+            writes::exec_call(&cx, id, tail, req).await
+        }
+        _ => Err(CallError::FleetUnsupported(format!("{method} {rest}"))),
     }
 }
 
@@ -218,10 +239,19 @@ async fn ask_all(front: &Arc<Front>, caller: &Caller, path: &str) -> Vec<Part> {
 }
 
 /// Says which nodes a view left out, in a header.
-fn with_skipped(mut resp: Response<Body>, parts: &[Part]) -> Response<Body> {
-    let skipped: Vec<String> = parts
+fn with_skipped(resp: Response<Body>, parts: &[Part]) -> Response<Body> {
+    let skipped: Vec<(NodeId, String)> = parts
         .iter()
-        .filter_map(|p| Some(format!("{} ({})", p.node, p.answer.as_ref().err()?)))
+        .filter_map(|p| Some((p.node.clone(), p.answer.as_ref().err()?.clone())))
+        .collect();
+    with_skipped_names(resp, &skipped)
+}
+
+/// Names the nodes a view left out, and why, in a header.
+fn with_skipped_names(mut resp: Response<Body>, skipped: &[(NodeId, String)]) -> Response<Body> {
+    let skipped: Vec<String> = skipped
+        .iter()
+        .map(|(node, why)| format!("{node} ({why})"))
         .collect();
     if skipped.is_empty() {
         return resp;
@@ -241,58 +271,95 @@ fn number(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
-async fn info(front: &Arc<Front>, caller: &Caller) -> Response<Body> {
-    let parts = ask_all(front, caller, "/info").await;
-    let sum = |key: &str| -> u64 {
-        parts
-            .iter()
-            .filter_map(|p| p.answer.as_ref().ok())
-            .map(|v| number(v, key))
-            .sum()
-    };
-    let mut status = vec![json!(["Nodes", parts.len().to_string()])];
+/// `docker info` over the fleet, from the view: totals, then as Swarm's
+/// did, the strategy, the filters, and per node its status, containers,
+/// reserved CPUs and memory of its total, and labels.
+fn info(cx: &Ctx<'_>) -> Response<Body> {
+    use crate::fleet::filter::resources::{bytes, cpus};
+    let nodes = cx.view.nodes();
+    let strategy = cx.front.config.fleet_strategy;
+    let filters: Vec<&str> = crate::fleet::filter::all()
+        .iter()
+        .map(|f| f.name())
+        .collect();
+    let mut status = vec![
+        json!(["Strategy", strategy.to_string()]),
+        json!(["Filters", filters.join(", ")]),
+        json!(["Nodes", nodes.len().to_string()]),
+    ];
     let mut warnings = Vec::new();
-    for part in &parts {
-        let line = match &part.answer {
-            Ok(v) => format!(
-                "online: {} containers ({} running), {} images, Docker {}",
-                number(v, "Containers"),
-                number(v, "ContainersRunning"),
-                number(v, "Images"),
-                v.get("ServerVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?"),
-            ),
-            Err(why) => {
-                warnings.push(format!(
-                    "node {} is skipped: {why}; its containers and images are not counted",
-                    part.node
-                ));
-                why.clone()
-            }
+    let mut skipped = Vec::new();
+    let (mut total, mut running, mut images, mut ncpu, mut mem) = (0, 0, 0, 0, 0);
+    for node in &nodes {
+        let state = match &node.health {
+            Health::Healthy => "online".to_owned(),
+            Health::DaemonDown(why) => format!("daemon unreachable: {why}"),
+            Health::Offline => "offline".to_owned(),
         };
-        status.push(json!([format!(" {}", part.node), line]));
+        if node.health != Health::Healthy {
+            warnings.push(format!(
+                "node {} is skipped: {state}; its containers and images are not counted",
+                node.id
+            ));
+            skipped.push((node.id.clone(), state.clone()));
+            status.push(json!([format!(" {}", node.id), state]));
+            continue;
+        }
+        let live = node.live().count();
+        total += node.containers.len();
+        running += live;
+        images += node.images.len();
+        ncpu += node.facts.ncpu;
+        mem += node.facts.mem_total;
+        let labels: Vec<String> = node
+            .labels
+            .iter()
+            .chain(node.engine_labels.iter())
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        status.push(json!([format!(" {}", node.id), state]));
+        let mut line = |key: &str, value: String| status.push(json!([format!("  └ {key}"), value]));
+        line("Hostname", node.hostname.clone());
+        line(
+            "Containers",
+            format!("{} ({live} running)", node.containers.len()),
+        );
+        line(
+            "Reserved CPUs",
+            format!("{} / {}", cpus(node.reserved_nano_cpus()), node.facts.ncpu),
+        );
+        line(
+            "Reserved Memory",
+            format!(
+                "{} / {}",
+                bytes(node.reserved_memory()),
+                bytes(node.facts.mem_total)
+            ),
+        );
+        line("Labels", labels.join(", "));
+        line("Route", format!("{} ({})", node.route, node.transport));
+        line("ServerVersion", node.facts.server_version.clone());
     }
     let body = json!({
         "ID": "tunnelgate-fleet",
         "Name": "tunnelgate-fleet",
-        "Containers": sum("Containers"),
-        "ContainersRunning": sum("ContainersRunning"),
-        "ContainersPaused": sum("ContainersPaused"),
-        "ContainersStopped": sum("ContainersStopped"),
-        "Images": sum("Images"),
-        "NCPU": sum("NCPU"),
-        "MemTotal": sum("MemTotal"),
+        "Containers": total,
+        "ContainersRunning": running,
+        "ContainersPaused": 0,
+        "ContainersStopped": total - running,
+        "Images": images,
+        "NCPU": ncpu,
+        "MemTotal": mem,
         "Driver": "tunnelgate-fleet",
         "DriverStatus": status,
         "ServerVersion": env!("CARGO_PKG_VERSION"),
-        "OperatingSystem": format!("tunnelgate fleet of {} nodes", parts.len()),
+        "OperatingSystem": format!("tunnelgate fleet of {} nodes", nodes.len()),
         "OSType": "linux",
         "Architecture": std::env::consts::ARCH,
         "Swarm": {"LocalNodeState": "inactive"},
         "Warnings": warnings,
     });
-    with_skipped(json_response(StatusCode::OK, body.to_string()), &parts)
+    with_skipped_names(json_response(StatusCode::OK, body.to_string()), &skipped)
 }
 
 fn with_query(path: &str, query: Option<&str>) -> String {
@@ -331,9 +398,57 @@ fn merged(
     all
 }
 
-/// `docker ps` over the fleet: each node's list (with the caller's `-a`
-/// and filters), names as `/<node-id>/<name>`, newest first.
-async fn ps(front: &Arc<Front>, caller: &Caller, query: Option<&str>) -> Response<Body> {
+/// `docker ps` over the fleet, from the view: every node's containers
+/// (running ones unless `all`), names as `/<node-id>/<name>`, newest
+/// first. A filter the view cannot answer sends the call to each node.
+async fn ps(cx: &Ctx<'_>, query: Option<&str>) -> Response<Body> {
+    let Some(wanted) = ps_query::PsQuery::parse(query) else {
+        return ps_asking_every_node(cx.front, cx.caller, query).await;
+    };
+    let mut all = Vec::new();
+    let mut skipped = Vec::new();
+    for node in cx.view.nodes() {
+        if node.health != Health::Healthy {
+            let why = match &node.health {
+                Health::Offline => "offline".to_owned(),
+                Health::DaemonDown(e) => format!("daemon unreachable: {e}"),
+                Health::Healthy => unreachable!("healthy nodes are not skipped"),
+            };
+            skipped.push((node.id.clone(), why));
+            continue;
+        }
+        for c in node.containers.iter().filter(|c| wanted.matches(c)) {
+            let Some(text) = &c.listing else {
+                continue;
+            };
+            let Ok(mut item) = serde_json::from_str::<Value>(text) else {
+                continue;
+            };
+            if let Some(Value::Array(names)) = item.get_mut("Names") {
+                for name in names.iter_mut() {
+                    if let Some(n) = name.as_str() {
+                        *name =
+                            Value::String(format!("/{}/{}", node.id, n.trim_start_matches('/')));
+                    }
+                }
+            }
+            label_node(&mut item, &node.id);
+            all.push(item);
+        }
+    }
+    all.sort_by_key(|c| std::cmp::Reverse(number(c, "Created")));
+    with_skipped_names(
+        json_response(StatusCode::OK, Value::Array(all).to_string()),
+        &skipped,
+    )
+}
+
+/// `docker ps` asking each node, for filters the view cannot answer.
+async fn ps_asking_every_node(
+    front: &Arc<Front>,
+    caller: &Caller,
+    query: Option<&str>,
+) -> Response<Body> {
     let parts = ask_all(front, caller, &with_query("/containers/json", query)).await;
     let mut all = merged(&parts, "Names", |node, name| {
         Some(format!("/{node}/{}", name.trim_start_matches('/')))

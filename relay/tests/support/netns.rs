@@ -172,12 +172,18 @@ impl NodeDockerd {
     /// port), a unix socket only, with its data and its own /etc/docker
     /// (so its own daemon ID) under `dir`: another node's daemon.
     pub fn start_local(dir: &Path) -> Result<Self> {
+        Self::start_local_with(dir, &[])
+    }
+
+    /// [`Self::start_local`] with more dockerd arguments (`--label k=v`).
+    pub fn start_local_with(dir: &Path, extra: &[&str]) -> Result<Self> {
         std::fs::create_dir_all(dir.join("etc"))?;
         let d = |f: &str| dir.join(f).display().to_string();
         let script = format!(
             "mount --bind {etc} /etc/docker && exec dockerd --host unix://{sock} \
              --data-root {root} --exec-root {exec} --pidfile {pid} --iptables=false \
-             --ip6tables=false --bridge=none --storage-driver=vfs",
+             --ip6tables=false --bridge=none --storage-driver=vfs {extra}",
+            extra = extra.join(" "),
             etc = d("etc"),
             sock = d("docker.sock"),
             root = d("root"),

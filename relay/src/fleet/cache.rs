@@ -1,0 +1,362 @@
+//! The fleet's cached view, per tenant: every node's facts, containers and
+//! images, kept by [`super::watch`] from one listing per node (at connect
+//! and after a gap) and the node's events, and by the front after each
+//! write it carries (read-your-writes). Placement, `ps`, `images` and
+//! `info` on the fleet answer from here, with no call to any node.
+//!
+//! Nodes are kept as immutable snapshots (`Arc<Node>`), replaced whole on
+//! a change, so a reader copies a list of pointers and never waits on a
+//! writer for longer than that. Locks here are std locks held for a map
+//! operation, never across an `.await`. This module does no IO; it turns
+//! the daemon's JSON into [`Node`] facts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::Value;
+use tunnelgate_proto::{NodeId, TenantId};
+
+use super::ask;
+use super::view::{Container, Facts, Health, Image, Node};
+
+/// Exec ids kept per tenant before the oldest are forgotten.
+const MAX_EXECS: usize = 65_536;
+
+/// The cached views of every tenant whose fleet endpoint was used.
+#[derive(Debug, Default)]
+pub struct Cache {
+    tenants: RwLock<HashMap<TenantId, Arc<TenantView>>>,
+}
+
+/// One tenant's nodes, and where its exec instances are.
+#[derive(Debug, Default)]
+pub struct TenantView {
+    nodes: RwLock<BTreeMap<NodeId, Arc<Node>>>,
+    execs: Mutex<Execs>,
+}
+
+/// Which node made each exec instance, oldest forgotten first.
+#[derive(Debug, Default)]
+struct Execs {
+    by_id: HashMap<String, NodeId>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Cache {
+    /// The view of `tenant`, and whether it was made just now (so its
+    /// watcher must be started).
+    pub fn tenant(&self, tenant: &TenantId) -> (Arc<TenantView>, bool) {
+        if let Some(view) = self.read().get(tenant) {
+            return (view.clone(), false);
+        }
+        let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        match tenants.get(tenant) {
+            Some(view) => (view.clone(), false),
+            None => {
+                let view = Arc::new(TenantView::default());
+                tenants.insert(tenant.clone(), view.clone());
+                (view, true)
+            }
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TenantId, Arc<TenantView>>> {
+        self.tenants.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl TenantView {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NodeId, Arc<Node>>> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeId, Arc<Node>>> {
+        self.nodes.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every node, sorted by id.
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// One node.
+    pub fn node(&self, id: &NodeId) -> Option<Arc<Node>> {
+        self.read().get(id).cloned()
+    }
+
+    /// Puts a whole node in, or replaces it.
+    pub fn put(&self, node: Node) {
+        self.write().insert(node.id.clone(), Arc::new(node));
+    }
+
+    /// Applies `f` to a copy of node `id` and puts the copy in; nothing
+    /// when the node is not known.
+    pub fn update(&self, id: &NodeId, f: impl FnOnce(&mut Node)) {
+        let mut nodes = self.write();
+        if let Some(node) = nodes.get_mut(id) {
+            f(Arc::make_mut(node));
+        }
+    }
+
+    /// Forgets node `id`.
+    pub fn remove(&self, id: &NodeId) {
+        self.write().remove(id);
+    }
+
+    /// Puts container `c` on node `id`, replacing the one with its id.
+    pub fn put_container(&self, id: &NodeId, c: Container) {
+        self.update(id, |node| {
+            match node.containers.iter_mut().find(|old| old.id == c.id) {
+                Some(old) => *old = c,
+                None => node.containers.push(c),
+            }
+        });
+    }
+
+    /// Removes container `container` (a full id) from node `id`.
+    pub fn remove_container(&self, id: &NodeId, container: &str) {
+        self.update(id, |node| node.containers.retain(|c| c.id != container));
+    }
+
+    /// Remembers that node `node` made exec instance `exec`.
+    pub fn put_exec(&self, exec: String, node: NodeId) {
+        let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+        if execs.by_id.insert(exec.clone(), node).is_none() {
+            execs.order.push_back(exec);
+        }
+        while execs.order.len() > MAX_EXECS {
+            if let Some(old) = execs.order.pop_front() {
+                execs.by_id.remove(&old);
+            }
+        }
+    }
+
+    /// The node that made exec instance `exec`.
+    pub fn exec_node(&self, exec: &str) -> Option<NodeId> {
+        let execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+        execs.by_id.get(exec).cloned()
+    }
+}
+
+/// Where a container of the fleet is, by the name a caller gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// On this node, with this full id.
+    At(NodeId, String),
+    /// Nowhere in the view.
+    Missing,
+    /// On more than one node, or more than one id with this prefix.
+    Ambiguous(Vec<NodeId>),
+}
+
+/// Finds a container by `node/name`, bare name (unique in the fleet), full
+/// id or unique id prefix, as Docker resolves one on a single host.
+pub fn find(nodes: &[Arc<Node>], name: &str) -> Found {
+    let name = name.trim_start_matches('/');
+    if let Some((node, bare)) = name.split_once('/') {
+        return nodes
+            .iter()
+            .find(|n| n.id.as_str() == node)
+            .and_then(|n| Some(Found::At(n.id.clone(), n.container(bare)?.id.clone())))
+            .unwrap_or(Found::Missing);
+    }
+    if name.is_empty() {
+        return Found::Missing;
+    }
+    let pick = |hits: Vec<(&NodeId, &Container)>| match hits.as_slice() {
+        [] => None,
+        [(n, c)] => Some(Found::At((*n).clone(), c.id.clone())),
+        many => Some(Found::Ambiguous(
+            many.iter().map(|(n, _)| (*n).clone()).collect(),
+        )),
+    };
+    let every = || {
+        nodes
+            .iter()
+            .flat_map(|n| n.containers.iter().map(move |c| (&n.id, c)))
+    };
+    // Docker's order: a full id, then a name, then an id prefix.
+    pick(every().filter(|(_, c)| c.id == name).collect())
+        .or_else(|| pick(every().filter(|(_, c)| c.name == name).collect()))
+        .or_else(|| pick(every().filter(|(_, c)| c.id.starts_with(name)).collect()))
+        .unwrap_or(Found::Missing)
+}
+
+// === From the daemon's JSON ===
+
+fn text(v: &Value, key: &str) -> String {
+    v.get(key).and_then(Value::as_str).unwrap_or("").to_owned()
+}
+
+fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+/// A node's facts and daemon labels from its `GET /info`.
+pub fn facts_from_info(info: &Value) -> (Facts, BTreeMap<String, String>) {
+    let facts = Facts {
+        ncpu: info.get("NCPU").and_then(Value::as_u64).unwrap_or(0),
+        mem_total: info.get("MemTotal").and_then(Value::as_u64).unwrap_or(0),
+        storage_driver: text(info, "Driver"),
+        kernel_version: text(info, "KernelVersion"),
+        operating_system: text(info, "OperatingSystem"),
+        architecture: text(info, "Architecture"),
+        server_version: text(info, "ServerVersion"),
+    };
+    let labels = info
+        .get("Labels")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (l.to_owned(), String::new()),
+        })
+        .collect();
+    (facts, labels)
+}
+
+/// A container from its `GET /containers/<id>/json`, with its entry of
+/// `GET /containers/json` (what `ps` answers) when there is one.
+pub fn container_from_inspect(inspect: &Value, listing: Option<Value>) -> Container {
+    let config = inspect.get("Config");
+    let host_config = inspect.get("HostConfig");
+    let state = inspect.get("State");
+    let running = state
+        .and_then(|s| s.get("Running"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Container {
+        id: text(inspect, "Id"),
+        name: text(inspect, "Name").trim_start_matches('/').to_owned(),
+        image: config.map(|c| text(c, "Image")).unwrap_or_default(),
+        image_id: text(inspect, "Image"),
+        labels: string_map(config.and_then(|c| c.get("Labels"))),
+        nano_cpus: ask::nano_cpus(host_config),
+        memory: host_config
+            .and_then(|h| h.get("Memory"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        host_ports: ask::host_ports(host_config, config.and_then(|c| c.get("ExposedPorts"))),
+        running,
+        state: state.map(|s| text(s, "Status")).unwrap_or_default(),
+        listing: listing.map(|l| Arc::from(l.to_string())),
+    }
+}
+
+/// A node's images from its `GET /images/json`.
+pub fn images_from_list(list: &Value) -> Vec<Image> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| Image {
+            id: text(i, "Id"),
+            tags: i
+                .get("RepoTags")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .filter(|t| !t.starts_with("<none>"))
+                .map(str::to_owned)
+                .collect(),
+        })
+        .collect()
+}
+
+/// The health a node's session reports.
+pub fn health(online: bool, daemon_error: Option<&str>) -> Health {
+    match (online, daemon_error) {
+        (false, _) => Health::Offline,
+        (true, Some(e)) => Health::DaemonDown(e.to_owned()),
+        (true, None) => Health::Healthy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn node(id: &str, containers: &[(&str, &str)]) -> Arc<Node> {
+        let mut n = Node::new(NodeId::new(id).unwrap());
+        for (name, cid) in containers {
+            n.containers.push(Container {
+                id: (*cid).into(),
+                name: (*name).into(),
+                ..Default::default()
+            });
+        }
+        Arc::new(n)
+    }
+
+    #[test]
+    fn a_container_is_found_as_docker_would_on_one_host() {
+        let nodes = [
+            node("a", &[("web", "aaaa1111"), ("db", "abab2222")]),
+            node("b", &[("web", "bbbb3333"), ("cache", "aaab4444")]),
+        ];
+        let at = |n: &str, id: &str| Found::At(NodeId::new(n).unwrap(), id.into());
+        assert_eq!(find(&nodes, "db"), at("a", "abab2222"));
+        assert_eq!(find(&nodes, "/cache"), at("b", "aaab4444"));
+        assert_eq!(find(&nodes, "b/web"), at("b", "bbbb3333"));
+        assert_eq!(find(&nodes, "bbbb"), at("b", "bbbb3333"));
+        assert_eq!(find(&nodes, "aaaa1111"), at("a", "aaaa1111"));
+        assert!(matches!(find(&nodes, "web"), Found::Ambiguous(n) if n.len() == 2));
+        assert!(matches!(find(&nodes, "aaa"), Found::Ambiguous(_)));
+        assert_eq!(find(&nodes, "ghost"), Found::Missing);
+        assert_eq!(find(&nodes, "c/web"), Found::Missing);
+        assert_eq!(find(&nodes, ""), Found::Missing);
+    }
+
+    #[test]
+    fn info_inspect_and_image_lists_become_facts() {
+        let (facts, labels) = facts_from_info(&json!({
+            "NCPU": 2, "MemTotal": 1024, "Driver": "vfs", "KernelVersion": "6.1",
+            "OperatingSystem": "Debian", "Architecture": "x86_64",
+            "Labels": ["region=eu", "gpu"],
+        }));
+        assert_eq!((facts.ncpu, facts.mem_total), (2, 1024));
+        assert_eq!(facts.storage_driver, "vfs");
+        assert_eq!(labels["region"], "eu");
+        assert_eq!(labels["gpu"], "");
+        let c = container_from_inspect(
+            &json!({
+                "Id": "abc", "Name": "/web", "Image": "sha256:1",
+                "Config": {"Image": "busybox", "Labels": {"tier": "front"},
+                           "ExposedPorts": {"80/tcp": {}}},
+                "HostConfig": {"Memory": 64, "NanoCpus": 5, "NetworkMode": "host"},
+                "State": {"Running": true, "Status": "running"},
+            }),
+            Some(json!({"Id": "abc"})),
+        );
+        assert_eq!((c.name.as_str(), c.image.as_str()), ("web", "busybox"));
+        assert_eq!((c.memory, c.nano_cpus, c.running), (64, 5, true));
+        assert_eq!(c.host_ports[0].to_string(), "80/tcp");
+        assert_eq!(c.labels["tier"], "front");
+        assert_eq!(c.listing.as_deref(), Some("{\"Id\":\"abc\"}"));
+        let images = images_from_list(&json!([
+            {"Id": "sha256:1", "RepoTags": ["busybox:latest"]},
+            {"Id": "sha256:2", "RepoTags": ["<none>:<none>"]},
+        ]));
+        assert_eq!(images[0].tags, ["busybox:latest"]);
+        assert!(images[1].tags.is_empty());
+    }
+
+    #[test]
+    fn exec_ids_are_remembered_and_the_oldest_forgotten() {
+        let view = TenantView::default();
+        let a = NodeId::new("a").unwrap();
+        for i in 0..=MAX_EXECS {
+            view.put_exec(format!("e{i}"), a.clone());
+        }
+        assert_eq!(view.exec_node("e0"), None);
+        assert_eq!(view.exec_node(&format!("e{MAX_EXECS}")), Some(a));
+    }
+}

@@ -1,0 +1,383 @@
+//! Keeps a tenant's [`TenantView`] current: one task per tenant notices
+//! nodes coming and going in the relay's tables; one task per online node
+//! lists its facts, containers and images, then follows its events and
+//! fetches again only the container or image list an event is about.
+//! After a broken event stream the node is listed whole again, from the
+//! time of the last listing, so nothing between is lost.
+//!
+//! The calls to nodes go through [`NodeCalls`], which the front gives:
+//! this module knows neither HTTP routing nor sessions.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+use tunnelgate_proto::{NodeId, TenantId};
+
+use super::cache::{self, TenantView};
+use super::view::{Health, Node};
+use crate::respond::Body;
+
+/// A boxed future, for the object-safe [`NodeCalls`].
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How often the tenant's task looks for nodes that came or went.
+const MEMBERS_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a failed listing waits before the next try.
+const RETRY: Duration = Duration::from_secs(1);
+/// A Docker event line longer than this is skipped.
+const MAX_LINE: usize = 1 << 20;
+
+/// A node of the tenant, as the relay's tables list it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The node.
+    pub id: NodeId,
+    /// Whether any relay holds a session of it.
+    pub online: bool,
+    /// The host's name, when known here.
+    pub hostname: Option<String>,
+    /// The agent's labels, when known here.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `quic`, `tcp` or `peer`.
+    pub transport: String,
+    /// `direct`, `local` or `peer`.
+    pub route: String,
+    /// The relay holding its session.
+    pub relay: String,
+    /// Why its daemon is unreachable, if it is.
+    pub daemon_error: Option<String>,
+    /// Whether its agent's policy lets calls change it.
+    pub writable: bool,
+}
+
+/// Why a call to a node failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    /// The node's status, when it answered.
+    pub status: Option<http::StatusCode>,
+    /// What happened.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// How the fleet reaches its nodes: given by the front.
+pub trait NodeCalls: Send + Sync + 'static {
+    /// The tenant's nodes, online or not.
+    fn members(&self, tenant: &TenantId) -> Vec<Member>;
+
+    /// A GET to a node, answered in full as JSON; `Err` says why not.
+    fn get_json<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        node: &'a NodeId,
+        path: &'a str,
+    ) -> BoxFut<'a, Result<Value, Failed>>;
+
+    /// A GET to a node whose answer streams (events).
+    fn stream<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        node: &'a NodeId,
+        path: &'a str,
+    ) -> BoxFut<'a, Result<Body, Failed>>;
+}
+
+/// Starts keeping `view` of `tenant` current, until `stop`.
+pub fn spawn_tenant(
+    view: Arc<TenantView>,
+    tenant: TenantId,
+    calls: Arc<dyn NodeCalls>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    tasks.clone().spawn(async move {
+        tokio::select! {
+            () = run_tenant(view, tenant, calls, tasks) => {}
+            () = stop.cancelled() => {}
+        }
+    });
+}
+
+/// Applies a member's facts from the relay's tables to its node.
+fn apply_member(node: &mut Node, m: &Member) {
+    if let Some(h) = &m.hostname {
+        node.hostname.clone_from(h);
+    }
+    node.labels.clone_from(&m.labels);
+    node.transport.clone_from(&m.transport);
+    node.route.clone_from(&m.route);
+    node.relay.clone_from(&m.relay);
+    node.writable = m.writable;
+    node.health = cache::health(m.online, m.daemon_error.as_deref());
+}
+
+async fn run_tenant(
+    view: Arc<TenantView>,
+    tenant: TenantId,
+    calls: Arc<dyn NodeCalls>,
+    tasks: TaskTracker,
+) {
+    let mut watchers = Watchers::default();
+    let watchers = &mut watchers.0;
+    loop {
+        let members = calls.members(&tenant);
+        let known: std::collections::HashSet<&NodeId> = members.iter().map(|m| &m.id).collect();
+        for node in view.nodes() {
+            if !known.contains(&node.id) {
+                view.remove(&node.id);
+            }
+        }
+        watchers.retain(|id, (task, _)| {
+            let keep = known.contains(id) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for m in &members {
+            let changed = watchers.get(&m.id).is_none_or(|(_, old)| old != m);
+            if changed {
+                view.update(&m.id, |node| apply_member(node, m));
+            }
+            match (m.online, watchers.contains_key(&m.id)) {
+                (true, false) => {
+                    let task = tasks.spawn(run_node(
+                        view.clone(),
+                        tenant.clone(),
+                        m.clone(),
+                        calls.clone(),
+                    ));
+                    watchers.insert(m.id.clone(), (task, m.clone()));
+                }
+                (false, true) => {
+                    if let Some((task, _)) = watchers.remove(&m.id) {
+                        task.abort();
+                    }
+                }
+                _ => {
+                    if let Some(w) = watchers.get_mut(&m.id) {
+                        w.1 = m.clone();
+                    }
+                }
+            }
+            if !m.online && view.node(&m.id).is_none() {
+                // Never listed: known only as an offline node.
+                let mut node = Node::new(m.id.clone());
+                apply_member(&mut node, m);
+                view.put(node);
+            }
+        }
+        tokio::time::sleep(MEMBERS_INTERVAL).await;
+    }
+}
+
+/// The node watchers of one tenant, stopped when the tenant's task ends.
+#[derive(Default)]
+struct Watchers(HashMap<NodeId, (JoinHandle<()>, Member)>);
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for (task, _) in self.0.values() {
+            task.abort();
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Lists node `m` whole, then follows its events; again after a gap.
+async fn run_node(view: Arc<TenantView>, tenant: TenantId, m: Member, calls: Arc<dyn NodeCalls>) {
+    loop {
+        // Events from one second before the listing began: what changes
+        // while it runs is fetched again, never missed.
+        let since = unix_now().saturating_sub(1);
+        match list(&*calls, &tenant, &m).await {
+            Ok(node) => view.put(node),
+            Err(why) => {
+                debug!(node_id = %m.id, %why, "fleet view: listing failed; trying again");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        }
+        let path = format!("/events?since={since}");
+        match calls.stream(&tenant, &m.id, &path).await {
+            Ok(body) => follow(&view, &*calls, &tenant, &m.id, body).await,
+            Err(why) => debug!(node_id = %m.id, %why, "fleet view: events refused"),
+        }
+        tokio::time::sleep(RETRY / 4).await;
+    }
+}
+
+/// One node's facts, containers and images, asked of it now.
+async fn list(calls: &dyn NodeCalls, tenant: &TenantId, m: &Member) -> Result<Node, Failed> {
+    let info = calls.get_json(tenant, &m.id, "/info").await?;
+    let listing = calls
+        .get_json(tenant, &m.id, "/containers/json?all=1")
+        .await?;
+    let images = calls.get_json(tenant, &m.id, "/images/json").await?;
+    let mut node = Node::new(m.id.clone());
+    apply_member(&mut node, m);
+    if m.hostname.is_none() {
+        node.hostname = info["Name"].as_str().unwrap_or_default().to_owned();
+    }
+    (node.facts, node.engine_labels) = cache::facts_from_info(&info);
+    node.images = cache::images_from_list(&images);
+    for entry in listing.as_array().into_iter().flatten() {
+        let Some(id) = entry.get("Id").and_then(Value::as_str) else {
+            continue;
+        };
+        let inspect = calls
+            .get_json(tenant, &m.id, &format!("/containers/{id}/json"))
+            .await?;
+        node.containers
+            .push(cache::container_from_inspect(&inspect, Some(entry.clone())));
+    }
+    Ok(node)
+}
+
+/// Reads a node's event stream to its end, keeping the view current.
+async fn follow(
+    view: &TenantView,
+    calls: &dyn NodeCalls,
+    tenant: &TenantId,
+    node: &NodeId,
+    mut body: Body,
+) {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return;
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line = buf.split_to(end + 1);
+            if let Ok(event) = serde_json::from_slice::<Value>(&line) {
+                on_event(view, calls, tenant, node, &event).await;
+            }
+        }
+        if buf.len() > MAX_LINE {
+            buf.clear();
+        }
+    }
+}
+
+async fn on_event(
+    view: &TenantView,
+    calls: &dyn NodeCalls,
+    tenant: &TenantId,
+    node: &NodeId,
+    event: &Value,
+) {
+    let kind = event["Type"].as_str().unwrap_or_default();
+    let action = event["Action"].as_str().unwrap_or_default();
+    let id = event["Actor"]["ID"]
+        .as_str()
+        .or_else(|| event["id"].as_str())
+        .unwrap_or_default();
+    match kind {
+        "container" if action == "destroy" => view.remove_container(node, id),
+        // Calls into a container change nothing the view keeps.
+        "container"
+            if action.starts_with("exec_")
+                || matches!(
+                    action,
+                    "attach" | "resize" | "top" | "archive-path" | "extract-to-dir" | "export"
+                ) => {}
+        "container" => refresh_container(view, calls, tenant, node, id).await,
+        "image" => refresh_images(view, calls, tenant, node).await,
+        _ => {}
+    }
+}
+
+/// Fetches container `id` of `node` again into the view, or drops it
+/// when the node no longer has it. The front calls it after each write
+/// it carried, so the caller's next read sees the write.
+pub async fn refresh_container(
+    view: &TenantView,
+    calls: &dyn NodeCalls,
+    tenant: &TenantId,
+    node: &NodeId,
+    id: &str,
+) {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return;
+    }
+    let inspect = match calls
+        .get_json(tenant, node, &format!("/containers/{id}/json"))
+        .await
+    {
+        Ok(inspect) => inspect,
+        Err(Failed {
+            status: Some(http::StatusCode::NOT_FOUND),
+            ..
+        }) => return view.remove_container(node, id),
+        // The next listing or event puts it right.
+        Err(_) => return,
+    };
+    let filter = format!("/containers/json?all=1&filters=%7B%22id%22%3A%5B%22{id}%22%5D%7D");
+    let listing = calls
+        .get_json(tenant, node, &filter)
+        .await
+        .ok()
+        .and_then(|l| l.as_array()?.first().cloned());
+    let container = cache::container_from_inspect(&inspect, listing);
+    if container.id.is_empty() {
+        return;
+    }
+    view.put_container(node, container);
+}
+
+/// Brings each node's health in the view to what `members` say.
+pub fn apply_health(view: &TenantView, members: &[Member]) {
+    for m in members {
+        let health = cache::health(m.online, m.daemon_error.as_deref());
+        let stale = view.node(&m.id).is_some_and(|n| n.health != health);
+        if stale {
+            view.update(&m.id, |n| n.health = health);
+        }
+    }
+}
+
+/// Fetches node `node`'s image list again into the view.
+pub async fn refresh_images(
+    view: &TenantView,
+    calls: &dyn NodeCalls,
+    tenant: &TenantId,
+    node: &NodeId,
+) {
+    if let Ok(list) = calls.get_json(tenant, node, "/images/json").await {
+        let images = cache::images_from_list(&list);
+        view.update(node, |n| n.images = images);
+    }
+}
+
+/// Whether every online node of the view has been listed once (its
+/// facts are known), so reads from it are whole.
+pub fn is_listed(view: &TenantView, members: &[Member]) -> bool {
+    members.iter().filter(|m| m.online).all(|m| {
+        view.node(&m.id)
+            .is_some_and(|n| n.health != Health::Offline && n.facts != Default::default())
+    })
+}

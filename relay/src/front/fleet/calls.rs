@@ -1,0 +1,137 @@
+//! How the fleet's view reaches nodes: the relay's own calls, audited as
+//! `relay:fleet-view` of the tenant, through the same path as a client's
+//! ([`super::super::asks`]); and the tenant's members from the router's
+//! and session table's facts. Also starts a tenant's view the first time
+//! its fleet endpoint is called, and waits for its first listing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tunnelgate_proto::{NodeId, NodeKey, TenantId};
+
+use super::super::asks::{self, Caller};
+use super::super::Front;
+use crate::fleet::cache::TenantView;
+use crate::fleet::watch::{self, BoxFut, Failed, Member, NodeCalls};
+use crate::respond::Body;
+use crate::router::Held;
+
+/// How long a first call to a tenant's fleet waits for every online node
+/// to be listed once; a node slower than that is read as it comes.
+const FIRST_LISTING: Duration = Duration::from_secs(5);
+
+/// The front, as the fleet's way to its nodes.
+#[derive(Debug, Clone)]
+pub(in crate::front) struct FrontCalls(pub Arc<Front>);
+
+impl NodeCalls for FrontCalls {
+    fn members(&self, tenant: &TenantId) -> Vec<Member> {
+        let front = &self.0;
+        let local = front.sessions.views(tenant, front.state.relay_id());
+        front
+            .router
+            .fleet(tenant)
+            .into_iter()
+            .map(|(id, held)| {
+                let view = local.iter().find(|v| v.node_id == id);
+                let key = NodeKey {
+                    tenant: tenant.clone(),
+                    node_id: id.clone(),
+                };
+                let (route, relay) = match (&held, front.direct.usable(&key)) {
+                    (Held::Nowhere, _) => ("", String::new()),
+                    (_, Some(_)) => ("direct", front.state.relay_id().to_string()),
+                    (Held::Here, None) => ("local", front.state.relay_id().to_string()),
+                    (Held::Peer(r), None) => ("peer", r.to_string()),
+                };
+                let relay = match &held {
+                    Held::Peer(r) => r.to_string(),
+                    _ => relay,
+                };
+                Member {
+                    online: held.is_online(),
+                    hostname: view.map(|v| v.hostname.clone()),
+                    labels: view.map(|v| v.labels.clone()).unwrap_or_default(),
+                    transport: view.map_or("peer", |v| v.transport).to_owned(),
+                    route: route.to_owned(),
+                    relay,
+                    daemon_error: view.filter(|v| !v.daemon_reachable).map(|v| {
+                        v.daemon_error
+                            .clone()
+                            .unwrap_or_else(|| "unreachable".into())
+                    }),
+                    writable: view.is_none_or(|v| v.policy != "read-only"),
+                    id,
+                }
+            })
+            .collect()
+    }
+
+    fn get_json<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        node: &'a NodeId,
+        path: &'a str,
+    ) -> BoxFut<'a, Result<serde_json::Value, Failed>> {
+        Box::pin(async move {
+            let caller = Caller::relay(tenant);
+            asks::ask_json(&self.0, &caller, node, path)
+                .await
+                .map_err(|e| Failed {
+                    status: e.node_status(),
+                    reason: e.to_string(),
+                })
+        })
+    }
+
+    fn stream<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        node: &'a NodeId,
+        path: &'a str,
+    ) -> BoxFut<'a, Result<Body, Failed>> {
+        Box::pin(async move {
+            let caller = Caller::relay(tenant);
+            let resp = asks::ask(&self.0, &caller, node, path)
+                .await
+                .map_err(|e| Failed {
+                    status: Some(e.status()),
+                    reason: e.to_string(),
+                })?;
+            match resp.status().is_success() {
+                true => Ok(resp.into_body()),
+                false => Err(Failed {
+                    status: Some(resp.status()),
+                    reason: format!("{}", resp.status()),
+                }),
+            }
+        })
+    }
+}
+
+/// The tenant's fleet view, started on its first call, and once every
+/// online node has been listed (or [`FIRST_LISTING`] has passed).
+pub(in crate::front) async fn view(front: &Arc<Front>, tenant: &TenantId) -> Arc<TenantView> {
+    let (view, new) = front.fleet.tenant(tenant);
+    let calls = FrontCalls(front.clone());
+    if new {
+        watch::spawn_tenant(
+            view.clone(),
+            tenant.clone(),
+            Arc::new(calls.clone()),
+            front.tasks.clone(),
+            front.wind_down.clone(),
+        );
+    }
+    let deadline = Instant::now() + FIRST_LISTING;
+    loop {
+        let members = calls.members(tenant);
+        if watch::is_listed(&view, &members) || Instant::now() >= deadline {
+            // A node that came or went since the view's last look reads as
+            // the relay's tables say now, as in /v1/nodes.
+            watch::apply_health(&view, &members);
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,535 @@
+//! The fleet's calls that reach one node or several: a create placed by
+//! the fleet's filters and strategy and tried on its candidates in order;
+//! a pull on every node that can take containers, with each node's
+//! progress; and every call about an existing container or exec instance,
+//! carried to the node that has it. After each write it carries, the
+//! container is fetched again into the view, so the caller's next read
+//! sees it.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tunnelgate_proto::NodeId;
+
+use super::super::asks::carry;
+use super::super::routes::query_pairs;
+use super::calls::FrontCalls;
+use super::{Ctx, NODE_HEADER};
+use crate::error::CallError;
+use crate::fleet::cache::{self, Found};
+use crate::fleet::view::Health;
+use crate::fleet::{place, watch, Ask};
+use crate::respond::{json as json_response, Body, ChannelBody, LastWord};
+use crate::upstream::KeptStream;
+
+/// The largest create body the fleet reads (Docker's are a few KiB).
+const MAX_CREATE_BODY: usize = 4 << 20;
+/// How many candidates a create is tried on before its error is final.
+const MAX_TRIES: usize = 3;
+
+/// A request with a body in full, with the headers of the client's that
+/// the node needs (content type, registry auth), for the path `rest`.
+fn request(
+    method: Method,
+    rest: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Request<crate::upstream::CallBody> {
+    let mut req = Request::new(Either::Right(Full::new(body)));
+    *req.method_mut() = method;
+    *req.uri_mut() = http::Uri::try_from(rest).unwrap_or_else(|_| http::Uri::from_static("/"));
+    for (name, value) in headers {
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            req.headers_mut().append(name, value.clone());
+        }
+    }
+    req.headers_mut()
+        .insert(header::HOST, HeaderValue::from_static("docker"));
+    req
+}
+
+/// Sends `method path_and_query` with `body` to `node` for the caller.
+async fn send(
+    cx: &Ctx<'_>,
+    node: &NodeId,
+    method: Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response<Body>, CallError> {
+    send_as(
+        cx.front,
+        cx.caller,
+        node,
+        method,
+        path_and_query,
+        headers,
+        body,
+    )
+    .await
+}
+
+/// [`send`] for a task that holds the front and caller itself.
+async fn send_as(
+    front: &crate::front::Front,
+    caller: &super::Caller,
+    node: &NodeId,
+    method: Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response<Body>, CallError> {
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    let req = request(method, path_and_query, headers, body);
+    carry(
+        front,
+        &KeptStream::default(),
+        caller,
+        node.clone(),
+        path,
+        req,
+    )
+    .await
+}
+
+/// A whole answer's status and body, read within the node's answer time.
+async fn whole(resp: Response<Body>) -> (StatusCode, http::HeaderMap, Bytes) {
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (parts.status, parts.headers, bytes)
+}
+
+fn message_of(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| Some(v.get("message")?.as_str()?.to_owned()))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
+}
+
+/// `docker create` / `run` on the fleet: the name checked across the
+/// fleet, the node chosen by filters and strategy, the create tried on
+/// the candidates in order. A candidate missing the image pulls it first.
+pub(super) async fn create(
+    cx: &Ctx<'_>,
+    query: Option<&str>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, CallError> {
+    let (parts, body) = req.into_parts();
+    let body = Limited::new(body, MAX_CREATE_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            CallError::BadQuery(format!("the create request's body could not be read: {e}"))
+        })?
+        .to_bytes();
+    let mut spec: Value = serde_json::from_slice(&body)
+        .map_err(|e| CallError::BadQuery(format!("the create request's body is not JSON: {e}")))?;
+    let name = query_pairs(query)
+        .find(|(k, _)| *k == "name")
+        .map(|(_, v)| v);
+    let nodes = cx.view.nodes();
+    if let Some(name) = name.filter(|n| !n.is_empty()) {
+        let taken = nodes.iter().find_map(|n| {
+            let c = n.containers.iter().find(|c| c.name == name)?;
+            Some((n.id.clone(), c.id.clone()))
+        });
+        if let Some((node, id)) = taken {
+            return Err(CallError::FleetNameTaken {
+                name: name.to_owned(),
+                id,
+                node,
+            });
+        }
+    }
+    let ask = Ask::from_create(name, &mut spec)?;
+    let fleet: Vec<&crate::fleet::Node> = nodes.iter().map(|n| n.as_ref()).collect();
+    let strategy = cx.front.config.fleet_strategy.strategy();
+    let placed = place(&fleet, &ask, strategy, rand::random())?;
+    let body = Bytes::from(spec.to_string());
+    let rest = match query {
+        Some(q) => format!("{}/containers/create?{q}", cx.version),
+        None => format!("{}/containers/create", cx.version),
+    };
+    let mut last = None;
+    for node in placed.ranked.iter().take(MAX_TRIES) {
+        let (status, headers, answer) =
+            create_on(cx, node, &rest, &parts.headers, body.clone(), &ask.image).await?;
+        if status == StatusCode::CREATED {
+            let mut answer: Value = serde_json::from_slice(&answer).unwrap_or(json!({}));
+            let id = answer["Id"].as_str().unwrap_or_default().to_owned();
+            let calls = FrontCalls(cx.front.clone());
+            watch::refresh_container(&cx.view, &calls, cx.caller.tenant(), node, &id).await;
+            if !placed.notes.is_empty() {
+                let warnings = answer
+                    .as_object_mut()
+                    .map(|o| o.entry("Warnings").or_insert(json!([])));
+                if let Some(Value::Array(w)) = warnings {
+                    w.extend(placed.notes.iter().map(|n| json!(format!("fleet: {n}"))));
+                }
+            }
+            let mut resp = json_response(status, answer.to_string());
+            copy_route(&headers, resp.headers_mut());
+            set_node(resp.headers_mut(), node);
+            return Ok(resp);
+        }
+        let conflict = status == StatusCode::CONFLICT;
+        last = Some((status, headers, answer, node.clone()));
+        // A name taken on this node since the view last saw it: the fleet's
+        // names are one namespace, so the conflict is the answer.
+        if conflict || status.is_client_error() {
+            break;
+        }
+    }
+    let (status, headers, answer, node) = last.expect("a placement has a candidate");
+    let mut resp = json_response(status, String::from_utf8_lossy(&answer).into_owned());
+    copy_route(&headers, resp.headers_mut());
+    set_node(resp.headers_mut(), &node);
+    Ok(resp)
+}
+
+/// One try of a create on `node`: pulls the image there and tries again
+/// once if the node does not have it.
+async fn create_on(
+    cx: &Ctx<'_>,
+    node: &NodeId,
+    rest: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    image: &str,
+) -> Result<(StatusCode, HeaderMap, Bytes), CallError> {
+    let post = |body: Bytes| send(cx, node, Method::POST, rest, headers, body);
+    let first = whole(post(body.clone()).await?).await;
+    let missing =
+        first.0 == StatusCode::NOT_FOUND && message_of(&first.2).starts_with("No such image");
+    if !missing || image.is_empty() {
+        return Ok(first);
+    }
+    let (from, tag) = split_image(image);
+    let pull_path = format!("{}/images/create?fromImage={from}&tag={tag}", cx.version);
+    let pulled = pull_one(cx, node, &pull_path, headers).await;
+    if pulled.is_err() {
+        return Ok(first);
+    }
+    Ok(whole(post(body).await?).await)
+}
+
+/// `repo:tag` split as `docker pull` sends it (a registry port is not a tag).
+fn split_image(image: &str) -> (String, String) {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.rsplit_once(':') {
+        Some((_, tag)) if !image.contains('@') => {
+            let repo = &image[..image.len() - tag.len() - 1];
+            (repo.to_owned(), tag.to_owned())
+        }
+        _ => (image.to_owned(), "latest".to_owned()),
+    }
+}
+
+/// Pulls on one node to the end; `Err` with the node's words if it failed.
+async fn pull_one(
+    cx: &Ctx<'_>,
+    node: &NodeId,
+    rest: &str,
+    headers: &HeaderMap,
+) -> Result<(), String> {
+    let resp = send(cx, node, Method::POST, rest, headers, Bytes::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (status, _, body) = whole(resp).await;
+    if !status.is_success() {
+        return Err(message_of(&body));
+    }
+    let error = body
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+        .find_map(|v| Some(v.get("error")?.as_str()?.to_owned()));
+    let calls = FrontCalls(cx.front.clone());
+    watch::refresh_images(&cx.view, &calls, cx.caller.tenant(), node).await;
+    error.map_or(Ok(()), Err)
+}
+
+/// `docker pull` on the fleet: on every node that can take containers at
+/// once, each node's progress lines tagged with it, then one line per
+/// node saying how it ended. An error only if every node failed.
+pub(super) async fn pull(
+    cx: &Ctx<'_>,
+    query: Option<&str>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, CallError> {
+    let rest = match query {
+        Some(q) => format!("{}/images/create?{q}", cx.version),
+        None => format!("{}/images/create", cx.version),
+    };
+    let headers = req.headers().clone();
+    let targets: Vec<NodeId> = cx
+        .view
+        .nodes()
+        .iter()
+        .filter(|n| n.health == Health::Healthy && n.writable)
+        .map(|n| n.id.clone())
+        .collect();
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let last = Arc::new(LastWord::default());
+    let (front, caller, view) = (cx.front.clone(), cx.caller.clone(), cx.view.clone());
+    let tasks = front.tasks.clone();
+    tasks.spawn(async move {
+        let mut pulls = tokio::task::JoinSet::new();
+        for node in targets.clone() {
+            let (front, caller, rest, headers, tx, view) = (
+                front.clone(),
+                caller.clone(),
+                rest.clone(),
+                headers.clone(),
+                tx.clone(),
+                view.clone(),
+            );
+            pulls.spawn(async move {
+                let resp =
+                    send_as(&front, &caller, &node, Method::POST, &rest, &headers, Bytes::new())
+                        .await;
+                let outcome = match resp {
+                    Err(e) => Err(e.to_string()),
+                    Ok(resp) if !resp.status().is_success() => Err(message_of(&whole(resp).await.2)),
+                    Ok(resp) => relay_progress(&node, resp.into_body(), &tx).await,
+                };
+                let calls = FrontCalls(front.clone());
+                watch::refresh_images(&view, &calls, caller.tenant(), &node).await;
+                (node, outcome)
+            });
+        }
+        let mut failed = Vec::new();
+        let mut done = 0;
+        while let Some(Ok((node, outcome))) = pulls.join_next().await {
+            let line = match &outcome {
+                Ok(()) => {
+                    done += 1;
+                    json!({"status": format!("{node}: pulled")})
+                }
+                Err(why) => {
+                    failed.push(format!("{node}: {why}"));
+                    json!({"status": format!("{node}: failed: {why}")})
+                }
+            };
+            let _ = tx.send(Bytes::from(format!("{line}\n"))).await;
+        }
+        let end = match (done, targets.len()) {
+            (_, 0) => json!({"error": "no node of the fleet can take an image now: none is online with its daemon up",
+                             "errorDetail": {"message": "no node of the fleet is online"}}),
+            (0, _) => {
+                let why = format!("the pull failed on every node: {}", failed.join("; "));
+                json!({"error": why, "errorDetail": {"message": why}})
+            }
+            (n, all) => json!({"status": format!("pulled on {n} of {all} nodes")}),
+        };
+        let _ = tx.send(Bytes::from(format!("{end}\n"))).await;
+    });
+    let mut resp = Response::new(ChannelBody::boxed_body(rx, last));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// Passes one node's pull progress on, each line tagged with the node;
+/// `Err` with the node's words if it reported an error.
+async fn relay_progress(
+    node: &NodeId,
+    mut body: Body,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<(), String> {
+    let mut buf = BytesMut::new();
+    let mut error = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("the pull broke off: {e}"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line = buf.split_to(end + 1);
+            let Ok(mut v) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            if let Some(e) = v.get("error").and_then(Value::as_str) {
+                error = Some(e.to_owned());
+                continue;
+            }
+            match v.get("id").and_then(Value::as_str) {
+                Some(id) => v["id"] = json!(format!("{node}: {id}")),
+                None => {
+                    let status = v["status"].as_str().unwrap_or_default().to_owned();
+                    v["status"] = json!(format!("{node}: {status}"));
+                }
+            }
+            if tx.send(Bytes::from(format!("{v}\n"))).await.is_err() {
+                return Err("the client left".into());
+            }
+        }
+    }
+    error.map_or(Ok(()), Err)
+}
+
+fn set_node(headers: &mut HeaderMap, node: &NodeId) {
+    if let Ok(v) = HeaderValue::from_str(node.as_str()) {
+        headers.insert(NODE_HEADER, v);
+    }
+}
+
+fn copy_route(from: &HeaderMap, to: &mut HeaderMap) {
+    if let Some(v) = from.get(super::super::docker::ROUTE_HEADER) {
+        to.insert(super::super::docker::ROUTE_HEADER, v.clone());
+    }
+}
+
+/// Where container `name` is: from the view, else asking every node (a
+/// container made on a node directly a moment ago).
+async fn resolve(cx: &Ctx<'_>, name: &str) -> Result<(NodeId, String), CallError> {
+    match cache::find(&cx.view.nodes(), name) {
+        Found::At(node, id) => Ok((node, id)),
+        Found::Ambiguous(nodes) => Err(CallError::FleetAmbiguous {
+            name: name.to_owned(),
+            nodes: nodes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+        Found::Missing => {
+            let bare = name.rsplit('/').next().unwrap_or(name);
+            let node = super::locate(cx.front, cx.caller, bare)
+                .await
+                .ok_or_else(|| CallError::FleetName(name.to_owned()))?;
+            Ok((node, bare.to_owned()))
+        }
+    }
+}
+
+/// Whether a call's answer comes at once, so the view can be brought up
+/// to date before the caller gets it (not `wait`, `attach`, `logs`, ...).
+fn changes_at_once(method: &Method, tail: &[&str]) -> bool {
+    match (method.as_str(), tail) {
+        ("DELETE", []) => true,
+        ("POST", [action]) => matches!(
+            *action,
+            "start" | "stop" | "restart" | "kill" | "pause" | "unpause" | "rename" | "update"
+        ),
+        _ => false,
+    }
+}
+
+/// Any call about an existing container, carried to its node by its id.
+pub(super) async fn container_call(
+    cx: &Ctx<'_>,
+    name: &str,
+    tail: &[&str],
+    req: Request<Incoming>,
+) -> Result<Response<Body>, CallError> {
+    let (node, id) = resolve(cx, name).await?;
+    let method = req.method().clone();
+    let rest = match tail {
+        [] => format!("{}/containers/{id}", cx.version),
+        tail => format!("{}/containers/{id}/{}", cx.version, tail.join("/")),
+    };
+    let req = req.map(Either::Left);
+    let resp = carry(cx.front, &cx.conn.kept, cx.caller, node.clone(), &rest, req).await?;
+    let calls = FrontCalls(cx.front.clone());
+    let tenant = cx.caller.tenant();
+    let mut resp =
+        if method == Method::POST && tail == ["exec"] && resp.status() == StatusCode::CREATED {
+            let (parts, body) = resp.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            if let Some(exec) = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| Some(v.get("Id")?.as_str()?.to_owned()))
+            {
+                cx.view.put_exec(exec, node.clone());
+            }
+            Response::from_parts(
+                parts,
+                Full::new(body).map_err(|never| match never {}).boxed(),
+            )
+        } else if resp.status().is_success() && changes_at_once(&method, tail) {
+            let full = cx
+                .view
+                .node(&node)
+                .and_then(|n| Some(n.container(&id)?.id.clone()));
+            if let Some(full) = full {
+                match method == Method::DELETE {
+                    true => cx.view.remove_container(&node, &full),
+                    false => watch::refresh_container(&cx.view, &calls, tenant, &node, &full).await,
+                }
+            }
+            resp
+        } else {
+            resp
+        };
+    set_node(resp.headers_mut(), &node);
+    Ok(resp)
+}
+
+/// A call about an exec instance, carried to the node that made it.
+pub(super) async fn exec_call(
+    cx: &Ctx<'_>,
+    id: &str,
+    tail: &[&str],
+    req: Request<Incoming>,
+) -> Result<Response<Body>, CallError> {
+    let node = match cx.view.exec_node(id) {
+        Some(node) => node,
+        None => super::ask_all(cx.front, cx.caller, &format!("/exec/{id}/json"))
+            .await
+            .into_iter()
+            .find(|p| p.answer.is_ok())
+            .map(|p| p.node)
+            .ok_or_else(|| CallError::FleetNoExec(id.to_owned()))?,
+    };
+    let rest = format!("{}/exec/{id}/{}", cx.version, tail.join("/"));
+    let req = req.map(Either::Left);
+    let mut resp = carry(cx.front, &cx.conn.kept, cx.caller, node.clone(), &rest, req).await?;
+    set_node(resp.headers_mut(), &node);
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_splits_into_repo_and_tag_as_docker_pull_sends_it() {
+        let split = |i: &str| split_image(i);
+        assert_eq!(split("busybox"), ("busybox".into(), "latest".into()));
+        assert_eq!(split("busybox:1.36"), ("busybox".into(), "1.36".into()));
+        assert_eq!(
+            split("127.0.0.1:5000/tools/sh"),
+            ("127.0.0.1:5000/tools/sh".into(), "latest".into())
+        );
+        assert_eq!(
+            split("127.0.0.1:5000/sh:2"),
+            ("127.0.0.1:5000/sh".into(), "2".into())
+        );
+    }
+
+    #[test]
+    fn only_calls_answered_at_once_refresh_the_view_first() {
+        assert!(changes_at_once(&Method::POST, &["start"]));
+        assert!(changes_at_once(&Method::DELETE, &[]));
+        assert!(!changes_at_once(&Method::POST, &["wait"]));
+        assert!(!changes_at_once(&Method::POST, &["attach"]));
+        assert!(!changes_at_once(&Method::GET, &["json"]));
+    }
+}

@@ -1,0 +1,244 @@
+//! The fleet as one Docker host that runs containers: three real dockerd
+//! instances (their own sockets, data roots and daemon `--label`s), each
+//! with its own agent, behind one relay, driven by the real docker CLI on
+//! `DOCKER_HOST=tcp://RELAY/fleet`. Where a container landed is read from
+//! each node's own daemon, never from the relay.
+
+// A panic is a test failure report, in helpers as in #[test] fns.
+#![allow(clippy::unwrap_used)]
+// Tests poll processes from plain threads, where sleeping is fine.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::netns::NodeDockerd;
+use support::{AgentCmd, Docker, Proc, Relay};
+
+/// Three nodes: `n1` (region=eu, daemon label disk=ssd), `n2` (region=eu,
+/// disk=hdd), `n3` (region=us, no disk label).
+struct Three {
+    relay: Relay,
+    daemons: Vec<(String, NodeDockerd)>,
+    _agents: Vec<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+impl Three {
+    fn start(relay_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = Relay::start_with(&dir.path().join("relay"), relay_args).unwrap();
+        let token = relay.token().unwrap();
+        let specs = [
+            ("n1", "region=eu", Some("disk=ssd")),
+            ("n2", "region=eu", Some("disk=hdd")),
+            ("n3", "region=us", None),
+        ];
+        let mut daemons = Vec::new();
+        let mut agents = Vec::new();
+        for (node, label, daemon_label) in specs {
+            let extra: Vec<String> = daemon_label
+                .map(|l| vec![format!("--label={l}")])
+                .unwrap_or_default();
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let daemon =
+                NodeDockerd::start_local_with(&dir.path().join(format!("dockerd-{node}")), &extra)
+                    .unwrap();
+            daemon.load_busybox().unwrap();
+            let agent = AgentCmd::new(
+                &relay,
+                node,
+                &daemon.socket(),
+                &dir.path().join(format!("agent-{node}")),
+                Some(&token),
+            )
+            .arg("--label")
+            .arg(label)
+            .spawn()
+            .unwrap();
+            agents.push(agent);
+            daemons.push((node.to_owned(), daemon));
+        }
+        for (node, _) in &daemons {
+            relay.wait_for_node(node).unwrap();
+        }
+        Self {
+            relay,
+            daemons,
+            _agents: agents,
+            _dir: dir,
+        }
+    }
+
+    fn fleet(&self) -> Docker {
+        Docker::new(format!("tcp://{}/fleet", self.relay.api))
+    }
+
+    /// Each node's container names, from its own daemon.
+    fn names(&self) -> BTreeMap<String, Vec<String>> {
+        self.daemons
+            .iter()
+            .map(|(node, d)| {
+                let out = d
+                    .docker()
+                    .ok(&["ps", "-a", "--format", "{{.Names}}"])
+                    .unwrap();
+                let mut names: Vec<String> = out.lines().map(str::to_owned).collect();
+                names.sort();
+                (node.clone(), names)
+            })
+            .collect()
+    }
+
+    /// The node whose own daemon has container `name`.
+    fn node_of(&self, name: &str) -> String {
+        let names = self.names();
+        let holders: Vec<&String> = names
+            .iter()
+            .filter(|(_, n)| n.iter().any(|n| n == name))
+            .map(|(node, _)| node)
+            .collect();
+        assert_eq!(holders.len(), 1, "{name} is on {holders:?}: {names:?}");
+        holders[0].clone()
+    }
+
+    fn counts(&self) -> Vec<usize> {
+        self.names().values().map(Vec::len).collect()
+    }
+
+    /// Removes every container from every node, directly.
+    fn clear(&self) {
+        for (_, d) in &self.daemons {
+            let ids = d.docker().ok(&["ps", "-aq"]).unwrap();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids);
+                d.docker().ok(&args).unwrap();
+            }
+        }
+        // The view hears of it by the nodes' events.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.fleet().ok(&["ps", "-aq"]).unwrap().trim().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the fleet still lists containers"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `docker create` on the fleet with these arguments before the image.
+fn create(fleet: &Docker, name: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["create", "--network", "none", "--name", name];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["busybox", "sleep", "300"]);
+    fleet.output_with_stdin(&all, b"").unwrap()
+}
+
+fn created(fleet: &Docker, name: &str, args: &[&str]) {
+    let out = create(fleet, name, args);
+    assert!(
+        out.status.success(),
+        "create {name} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn constraints_and_spread_place_as_swarm_did_and_an_impossible_ask_creates_nothing() {
+    let three = Three::start(&[]);
+    let fleet = three.fleet();
+
+    // Spread: six containers on three empty nodes, two each.
+    for i in 0..6 {
+        created(&fleet, &format!("spread-{i}"), &[]);
+    }
+    assert_eq!(three.counts(), [2, 2, 2], "{:?}", three.names());
+    three.clear();
+
+    // Constraints on agent labels, a daemon label, the node, != and a regex.
+    let cases: [(&str, &[&str], &[&str]); 6] = [
+        ("on-us", &["-e", "constraint:region==us"], &["n3"]),
+        ("on-ssd", &["-e", "constraint:disk==ssd"], &["n1"]),
+        ("on-n2", &["-e", "constraint:node==n2"], &["n2"]),
+        ("not-eu", &["-e", "constraint:region!=eu"], &["n3"]),
+        (
+            "by-regex",
+            &["-e", "constraint:node==/n[12]/"],
+            &["n1", "n2"],
+        ),
+        (
+            "by-label",
+            &["--label", "com.docker.swarm.constraints=[\"disk==hdd\"]"],
+            &["n2"],
+        ),
+    ];
+    for (name, args, allowed) in cases {
+        created(&fleet, name, args);
+        let at = three.node_of(name);
+        assert!(allowed.contains(&at.as_str()), "{name} landed on {at}");
+    }
+    // A soft constraint that matches nothing falls back, and says so.
+    let soft = create(&fleet, "soft", &["-e", "constraint:region==~mars"]);
+    assert!(
+        soft.status.success(),
+        "{}",
+        String::from_utf8_lossy(&soft.stderr)
+    );
+    three.node_of("soft");
+    // The constraint travels as Swarm's label, not in the environment.
+    let env = fleet
+        .ok(&["inspect", "--format", "{{json .Config.Env}}", "on-us"])
+        .unwrap();
+    assert!(!env.contains("constraint:"), "{env}");
+
+    // Nothing fits: the error says filter by filter, and nothing is made.
+    let before = three.counts();
+    let refused = create(&fleet, "nowhere", &["-e", "constraint:region==mars"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        said.contains("nothing was created")
+            && said.contains("constraint ruled out 3")
+            && said.contains("wanted region==mars"),
+        "{said}"
+    );
+    assert_eq!(three.counts(), before);
+
+    // A name is the fleet's: a second "on-us" is refused as Docker would.
+    let dup = create(&fleet, "on-us", &["-e", "constraint:node==n1"]);
+    let said = String::from_utf8_lossy(&dup.stderr);
+    assert!(!dup.status.success());
+    assert!(
+        said.contains("is already in use") && said.contains("on node n3"),
+        "{said}"
+    );
+    assert_eq!(three.counts(), before);
+    three.clear();
+}
+
+#[test]
+fn binpack_fills_one_node_by_memory_before_the_next() {
+    let three = Three::start(&["--fleet-strategy", "binpack"]);
+    let fleet = three.fleet();
+    let mem: u64 = fleet
+        .ok(&["info", "--format", "{{.MemTotal}}"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Each node is this machine: a third of its memory per container
+    // fits three times on a node (with the rounding), never four.
+    let each = format!("{}m", mem / 3 / 3 / (1 << 20) - 1);
+    for i in 0..4 {
+        created(&fleet, &format!("pack-{i}"), &["-m", &each]);
+    }
+    let mut counts = three.counts();
+    counts.sort_unstable();
+    assert_eq!(counts, [0, 1, 3], "{:?}", three.names());
+    three.clear();
+}
