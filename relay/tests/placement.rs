@@ -242,3 +242,263 @@ fn binpack_fills_one_node_by_memory_before_the_next() {
     assert_eq!(counts, [0, 1, 3], "{:?}", three.names());
     three.clear();
 }
+
+#[test]
+fn random_uses_every_node_over_thirty_creates() {
+    let three = Three::start(&["--fleet-strategy", "random"]);
+    let fleet = three.fleet();
+    for i in 0..30 {
+        created(&fleet, &format!("rand-{i}"), &[]);
+    }
+    let counts = three.counts();
+    assert!(counts.iter().all(|c| *c > 0), "{counts:?}");
+    assert_eq!(counts.iter().sum::<usize>(), 30);
+    three.clear();
+}
+
+#[test]
+fn affinities_dependencies_and_host_ports_decide_the_node() {
+    let three = Three::start(&[]);
+    let fleet = three.fleet();
+    let at = |name: &str| three.node_of(name);
+
+    // An image only one node has.
+    three.daemons[1]
+        .1
+        .docker()
+        .ok(&["tag", "busybox", "only-on-n2:1"])
+        .unwrap();
+    let out = fleet
+        .output_with_stdin(
+            &[
+                "create",
+                "--network",
+                "none",
+                "--name",
+                "by-image",
+                "-e",
+                "affinity:image==only-on-n2:1",
+                "only-on-n2:1",
+                "true",
+            ],
+            b"",
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(at("by-image"), "n2");
+
+    // A container, and a container label.
+    created(&fleet, "anchor", &["-e", "constraint:node==n3"]);
+    created(&fleet, "near-anchor", &["-e", "affinity:container==anchor"]);
+    assert_eq!(at("near-anchor"), "n3");
+    created(
+        &fleet,
+        "labelled",
+        &["--label", "tier=db", "-e", "constraint:node==n1"],
+    );
+    created(&fleet, "near-db", &["-e", "affinity:tier==db"]);
+    assert_eq!(at("near-db"), "n1");
+    created(&fleet, "away-from-db", &["-e", "affinity:tier!=db"]);
+    assert_ne!(at("away-from-db"), "n1");
+
+    // Dependencies pull to their container's node; two on different
+    // nodes cannot both be met.
+    created(&fleet, "shares-volumes", &["--volumes-from", "anchor"]);
+    assert_eq!(at("shares-volumes"), "n3");
+    fleet.ok(&["start", "anchor"]).unwrap();
+    let out = fleet
+        .output_with_stdin(
+            &[
+                "create",
+                "--name",
+                "shares-net",
+                "--net",
+                "container:anchor",
+                "busybox",
+                "true",
+            ],
+            b"",
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(at("shares-net"), "n3");
+    let before = three.counts();
+    let both = create(
+        &fleet,
+        "both",
+        &["--volumes-from", "anchor", "--volumes-from", "labelled"],
+    );
+    let said = String::from_utf8_lossy(&both.stderr);
+    assert!(!both.status.success());
+    assert!(
+        said.contains("dependency ruled out 3") && said.contains("no node has both"),
+        "{said}"
+    );
+    assert_eq!(three.counts(), before);
+
+    // A host port is taken once per node: three fit, the fourth is refused.
+    for i in 0..3 {
+        let name = format!("port-{i}");
+        let out = fleet
+            .output_with_stdin(
+                &[
+                    "run",
+                    "-d",
+                    "--network",
+                    "host",
+                    "--expose",
+                    "7777",
+                    "--name",
+                    &name,
+                    "busybox",
+                    "sleep",
+                    "300",
+                ],
+                b"",
+            )
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut port_nodes: Vec<String> = (0..3).map(|i| at(&format!("port-{i}"))).collect();
+    port_nodes.sort();
+    assert_eq!(port_nodes, ["n1", "n2", "n3"]);
+    let fourth = fleet
+        .output_with_stdin(
+            &[
+                "run",
+                "-d",
+                "--network",
+                "host",
+                "--expose",
+                "7777",
+                "--name",
+                "port-3",
+                "busybox",
+                "sleep",
+                "300",
+            ],
+            b"",
+        )
+        .unwrap();
+    let said = String::from_utf8_lossy(&fourth.stderr);
+    assert!(!fourth.status.success());
+    assert!(
+        said.contains("port ruled out 3") && said.contains("host port 7777/tcp is taken"),
+        "{said}"
+    );
+    three.clear();
+}
+
+#[test]
+fn a_containers_whole_life_runs_through_the_fleet_by_bare_name() {
+    let three = Three::start(&[]);
+    let fleet = three.fleet();
+    // The CLI scenarios that run containers, each naming its container
+    // bare: run, run -i, logs -f, exec -i and -it, cp both ways, rm.
+    let wanted = [
+        "run echo and late output",
+        "run -i stdin round trip (20 MB)",
+        "50 MB of stdout",
+        "logs -f streams",
+        "exec, exec -i, exec -it",
+        "cp 10 MB in and out",
+        "16 concurrent runs",
+    ];
+    for (name, scenario) in support::scenarios::ALL {
+        if wanted.contains(name) {
+            scenario(&fleet).unwrap_or_else(|e| panic!("{name} through the fleet: {e:#}"));
+        }
+    }
+
+    // A container by an id prefix, stop and start, and the view's reads.
+    let id = fleet
+        .ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            "life",
+            "busybox",
+            "sleep",
+            "300",
+        ])
+        .unwrap()
+        .trim()
+        .to_owned();
+    let node = three.node_of("life");
+    let listed = fleet
+        .ok(&["ps", "--filter", "name=life", "--format", "{{.Names}}"])
+        .unwrap();
+    assert_eq!(listed.trim(), format!("{node}/life"), "read-your-writes");
+    fleet.ok(&["stop", "-t", "0", &id[..8]]).unwrap();
+    let listed = fleet
+        .ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            "status=exited",
+            "--format",
+            "{{.Names}}",
+        ])
+        .unwrap();
+    assert!(listed.contains("/life"), "{listed}");
+    fleet.ok(&["start", "life"]).unwrap();
+    let inspected = fleet
+        .ok(&["inspect", "--format", "{{.State.Running}}", "life"])
+        .unwrap();
+    assert_eq!(inspected.trim(), "true");
+    fleet.ok(&["rm", "-f", "life"]).unwrap();
+    assert!(three
+        .names()
+        .values()
+        .all(|n| !n.contains(&"life".to_owned())));
+    let gone = fleet
+        .output_with_stdin(&["container", "inspect", "life"], b"")
+        .unwrap();
+    let said = String::from_utf8_lossy(&gone.stderr);
+    assert!(said.contains("No such container: life"), "{said}");
+
+    // A container started on a node directly shows in the fleet's ps
+    // within a second, from the node's events.
+    let direct = &three.daemons[1].1;
+    direct
+        .docker()
+        .ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            "made-on-n2",
+            "busybox",
+            "sleep",
+            "300",
+        ])
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let names = fleet.ok(&["ps", "--format", "{{.Names}}"]).unwrap();
+        if names.contains("n2/made-on-n2") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "not seen within 1 s: {names}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    three.clear();
+}
