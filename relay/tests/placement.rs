@@ -502,3 +502,116 @@ fn a_containers_whole_life_runs_through_the_fleet_by_bare_name() {
     }
     three.clear();
 }
+
+/// Debian's `docker-registry` on a loopback port (dockerd pulls from
+/// 127.0.0.0/8 over plain HTTP), stopped when dropped.
+struct Registry {
+    proc: Proc,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry)");
+        let proc = Proc::new(child, "registry");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            proc,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// Pushes the suite's busybox as `<registry>/tools/bb:<tag>`.
+    fn push(&self, tag: &str) -> String {
+        let image = format!("{}/tools/bb:{tag}", self.addr);
+        let local = Docker::direct();
+        local.ok(&["tag", "busybox", &image]).unwrap();
+        local.ok(&["push", &image]).unwrap();
+        local.ok(&["rmi", &image]).unwrap();
+        image
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.proc.kill();
+    }
+}
+
+#[test]
+fn pull_reaches_every_node_and_a_run_pulls_on_the_node_it_chose() {
+    let three = Three::start(&[]);
+    let registry = Registry::start();
+    let fleet = three.fleet();
+    let has = |i: usize, image: &str| {
+        three.daemons[i]
+            .1
+            .docker()
+            .output_with_stdin(&["image", "inspect", image], b"")
+            .unwrap()
+            .status
+            .success()
+    };
+
+    let everywhere = registry.push("1");
+    let out = fleet.ok(&["pull", &everywhere]).unwrap();
+    for node in ["n1", "n2", "n3"] {
+        assert!(out.contains(&format!("{node}: pulled")), "{out}");
+    }
+    assert!((0..3).all(|i| has(i, &everywhere)), "{out}");
+
+    // The node the constraint names lacks the image: the relay pulls it
+    // there, and only there, before the create.
+    let one = registry.push("2");
+    let out = fleet
+        .ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-e",
+            "constraint:node==n2",
+            &one,
+            "echo",
+            "ran-on-n2",
+        ])
+        .unwrap();
+    assert_eq!(out.trim(), "ran-on-n2");
+    assert!(has(1, &one) && !has(0, &one) && !has(2, &one));
+
+    // inspect says which node, as Swarm's did.
+    created(&fleet, "where", &["-e", "constraint:node==n3"]);
+    let node = fleet
+        .ok(&["inspect", "--format", "{{.Node.ID}}", "where"])
+        .unwrap();
+    assert_eq!(node.trim(), "n3");
+    three.clear();
+}

@@ -475,11 +475,48 @@ pub(super) async fn container_call(
                 }
             }
             resp
+        } else if method == Method::GET && tail == ["json"] && resp.status() == StatusCode::OK {
+            with_node_in_inspect(resp, cx.view.node(&node).as_deref()).await
         } else {
             resp
         };
     set_node(resp.headers_mut(), &node);
     Ok(resp)
+}
+
+/// A container's inspect with its node in `Node`, as Swarm gave it.
+async fn with_node_in_inspect(
+    resp: Response<Body>,
+    node: Option<&crate::fleet::Node>,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body = match (serde_json::from_slice::<Value>(&body), node) {
+        (Ok(Value::Object(mut obj)), Some(n)) => {
+            let labels: serde_json::Map<String, Value> = n
+                .labels
+                .iter()
+                .chain(n.engine_labels.iter())
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            obj.insert(
+                "Node".into(),
+                json!({"ID": n.id.as_str(), "Name": n.id.as_str(), "Hostname": n.hostname,
+                       "Addr": n.relay, "Labels": labels}),
+            );
+            Bytes::from(Value::Object(obj).to_string())
+        }
+        _ => body,
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(
+        parts,
+        Full::new(body).map_err(|never| match never {}).boxed(),
+    )
 }
 
 /// A call about an exec instance, carried to the node that made it.
