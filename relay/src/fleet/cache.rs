@@ -105,17 +105,12 @@ impl TenantView {
 
     /// Puts container `c` on node `id`, replacing the one with its id.
     pub fn put_container(&self, id: &NodeId, c: Container) {
-        self.update(id, |node| {
-            match node.containers.iter_mut().find(|old| old.id == c.id) {
-                Some(old) => *old = c,
-                None => node.containers.push(c),
-            }
-        });
+        self.update(id, |node| node.put_container(c));
     }
 
     /// Removes container `container` (a full id) from node `id`.
     pub fn remove_container(&self, id: &NodeId, container: &str) {
-        self.update(id, |node| node.containers.retain(|c| c.id != container));
+        self.update(id, |node| node.remove_container(container));
     }
 
     /// Remembers that node `node` made exec instance `exec`.
@@ -173,7 +168,7 @@ pub fn find(nodes: &[Arc<Node>], name: &str) -> Found {
     let every = || {
         nodes
             .iter()
-            .flat_map(|n| n.containers.iter().map(move |c| (&n.id, c)))
+            .flat_map(|n| n.containers().iter().map(move |c| (&n.id, c)))
     };
     // Docker's order: a full id, then a name, then an id prefix.
     pick(every().filter(|(_, c)| c.id == name).collect())
@@ -287,7 +282,7 @@ mod tests {
     fn node(id: &str, containers: &[(&str, &str)]) -> Arc<Node> {
         let mut n = Node::new(NodeId::new(id).unwrap());
         for (name, cid) in containers {
-            n.containers.push(Container {
+            n.put_container(Container {
                 id: (*cid).into(),
                 name: (*name).into(),
                 ..Default::default()

@@ -27,8 +27,9 @@ pub struct Expr {
 /// How an expression's value matches a string.
 #[derive(Debug, Clone)]
 pub enum Matcher {
-    /// The same string, any case.
-    Plain(String),
+    /// The same string, any case: as written, and `key=value` lowercased
+    /// (for looking it up among labels).
+    Plain(String, String),
     /// A glob or a regex, compiled.
     Pattern(Regex),
 }
@@ -101,7 +102,10 @@ impl Expr {
             pattern.push('$');
             Matcher::Pattern(Regex::new(&pattern).expect("an escaped glob always compiles"))
         } else {
-            Matcher::Plain(value.to_owned())
+            Matcher::Plain(
+                value.to_owned(),
+                format!("{key}={value}").to_ascii_lowercase(),
+            )
         };
         Ok(Self {
             key: key.to_ascii_lowercase(),
@@ -116,7 +120,7 @@ impl Expr {
     /// expression's value, before its `==`/`!=` is applied.
     pub fn matches_value(&self, value: &str) -> bool {
         match &self.value {
-            Matcher::Plain(want) => want.eq_ignore_ascii_case(value),
+            Matcher::Plain(want, _) => want.eq_ignore_ascii_case(value),
             Matcher::Pattern(re) => re.is_match(value),
         }
     }

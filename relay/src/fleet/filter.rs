@@ -24,6 +24,9 @@ use super::view::Node;
 /// What one filter made of the nodes it was given.
 #[derive(Debug, Default)]
 pub struct Outcome<'v> {
+    /// Whether reasons are written out: a placement asks for them only
+    /// when no node is left, so ruling 10,000 nodes out formats nothing.
+    pub explain: bool,
     /// The nodes that pass.
     pub kept: Vec<&'v Node>,
     /// The nodes that do not, each with why.
@@ -32,14 +35,41 @@ pub struct Outcome<'v> {
     pub notes: Vec<String>,
 }
 
+impl<'v> Outcome<'v> {
+    /// An empty outcome that writes reasons out if `explain`.
+    pub fn new(explain: bool) -> Self {
+        Self {
+            explain,
+            ..Self::default()
+        }
+    }
+
+    /// Rules `node` out, for the reason `why` gives (asked only when the
+    /// outcome explains).
+    pub fn rule_out(&mut self, node: &'v Node, why: impl FnOnce() -> String) {
+        let why = match self.explain {
+            true => why(),
+            false => String::new(),
+        };
+        self.ruled_out.push((node, why));
+    }
+}
+
 /// One of the placement's filters.
 pub trait Filter: Sync {
     /// Its name in messages (`constraint`, `port`, ...).
     fn name(&self) -> &'static str;
 
     /// Keeps the `nodes` that can run `ask`; `fleet` is every node of the
-    /// tenant, for filters that look at where other containers are.
-    fn filter<'v>(&self, ask: &Ask, fleet: &[&'v Node], nodes: Vec<&'v Node>) -> Outcome<'v>;
+    /// tenant, for filters that look at where other containers are. The
+    /// reasons for the nodes it rules out are written only if `explain`.
+    fn filter<'v>(
+        &self,
+        ask: &Ask,
+        fleet: &[&'v Node],
+        nodes: Vec<&'v Node>,
+        explain: bool,
+    ) -> Outcome<'v>;
 }
 
 /// Every filter, in the order a placement runs them.
@@ -62,15 +92,17 @@ pub(super) fn by_expressions<'v>(
     what: &str,
     exprs: &[Expr],
     nodes: Vec<&'v Node>,
+    explain: bool,
     holds: impl Fn(&Expr, &Node) -> bool,
     why: impl Fn(&Expr, &Node) -> String,
 ) -> Outcome<'v> {
-    let mut out = Outcome::default();
+    let mut out = Outcome::new(explain);
     let mut kept = nodes;
     for expr in exprs.iter().filter(|e| !e.soft) {
         let (pass, fail): (Vec<_>, Vec<_>) = kept.into_iter().partition(|n| holds(expr, n));
-        out.ruled_out
-            .extend(fail.into_iter().map(|n| (n, why(expr, n))));
+        for n in fail {
+            out.rule_out(n, || why(expr, n));
+        }
         kept = pass;
     }
     for expr in exprs.iter().filter(|e| e.soft) {
@@ -82,8 +114,9 @@ pub(super) fn by_expressions<'v>(
             ));
             continue;
         }
-        out.ruled_out
-            .extend(fail.into_iter().map(|n| (n, why(expr, n))));
+        for n in fail {
+            out.rule_out(n, || why(expr, n));
+        }
         kept = pass;
     }
     out.kept = kept;

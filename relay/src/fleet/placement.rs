@@ -16,7 +16,7 @@ use super::view::Node;
 /// The candidates for one create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
-    /// Best first; never empty.
+    /// Best first, at most [`CANDIDATES`]; never empty.
     pub ranked: Vec<NodeId>,
     /// What the filters said on the way (soft filters dropped).
     pub notes: Vec<String>,
@@ -33,6 +33,10 @@ pub struct NoNode {
     /// What the filters said on the way.
     pub notes: Vec<String>,
 }
+
+/// How many candidates a placement ranks: the creates tried on them stop
+/// far sooner, and ranking a few is much cheaper than ranking all.
+pub const CANDIDATES: usize = 8;
 
 /// How many nodes are named for one reason before "and N more".
 const NAMED_PER_REASON: usize = 3;
@@ -90,21 +94,20 @@ impl fmt::Display for NoNode {
 
 impl std::error::Error for NoNode {}
 
-/// Ranks the nodes of `fleet` that can run `ask`, best first, by
-/// `strategy` (which may draw on `seed`), or says why none can.
-pub fn place(
-    fleet: &[&Node],
+/// Runs every filter in order: the nodes left and the notes, or (with
+/// reasons when `explain`) why none is.
+fn run_filters<'v>(
+    fleet: &[&'v Node],
     ask: &Ask,
-    strategy: &dyn Strategy,
-    seed: u64,
-) -> Result<Placement, NoNode> {
+    explain: bool,
+) -> Result<(Vec<&'v Node>, Vec<String>), NoNode> {
     let mut nodes = fleet.to_vec();
     let mut steps = Vec::new();
     let mut notes = Vec::new();
     for filter in filter::all() {
-        let out = filter.filter(ask, fleet, nodes);
+        let out = filter.filter(ask, fleet, nodes, explain);
         notes.extend(out.notes);
-        if !out.ruled_out.is_empty() {
+        if explain && !out.ruled_out.is_empty() {
             let named = out
                 .ruled_out
                 .into_iter()
@@ -121,7 +124,29 @@ pub fn place(
             });
         }
     }
-    strategy.rank(ask, &mut nodes, seed);
+    Ok((nodes, notes))
+}
+
+/// Ranks the nodes of `fleet` that can run `ask`, best first, by
+/// `strategy` (which may draw on `seed`), or says why none can.
+pub fn place(
+    fleet: &[&Node],
+    ask: &Ask,
+    strategy: &dyn Strategy,
+    seed: u64,
+) -> Result<Placement, NoNode> {
+    let (mut nodes, notes) = match run_filters(fleet, ask, false) {
+        Ok(passed) => passed,
+        // Only now are the reasons written out, in a second pass.
+        Err(_) => {
+            return Err(run_filters(fleet, ask, true).err().unwrap_or(NoNode {
+                nodes: fleet.len(),
+                steps: Vec::new(),
+                notes: Vec::new(),
+            }))
+        }
+    };
+    strategy.rank(ask, &mut nodes, seed, CANDIDATES);
     Ok(Placement {
         ranked: nodes.into_iter().map(|n| n.id.clone()).collect(),
         notes,
@@ -161,8 +186,7 @@ mod tests {
     #[test]
     fn the_candidates_come_ranked_and_soft_notes_travel_with_them() {
         let mut a = node("a");
-        a.containers
-            .push(crate::fleet::filter::fake::container("x", "1"));
+        a.put_container(crate::fleet::filter::fake::container("x", "1"));
         let b = node("b");
         let ask = Ask {
             constraints: vec![Expr::parse("zone==~z9").unwrap()],

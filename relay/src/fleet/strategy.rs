@@ -23,8 +23,27 @@ pub trait Strategy: Sync + fmt::Debug {
     /// Its name, as the setting spells it.
     fn name(&self) -> &'static str;
 
-    /// Orders `nodes` best first; `seed` is the only randomness it may use.
-    fn rank(&self, ask: &Ask, nodes: &mut [&Node], seed: u64);
+    /// Orders `nodes` best first and keeps the best `keep`; `seed` is the
+    /// only randomness it may use.
+    fn rank(&self, ask: &Ask, nodes: &mut Vec<&Node>, seed: u64, keep: usize);
+}
+
+/// Keeps the `keep` nodes with the least `key`, the node id breaking
+/// ties, in order: each key computed once, then a partial selection and
+/// a sort of what is kept, so ranking 10,000 nodes for a few candidates
+/// does not sort them all.
+pub fn best_by<K: Ord + Copy>(nodes: &mut Vec<&Node>, keep: usize, key: impl Fn(&Node) -> K) {
+    let mut keyed: Vec<(K, &Node)> = nodes.iter().map(|n| (key(n), *n)).collect();
+    let cmp = |a: &(K, &Node), b: &(K, &Node)| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id));
+    if keep == 0 {
+        keyed.clear();
+    } else if keyed.len() > keep {
+        keyed.select_nth_unstable_by(keep - 1, cmp);
+        keyed.truncate(keep);
+    }
+    keyed.sort_unstable_by(cmp);
+    nodes.clear();
+    nodes.extend(keyed.into_iter().map(|(_, n)| n));
 }
 
 /// The strategy a relay places with (`--fleet-strategy`).
@@ -76,9 +95,11 @@ impl fmt::Display for StrategyName {
 /// of its CPUs plus percent of its memory (a resource it does not report
 /// counts nothing).
 pub fn score(ask: &Ask, node: &Node) -> u64 {
+    // Memory below 2^57 bytes and CPUs below 2^27 keep `used * 100`
+    // within a u64, far beyond any host; saturate rather than wrap.
     let percent = |used: u64, total: u64| match total {
         0 => 0,
-        t => ((u128::from(used) * 100) / u128::from(t)) as u64,
+        t => used.saturating_mul(100) / t,
     };
     let cpu = percent(
         node.reserved_nano_cpus() + ask.nano_cpus,

@@ -30,10 +30,26 @@ pub struct Node {
     pub health: Health,
     /// Whether the agent's policy lets calls change the node.
     pub writable: bool,
-    /// Its containers, stopped ones included.
-    pub containers: Vec<Container>,
+    /// Its containers, stopped ones included; changed only through
+    /// [`Node::put_container`] and [`Node::remove_container`], which keep
+    /// `summary` true.
+    containers: Vec<Container>,
     /// Its images.
     pub images: Vec<Image>,
+    /// What its containers add up to, so a placement reads one number per
+    /// node rather than every container.
+    summary: Summary,
+}
+
+/// Sums over a node's containers, kept as they change.
+#[derive(Debug, Clone, Default)]
+struct Summary {
+    nano_cpus: u64,
+    memory: u64,
+    /// Host ports of running containers, with the container's name.
+    live_ports: Vec<(HostPort, String)>,
+    /// Every `key=value` label of its containers, lowercased.
+    labels: std::collections::HashSet<String>,
 }
 
 /// `docker info` facts of a host that constraints may name.
@@ -174,18 +190,76 @@ impl Node {
             writable: true,
             containers: Vec::new(),
             images: Vec::new(),
+            summary: Summary::default(),
         }
+    }
+
+    /// Its containers, stopped ones included.
+    pub fn containers(&self) -> &[Container] {
+        &self.containers
+    }
+
+    /// Puts container `c` in, replacing the one with its id.
+    pub fn put_container(&mut self, c: Container) {
+        match self.containers.iter_mut().find(|old| old.id == c.id) {
+            Some(old) => *old = c,
+            None => self.containers.push(c),
+        }
+        self.recount();
+    }
+
+    /// Puts these containers in place of all it had.
+    pub fn set_containers(&mut self, containers: Vec<Container>) {
+        self.containers = containers;
+        self.recount();
+    }
+
+    /// Removes the container with the full id `id`.
+    pub fn remove_container(&mut self, id: &str) {
+        self.containers.retain(|c| c.id != id);
+        self.recount();
+    }
+
+    fn recount(&mut self) {
+        let mut sum = Summary::default();
+        for c in &self.containers {
+            sum.nano_cpus += c.nano_cpus;
+            sum.memory += c.memory;
+            if c.running {
+                let ports = c.host_ports.iter().map(|p| (p.clone(), c.name.clone()));
+                sum.live_ports.extend(ports);
+            }
+            for (k, v) in &c.labels {
+                sum.labels.insert(format!("{k}={v}").to_ascii_lowercase());
+            }
+        }
+        self.summary = sum;
+    }
+
+    /// The running container holding a host port that clashes with `want`.
+    pub fn port_holder(&self, want: &HostPort) -> Option<&str> {
+        self.summary
+            .live_ports
+            .iter()
+            .find(|(p, _)| p.clashes(want))
+            .map(|(_, name)| name.as_str())
+    }
+
+    /// Whether one of its containers has the label `key=value` written
+    /// `lower_pair`, lowercased (labels match in any case).
+    pub fn has_container_label(&self, lower_pair: &str) -> bool {
+        self.summary.labels.contains(lower_pair)
     }
 
     /// CPUs its containers reserve, in billionths: stopped ones too, as
     /// Swarm counted them, since each may be started again.
     pub fn reserved_nano_cpus(&self) -> u64 {
-        self.containers.iter().map(|c| c.nano_cpus).sum()
+        self.summary.nano_cpus
     }
 
     /// Memory its containers reserve, in bytes, stopped ones too.
     pub fn reserved_memory(&self) -> u64 {
-        self.containers.iter().map(|c| c.memory).sum()
+        self.summary.memory
     }
 
     /// Its running containers.
@@ -239,21 +313,14 @@ mod tests {
 
     #[test]
     fn a_container_is_found_by_name_or_a_unique_id_prefix() {
-        let node = Node {
-            containers: vec![
-                Container {
-                    id: "abc111".into(),
-                    name: "web".into(),
-                    ..Default::default()
-                },
-                Container {
-                    id: "abc222".into(),
-                    name: "db".into(),
-                    ..Default::default()
-                },
-            ],
-            ..Node::new(NodeId::new("n").unwrap())
-        };
+        let mut node = Node::new(NodeId::new("n").unwrap());
+        for (id, name) in [("abc111", "web"), ("abc222", "db")] {
+            node.put_container(Container {
+                id: id.into(),
+                name: name.into(),
+                ..Default::default()
+            });
+        }
         assert_eq!(
             node.container("/web").map(|c| c.id.as_str()),
             Some("abc111")

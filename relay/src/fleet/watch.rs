@@ -241,6 +241,7 @@ async fn list(calls: &dyn NodeCalls, tenant: &TenantId, m: &Member) -> Result<No
     }
     (node.facts, node.engine_labels) = cache::facts_from_info(&info);
     node.images = cache::images_from_list(&images);
+    let mut containers = Vec::new();
     for entry in listing.as_array().into_iter().flatten() {
         let Some(id) = entry.get("Id").and_then(Value::as_str) else {
             continue;
@@ -248,9 +249,9 @@ async fn list(calls: &dyn NodeCalls, tenant: &TenantId, m: &Member) -> Result<No
         let inspect = calls
             .get_json(tenant, &m.id, &format!("/containers/{id}/json"))
             .await?;
-        node.containers
-            .push(cache::container_from_inspect(&inspect, Some(entry.clone())));
+        containers.push(cache::container_from_inspect(&inspect, Some(entry.clone())));
     }
+    node.set_containers(containers);
     Ok(node)
 }
 

@@ -306,7 +306,7 @@ fn info(cx: &Ctx<'_>) -> Response<Body> {
             continue;
         }
         let live = node.live().count();
-        total += node.containers.len();
+        total += node.containers().len();
         running += live;
         images += node.images.len();
         ncpu += node.facts.ncpu;
@@ -322,7 +322,7 @@ fn info(cx: &Ctx<'_>) -> Response<Body> {
         line("Hostname", node.hostname.clone());
         line(
             "Containers",
-            format!("{} ({live} running)", node.containers.len()),
+            format!("{} ({live} running)", node.containers().len()),
         );
         line(
             "Reserved CPUs",
@@ -417,7 +417,7 @@ async fn ps(cx: &Ctx<'_>, query: Option<&str>) -> Response<Body> {
             skipped.push((node.id.clone(), why));
             continue;
         }
-        for c in node.containers.iter().filter(|c| wanted.matches(c)) {
+        for c in node.containers().iter().filter(|c| wanted.matches(c)) {
             let Some(text) = &c.listing else {
                 continue;
             };

@@ -15,16 +15,20 @@ pub struct Affinity;
 /// Whether `node` has something `expr`'s value matches.
 fn has(expr: &Expr, node: &Node) -> bool {
     match (expr.key.as_str(), &expr.value) {
-        ("container", Matcher::Plain(name)) => node.container(name).is_some(),
-        ("container", _) => node.containers.iter().any(|c| expr.matches_value(&c.name)),
-        ("image", Matcher::Plain(name)) => node.has_image(name),
+        ("container", Matcher::Plain(name, _)) => node.container(name).is_some(),
+        ("container", _) => node
+            .containers()
+            .iter()
+            .any(|c| expr.matches_value(&c.name)),
+        ("image", Matcher::Plain(name, _)) => node.has_image(name),
+        (_, Matcher::Plain(_, pair)) => node.has_container_label(pair),
         ("image", _) => node
             .images
             .iter()
             .flat_map(|i| i.tags.iter())
             .any(|t| expr.matches_value(t)),
         (label, _) => node
-            .containers
+            .containers()
             .iter()
             .filter_map(|c| c.labels.get(label))
             .any(|v| expr.matches_value(v)),
@@ -44,7 +48,7 @@ fn why(expr: &Expr, _: &Node) -> String {
 
 fn value_text(expr: &Expr) -> String {
     match &expr.value {
-        Matcher::Plain(v) => v.clone(),
+        Matcher::Plain(v, _) => v.clone(),
         Matcher::Pattern(re) => format!("matching {re}"),
     }
 }
@@ -54,11 +58,18 @@ impl Filter for Affinity {
         "affinity"
     }
 
-    fn filter<'v>(&self, ask: &Ask, _: &[&'v Node], nodes: Vec<&'v Node>) -> Outcome<'v> {
+    fn filter<'v>(
+        &self,
+        ask: &Ask,
+        _: &[&'v Node],
+        nodes: Vec<&'v Node>,
+        explain: bool,
+    ) -> Outcome<'v> {
         by_expressions(
             "affinity",
             &ask.affinities,
             nodes,
+            explain,
             |e, n| has(e, n) == e.equal,
             why,
         )
@@ -76,7 +87,7 @@ mod tests {
             affinities: exprs.iter().map(|t| Expr::parse(t).unwrap()).collect(),
             ..Ask::default()
         };
-        Affinity.filter(&ask, all, all.to_vec())
+        Affinity.filter(&ask, all, all.to_vec(), true)
     }
 
     #[test]
@@ -84,7 +95,7 @@ mod tests {
         let mut a = node("a");
         let mut web = container("web", "f00d1234");
         web.labels.insert("tier".into(), "front".into());
-        a.containers.push(web);
+        a.put_container(web);
         let mut b = node("b");
         b.images.push(Image {
             id: "sha256:beef".into(),

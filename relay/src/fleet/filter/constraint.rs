@@ -14,31 +14,26 @@ pub struct Constraint;
 
 /// A node's values for a constraint's key: none when it has no such
 /// fact or label; an agent label and a daemon label of one key both count.
-pub fn values<'n>(node: &'n Node, key: &str) -> Vec<&'n str> {
-    let fact = match key {
-        "node" => return vec![node.id.as_str(), node.hostname.as_str()],
-        "storagedriver" => &node.facts.storage_driver,
-        "kernelversion" => &node.facts.kernel_version,
-        "operatingsystem" => &node.facts.operating_system,
-        "architecture" => &node.facts.architecture,
-        "transport" => &node.transport,
-        "route" => &node.route,
-        "relay" => &node.relay,
-        _ => {
-            return node
-                .labels
-                .get(key)
-                .into_iter()
-                .chain(node.engine_labels.get(key))
-                .map(String::as_str)
-                .collect()
-        }
+pub fn values<'n>(node: &'n Node, key: &str) -> impl Iterator<Item = &'n str> {
+    let (a, b): (Option<&'n str>, Option<&'n str>) = match key {
+        "node" => (Some(node.id.as_str()), Some(node.hostname.as_str())),
+        "storagedriver" => (Some(&node.facts.storage_driver), None),
+        "kernelversion" => (Some(&node.facts.kernel_version), None),
+        "operatingsystem" => (Some(&node.facts.operating_system), None),
+        "architecture" => (Some(&node.facts.architecture), None),
+        "transport" => (Some(&node.transport), None),
+        "route" => (Some(&node.route), None),
+        "relay" => (Some(&node.relay), None),
+        _ => (
+            node.labels.get(key).map(String::as_str),
+            node.engine_labels.get(key).map(String::as_str),
+        ),
     };
-    vec![fact.as_str()]
+    a.into_iter().chain(b)
 }
 
 fn why(expr: &Expr, node: &Node) -> String {
-    let have = values(node, &expr.key);
+    let have: Vec<&str> = values(node, &expr.key).collect();
     match have.as_slice() {
         [] => format!("it has no label {} (wanted {expr})", expr.key),
         [one] => format!("its {} is {one:?} (wanted {expr})", expr.key),
@@ -51,12 +46,19 @@ impl Filter for Constraint {
         "constraint"
     }
 
-    fn filter<'v>(&self, ask: &Ask, _: &[&'v Node], nodes: Vec<&'v Node>) -> Outcome<'v> {
+    fn filter<'v>(
+        &self,
+        ask: &Ask,
+        _: &[&'v Node],
+        nodes: Vec<&'v Node>,
+        explain: bool,
+    ) -> Outcome<'v> {
         by_expressions(
             "constraint",
             &ask.constraints,
             nodes,
-            |e, n| e.holds(values(n, &e.key).into_iter()),
+            explain,
+            |e, n| e.holds(values(n, &e.key)),
             why,
         )
     }
@@ -75,7 +77,7 @@ mod tests {
     }
 
     fn run<'v>(exprs: &[&str], all: &[&'v Node]) -> Outcome<'v> {
-        Constraint.filter(&ask(exprs), all, all.to_vec())
+        Constraint.filter(&ask(exprs), all, all.to_vec(), true)
     }
 
     #[test]

@@ -33,8 +33,14 @@ impl Filter for Dependency {
         "dependency"
     }
 
-    fn filter<'v>(&self, ask: &Ask, fleet: &[&'v Node], nodes: Vec<&'v Node>) -> Outcome<'v> {
-        let mut out = Outcome::default();
+    fn filter<'v>(
+        &self,
+        ask: &Ask,
+        fleet: &[&'v Node],
+        nodes: Vec<&'v Node>,
+        explain: bool,
+    ) -> Outcome<'v> {
+        let mut out = Outcome::new(explain);
         if ask.dependencies.is_empty() {
             out.kept = nodes;
             return out;
@@ -81,7 +87,7 @@ impl Filter for Dependency {
                     continue;
                 }
             };
-            out.ruled_out.push((node, why));
+            out.rule_out(node, || why);
         }
         out
     }
@@ -109,14 +115,14 @@ mod tests {
     #[test]
     fn dependencies_pull_to_their_node_and_contradictions_rule_out_all() {
         let mut a = node("a");
-        a.containers.push(container("data", "aaa1"));
+        a.put_container(container("data", "aaa1"));
         let mut b = node("b");
-        b.containers.push(container("db", "bbb1"));
-        b.containers.push(container("net", "bbb2"));
+        b.put_container(container("db", "bbb1"));
+        b.put_container(container("net", "bbb2"));
         let mut c = node("c");
-        c.containers.push(container("db", "ccc1"));
+        c.put_container(container("db", "ccc1"));
         let all = [&a, &b, &c];
-        let run = |deps| Dependency.filter(&ask(deps), &all, all.to_vec());
+        let run = |deps| Dependency.filter(&ask(deps), &all, all.to_vec(), true);
         assert_eq!(ids(&run(&[("--volumes-from", "data")]).kept), ["a"]);
         assert_eq!(
             ids(&run(&[("--link", "b/db"), ("--net container:", "net")]).kept),

@@ -14,8 +14,14 @@ impl Filter for Health {
         "health"
     }
 
-    fn filter<'v>(&self, _: &Ask, _: &[&'v Node], nodes: Vec<&'v Node>) -> Outcome<'v> {
-        let mut out = Outcome::default();
+    fn filter<'v>(
+        &self,
+        _: &Ask,
+        _: &[&'v Node],
+        nodes: Vec<&'v Node>,
+        explain: bool,
+    ) -> Outcome<'v> {
+        let mut out = Outcome::new(explain);
         for node in nodes {
             let why = match (&node.health, node.writable) {
                 (view::Health::Offline, _) => "its agent is not connected".to_owned(),
@@ -30,7 +36,7 @@ impl Filter for Health {
                     continue;
                 }
             };
-            out.ruled_out.push((node, why));
+            out.rule_out(node, || why);
         }
         out
     }
@@ -51,7 +57,7 @@ mod tests {
         let mut ro = node("ro");
         ro.writable = false;
         let all = [&ok, &off, &down, &ro];
-        let out = Health.filter(&Ask::default(), &all, all.to_vec());
+        let out = Health.filter(&Ask::default(), &all, all.to_vec(), true);
         assert_eq!(ids(&out.kept), ["ok"]);
         let why: Vec<_> = out
             .ruled_out

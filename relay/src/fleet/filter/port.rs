@@ -15,16 +15,20 @@ impl Filter for Port {
         "port"
     }
 
-    fn filter<'v>(&self, ask: &Ask, _: &[&'v Node], nodes: Vec<&'v Node>) -> Outcome<'v> {
-        let mut out = Outcome::default();
+    fn filter<'v>(
+        &self,
+        ask: &Ask,
+        _: &[&'v Node],
+        nodes: Vec<&'v Node>,
+        explain: bool,
+    ) -> Outcome<'v> {
+        let mut out = Outcome::new(explain);
         'nodes: for node in nodes {
             for want in &ask.host_ports {
-                let taken = node
-                    .live()
-                    .find(|c| c.host_ports.iter().any(|p| p.clashes(want)));
-                if let Some(by) = taken {
-                    let why = format!("host port {want} is taken by container {}", by.name);
-                    out.ruled_out.push((node, why));
+                if let Some(by) = node.port_holder(want) {
+                    out.rule_out(node, || {
+                        format!("host port {want} is taken by container {by}")
+                    });
                     continue 'nodes;
                 }
             }
@@ -50,18 +54,18 @@ mod tests {
         let mut a = node("a");
         let mut web = container("web", "a1");
         web.host_ports.push(port(8080));
-        a.containers.push(web);
+        a.put_container(web);
         let mut b = node("b");
         let mut old = container("old", "b1");
         old.host_ports.push(port(8080));
         old.running = false;
-        b.containers.push(old);
+        b.put_container(old);
         let all = [&a, &b];
         let ask = Ask {
             host_ports: vec![port(8080)],
             ..Ask::default()
         };
-        let out = Port.filter(&ask, &all, all.to_vec());
+        let out = Port.filter(&ask, &all, all.to_vec(), true);
         assert_eq!(ids(&out.kept), ["b"], "a stopped container holds no port");
         assert_eq!(
             out.ruled_out[0].1,
@@ -72,7 +76,7 @@ mod tests {
             ..Ask::default()
         };
         assert_eq!(
-            ids(&Port.filter(&other, &all, all.to_vec()).kept),
+            ids(&Port.filter(&other, &all, all.to_vec(), true).kept),
             ["a", "b"]
         );
     }

@@ -28,31 +28,39 @@ impl Filter for Resources {
         "resources"
     }
 
-    fn filter<'v>(&self, ask: &Ask, _: &[&'v Node], nodes: Vec<&'v Node>) -> Outcome<'v> {
-        let mut out = Outcome::default();
+    fn filter<'v>(
+        &self,
+        ask: &Ask,
+        _: &[&'v Node],
+        nodes: Vec<&'v Node>,
+        explain: bool,
+    ) -> Outcome<'v> {
+        let mut out = Outcome::new(explain);
         for node in nodes {
             let mem_free = node.facts.mem_total.saturating_sub(node.reserved_memory());
             let cpu_total = node.facts.ncpu * 1_000_000_000;
             let cpu_free = cpu_total.saturating_sub(node.reserved_nano_cpus());
-            let why = if ask.memory > mem_free {
-                format!(
-                    "it has {} of {} memory unreserved; this container reserves {}",
-                    bytes(mem_free),
-                    bytes(node.facts.mem_total),
-                    bytes(ask.memory)
-                )
+            if ask.memory > mem_free {
+                out.rule_out(node, || {
+                    format!(
+                        "it has {} of {} memory unreserved; this container reserves {}",
+                        bytes(mem_free),
+                        bytes(node.facts.mem_total),
+                        bytes(ask.memory)
+                    )
+                });
             } else if ask.nano_cpus > cpu_free {
-                format!(
-                    "it has {} of {} CPUs unreserved; this container reserves {}",
-                    cpus(cpu_free),
-                    node.facts.ncpu,
-                    cpus(ask.nano_cpus)
-                )
+                out.rule_out(node, || {
+                    format!(
+                        "it has {} of {} CPUs unreserved; this container reserves {}",
+                        cpus(cpu_free),
+                        node.facts.ncpu,
+                        cpus(ask.nano_cpus)
+                    )
+                });
             } else {
                 out.kept.push(node);
-                continue;
-            };
-            out.ruled_out.push((node, why));
+            }
         }
         out
     }
@@ -69,7 +77,7 @@ mod tests {
         let mut big = container("big", "a1");
         big.memory = 3 << 30;
         big.nano_cpus = 3_000_000_000;
-        a.containers.push(big);
+        a.put_container(big);
         let b = node("b");
         let all = [&a, &b];
         let run = |memory, nano_cpus| {
@@ -78,7 +86,7 @@ mod tests {
                 nano_cpus,
                 ..Ask::default()
             };
-            Resources.filter(&ask, &all, all.to_vec())
+            Resources.filter(&ask, &all, all.to_vec(), true)
         };
         assert_eq!(ids(&run(1 << 30, 0).kept), ["a", "b"]);
         let out = run(2 << 30, 0);

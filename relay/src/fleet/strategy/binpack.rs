@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 
-use super::{score, Strategy};
+use super::{best_by, score, Strategy};
 use crate::fleet::ask::Ask;
 use crate::fleet::view::Node;
 
@@ -17,13 +17,9 @@ impl Strategy for Binpack {
         "binpack"
     }
 
-    fn rank(&self, ask: &Ask, nodes: &mut [&Node], _: u64) {
-        nodes.sort_by_cached_key(|n| {
-            (
-                Reverse(score(ask, n)),
-                Reverse(n.containers.len()),
-                n.id.clone(),
-            )
+    fn rank(&self, ask: &Ask, nodes: &mut Vec<&Node>, _: u64, keep: usize) {
+        best_by(nodes, keep, |n| {
+            (Reverse(score(ask, n)), Reverse(n.containers().len()))
         });
     }
 }
@@ -45,15 +41,15 @@ mod tests {
         for i in 0..6 {
             let pick = {
                 let all: Vec<&Node> = fleet.iter().collect();
-                let mut fits = Resources.filter(&ask, &all, all.clone()).kept;
-                Binpack.rank(&ask, &mut fits, 0);
+                let mut fits = Resources.filter(&ask, &all, all.clone(), true).kept;
+                Binpack.rank(&ask, &mut fits, 0, usize::MAX);
                 fits[0].id.clone()
             };
             placed.push(pick.to_string());
             let n = fleet.iter_mut().find(|n| n.id == pick).unwrap();
             let mut c = container(&format!("c{i}"), &format!("{i}"));
             c.memory = 1 << 30;
-            n.containers.push(c);
+            n.put_container(c);
         }
         assert_eq!(placed, ["a", "a", "a", "a", "b", "b"]);
     }
@@ -61,10 +57,10 @@ mod tests {
     #[test]
     fn with_nothing_reserved_the_fuller_node_comes_first() {
         let mut a = node("a");
-        a.containers.push(container("x", "1"));
+        a.put_container(container("x", "1"));
         let b = node("b");
         let mut nodes = vec![&b, &a];
-        Binpack.rank(&Ask::default(), &mut nodes, 0);
+        Binpack.rank(&Ask::default(), &mut nodes, 0, usize::MAX);
         assert_eq!(ids(&nodes), ["a", "b"]);
     }
 }

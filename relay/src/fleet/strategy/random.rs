@@ -17,8 +17,12 @@ impl Strategy for Random {
         "random"
     }
 
-    fn rank(&self, _: &Ask, nodes: &mut [&Node], seed: u64) {
-        nodes.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    fn rank(&self, _: &Ask, nodes: &mut Vec<&Node>, seed: u64, keep: usize) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let keep = keep.min(nodes.len());
+        let (picked, _) = nodes.partial_shuffle(&mut rng, keep);
+        let picked = picked.to_vec();
+        *nodes = picked;
     }
 }
 
@@ -35,10 +39,10 @@ mod tests {
         let mut firsts = BTreeSet::new();
         for seed in 0..30 {
             let mut nodes: Vec<&Node> = fleet.iter().collect();
-            Random.rank(&Ask::default(), &mut nodes, seed);
+            Random.rank(&Ask::default(), &mut nodes, seed, usize::MAX);
             firsts.insert(nodes[0].id.to_string());
             let mut again: Vec<&Node> = fleet.iter().collect();
-            Random.rank(&Ask::default(), &mut again, seed);
+            Random.rank(&Ask::default(), &mut again, seed, usize::MAX);
             assert_eq!(nodes[0].id, again[0].id);
         }
         assert_eq!(firsts.len(), 3, "{firsts:?}");

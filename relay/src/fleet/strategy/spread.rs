@@ -1,7 +1,7 @@
 //! Spread: the node with the least reserved, then the fewest containers,
 //! first; the node id breaks the last tie, so a placement is repeatable.
 
-use super::{score, Strategy};
+use super::{best_by, score, Strategy};
 use crate::fleet::ask::Ask;
 use crate::fleet::view::Node;
 
@@ -14,8 +14,8 @@ impl Strategy for Spread {
         "spread"
     }
 
-    fn rank(&self, ask: &Ask, nodes: &mut [&Node], _: u64) {
-        nodes.sort_by_cached_key(|n| (score(ask, n), n.containers.len(), n.id.clone()));
+    fn rank(&self, ask: &Ask, nodes: &mut Vec<&Node>, _: u64, keep: usize) {
+        best_by(nodes, keep, |n| (score(ask, n), n.containers().len()));
     }
 }
 
@@ -27,14 +27,14 @@ mod tests {
     #[test]
     fn spread_takes_the_emptiest_node_first() {
         let mut a = node("a");
-        a.containers.push(container("x", "1"));
+        a.put_container(container("x", "1"));
         let b = node("b");
         let mut c = node("c");
         let mut heavy = container("y", "2");
         heavy.memory = 2 << 30;
-        c.containers.push(heavy);
+        c.put_container(heavy);
         let mut nodes = vec![&a, &b, &c];
-        Spread.rank(&Ask::default(), &mut nodes, 0);
+        Spread.rank(&Ask::default(), &mut nodes, 0, usize::MAX);
         assert_eq!(ids(&nodes), ["b", "a", "c"]);
     }
 
@@ -44,14 +44,13 @@ mod tests {
         for i in 0..6 {
             let pick = {
                 let mut nodes: Vec<&Node> = fleet.iter().collect();
-                Spread.rank(&Ask::default(), &mut nodes, 0);
+                Spread.rank(&Ask::default(), &mut nodes, 0, usize::MAX);
                 nodes[0].id.clone()
             };
             let n = fleet.iter_mut().find(|n| n.id == pick).unwrap();
-            n.containers
-                .push(container(&format!("c{i}"), &format!("{i}")));
+            n.put_container(container(&format!("c{i}"), &format!("{i}")));
         }
-        let counts: Vec<_> = fleet.iter().map(|n| n.containers.len()).collect();
+        let counts: Vec<_> = fleet.iter().map(|n| n.containers().len()).collect();
         assert_eq!(counts, [2, 2, 2]);
     }
 }

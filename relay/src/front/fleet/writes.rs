@@ -140,7 +140,7 @@ pub(super) async fn create(
     let nodes = cx.view.nodes();
     if let Some(name) = name.filter(|n| !n.is_empty()) {
         let taken = nodes.iter().find_map(|n| {
-            let c = n.containers.iter().find(|c| c.name == name)?;
+            let c = n.containers().iter().find(|c| c.name == name)?;
             Some((n.id.clone(), c.id.clone()))
         });
         if let Some((node, id)) = taken {
