@@ -79,6 +79,7 @@ fn node(n: usize) -> Node {
             running: true,
             state: "running".into(),
             listing: Some(listing(n, i)),
+            respawn: None,
         });
     }
     node

@@ -112,6 +112,12 @@ pub struct ServeArgs {
     /// still fits on), or random [default: spread].
     #[arg(long, env = "TUNNELGATE_FLEET_STRATEGY", value_name = "STRATEGY")]
     pub fleet_strategy: Option<crate::fleet::StrategyName>,
+    /// How long a node may stay offline before the fleet creates its
+    /// containers that ask for it (`-e reschedule:on-node-failure`) again
+    /// on another node; the stale copy goes when the node is back
+    /// [default: 60s].
+    #[arg(long, env = "TUNNELGATE_FLEET_RESCHEDULE_GRACE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub fleet_reschedule_grace: Option<Duration>,
     /// The agent binary served to hosts at /download/ for the one-line
     /// install [default: tunnelgate-agent beside this binary].
     #[arg(long, env = "TUNNELGATE_AGENT_BINARY", value_name = "PATH")]
@@ -211,6 +217,7 @@ struct FileConfig {
     direct_probe_interval: Option<String>,
     direct_threads: Option<usize>,
     fleet_strategy: Option<crate::fleet::StrategyName>,
+    fleet_reschedule_grace: Option<String>,
     daemon_cert_ttl: Option<String>,
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
@@ -264,6 +271,8 @@ pub struct Config {
     pub direct_threads: usize,
     /// How the fleet endpoint places new containers.
     pub fleet_strategy: crate::fleet::StrategyName,
+    /// How long a node is offline before its containers are rescheduled.
+    pub fleet_reschedule_grace: Duration,
     /// Lifetime of daemon server certificates.
     pub daemon_cert_ttl: Duration,
     /// The agent binary served for installs, when not beside the relay's.
@@ -378,6 +387,7 @@ impl Default for Config {
             direct_probe_interval: Duration::from_secs(30),
             direct_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             fleet_strategy: crate::fleet::StrategyName::default(),
+            fleet_reschedule_grace: Duration::from_secs(60),
             daemon_cert_ttl: Duration::from_secs(90 * 24 * 3600),
             agent_binary: None,
             limits: Limits::default(),
@@ -503,6 +513,13 @@ impl Config {
                 .fleet_strategy
                 .or(file.fleet_strategy)
                 .unwrap_or(d.fleet_strategy),
+            fleet_reschedule_grace: args
+                .fleet_reschedule_grace
+                .or(file_duration(
+                    "fleet_reschedule_grace",
+                    file.fleet_reschedule_grace,
+                )?)
+                .unwrap_or(d.fleet_reschedule_grace),
             daemon_cert_ttl: args
                 .daemon_cert_ttl
                 .or(file_duration("daemon_cert_ttl", file.daemon_cert_ttl)?)

@@ -22,8 +22,10 @@ use support::{AgentCmd, Docker, Proc, Relay};
 struct Three {
     relay: Relay,
     daemons: Vec<(String, NodeDockerd)>,
-    _agents: Vec<Proc>,
-    _dir: tempfile::TempDir,
+    agents: Vec<Proc>,
+    /// Each agent's label, for starting it again on its state dir.
+    labels: Vec<&'static str>,
+    dir: tempfile::TempDir,
 }
 
 impl Three {
@@ -38,7 +40,9 @@ impl Three {
         ];
         let mut daemons = Vec::new();
         let mut agents = Vec::new();
+        let mut labels = Vec::new();
         for (node, label, daemon_label) in specs {
+            labels.push(label);
             let extra: Vec<String> = daemon_label
                 .map(|l| vec![format!("--label={l}")])
                 .unwrap_or_default();
@@ -67,9 +71,26 @@ impl Three {
         Self {
             relay,
             daemons,
-            _agents: agents,
-            _dir: dir,
+            agents,
+            labels,
+            dir,
         }
+    }
+
+    /// Starts node `i`'s agent again, on its enrolled state dir.
+    fn restart_agent(&mut self, i: usize) {
+        let (node, daemon) = &self.daemons[i];
+        self.agents[i] = AgentCmd::new(
+            &self.relay,
+            node,
+            &daemon.socket(),
+            &self.dir.path().join(format!("agent-{node}")),
+            None,
+        )
+        .arg("--label")
+        .arg(self.labels[i])
+        .spawn()
+        .unwrap();
     }
 
     fn fleet(&self) -> Docker {
@@ -613,5 +634,86 @@ fn pull_reaches_every_node_and_a_run_pulls_on_the_node_it_chose() {
         .ok(&["inspect", "--format", "{{.Node.ID}}", "where"])
         .unwrap();
     assert_eq!(node.trim(), "n3");
+    three.clear();
+}
+
+#[test]
+fn a_container_of_a_failed_node_is_rescheduled_and_its_stale_copy_removed() {
+    let mut three = Three::start(&["--fleet-reschedule-grace", "2s"]);
+    let fleet = three.fleet();
+    let out = fleet
+        .ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            "phoenix",
+            "-e",
+            "reschedule:on-node-failure",
+            "-e",
+            "constraint:region==eu",
+            "busybox",
+            "sleep",
+            "600",
+        ])
+        .unwrap();
+    assert!(!out.trim().is_empty());
+    // One that does not ask to be rescheduled stays where it was.
+    created(&fleet, "stays", &["-e", "constraint:node==n1"]);
+    let first = three.node_of("phoenix");
+    let (lost, other) = match first.as_str() {
+        "n1" => (0, 1),
+        _ => (1, 0),
+    };
+    three.agents[lost].kill();
+    let running_on = |three: &Three, i: usize| {
+        three.daemons[i]
+            .1
+            .docker()
+            .ok(&["ps", "--filter", "name=^phoenix$", "--format", "{{.Names}}"])
+            .unwrap()
+            .trim()
+            == "phoenix"
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !running_on(&three, other) {
+        assert!(
+            Instant::now() < deadline,
+            "phoenix never ran on the other eu node: {:?}",
+            three.names()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Its region constraint held: never on n3.
+    assert!(!three.names()["n3"].contains(&"phoenix".to_owned()));
+    // The fleet answers for the live copy by its bare name.
+    let node = fleet
+        .ok(&["inspect", "--format", "{{.Node.ID}}", "phoenix"])
+        .unwrap();
+    assert_eq!(node.trim(), three.daemons[other].0);
+    let log = three
+        .relay
+        .wait_log("container rescheduled", Duration::from_secs(5))
+        .unwrap();
+    assert!(log.contains("container rescheduled"));
+
+    // The old node back: its stale copy goes, the other container stays.
+    three.restart_agent(lost);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let names = three.names();
+        let on_lost = &names[&three.daemons[lost].0];
+        if !on_lost.contains(&"phoenix".to_owned()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stale copy stayed: {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(three.node_of("stays"), "n1");
+    assert!(running_on(&three, other));
     three.clear();
 }

@@ -158,12 +158,25 @@ pub fn find(nodes: &[Arc<Node>], name: &str) -> Found {
     if name.is_empty() {
         return Found::Missing;
     }
-    let pick = |hits: Vec<(&NodeId, &Container)>| match hits.as_slice() {
+    let healthy = |id: &NodeId| {
+        nodes
+            .iter()
+            .any(|n| &n.id == id && n.health == Health::Healthy)
+    };
+    let pick_one = |hits: Vec<(&NodeId, &Container)>| match hits.as_slice() {
         [] => None,
         [(n, c)] => Some(Found::At((*n).clone(), c.id.clone())),
         many => Some(Found::Ambiguous(
             many.iter().map(|(n, _)| (*n).clone()).collect(),
         )),
+    };
+    let pick = |mut hits: Vec<(&NodeId, &Container)>| {
+        // A name on an offline node and on a live one (a rescheduled
+        // container whose old node has not come back): the live one.
+        if hits.len() > 1 && hits.iter().filter(|(n, _)| healthy(n)).count() == 1 {
+            hits.retain(|(n, _)| healthy(n));
+        }
+        pick_one(hits)
     };
     let every = || {
         nodes
@@ -241,7 +254,24 @@ pub fn container_from_inspect(inspect: &Value, listing: Option<Value>) -> Contai
         running,
         state: state.map(|s| text(s, "Status")).unwrap_or_default(),
         listing: listing.map(|l| Arc::from(l.to_string())),
+        respawn: respawn_spec(inspect),
     }
+}
+
+/// The create body that makes a container again, if it asks for it: as
+/// Swarm did, its `Config` with its `HostConfig`.
+fn respawn_spec(inspect: &Value) -> Option<Arc<str>> {
+    let config = inspect.get("Config")?;
+    let policies = config.get("Labels")?.get(ask::RESCHEDULE_LABEL)?.as_str()?;
+    if !policies.contains("on-node-failure") {
+        return None;
+    }
+    let mut body = config.clone();
+    let obj = body.as_object_mut()?;
+    obj.insert("HostConfig".into(), inspect.get("HostConfig")?.clone());
+    // The node's own name for the host is not the new node's.
+    obj.remove("Hostname");
+    Some(Arc::from(body.to_string()))
 }
 
 /// A node's images from its `GET /images/json`.

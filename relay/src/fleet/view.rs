@@ -110,6 +110,10 @@ pub struct Container {
     /// Its entry of the daemon's `GET /containers/json`, as JSON text,
     /// for `ps` on the fleet.
     pub listing: Option<std::sync::Arc<str>>,
+    /// For a container that asks to be rescheduled when its node fails:
+    /// the create body that makes it again (its `Config` with its
+    /// `HostConfig`), as JSON text.
+    pub respawn: Option<std::sync::Arc<str>>,
 }
 
 /// A port on the host a container binds.

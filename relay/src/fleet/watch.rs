@@ -88,6 +88,17 @@ pub trait NodeCalls: Send + Sync + 'static {
         path: &'a str,
     ) -> BoxFut<'a, Result<Value, Failed>>;
 
+    /// A call that changes a node, with a JSON body or none, answered in
+    /// full: the node's status and its JSON answer (`null` if none).
+    fn send<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        node: &'a NodeId,
+        method: http::Method,
+        path: &'a str,
+        body: Option<String>,
+    ) -> BoxFut<'a, Result<(http::StatusCode, Value), Failed>>;
+
     /// A GET to a node whose answer streams (events).
     fn stream<'a>(
         &'a self,
@@ -97,17 +108,28 @@ pub trait NodeCalls: Send + Sync + 'static {
     ) -> BoxFut<'a, Result<Body, Failed>>;
 }
 
+/// How a tenant's view acts on its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// The placement's strategy, for rescheduling.
+    pub strategy: super::StrategyName,
+    /// How long a node may be offline before its containers that ask for
+    /// it are rescheduled.
+    pub reschedule_grace: Duration,
+}
+
 /// Starts keeping `view` of `tenant` current, until `stop`.
 pub fn spawn_tenant(
     view: Arc<TenantView>,
     tenant: TenantId,
     calls: Arc<dyn NodeCalls>,
+    settings: Settings,
     tasks: TaskTracker,
     stop: CancellationToken,
 ) {
     tasks.clone().spawn(async move {
         tokio::select! {
-            () = run_tenant(view, tenant, calls, tasks) => {}
+            () = run_tenant(view, tenant, calls, settings, tasks) => {}
             () = stop.cancelled() => {}
         }
     });
@@ -130,8 +152,10 @@ async fn run_tenant(
     view: Arc<TenantView>,
     tenant: TenantId,
     calls: Arc<dyn NodeCalls>,
+    settings: Settings,
     tasks: TaskTracker,
 ) {
+    let mut rescheduler = super::reschedule::Rescheduler::default();
     let mut watchers = Watchers::default();
     let watchers = &mut watchers.0;
     loop {
@@ -182,6 +206,16 @@ async fn run_tenant(
                 view.put(node);
             }
         }
+        rescheduler
+            .tick(
+                &view,
+                &tenant,
+                &members,
+                &*calls,
+                settings.strategy.strategy(),
+                settings.reschedule_grace,
+            )
+            .await;
         tokio::time::sleep(MEMBERS_INTERVAL).await;
     }
 }

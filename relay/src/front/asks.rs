@@ -78,6 +78,40 @@ pub(super) async fn ask(
     carry(front, &kept, caller, node.clone(), &rest, req).await
 }
 
+/// A call the relay makes itself that changes `node`: `method` on
+/// `path_and_query`, with a JSON body or none.
+pub(super) async fn send(
+    front: &Front,
+    caller: &Caller,
+    node: &NodeId,
+    method: http::Method,
+    path_and_query: &str,
+    body: Option<String>,
+) -> Result<Response<Body>, CallError> {
+    let uri = Uri::try_from(path_and_query).map_err(CallError::InvalidPath)?;
+    let rest = uri.path().to_owned();
+    let mut req = Request::new(Either::Right(Full::new(Bytes::from(
+        body.unwrap_or_default(),
+    ))));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    req.headers_mut()
+        .insert(http::header::HOST, HeaderValue::from_static("docker"));
+    req.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    carry(
+        front,
+        &KeptStream::default(),
+        caller,
+        node.clone(),
+        &rest,
+        req,
+    )
+    .await
+}
+
 /// Carries one call of `caller` to `node` with the Docker path `rest`,
 /// with its own request id, span and audit line, in the caller's trace.
 pub(super) async fn carry(

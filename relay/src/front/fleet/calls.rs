@@ -84,6 +84,33 @@ impl NodeCalls for FrontCalls {
         })
     }
 
+    fn send<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        node: &'a NodeId,
+        method: http::Method,
+        path: &'a str,
+        body: Option<String>,
+    ) -> BoxFut<'a, Result<(http::StatusCode, serde_json::Value), Failed>> {
+        Box::pin(async move {
+            let caller = Caller::relay(tenant);
+            let failed = |e: crate::error::CallError| Failed {
+                status: Some(e.status()),
+                reason: e.to_string(),
+            };
+            let resp = asks::send(&self.0, &caller, node, method, path, body)
+                .await
+                .map_err(failed)?;
+            let status = resp.status();
+            let bytes = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+            Ok((status, value))
+        })
+    }
+
     fn stream<'a>(
         &'a self,
         tenant: &'a TenantId,
@@ -119,6 +146,10 @@ pub(in crate::front) async fn view(front: &Arc<Front>, tenant: &TenantId) -> Arc
             view.clone(),
             tenant.clone(),
             Arc::new(calls.clone()),
+            watch::Settings {
+                strategy: front.config.fleet_strategy,
+                reschedule_grace: front.config.fleet_reschedule_grace,
+            },
             front.tasks.clone(),
             front.wind_down.clone(),
         );
