@@ -1076,3 +1076,82 @@ fn a_busy_relay_sends_the_agents_it_refuses_to_another() {
     );
     drop(b);
 }
+
+#[test]
+fn the_fleet_of_any_relay_places_onto_a_node_another_relay_holds() {
+    let etcd = Etcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = cluster_relay(&etcd, &dir.path().join("a"), "relay-a");
+    share_ca(&dir.path().join("a"), &dir.path().join("b"));
+    let b = cluster_relay(&etcd, &dir.path().join("b"), "relay-b");
+    let token = a.token().unwrap();
+    let _agent = AgentCmd::new(
+        &a,
+        "far",
+        &docker_endpoint(),
+        &dir.path().join("agent"),
+        Some(&token),
+    )
+    .arg("--relay-sessions")
+    .arg("1")
+    .spawn()
+    .unwrap();
+    let held = settled_holders(&etcd, "far", 1);
+    let (holder, other) = match held[0].as_str() {
+        "relay-a" => (&a, &b),
+        _ => (&b, &a),
+    };
+    holder.wait_for_node("far").unwrap();
+    wait_route(other, "far", "peer=");
+
+    // Through the relay that does not hold it, the fleet places by name.
+    let fleet = Docker::new(format!("tcp://{}/fleet", other.api));
+    let name = format!("cluster-fleet-{}", std::process::id());
+    let out = fleet
+        .output_with_stdin(
+            &[
+                "create",
+                "--network",
+                "none",
+                "--name",
+                &name,
+                "-e",
+                "constraint:node==far",
+                "busybox",
+                "true",
+            ],
+            b"",
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        other.log()
+    );
+    let on_daemon = Docker::direct()
+        .ok(&["inspect", "--format", "{{.Name}}", &name])
+        .unwrap();
+    assert_eq!(on_daemon.trim(), format!("/{name}"));
+    let listed = fleet
+        .ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("name={name}"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .unwrap();
+    assert_eq!(listed.trim(), format!("far/{name}"));
+    let info = fleet.ok(&["info"]).unwrap();
+    assert!(
+        info.contains(" far: online") && info.contains("peer"),
+        "{info}"
+    );
+    fleet.ok(&["rm", &name]).unwrap();
+    assert!(Docker::direct()
+        .output_with_stdin(&["inspect", &name], b"")
+        .map(|o| !o.status.success())
+        .unwrap());
+}

@@ -249,6 +249,50 @@ fn the_api_needs_credentials_and_shows_each_tenant_only_its_nodes() {
         info.contains(" db: online") && !info.contains(" web:"),
         "{info}"
     );
+    // Placement sees only the tenant's nodes: another tenant's node
+    // cannot be named, and counts for nothing.
+    let out = run(
+        fleet(with_key("db")),
+        &[
+            "create",
+            "--network",
+            "none",
+            "-e",
+            "constraint:node==web",
+            "busybox",
+            "true",
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("Of 1 node(s)") && said.contains("constraint ruled out 1: db"),
+        "{said}"
+    );
+    let placed = format!("{name}-placed");
+    let out = run(
+        fleet(with_key("db")),
+        &[
+            "create",
+            "--network",
+            "none",
+            "--name",
+            &placed,
+            "busybox",
+            "true",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        fleet(with_key("db")),
+        &["inspect", "--format", "{{.Node.ID}}", &placed],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db");
+    let _ = Docker::direct().ok(&["rm", "-f", &placed]);
     let (status, events) = acme
         .get(&format!("/v1/events?since={since}&until={}", since + 4))
         .unwrap();
