@@ -14,6 +14,7 @@ pub mod cache;
 pub mod expr;
 pub mod filter;
 pub mod placement;
+pub mod reach;
 pub mod reschedule;
 pub mod strategy;
 pub mod view;

@@ -12,8 +12,8 @@
 //! assets (`/install.sh`, `/ca.pem`, `/download/...`) are public and
 //! read-only, and served before any of that ([`install`]); so are the
 //! dashboard's static files at `/ui/` ([`ui`]), whose data comes from the
-//! authenticated API. `/fleet/...` is one read-only Docker endpoint over
-//! every node ([`fleet`]), `/v1/events` their events ([`events`]),
+//! authenticated API. `/fleet/...` is one Docker host over every node,
+//! its creates placed by [`crate::fleet`] ([`fleet`]), `/v1/events` their events ([`events`]),
 //! `POST /v1/tokens` a join token for the caller's tenant ([`tokens`]).
 //!
 //! The front decides nothing about where a node is, and never touches a

@@ -5,6 +5,7 @@
 //! ```text
 //! relay            lifecycle: bind, run, drain                (relay.rs)
 //!  ├─ front        the Docker API: parse, admit, dispatch     (front/)
+//!  │   ├─ fleet    the fleet as one host: placement, the cached view, rescheduling
 //!  │   ├─ router   where a node is: local session, peer relay, offline, unknown
 //!  │   └─ upstream how a routed call is carried: tunnel (session or peer), kept streams, splice
 //!  ├─ listen       agent listeners: handshake budget, enrolment, control stream;

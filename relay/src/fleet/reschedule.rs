@@ -14,9 +14,9 @@ use tracing::{info, warn};
 use tunnelgate_proto::{NodeId, TenantId};
 
 use super::cache::TenantView;
+use super::reach::{Member, NodeCalls};
 use super::strategy::Strategy;
 use super::view::{Health, Node};
-use super::watch::{Member, NodeCalls};
 use super::{place, Ask};
 
 /// What rescheduling remembers between looks.
@@ -164,7 +164,7 @@ async fn respawn(
         warn!(%tenant, node_id = %to, container = name, error = %e,
               "fleet: a rescheduled container was created but did not start");
     }
-    super::watch::refresh_container(view, calls, tenant, &to, &id).await;
+    super::reach::refresh_container(view, calls, tenant, &to, &id).await;
     info!(%tenant, from = %from, to = %to, container = name, id = %id,
           "fleet: node offline past its grace; container rescheduled");
     Some(to)

@@ -24,7 +24,7 @@ pub enum Route {
     Events,
     /// `POST /v1/tokens`: a join token of the caller's tenant.
     Tokens,
-    /// `/fleet/<docker path>`: one read-only Docker endpoint over every
+    /// `/fleet/<docker path>`: one Docker host over every
     /// node.
     Fleet {
         /// The rest of the path, from its `/`.

@@ -12,7 +12,8 @@ use tunnelgate_proto::{NodeId, NodeKey, TenantId};
 use super::super::asks::{self, Caller};
 use super::super::Front;
 use crate::fleet::cache::TenantView;
-use crate::fleet::watch::{self, BoxFut, Failed, Member, NodeCalls};
+use crate::fleet::reach::{BoxFut, Failed, Member, NodeCalls};
+use crate::fleet::watch;
 use crate::respond::Body;
 use crate::router::Held;
 

@@ -23,8 +23,9 @@ use super::calls::FrontCalls;
 use super::{Ctx, NODE_HEADER};
 use crate::error::CallError;
 use crate::fleet::cache::{self, Found};
+use crate::fleet::reach::{refresh_container, refresh_images};
 use crate::fleet::view::Health;
-use crate::fleet::{place, watch, Ask};
+use crate::fleet::{place, Ask};
 use crate::respond::{json as json_response, Body, ChannelBody, LastWord};
 use crate::upstream::KeptStream;
 
@@ -168,7 +169,7 @@ pub(super) async fn create(
             let mut answer: Value = serde_json::from_slice(&answer).unwrap_or(json!({}));
             let id = answer["Id"].as_str().unwrap_or_default().to_owned();
             let calls = FrontCalls(cx.front.clone());
-            watch::refresh_container(&cx.view, &calls, cx.caller.tenant(), node, &id).await;
+            refresh_container(&cx.view, &calls, cx.caller.tenant(), node, &id).await;
             if !placed.notes.is_empty() {
                 let warnings = answer
                     .as_object_mut()
@@ -254,7 +255,7 @@ async fn pull_one(
         .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
         .find_map(|v| Some(v.get("error")?.as_str()?.to_owned()));
     let calls = FrontCalls(cx.front.clone());
-    watch::refresh_images(&cx.view, &calls, cx.caller.tenant(), node).await;
+    refresh_images(&cx.view, &calls, cx.caller.tenant(), node).await;
     error.map_or(Ok(()), Err)
 }
 
@@ -303,7 +304,7 @@ pub(super) async fn pull(
                     Ok(resp) => relay_progress(&node, resp.into_body(), &tx).await,
                 };
                 let calls = FrontCalls(front.clone());
-                watch::refresh_images(&view, &calls, caller.tenant(), &node).await;
+                refresh_images(&view, &calls, caller.tenant(), &node).await;
                 (node, outcome)
             });
         }
@@ -471,7 +472,7 @@ pub(super) async fn container_call(
             if let Some(full) = full {
                 match method == Method::DELETE {
                     true => cx.view.remove_container(&node, &full),
-                    false => watch::refresh_container(&cx.view, &calls, tenant, &node, &full).await,
+                    false => refresh_container(&cx.view, &calls, tenant, &node, &full).await,
                 }
             }
             resp

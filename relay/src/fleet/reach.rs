@@ -1,0 +1,138 @@
+//! How the fleet reaches its nodes: the [`NodeCalls`] the front gives
+//! (this module knows neither HTTP routing nor sessions), the tenant's
+//! members as the relay's tables list them, and fetching one container or
+//! one node's images again into the view.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::Value;
+use tunnelgate_proto::{NodeId, TenantId};
+
+use super::cache::{self, TenantView};
+use crate::respond::Body;
+
+/// A boxed future, for the object-safe [`NodeCalls`].
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A node of the tenant, as the relay's tables list it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The node.
+    pub id: NodeId,
+    /// Whether any relay holds a session of it.
+    pub online: bool,
+    /// The host's name, when known here.
+    pub hostname: Option<String>,
+    /// The agent's labels, when known here.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `quic`, `tcp` or `peer`.
+    pub transport: String,
+    /// `direct`, `local` or `peer`.
+    pub route: String,
+    /// The relay holding its session.
+    pub relay: String,
+    /// Why its daemon is unreachable, if it is.
+    pub daemon_error: Option<String>,
+    /// Whether its agent's policy lets calls change it.
+    pub writable: bool,
+}
+
+/// Why a call to a node failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    /// The node's status, when it answered.
+    pub status: Option<http::StatusCode>,
+    /// What happened.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// How the fleet reaches its nodes: given by the front.
+pub trait NodeCalls: Send + Sync + 'static {
+    /// The tenant's nodes, online or not.
+    fn members(&self, tenant: &TenantId) -> Vec<Member>;
+
+    /// A GET to a node, answered in full as JSON; `Err` says why not.
+    fn get_json<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        node: &'a NodeId,
+        path: &'a str,
+    ) -> BoxFut<'a, Result<Value, Failed>>;
+
+    /// A call that changes a node, with a JSON body or none, answered in
+    /// full: the node's status and its JSON answer (`null` if none).
+    fn send<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        node: &'a NodeId,
+        method: http::Method,
+        path: &'a str,
+        body: Option<String>,
+    ) -> BoxFut<'a, Result<(http::StatusCode, Value), Failed>>;
+
+    /// A GET to a node whose answer streams (events).
+    fn stream<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        node: &'a NodeId,
+        path: &'a str,
+    ) -> BoxFut<'a, Result<Body, Failed>>;
+}
+
+/// Fetches container `id` of `node` again into the view, or drops it
+/// when the node no longer has it. The front calls it after each write
+/// it carried, so the caller's next read sees the write.
+pub async fn refresh_container(
+    view: &TenantView,
+    calls: &dyn NodeCalls,
+    tenant: &TenantId,
+    node: &NodeId,
+    id: &str,
+) {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return;
+    }
+    let inspect = match calls
+        .get_json(tenant, node, &format!("/containers/{id}/json"))
+        .await
+    {
+        Ok(inspect) => inspect,
+        Err(Failed {
+            status: Some(http::StatusCode::NOT_FOUND),
+            ..
+        }) => return view.remove_container(node, id),
+        // The next listing or event puts it right.
+        Err(_) => return,
+    };
+    let filter = format!("/containers/json?all=1&filters=%7B%22id%22%3A%5B%22{id}%22%5D%7D");
+    let listing = calls
+        .get_json(tenant, node, &filter)
+        .await
+        .ok()
+        .and_then(|l| l.as_array()?.first().cloned());
+    let container = cache::container_from_inspect(&inspect, listing);
+    if container.id.is_empty() {
+        return;
+    }
+    view.put_container(node, container);
+}
+
+/// Fetches node `node`'s image list again into the view.
+pub async fn refresh_images(
+    view: &TenantView,
+    calls: &dyn NodeCalls,
+    tenant: &TenantId,
+    node: &NodeId,
+) {
+    if let Ok(list) = calls.get_json(tenant, node, "/images/json").await {
+        let images = cache::images_from_list(&list);
+        view.update(node, |n| n.images = images);
+    }
+}
