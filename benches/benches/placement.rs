@@ -80,6 +80,7 @@ fn node(n: usize) -> Node {
             state: "running".into(),
             listing: Some(listing(n, i)),
             respawn: None,
+            times: None,
         });
     }
     node

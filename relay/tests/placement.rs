@@ -464,6 +464,23 @@ fn a_containers_whole_life_runs_through_the_fleet_by_bare_name() {
         .ok(&["ps", "--filter", "name=life", "--format", "{{.Names}}"])
         .unwrap();
     assert_eq!(listed.trim(), format!("{node}/life"), "read-your-writes");
+    // Its status line is the daemon's, not the one cached at start.
+    std::thread::sleep(Duration::from_secs(2));
+    let i = three.daemons.iter().position(|(n, _)| *n == node).unwrap();
+    let status = |d: &Docker| {
+        d.ok(&["ps", "--filter", "name=life", "--format", "{{.Status}}"])
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let same = (0..5).any(|_| {
+        let (a, b) = (status(&fleet), status(&three.daemons[i].1.docker()));
+        a == b || {
+            std::thread::sleep(Duration::from_millis(300));
+            false
+        }
+    });
+    assert!(same, "fleet says {:?}", status(&fleet));
     fleet.ok(&["stop", "-t", "0", &id[..8]]).unwrap();
     let listed = fleet
         .ok(&[

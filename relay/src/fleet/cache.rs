@@ -17,7 +17,7 @@ use serde_json::Value;
 use tunnelgate_proto::{NodeId, TenantId};
 
 use super::ask;
-use super::view::{Container, Facts, Health, Image, Node};
+use super::view::{Container, Facts, Health, Image, Node, Times};
 
 /// Exec ids kept per tenant before the oldest are forgotten.
 const MAX_EXECS: usize = 65_536;
@@ -253,9 +253,27 @@ pub fn container_from_inspect(inspect: &Value, listing: Option<Value>) -> Contai
         host_ports: ask::host_ports(host_config, config.and_then(|c| c.get("ExposedPorts"))),
         running,
         state: state.map(|s| text(s, "Status")).unwrap_or_default(),
+        times: state.and_then(times),
         listing: listing.map(|l| Arc::from(l.to_string())),
         respawn: respawn_spec(inspect),
     }
+}
+
+/// A container's start and stop times from its inspect's `State`.
+fn times(state: &Value) -> Option<Times> {
+    let at = |key: &str| -> Option<std::time::SystemTime> {
+        let text = state.get(key)?.as_str()?;
+        // Docker writes 0001-01-01T00:00:00Z for never; that reads as
+        // long ago, which is what Docker shows for it too.
+        humantime::parse_rfc3339_weak(text.trim_end_matches('Z'))
+            .ok()
+            .or(Some(std::time::UNIX_EPOCH))
+    };
+    Some(Times {
+        started: at("StartedAt")?,
+        finished: at("FinishedAt")?,
+        exit_code: state.get("ExitCode").and_then(Value::as_i64).unwrap_or(0),
+    })
 }
 
 /// The create body that makes a container again, if it asks for it: as

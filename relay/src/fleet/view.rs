@@ -107,6 +107,9 @@ pub struct Container {
     pub running: bool,
     /// Docker's word for its state (`created`, `running`, `exited`, ...).
     pub state: String,
+    /// When it last started and last stopped, and its last exit code,
+    /// for `ps`'s status line (`Up 3 minutes`, `Exited (0) 2 hours ago`).
+    pub times: Option<Times>,
     /// Its entry of the daemon's `GET /containers/json`, as JSON text,
     /// for `ps` on the fleet.
     pub listing: Option<std::sync::Arc<str>>,
@@ -114,6 +117,54 @@ pub struct Container {
     /// the create body that makes it again (its `Config` with its
     /// `HostConfig`), as JSON text.
     pub respawn: Option<std::sync::Arc<str>>,
+}
+
+/// When a container last started and stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Times {
+    /// `State.StartedAt`.
+    pub started: std::time::SystemTime,
+    /// `State.FinishedAt`.
+    pub finished: std::time::SystemTime,
+    /// `State.ExitCode`.
+    pub exit_code: i64,
+}
+
+impl Container {
+    /// `docker ps`'s status line for it at `now`, as Docker writes it.
+    pub fn status_line(&self, now: std::time::SystemTime) -> Option<String> {
+        let t = self.times?;
+        let since = |at: std::time::SystemTime| human(now.duration_since(at).unwrap_or_default());
+        Some(match self.state.as_str() {
+            "running" => format!("Up {}", since(t.started)),
+            "paused" => format!("Up {} (Paused)", since(t.started)),
+            "restarting" => format!("Restarting ({}) {} ago", t.exit_code, since(t.finished)),
+            "exited" => format!("Exited ({}) {} ago", t.exit_code, since(t.finished)),
+            "created" => "Created".to_owned(),
+            "dead" => "Dead".to_owned(),
+            "removing" => "Removal In Progress".to_owned(),
+            _ => return None,
+        })
+    }
+}
+
+/// A duration as Docker's status lines say it.
+fn human(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    let (mins, hours) = (secs / 60, (secs as f64 / 3600.0).round() as u64);
+    match secs {
+        0 => "Less than a second".to_owned(),
+        1 => "1 second".to_owned(),
+        s if s < 60 => format!("{s} seconds"),
+        _ if mins == 1 => "About a minute".to_owned(),
+        _ if mins < 60 => format!("{mins} minutes"),
+        _ if hours == 1 => "About an hour".to_owned(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 14 => format!("{} days", hours / 24),
+        _ if hours < 24 * 60 => format!("{} weeks", hours / 24 / 7),
+        _ if hours < 24 * 730 => format!("{} months", hours / 24 / 30),
+        _ => format!("{} years", hours / 24 / 365),
+    }
 }
 
 /// A port on the host a container binds.
@@ -332,6 +383,34 @@ mod tests {
         assert_eq!(node.container("abc2").map(|c| c.name.as_str()), Some("db"));
         assert!(node.container("abc").is_none(), "an ambiguous prefix");
         assert!(node.container("").is_none());
+    }
+
+    #[test]
+    fn a_status_line_reads_as_dockers_at_the_time_it_is_asked() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let mut c = Container {
+            state: "running".into(),
+            times: Some(Times {
+                started: at(1000),
+                finished: at(900),
+                exit_code: 137,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(c.status_line(at(1000)).unwrap(), "Up Less than a second");
+        assert_eq!(c.status_line(at(1045)).unwrap(), "Up 45 seconds");
+        assert_eq!(c.status_line(at(1000 + 180)).unwrap(), "Up 3 minutes");
+        assert_eq!(c.status_line(at(1000 + 3 * 3600)).unwrap(), "Up 3 hours");
+        c.state = "exited".into();
+        assert_eq!(
+            c.status_line(at(960)).unwrap(),
+            "Exited (137) About a minute ago"
+        );
+        c.state = "created".into();
+        assert_eq!(c.status_line(at(960)).unwrap(), "Created");
+        c.times = None;
+        assert_eq!(c.status_line(at(960)), None);
     }
 
     #[test]

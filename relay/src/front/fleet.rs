@@ -407,6 +407,7 @@ async fn ps(cx: &Ctx<'_>, query: Option<&str>) -> Response<Body> {
     };
     let mut all = Vec::new();
     let mut skipped = Vec::new();
+    let now = std::time::SystemTime::now();
     for node in cx.view.nodes() {
         if node.health != Health::Healthy {
             let why = match &node.health {
@@ -431,6 +432,9 @@ async fn ps(cx: &Ctx<'_>, query: Option<&str>) -> Response<Body> {
                             Value::String(format!("/{}/{}", node.id, n.trim_start_matches('/')));
                     }
                 }
+            }
+            if let (Some(status), Some(obj)) = (c.status_line(now), item.as_object_mut()) {
+                obj.insert("Status".into(), Value::String(status));
             }
             label_node(&mut item, &node.id);
             all.push(item);
