@@ -259,6 +259,10 @@ pub enum CallError {
     /// A container the fleet has nowhere (Docker's own words).
     #[error("No such container: {0}")]
     FleetName(String),
+    /// An image no node of the fleet that can take calls has (Docker's
+    /// own words, so a client pulls it).
+    #[error("No such image: {0}")]
+    FleetNoImage(String),
     /// An exec instance no node of the fleet made (Docker's own words).
     #[error("No such exec instance: {0}")]
     FleetNoExec(String),
@@ -325,6 +329,7 @@ impl CallError {
             | Self::FleetUnsupported(_)
             | Self::FleetName(_)
             | Self::FleetNoExec(_)
+            | Self::FleetNoImage(_)
             | Self::FleetAmbiguous { .. }
             | Self::FleetNameTaken { .. }
             | Self::FleetAsk(_)
@@ -413,6 +418,7 @@ impl CallError {
             | Self::UnknownNode(_)
             | Self::FleetUnsupported(_)
             | Self::FleetNoExec(_)
+            | Self::FleetNoImage(_)
             | Self::FleetName(_) => StatusCode::NOT_FOUND,
             Self::FleetAmbiguous { .. } | Self::FleetAsk(_) => StatusCode::BAD_REQUEST,
             Self::FleetNameTaken { .. } | Self::FleetNoNode(_) => StatusCode::CONFLICT,

@@ -734,3 +734,67 @@ fn a_container_of_a_failed_node_is_rescheduled_and_its_stale_copy_removed() {
     assert!(running_on(&three, other));
     three.clear();
 }
+
+#[test]
+fn docker_compose_brings_a_constrained_project_up_and_down_through_the_fleet() {
+    let three = Three::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("docker-compose.yml"),
+        r#"version: "2.4"
+services:
+  web:
+    image: busybox
+    command: sh -c "echo web-up; sleep 300"
+    network_mode: none
+    environment:
+      - "constraint:region==us"
+  worker:
+    image: busybox
+    command: sh -c "echo worker-up; sleep 300"
+    network_mode: none
+    labels:
+      com.docker.swarm.constraints: '["disk==ssd"]'
+"#,
+    )
+    .unwrap();
+    let compose = |args: &[&str]| {
+        let out = std::process::Command::new("docker-compose")
+            .args(["-p", "fleetproj"])
+            .args(args)
+            .current_dir(dir.path())
+            .env("DOCKER_HOST", format!("tcp://{}/fleet", three.relay.api))
+            .output()
+            .expect("docker-compose (Debian package docker-compose)");
+        assert!(
+            out.status.success(),
+            "docker-compose {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    compose(&["up", "-d"]);
+    assert_eq!(three.node_of("fleetproj_web_1"), "n3");
+    assert_eq!(three.node_of("fleetproj_worker_1"), "n1");
+    let ps = compose(&["ps"]);
+    assert!(
+        ps.contains("fleetproj_web_1") && ps.contains("fleetproj_worker_1"),
+        "{ps}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = compose(&["logs", "--no-color"]);
+        if logs.contains("web-up") && logs.contains("worker-up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{logs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    compose(&["down", "-t", "0"]);
+    assert!(
+        three.counts().iter().all(|c| *c == 0),
+        "{:?}",
+        three.names()
+    );
+}

@@ -113,6 +113,9 @@ pub(super) async fn serve(
         (_, ["containers", name, tail @ ..]) if !name.is_empty() => {
             writes::container_call(&cx, name, tail, req).await
         }
+        ("GET", ["images", name @ .., last @ ("json" | "history")]) if !name.is_empty() => {
+            writes::image_read(&cx, &name.join("/"), last, req).await
+        }
         (_, ["exec", id, tail @ ..]) if !tail.is_empty() => {
             writes::exec_call(&cx, id, tail, req).await
         }

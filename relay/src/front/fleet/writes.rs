@@ -520,6 +520,29 @@ async fn with_node_in_inspect(
     )
 }
 
+/// `docker image inspect` or `history` on the fleet: from a node that
+/// can take calls and has the image (the first by id), or Docker's own
+/// "No such image" so the client pulls it.
+pub(super) async fn image_read(
+    cx: &Ctx<'_>,
+    name: &str,
+    what: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, CallError> {
+    let node = cx
+        .view
+        .nodes()
+        .iter()
+        .find(|n| n.health == Health::Healthy && n.has_image(name))
+        .map(|n| n.id.clone())
+        .ok_or_else(|| CallError::FleetNoImage(name.to_owned()))?;
+    let rest = format!("{}/images/{name}/{what}", cx.version);
+    let req = req.map(Either::Left);
+    let mut resp = carry(cx.front, &cx.conn.kept, cx.caller, node.clone(), &rest, req).await?;
+    set_node(resp.headers_mut(), &node);
+    Ok(resp)
+}
+
 /// A call about an exec instance, carried to the node that made it.
 pub(super) async fn exec_call(
     cx: &Ctx<'_>,
