@@ -798,3 +798,54 @@ services:
         three.names()
     );
 }
+
+#[test]
+fn volumes_and_networks_list_as_node_name_and_a_volume_is_made_where_its_constraint_says() {
+    let three = Three::start(&[]);
+    let fleet = three.fleet();
+    fleet
+        .ok(&[
+            "volume",
+            "create",
+            "--label",
+            "com.docker.swarm.constraints=[\"node==n2\"]",
+            "fleetvol",
+        ])
+        .unwrap();
+    let on = |i: usize| {
+        three.daemons[i]
+            .1
+            .docker()
+            .ok(&["volume", "ls", "-q"])
+            .unwrap()
+            .lines()
+            .any(|l| l == "fleetvol")
+    };
+    assert!(on(1) && !on(0) && !on(2));
+    let listed = fleet
+        .ok(&["volume", "ls", "--format", "{{.Name}}"])
+        .unwrap();
+    assert!(listed.lines().any(|l| l == "n2/fleetvol"), "{listed}");
+    let nets = fleet
+        .ok(&["network", "ls", "--format", "{{.Name}}"])
+        .unwrap();
+    for node in ["n1", "n2", "n3"] {
+        assert!(nets.lines().any(|l| l == format!("{node}/none")), "{nets}");
+    }
+    let refused = fleet
+        .output_with_stdin(
+            &[
+                "volume",
+                "create",
+                "--label",
+                "com.docker.swarm.constraints=[\"node==n9\"]",
+                "nowhere",
+            ],
+            b"",
+        )
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("constraint ruled out 3"));
+    fleet.ok(&["volume", "rm", "n2/fleetvol"]).unwrap();
+    assert!(!on(1));
+}

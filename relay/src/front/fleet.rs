@@ -13,6 +13,7 @@
 //! placement and never touches a session or route itself.
 
 mod calls;
+mod objects;
 mod ps_query;
 mod writes;
 
@@ -112,6 +113,21 @@ pub(super) async fn serve(
         }
         (_, ["containers", name, tail @ ..]) if !name.is_empty() => {
             writes::container_call(&cx, name, tail, req).await
+        }
+        ("GET", ["networks"]) => {
+            Ok(objects::list(&cx, objects::Kind::Network, query.as_deref()).await)
+        }
+        ("GET", ["volumes"]) => {
+            Ok(objects::list(&cx, objects::Kind::Volume, query.as_deref()).await)
+        }
+        ("POST", ["networks", "create"]) => objects::create(&cx, objects::Kind::Network, req).await,
+        ("POST", ["volumes", "create"]) => objects::create(&cx, objects::Kind::Volume, req).await,
+        (_, [kind @ ("networks" | "volumes"), node, name, tail @ ..]) if is_node(node) => {
+            let kind = match *kind {
+                "networks" => objects::Kind::Network,
+                _ => objects::Kind::Volume,
+            };
+            objects::on_node(&cx, kind, node, name, tail, req).await
         }
         ("GET", ["images", name @ .., last @ ("json" | "history")]) if !name.is_empty() => {
             writes::image_read(&cx, &name.join("/"), last, req).await
