@@ -626,6 +626,17 @@ fn pull_reaches_every_node_and_a_run_pulls_on_the_node_it_chose() {
     }
     assert!((0..3).all(|i| has(i, &everywhere)), "{out}");
 
+    // tag and rmi reach every node that has the image.
+    fleet.ok(&["tag", &everywhere, "retagged:1"]).unwrap();
+    assert!((0..3).all(|i| has(i, "retagged:1")));
+    let out = fleet.ok(&["rmi", "retagged:1"]).unwrap();
+    assert!(out.contains("Untagged: retagged:1"), "{out}");
+    assert!((0..3).all(|i| !has(i, "retagged:1")));
+    let gone = fleet
+        .output_with_stdin(&["rmi", "retagged:1"], b"")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("No such image: retagged:1"));
+
     // The node the constraint names lacks the image: the relay pulls it
     // there, and only there, before the create.
     let one = registry.push("2");

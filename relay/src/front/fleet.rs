@@ -129,6 +129,12 @@ pub(super) async fn serve(
             };
             objects::on_node(&cx, kind, node, name, tail, req).await
         }
+        ("POST", ["images", name @ .., "tag"]) if !name.is_empty() => {
+            writes::image_everywhere(&cx, &name.join("/"), "/tag", query.as_deref(), req).await
+        }
+        ("DELETE", ["images", name @ ..]) if !name.is_empty() => {
+            writes::image_everywhere(&cx, &name.join("/"), "", query.as_deref(), req).await
+        }
         ("GET", ["images", name @ .., last @ ("json" | "history")]) if !name.is_empty() => {
             writes::image_read(&cx, &name.join("/"), last, req).await
         }

@@ -543,6 +543,78 @@ pub(super) async fn image_read(
     Ok(resp)
 }
 
+/// `docker tag` and `docker rmi` on the fleet: on every live node that
+/// has the image, at once. The answer is each node's, merged (`rmi`'s
+/// lists of what went), with the nodes in `X-Tunnelgate-Node`; an error
+/// only when every node refused, with the first node's words.
+pub(super) async fn image_everywhere(
+    cx: &Ctx<'_>,
+    name: &str,
+    suffix: &str,
+    query: Option<&str>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, CallError> {
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let nodes: Vec<NodeId> = cx
+        .view
+        .nodes()
+        .iter()
+        .filter(|n| n.health == Health::Healthy && n.has_image(name))
+        .map(|n| n.id.clone())
+        .collect();
+    if nodes.is_empty() {
+        return Err(CallError::FleetNoImage(name.to_owned()));
+    }
+    let path = match query {
+        Some(q) => format!("{}/images/{name}{suffix}?{q}", cx.version),
+        None => format!("{}/images/{name}{suffix}", cx.version),
+    };
+    let calls = nodes.iter().map(|node| {
+        let (method, path, headers) = (method.clone(), path.clone(), headers.clone());
+        async move {
+            let answer = send(cx, node, method, &path, &headers, Bytes::new()).await;
+            let answer = match answer {
+                Ok(resp) => whole(resp).await,
+                Err(e) => (e.status(), HeaderMap::new(), Bytes::from(e.to_string())),
+            };
+            refresh_images(
+                &cx.view,
+                &FrontCalls(cx.front.clone()),
+                cx.caller.tenant(),
+                node,
+            )
+            .await;
+            (node.clone(), answer)
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let done: Vec<&(NodeId, (StatusCode, HeaderMap, Bytes))> = answers
+        .iter()
+        .filter(|(_, (status, _, _))| status.is_success())
+        .collect();
+    let Some((_, (status, _, _))) = done.first() else {
+        let (node, (status, _, body)) = &answers[0];
+        let message = format!("node {node}: {}", message_of(body));
+        return Ok(crate::respond::docker_error(*status, &message));
+    };
+    let merged: Vec<Value> = done
+        .iter()
+        .filter_map(|(_, (_, _, body))| serde_json::from_slice::<Vec<Value>>(body).ok())
+        .flatten()
+        .collect();
+    let body = match method == Method::DELETE {
+        true => Value::Array(merged).to_string(),
+        false => String::new(),
+    };
+    let mut resp = json_response(*status, body);
+    let names: Vec<&str> = done.iter().map(|(n, _)| n.as_str()).collect();
+    if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
+        resp.headers_mut().insert(NODE_HEADER, v);
+    }
+    Ok(resp)
+}
+
 /// A call about an exec instance, carried to the node that made it.
 pub(super) async fn exec_call(
     cx: &Ctx<'_>,
