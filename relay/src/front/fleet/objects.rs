@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Limited};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tunnelgate_proto::NodeId;
@@ -17,9 +17,6 @@ use crate::error::CallError;
 use crate::fleet::expr::Expr;
 use crate::fleet::{place, Ask};
 use crate::respond::{json as json_response, Body};
-
-/// The largest create body read (a network's or volume's is tiny).
-const MAX_BODY: usize = 1 << 20;
 
 /// Which kind of object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,15 +105,7 @@ pub(super) async fn create(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, CallError> {
     let (parts, body) = req.into_parts();
-    let body = Limited::new(body, MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            CallError::BadQuery(format!("the create request's body could not be read: {e}"))
-        })?
-        .to_bytes();
-    let mut spec: Value = serde_json::from_slice(&body)
-        .map_err(|e| CallError::BadQuery(format!("the create request's body is not JSON: {e}")))?;
+    let mut spec = super::writes::create_body(body).await?;
     let mut ask = Ask::from_create(None, &mut spec)?;
     // `docker network create -o constraint:node==n1`, as a Swarm option.
     if let Some(Value::Object(options)) = spec.get_mut("Options") {
@@ -148,19 +137,9 @@ pub(super) async fn create(
     )?;
     let node = placed.ranked[0].clone();
     let rest = format!("{}/{}/create", cx.version, kind.path());
-    let mut req = Request::new(Either::Right(http_body_util::Full::new(Bytes::from(
-        spec.to_string(),
-    ))));
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = http::Uri::try_from(rest.as_str()).map_err(CallError::InvalidPath)?;
-    for (name, value) in &parts.headers {
-        if name != http::header::CONTENT_LENGTH && name != http::header::TRANSFER_ENCODING {
-            req.headers_mut().append(name, value.clone());
-        }
-    }
-    let mut resp = carry(cx.front, &cx.conn.kept, cx.caller, node.clone(), &rest, req).await?;
-    if let Ok(v) = http::HeaderValue::from_str(node.as_str()) {
-        resp.headers_mut().insert(super::NODE_HEADER, v);
-    }
+    let body = Bytes::from(spec.to_string());
+    let mut resp =
+        super::writes::send(cx, &node, Method::POST, &rest, &parts.headers, body).await?;
+    super::writes::set_node(resp.headers_mut(), &node);
     Ok(resp)
 }

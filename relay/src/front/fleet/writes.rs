@@ -56,7 +56,7 @@ fn request(
 }
 
 /// Sends `method path_and_query` with `body` to `node` for the caller.
-async fn send(
+pub(super) async fn send(
     cx: &Ctx<'_>,
     node: &NodeId,
     method: Method,
@@ -117,6 +117,19 @@ fn message_of(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }
 
+/// A create request's JSON body, read up to [`MAX_CREATE_BODY`].
+pub(super) async fn create_body(body: Incoming) -> Result<Value, CallError> {
+    let body = Limited::new(body, MAX_CREATE_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            CallError::BadQuery(format!("the create request's body could not be read: {e}"))
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body)
+        .map_err(|e| CallError::BadQuery(format!("the create request's body is not JSON: {e}")))
+}
+
 /// `docker create` / `run` on the fleet: the name checked across the
 /// fleet, the node chosen by filters and strategy, the create tried on
 /// the candidates in order. A candidate missing the image pulls it first.
@@ -126,15 +139,7 @@ pub(super) async fn create(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, CallError> {
     let (parts, body) = req.into_parts();
-    let body = Limited::new(body, MAX_CREATE_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            CallError::BadQuery(format!("the create request's body could not be read: {e}"))
-        })?
-        .to_bytes();
-    let mut spec: Value = serde_json::from_slice(&body)
-        .map_err(|e| CallError::BadQuery(format!("the create request's body is not JSON: {e}")))?;
+    let mut spec = create_body(body).await?;
     let name = query_pairs(query)
         .find(|(k, _)| *k == "name")
         .map(|(_, v)| v);
@@ -381,7 +386,7 @@ async fn relay_progress(
     error.map_or(Ok(()), Err)
 }
 
-fn set_node(headers: &mut HeaderMap, node: &NodeId) {
+pub(super) fn set_node(headers: &mut HeaderMap, node: &NodeId) {
     if let Ok(v) = HeaderValue::from_str(node.as_str()) {
         headers.insert(NODE_HEADER, v);
     }
