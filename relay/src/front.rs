@@ -20,6 +20,7 @@
 //! session itself.
 
 mod asks;
+mod context;
 mod docker;
 mod events;
 mod fleet;
@@ -31,80 +32,27 @@ mod tokens;
 mod ui;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, Instrument};
 use tunnelgate_proto::trace::TraceParent;
 use tunnelgate_proto::RequestId;
 
+use context::{new_trace, next_request_id};
+pub use context::{ClientConn, Front};
 pub use slots::StreamSlots;
 
 use crate::audit::CallRecord;
 use crate::auth::{self, Principal};
-use crate::config::Config;
 use crate::error::CallError;
-use crate::metrics::{Limit, Metrics};
-use crate::net::ConnMeta;
+use crate::metrics::Limit;
 use crate::respond::Body;
-use crate::router::Router;
-use crate::sessions::Sessions;
-use crate::state::State;
-use crate::upstream::{Direct, KeptStream, Tunnel};
+use crate::upstream::Direct;
 use routes::{check_path, Route};
-
-/// What the front works with.
-#[derive(Debug)]
-pub struct Front {
-    /// Authentication mode and limits.
-    pub config: Arc<Config>,
-    /// API keys and the relay id, from memory.
-    pub state: Arc<State>,
-    /// The node list.
-    pub sessions: Arc<Sessions>,
-    /// Where calls go.
-    pub router: Router,
-    /// How calls over a session are carried.
-    pub tunnel: Tunnel,
-    /// The direct path's probe findings, for the node list.
-    pub direct: Arc<Direct>,
-    /// The install script, CA and agent binary for new hosts.
-    pub install: Arc<install::Installer>,
-    /// Request counts and durations.
-    pub metrics: Arc<Metrics>,
-    /// Calls in flight per node and tenant.
-    pub slots: Arc<StreamSlots>,
-    /// The fleet endpoint's view of each tenant's nodes.
-    pub fleet: Arc<crate::fleet::cache::Cache>,
-    /// Where hijacked pipes run.
-    pub tasks: TaskTracker,
-    /// Fires when the shutdown grace is over: long streams still open
-    /// end cleanly at their next quiet moment.
-    pub wind_down: tokio_util::sync::CancellationToken,
-}
-
-/// One client connection to the front.
-#[derive(Debug)]
-pub struct ClientConn {
-    meta: ConnMeta,
-    /// The node stream this connection's calls may go on again.
-    kept: KeptStream,
-}
-
-impl ClientConn {
-    /// A new connection.
-    pub fn new(meta: ConnMeta) -> Self {
-        Self {
-            kept: KeptStream::on(meta.tasks.clone()),
-            meta,
-        }
-    }
-}
 
 /// Whether a client connection whose first bytes are `head` runs best on
 /// a thread of its own ([`crate::net::Placement`]): its first request
@@ -125,27 +73,9 @@ pub fn goes_direct(direct: &Direct, head: &[u8]) -> bool {
     }
 }
 
-fn next_request_id() -> RequestId {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    // Random high bits keep ids distinct across relay restarts in logs.
-    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let base = *BASE.get_or_init(|| rand::random::<u64>() & 0xffff_ffff_0000_0000);
-    RequestId(base | NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
 /// Every answer's request id, as the relay's and the agent's log lines
 /// show it.
 pub const REQUEST_ID_HEADER: &str = "x-tunnelgate-request-id";
-
-/// A new trace for a call whose client sent none (sampled: the relay's
-/// and agent's logs carry it whatever the flag).
-fn new_trace() -> TraceParent {
-    TraceParent {
-        trace_id: rand::random::<u128>().max(1),
-        parent_id: rand::random::<u64>().max(1),
-        flags: 1,
-    }
-}
 
 /// Answers one control-plane request on connection `conn`.
 pub async fn handle(

@@ -15,7 +15,8 @@ use tracing::{info_span, Instrument};
 use tunnelgate_proto::trace::TraceParent;
 use tunnelgate_proto::{NodeId, TenantId};
 
-use super::{docker, next_request_id, Front};
+use super::context::{new_trace, next_request_id, Front};
+use super::docker;
 use crate::audit::CallRecord;
 use crate::auth::Principal;
 use crate::error::CallError;
@@ -50,7 +51,7 @@ impl Caller {
                 tenant: tenant.clone(),
                 credentials: crate::auth::Credentials::Relay,
             },
-            trace: super::new_trace(),
+            trace: new_trace(),
         }
     }
 

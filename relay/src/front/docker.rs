@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use tracing::Instrument;
 use tunnelgate_proto::{NodeId, NodeKey, RequestId, TenantId};
 
-use super::Front;
+use super::context::Front;
 use crate::audit::CallRecord;
 use crate::error::{BusyScope, CallError};
 use crate::metrics::Limit;

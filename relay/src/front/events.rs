@@ -29,8 +29,8 @@ use tracing::debug;
 use tunnelgate_proto::NodeId;
 
 use super::asks::{ask, Caller};
+use super::context::Front;
 use super::routes::query_pairs;
-use super::Front;
 use crate::metrics::Limit;
 use crate::respond::{Body, ChannelBody, LastWord};
 

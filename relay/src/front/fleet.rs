@@ -27,7 +27,8 @@ use tokio::task::JoinSet;
 use tunnelgate_proto::{NodeId, TenantId};
 
 use super::asks::{ask_json, Caller};
-use super::{events, ClientConn, Front};
+use super::context::{ClientConn, Front};
+use super::events;
 use crate::error::CallError;
 use crate::fleet::cache::TenantView;
 use crate::fleet::view::Health;

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tunnelgate_proto::{NodeId, NodeKey, TenantId};
 
+use super::context::Front;
 use super::routes::query_pairs;
-use super::Front;
 use crate::error::CallError;
 use crate::respond::{json, Body, ChannelBody};
 use crate::router::Held;

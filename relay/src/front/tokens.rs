@@ -13,8 +13,8 @@ use http::{HeaderMap, Response, StatusCode};
 use serde_json::json;
 use tunnelgate_proto::{NodeId, TenantId};
 
+use super::context::Front;
 use super::routes::query_pairs;
-use super::Front;
 use crate::error::CallError;
 use crate::respond::{json as json_response, Body};
 use crate::state::credentials::NewCredential;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tunnelgate_proto::{NodeId, NodeKey, TenantId};
 
 use super::super::asks::{self, Caller};
-use super::super::Front;
+use super::super::context::Front;
 use crate::fleet::cache::TenantView;
 use crate::fleet::reach::{BoxFut, Failed, Member, NodeCalls};
 use crate::fleet::watch;

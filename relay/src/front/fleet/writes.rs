@@ -78,7 +78,7 @@ pub(super) async fn send(
 
 /// [`send`] for a task that holds the front and caller itself.
 async fn send_as(
-    front: &crate::front::Front,
+    front: &super::Front,
     caller: &super::Caller,
     node: &NodeId,
     method: Method,

@@ -1,0 +1,90 @@
+//! What every part of the front works with: the relay's tables and
+//! settings ([`Front`]), one client connection ([`ClientConn`]), and the
+//! ids a call gets (request id, trace). Kept apart from the dispatcher in
+//! `front.rs`, so the front's parts import this and never the module
+//! that imports them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+use tunnelgate_proto::trace::TraceParent;
+use tunnelgate_proto::RequestId;
+
+use super::install;
+use super::slots::StreamSlots;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::net::ConnMeta;
+use crate::router::Router;
+use crate::sessions::Sessions;
+use crate::state::State;
+use crate::upstream::{Direct, KeptStream, Tunnel};
+
+/// What the front works with.
+#[derive(Debug)]
+pub struct Front {
+    /// Authentication mode and limits.
+    pub config: Arc<Config>,
+    /// API keys and the relay id, from memory.
+    pub state: Arc<State>,
+    /// The node list.
+    pub sessions: Arc<Sessions>,
+    /// Where calls go.
+    pub router: Router,
+    /// How calls over a session are carried.
+    pub tunnel: Tunnel,
+    /// The direct path's probe findings, for the node list.
+    pub direct: Arc<Direct>,
+    /// The install script, CA and agent binary for new hosts.
+    pub install: Arc<install::Installer>,
+    /// Request counts and durations.
+    pub metrics: Arc<Metrics>,
+    /// Calls in flight per node and tenant.
+    pub slots: Arc<StreamSlots>,
+    /// The fleet endpoint's view of each tenant's nodes.
+    pub fleet: Arc<crate::fleet::cache::Cache>,
+    /// Where hijacked pipes run.
+    pub tasks: TaskTracker,
+    /// Fires when the shutdown grace is over: long streams still open
+    /// end cleanly at their next quiet moment.
+    pub wind_down: tokio_util::sync::CancellationToken,
+}
+
+/// One client connection to the front.
+#[derive(Debug)]
+pub struct ClientConn {
+    /// Who connected, and how.
+    pub(super) meta: ConnMeta,
+    /// The node stream this connection's calls may go on again.
+    pub(super) kept: KeptStream,
+}
+
+impl ClientConn {
+    /// A new connection.
+    pub fn new(meta: ConnMeta) -> Self {
+        Self {
+            kept: KeptStream::on(meta.tasks.clone()),
+            meta,
+        }
+    }
+}
+
+/// A new request id, distinct across relay restarts.
+pub(super) fn next_request_id() -> RequestId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    // Random high bits keep ids distinct across relay restarts in logs.
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| rand::random::<u64>() & 0xffff_ffff_0000_0000);
+    RequestId(base | NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A new trace for a call whose client sent none (sampled: the relay's
+/// and agent's logs carry it whatever the flag).
+pub(super) fn new_trace() -> TraceParent {
+    TraceParent {
+        trace_id: rand::random::<u128>().max(1),
+        parent_id: rand::random::<u64>().max(1),
+        flags: 1,
+    }
+}
