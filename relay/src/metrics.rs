@@ -123,6 +123,8 @@ pub struct Metrics {
     pub route_retries: prometheus::IntCounter,
     /// Client connections of the API, by where they run.
     pub front_connections: IntCounterVec,
+    /// Creates the fleet placed, by outcome.
+    pub fleet_placements: IntCounterVec,
     /// Probes of nodes' direct daemon endpoints, by result.
     pub direct_probes: IntCounterVec,
     /// Direct daemon endpoints whose last probe held.
@@ -209,6 +211,13 @@ impl Metrics {
             "tunnelgate_front_route_retries_total",
             "Calls that failed on a route before reaching the daemon and went again on another route.",
         )?;
+        let fleet_placements = IntCounterVec::new(
+            Opts::new(
+                "tunnelgate_fleet_placements_total",
+                "Creates through the fleet endpoint, by outcome: created on a node (placed), no node fits the filters (no_node), or every candidate the placement tried refused (refused).",
+            ),
+            &["result"],
+        )?;
         let front_connections = IntCounterVec::new(
             Opts::new(
                 "tunnelgate_front_connections_total",
@@ -234,6 +243,7 @@ impl Metrics {
         registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(direct_probes.clone()))?;
         registry.register(Box::new(front_connections.clone()))?;
+        registry.register(Box::new(fleet_placements.clone()))?;
         registry.register(Box::new(direct_endpoints_up.clone()))?;
         registry.register(Box::new(routed.clone()))?;
         registry.register(Box::new(route_retries.clone()))?;
@@ -262,6 +272,7 @@ impl Metrics {
             routed,
             route_retries,
             front_connections,
+            fleet_placements,
             direct_probes,
             direct_endpoints_up,
             ready,

@@ -229,6 +229,18 @@ fn constraints_and_spread_place_as_swarm_did_and_an_impossible_ask_creates_nothi
         "{said}"
     );
     assert_eq!(three.counts(), before);
+    assert_eq!(
+        three
+            .relay
+            .metric("tunnelgate_fleet_placements_total{result=\"no_node\"}"),
+        1
+    );
+    assert!(
+        three
+            .relay
+            .metric("tunnelgate_fleet_placements_total{result=\"placed\"}")
+            >= 13
+    );
 
     // A name is the fleet's: a second "on-us" is refused as Docker would.
     let dup = create(&fleet, "on-us", &["-e", "constraint:node==n1"]);

@@ -359,6 +359,19 @@ mod tests {
     }
 
     #[test]
+    fn a_name_on_an_offline_node_and_a_live_one_means_the_live_one() {
+        let mut old = (*node("old", &[("phoenix", "aaaa")])).clone();
+        old.health = Health::Offline;
+        let nodes = [Arc::new(old), node("new", &[("phoenix", "bbbb")])];
+        assert_eq!(
+            find(&nodes, "phoenix"),
+            Found::At(NodeId::new("new").unwrap(), "bbbb".into())
+        );
+        let both_live = [node("a", &[("web", "aaaa")]), node("b", &[("web", "bbbb")])];
+        assert!(matches!(find(&both_live, "web"), Found::Ambiguous(_)));
+    }
+
+    #[test]
     fn info_inspect_and_image_lists_become_facts() {
         let (facts, labels) = facts_from_info(&json!({
             "NCPU": 2, "MemTotal": 1024, "Driver": "vfs", "KernelVersion": "6.1",

@@ -160,7 +160,10 @@ pub(super) async fn create(
     let ask = Ask::from_create(name, &mut spec)?;
     let fleet: Vec<&crate::fleet::Node> = nodes.iter().map(|n| n.as_ref()).collect();
     let strategy = cx.front.config.fleet_strategy.strategy();
-    let placed = place(&fleet, &ask, strategy, rand::random())?;
+    let placements = &cx.front.metrics.fleet_placements;
+    let placed = place(&fleet, &ask, strategy, rand::random()).inspect_err(|_| {
+        placements.with_label_values(&["no_node"]).inc();
+    })?;
     let body = Bytes::from(spec.to_string());
     let rest = match query {
         Some(q) => format!("{}/containers/create?{q}", cx.version),
@@ -171,6 +174,7 @@ pub(super) async fn create(
         let (status, headers, answer) =
             create_on(cx, node, &rest, &parts.headers, body.clone(), &ask.image).await?;
         if status == StatusCode::CREATED {
+            placements.with_label_values(&["placed"]).inc();
             let mut answer: Value = serde_json::from_slice(&answer).unwrap_or(json!({}));
             let id = answer["Id"].as_str().unwrap_or_default().to_owned();
             let calls = FrontCalls(cx.front.clone());
@@ -196,6 +200,7 @@ pub(super) async fn create(
             break;
         }
     }
+    placements.with_label_values(&["refused"]).inc();
     let (status, headers, answer, node) = last.expect("a placement has a candidate");
     let mut resp = json_response(status, String::from_utf8_lossy(&answer).into_owned());
     copy_route(&headers, resp.headers_mut());
