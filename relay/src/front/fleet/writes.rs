@@ -41,10 +41,10 @@ fn request(
     rest: &str,
     headers: &HeaderMap,
     body: Bytes,
-) -> Request<crate::upstream::CallBody> {
+) -> Result<Request<crate::upstream::CallBody>, CallError> {
     let mut req = Request::new(Either::Right(Full::new(body)));
     *req.method_mut() = method;
-    *req.uri_mut() = http::Uri::try_from(rest).unwrap_or_else(|_| http::Uri::from_static("/"));
+    *req.uri_mut() = http::Uri::try_from(rest).map_err(CallError::InvalidPath)?;
     for (name, value) in headers {
         if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
             req.headers_mut().append(name, value.clone());
@@ -52,7 +52,7 @@ fn request(
     }
     req.headers_mut()
         .insert(header::HOST, HeaderValue::from_static("docker"));
-    req
+    Ok(req)
 }
 
 /// Sends `method path_and_query` with `body` to `node` for the caller.
@@ -87,7 +87,7 @@ async fn send_as(
     body: Bytes,
 ) -> Result<Response<Body>, CallError> {
     let path = path_and_query.split('?').next().unwrap_or_default();
-    let req = request(method, path_and_query, headers, body);
+    let req = request(method, path_and_query, headers, body)?;
     carry(
         front,
         &KeptStream::default(),
@@ -99,7 +99,8 @@ async fn send_as(
     .await
 }
 
-/// A whole answer's status and body, read within the node's answer time.
+/// A whole answer's status, headers and body (an answer that breaks off
+/// reads as what arrived; the status says what the node meant).
 async fn whole(resp: Response<Body>) -> (StatusCode, http::HeaderMap, Bytes) {
     let (parts, body) = resp.into_parts();
     let bytes = body
