@@ -27,7 +27,14 @@ pub struct Rescheduler {
     /// Containers made again elsewhere, by (old node, old id): their
     /// stale copies to remove when the old node is back.
     moved: HashMap<(NodeId, String), NodeId>,
+    /// When a container that could not be made again elsewhere may be
+    /// tried next, so a fleet with no room says so every
+    /// [`RETRY_AFTER`], not at every look.
+    next_try: HashMap<(NodeId, String), Instant>,
 }
+
+/// How long a container that could not be rescheduled waits for the next try.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 impl Rescheduler {
     /// One look: reschedules the containers of nodes offline longer than
@@ -49,6 +56,7 @@ impl Rescheduler {
                 }
                 true => {
                     self.offline_since.remove(&m.id);
+                    self.next_try.retain(|(node, _), _| *node != m.id);
                 }
             }
         }
@@ -64,15 +72,21 @@ impl Rescheduler {
             };
             for c in old.containers() {
                 let key = (node.clone(), c.id.clone());
-                if self.moved.contains_key(&key) {
+                let waiting = self.next_try.get(&key).is_some_and(|at| now < *at);
+                if self.moved.contains_key(&key) || waiting {
                     continue;
                 }
                 let Some(spec) = &c.respawn else {
                     continue;
                 };
-                if let Some(to) = respawn(view, tenant, calls, strategy, &node, &c.name, spec).await
-                {
-                    self.moved.insert(key, to);
+                match respawn(view, tenant, calls, strategy, &node, &c.name, spec).await {
+                    Some(to) => {
+                        self.next_try.remove(&key);
+                        self.moved.insert(key, to);
+                    }
+                    None => {
+                        self.next_try.insert(key, now + RETRY_AFTER);
+                    }
                 }
             }
         }
@@ -129,7 +143,7 @@ async fn respawn(
         Ok(placed) => placed,
         Err(why) => {
             warn!(%tenant, node_id = %from, container = name,
-                  "fleet: node offline past its grace, but its container cannot be rescheduled: {why}");
+                  "fleet: node offline past its grace, but its container cannot be rescheduled (trying again in 10 s): {why}");
             return None;
         }
     };
@@ -142,12 +156,12 @@ async fn respawn(
         Ok((StatusCode::CREATED, answer)) => answer["Id"].as_str().unwrap_or_default().to_owned(),
         Ok((status, answer)) => {
             warn!(%tenant, node_id = %to, container = name, %status, answer = %answer,
-                  "fleet: rescheduling a container failed; will try again");
+                  "fleet: rescheduling a container failed; trying again in 10 s");
             return None;
         }
         Err(e) => {
             warn!(%tenant, node_id = %to, container = name, error = %e,
-                  "fleet: rescheduling a container failed; will try again");
+                  "fleet: rescheduling a container failed; trying again in 10 s");
             return None;
         }
     };
@@ -168,4 +182,107 @@ async fn respawn(
     info!(%tenant, from = %from, to = %to, container = name, id = %id,
           "fleet: node offline past its grace; container rescheduled");
     Some(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fleet::reach::{BoxFut, Failed};
+    use crate::fleet::view::Container;
+    use crate::fleet::StrategyName;
+    use crate::respond::Body;
+
+    /// Nodes that refuse every create, counting them.
+    #[derive(Default)]
+    struct Refusing {
+        creates: AtomicUsize,
+    }
+
+    impl NodeCalls for Refusing {
+        fn members(&self, _: &TenantId) -> Vec<Member> {
+            Vec::new()
+        }
+
+        fn get_json<'a>(
+            &'a self,
+            _: &'a TenantId,
+            _: &'a NodeId,
+            _: &'a str,
+        ) -> BoxFut<'a, Result<Value, Failed>> {
+            Box::pin(async { Ok(Value::Null) })
+        }
+
+        fn send<'a>(
+            &'a self,
+            _: &'a TenantId,
+            _: &'a NodeId,
+            _: Method,
+            _: &'a str,
+            _: Option<String>,
+        ) -> BoxFut<'a, Result<(StatusCode, Value), Failed>> {
+            self.creates.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async { Ok((StatusCode::INTERNAL_SERVER_ERROR, Value::Null)) })
+        }
+
+        fn stream<'a>(
+            &'a self,
+            _: &'a TenantId,
+            _: &'a NodeId,
+            _: &'a str,
+        ) -> BoxFut<'a, Result<Body, Failed>> {
+            Box::pin(async {
+                Err(Failed {
+                    status: None,
+                    reason: "none here".into(),
+                })
+            })
+        }
+    }
+
+    fn member(id: &str, online: bool) -> Member {
+        Member {
+            id: NodeId::new(id).unwrap(),
+            online,
+            hostname: None,
+            labels: Default::default(),
+            transport: String::new(),
+            route: String::new(),
+            relay: String::new(),
+            daemon_error: None,
+            writable: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_container_that_cannot_be_made_again_waits_before_the_next_try() {
+        let view = TenantView::default();
+        let mut old = Node::new(NodeId::new("old").unwrap());
+        old.health = Health::Offline;
+        old.put_container(Container {
+            id: "c1".into(),
+            name: "phoenix".into(),
+            respawn: Some(Arc::from(r#"{"Image":"busybox"}"#)),
+            ..Default::default()
+        });
+        view.put(old);
+        view.put(Node::new(NodeId::new("new").unwrap()));
+        let members = [member("old", false), member("new", true)];
+        let calls = Refusing::default();
+        let tenant = TenantId::new("t").unwrap();
+        let mut r = Rescheduler::default();
+        let spread = StrategyName::Spread.strategy();
+        for _ in 0..3 {
+            r.tick(&view, &tenant, &members, &calls, spread, Duration::ZERO)
+                .await;
+        }
+        assert_eq!(
+            calls.creates.load(Ordering::Relaxed),
+            1,
+            "one try, then a wait"
+        );
+        assert!(r.moved.is_empty());
+    }
 }
