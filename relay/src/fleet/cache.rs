@@ -89,6 +89,13 @@ impl TenantView {
         self.write().insert(node.id.clone(), Arc::new(node));
     }
 
+    /// Puts `node` in unless the view has one of its id.
+    pub fn put_if_absent(&self, node: Node) {
+        self.write()
+            .entry(node.id.clone())
+            .or_insert_with(|| Arc::new(node));
+    }
+
     /// Applies `f` to a copy of node `id` and puts the copy in; nothing
     /// when the node is not known.
     pub fn update(&self, id: &NodeId, f: impl FnOnce(&mut Node)) {

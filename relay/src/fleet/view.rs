@@ -81,6 +81,20 @@ pub enum Health {
     DaemonDown(String),
     /// Its agent is not connected to any relay.
     Offline,
+    /// Connected, but the relay has not finished its first listing of it.
+    Unlisted,
+}
+
+impl Health {
+    /// As `info` and the skipped-nodes header say it.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Healthy => "online".to_owned(),
+            Self::DaemonDown(why) => format!("daemon unreachable: {why}"),
+            Self::Offline => "offline".to_owned(),
+            Self::Unlisted => "connected a moment ago, not listed yet".to_owned(),
+        }
+    }
 }
 
 /// One container, as the placement needs it.

@@ -69,7 +69,10 @@ fn apply_member(node: &mut Node, m: &Member) {
     node.route.clone_from(&m.route);
     node.relay.clone_from(&m.relay);
     node.writable = m.writable;
-    node.health = cache::health(m.online, m.daemon_error.as_deref());
+    // An unlisted node stays so until its listing replaces it.
+    if node.health != Health::Unlisted {
+        node.health = cache::health(m.online, m.daemon_error.as_deref());
+    }
 }
 
 async fn run_tenant(
@@ -270,11 +273,22 @@ async fn on_event(
     }
 }
 
-/// Brings each node's health in the view to what `members` say.
+/// Brings each node's health in the view to what `members` say, and
+/// puts each online node not listed yet in as [`Health::Unlisted`], so
+/// reads name it as skipped and placement rules it out saying why.
 pub fn apply_health(view: &TenantView, members: &[Member]) {
     for m in members {
+        if m.online && view.node(&m.id).is_none() {
+            let mut node = Node::new(m.id.clone());
+            node.health = Health::Unlisted;
+            view.put_if_absent(node);
+            continue;
+        }
         let health = cache::health(m.online, m.daemon_error.as_deref());
-        let stale = view.node(&m.id).is_some_and(|n| n.health != health);
+        // An unlisted node stays so until its listing replaces it.
+        let stale = view
+            .node(&m.id)
+            .is_some_and(|n| n.health != health && n.health != Health::Unlisted);
         if stale {
             view.update(&m.id, |n| n.health = health);
         }
@@ -285,7 +299,8 @@ pub fn apply_health(view: &TenantView, members: &[Member]) {
 /// facts are known), so reads from it are whole.
 pub fn is_listed(view: &TenantView, members: &[Member]) -> bool {
     members.iter().filter(|m| m.online).all(|m| {
-        view.node(&m.id)
-            .is_some_and(|n| n.health != Health::Offline && n.facts != Default::default())
+        view.node(&m.id).is_some_and(|n| {
+            !matches!(n.health, Health::Offline | Health::Unlisted) && n.facts != Default::default()
+        })
     })
 }

@@ -317,11 +317,7 @@ fn info(cx: &Ctx<'_>) -> Response<Body> {
     let mut skipped = Vec::new();
     let (mut total, mut running, mut images, mut ncpu, mut mem) = (0, 0, 0, 0, 0);
     for node in &nodes {
-        let state = match &node.health {
-            Health::Healthy => "online".to_owned(),
-            Health::DaemonDown(why) => format!("daemon unreachable: {why}"),
-            Health::Offline => "offline".to_owned(),
-        };
+        let state = node.health.describe();
         if node.health != Health::Healthy {
             warnings.push(format!(
                 "node {} is skipped: {state}; its containers and images are not counted",
@@ -436,11 +432,7 @@ async fn ps(cx: &Ctx<'_>, query: Option<&str>) -> Response<Body> {
     let now = std::time::SystemTime::now();
     for node in cx.view.nodes() {
         if node.health != Health::Healthy {
-            let why = match &node.health {
-                Health::Offline => "offline".to_owned(),
-                Health::DaemonDown(e) => format!("daemon unreachable: {e}"),
-                Health::Healthy => unreachable!("healthy nodes are not skipped"),
-            };
+            let why = node.health.describe();
             skipped.push((node.id.clone(), why));
             continue;
         }

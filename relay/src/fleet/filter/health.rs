@@ -25,6 +25,10 @@ impl Filter for Health {
         for node in nodes {
             let why = match (&node.health, node.writable) {
                 (view::Health::Offline, _) => "its agent is not connected".to_owned(),
+                (view::Health::Unlisted, _) => {
+                    "it connected a moment ago and the relay is still listing it; try again in a moment"
+                        .to_owned()
+                }
                 (view::Health::DaemonDown(e), _) => {
                     format!("its Docker daemon is unreachable ({e})")
                 }
@@ -56,7 +60,9 @@ mod tests {
         down.health = view::Health::DaemonDown("connection refused".into());
         let mut ro = node("ro");
         ro.writable = false;
-        let all = [&ok, &off, &down, &ro];
+        let mut new = node("new");
+        new.health = view::Health::Unlisted;
+        let all = [&ok, &off, &down, &ro, &new];
         let out = Health.filter(&Ask::default(), &all, all.to_vec(), true);
         assert_eq!(ids(&out.kept), ["ok"]);
         let why: Vec<_> = out
@@ -70,6 +76,7 @@ mod tests {
                 "off: its agent is not connected",
                 "down: its Docker daemon is unreachable (connection refused)",
                 "ro: its agent's policy refuses calls that change the node",
+                "new: it connected a moment ago and the relay is still listing it; try again in a moment",
             ]
         );
     }
