@@ -79,29 +79,31 @@ pub(super) async fn ask(
     carry(front, &kept, caller, node.clone(), &rest, req).await
 }
 
-/// A call the relay makes itself that changes `node`: `method` on
-/// `path_and_query`, with a JSON body or none.
+/// A call the relay makes to `node` for `caller` with a body in full:
+/// `method` on `path_and_query`, with `headers` (the client's, for the
+/// fleet's own calls: content type, registry auth; its length and
+/// framing are the new body's).
 pub(super) async fn send(
     front: &Front,
     caller: &Caller,
     node: &NodeId,
     method: http::Method,
     path_and_query: &str,
-    body: Option<String>,
+    headers: &http::HeaderMap,
+    body: Bytes,
 ) -> Result<Response<Body>, CallError> {
     let uri = Uri::try_from(path_and_query).map_err(CallError::InvalidPath)?;
     let rest = uri.path().to_owned();
-    let mut req = Request::new(Either::Right(Full::new(Bytes::from(
-        body.unwrap_or_default(),
-    ))));
+    let mut req = Request::new(Either::Right(Full::new(body)));
     *req.method_mut() = method;
     *req.uri_mut() = uri;
+    for (name, value) in headers {
+        if name != http::header::CONTENT_LENGTH && name != http::header::TRANSFER_ENCODING {
+            req.headers_mut().append(name, value.clone());
+        }
+    }
     req.headers_mut()
         .insert(http::header::HOST, HeaderValue::from_static("docker"));
-    req.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     carry(
         front,
         &KeptStream::default(),
@@ -111,6 +113,15 @@ pub(super) async fn send(
         req,
     )
     .await
+}
+
+/// The sentence of a Docker-style error body (`{"message": ...}`), or the
+/// body itself when it is not one.
+pub(super) fn docker_message(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| Some(v.get("message")?.as_str()?.to_owned()))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }
 
 /// Carries one call of `caller` to `node` with the Docker path `rest`,
@@ -181,10 +192,7 @@ pub(super) async fn ask_json(
         .map_err(|e| failed(None, format!("the answer broke off: {e}")))?
         .to_bytes();
     if !status.is_success() {
-        let message = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| Some(v.get("message")?.as_str()?.to_owned()))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        let message = docker_message(&body);
         return Err(failed(Some(status), format!("{status}: {message}")));
     }
     serde_json::from_slice(&body)

@@ -99,7 +99,13 @@ impl NodeCalls for FrontCalls {
                 status: Some(e.status()),
                 reason: e.to_string(),
             };
-            let resp = asks::send(&self.0, &caller, node, method, path, body)
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            let body = bytes::Bytes::from(body.unwrap_or_default());
+            let resp = asks::send(&self.0, &caller, node, method, path, &headers, body)
                 .await
                 .map_err(failed)?;
             let status = resp.status();

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tunnelgate_proto::NodeId;
 
-use super::super::asks::carry;
+use super::super::asks::{self, carry};
 use super::super::routes::query_pairs;
 use super::calls::FrontCalls;
 use super::{Ctx, NODE_HEADER};
@@ -27,33 +27,11 @@ use crate::fleet::reach::{refresh_container, refresh_images};
 use crate::fleet::view::Health;
 use crate::fleet::{place, Ask};
 use crate::respond::{json as json_response, Body, ChannelBody, LastWord};
-use crate::upstream::KeptStream;
 
 /// The largest create body the fleet reads (Docker's are a few KiB).
 const MAX_CREATE_BODY: usize = 4 << 20;
 /// How many candidates a create is tried on before its error is final.
 const MAX_TRIES: usize = 3;
-
-/// A request with a body in full, with the headers of the client's that
-/// the node needs (content type, registry auth), for the path `rest`.
-fn request(
-    method: Method,
-    rest: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<Request<crate::upstream::CallBody>, CallError> {
-    let mut req = Request::new(Either::Right(Full::new(body)));
-    *req.method_mut() = method;
-    *req.uri_mut() = http::Uri::try_from(rest).map_err(CallError::InvalidPath)?;
-    for (name, value) in headers {
-        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
-            req.headers_mut().append(name, value.clone());
-        }
-    }
-    req.headers_mut()
-        .insert(header::HOST, HeaderValue::from_static("docker"));
-    Ok(req)
-}
 
 /// Sends `method path_and_query` with `body` to `node` for the caller.
 pub(super) async fn send(
@@ -64,7 +42,7 @@ pub(super) async fn send(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response<Body>, CallError> {
-    send_as(
+    asks::send(
         cx.front,
         cx.caller,
         node,
@@ -72,29 +50,6 @@ pub(super) async fn send(
         path_and_query,
         headers,
         body,
-    )
-    .await
-}
-
-/// [`send`] for a task that holds the front and caller itself.
-async fn send_as(
-    front: &super::Front,
-    caller: &super::Caller,
-    node: &NodeId,
-    method: Method,
-    path_and_query: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<Response<Body>, CallError> {
-    let path = path_and_query.split('?').next().unwrap_or_default();
-    let req = request(method, path_and_query, headers, body)?;
-    carry(
-        front,
-        &KeptStream::default(),
-        caller,
-        node.clone(),
-        path,
-        req,
     )
     .await
 }
@@ -109,13 +64,6 @@ async fn whole(resp: Response<Body>) -> (StatusCode, http::HeaderMap, Bytes) {
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     (parts.status, parts.headers, bytes)
-}
-
-fn message_of(body: &[u8]) -> String {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| Some(v.get("message")?.as_str()?.to_owned()))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }
 
 /// A create request's JSON body, read up to [`MAX_CREATE_BODY`].
@@ -221,8 +169,8 @@ async fn create_on(
 ) -> Result<(StatusCode, HeaderMap, Bytes), CallError> {
     let post = |body: Bytes| send(cx, node, Method::POST, rest, headers, body);
     let first = whole(post(body.clone()).await?).await;
-    let missing =
-        first.0 == StatusCode::NOT_FOUND && message_of(&first.2).starts_with("No such image");
+    let missing = first.0 == StatusCode::NOT_FOUND
+        && asks::docker_message(&first.2).starts_with("No such image");
     if !missing || image.is_empty() {
         return Ok(first);
     }
@@ -259,7 +207,7 @@ async fn pull_one(
         .map_err(|e| e.to_string())?;
     let (status, _, body) = whole(resp).await;
     if !status.is_success() {
-        return Err(message_of(&body));
+        return Err(asks::docker_message(&body));
     }
     let error = body
         .split(|b| *b == b'\n')
@@ -307,11 +255,11 @@ pub(super) async fn pull(
             );
             pulls.spawn(async move {
                 let resp =
-                    send_as(&front, &caller, &node, Method::POST, &rest, &headers, Bytes::new())
+                    asks::send(&front, &caller, &node, Method::POST, &rest, &headers, Bytes::new())
                         .await;
                 let outcome = match resp {
                     Err(e) => Err(e.to_string()),
-                    Ok(resp) if !resp.status().is_success() => Err(message_of(&whole(resp).await.2)),
+                    Ok(resp) if !resp.status().is_success() => Err(asks::docker_message(&whole(resp).await.2)),
                     Ok(resp) => relay_progress(&node, resp.into_body(), &tx).await,
                 };
                 let calls = FrontCalls(front.clone());
@@ -606,7 +554,7 @@ pub(super) async fn image_everywhere(
         .collect();
     let Some((_, (status, _, _))) = done.first() else {
         let (node, (status, _, body)) = &answers[0];
-        let message = format!("node {node}: {}", message_of(body));
+        let message = format!("node {node}: {}", asks::docker_message(body));
         return Ok(crate::respond::docker_error(*status, &message));
     };
     let merged: Vec<Value> = done
