@@ -68,15 +68,18 @@ pub(super) async fn ask(
     node: &NodeId,
     path_and_query: &str,
 ) -> Result<Response<Body>, CallError> {
-    let uri = Uri::try_from(path_and_query).map_err(CallError::InvalidPath)?;
-    let rest = uri.path().to_owned();
-    let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
-    *req.uri_mut() = uri;
-    // HTTP/1.1 needs one; the daemon ignores its value.
-    req.headers_mut()
-        .insert(http::header::HOST, HeaderValue::from_static("docker"));
-    let kept = KeptStream::default();
-    carry(front, &kept, caller, node.clone(), &rest, req).await
+    let no_headers = http::HeaderMap::new();
+    let get = http::Method::GET;
+    send(
+        front,
+        caller,
+        node,
+        get,
+        path_and_query,
+        &no_headers,
+        Bytes::new(),
+    )
+    .await
 }
 
 /// A call the relay makes to `node` for `caller` with a body in full:
