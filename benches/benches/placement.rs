@@ -58,6 +58,7 @@ fn node(n: usize) -> Node {
     node.images.push(Image {
         id: format!("sha256:{n:064x}"),
         tags: vec!["registry.example.com/team/app:1.2.3".into()],
+        ..Default::default()
     });
     for i in 0..PER_NODE {
         node.put_container(Container {

@@ -680,6 +680,155 @@ fn pull_reaches_every_node_and_a_run_pulls_on_the_node_it_chose() {
 }
 
 #[test]
+fn images_are_built_committed_saved_loaded_and_imported_where_the_fleet_says() {
+    let three = Three::start(&[]);
+    let fleet = three.fleet();
+    let has = |i: usize, image: &str| {
+        three.daemons[i]
+            .1
+            .docker()
+            .output_with_stdin(&["image", "inspect", image], b"")
+            .unwrap()
+            .status
+            .success()
+    };
+    let on = |image: &str| -> Vec<usize> { (0..3).filter(|i| has(*i, image)).collect() };
+    // `docker images` on the fleet, as `node/repo:tag`, from the view.
+    let listed = || -> Vec<String> {
+        let out = fleet
+            .ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .unwrap();
+        out.lines().map(str::to_owned).collect()
+    };
+    let work = tempfile::tempdir().unwrap();
+
+    // build: placed by the constraint given as a build arg, which the
+    // node's builder never sees.
+    let context = work.path().join("context");
+    std::fs::create_dir(&context).unwrap();
+    std::fs::write(
+        context.join("Dockerfile"),
+        "FROM busybox\nRUN echo built > /built\n",
+    )
+    .unwrap();
+    let out = fleet
+        .output_with_stdin(
+            &[
+                "build",
+                "--network",
+                "none",
+                "--build-arg",
+                "constraint:node==n3",
+                "-t",
+                "made:1",
+                context.to_str().unwrap(),
+            ],
+            b"",
+        )
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("not consumed"), "{said}");
+    assert_eq!(on("made:1"), [2], "{said}");
+    let images = listed();
+    assert!(images.contains(&"n3/made:1".to_owned()), "{images:?}");
+    assert!(!images.contains(&"n1/made:1".to_owned()), "{images:?}");
+    for node in ["n1", "n2", "n3"] {
+        assert!(
+            images.contains(&format!("{node}/busybox:latest")),
+            "{images:?}"
+        );
+    }
+    let nowhere = fleet
+        .output_with_stdin(
+            &[
+                "build",
+                "--build-arg",
+                "constraint:node==n9",
+                "-t",
+                "no:1",
+                context.to_str().unwrap(),
+            ],
+            b"",
+        )
+        .unwrap();
+    let said = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(
+        !nowhere.status.success() && said.contains("constraint"),
+        "{said}"
+    );
+
+    // commit: on the container's node, and in the next `docker images`.
+    fleet
+        .ok(&[
+            "run",
+            "--network",
+            "none",
+            "--name",
+            "to-commit",
+            "-e",
+            "constraint:node==n2",
+            "busybox",
+            "sh",
+            "-c",
+            "echo kept > /kept",
+        ])
+        .unwrap();
+    fleet.ok(&["commit", "to-commit", "snap:1"]).unwrap();
+    assert_eq!(on("snap:1"), [1]);
+    assert!(listed().contains(&"n2/snap:1".to_owned()));
+    let kept = fleet
+        .ok(&["run", "--rm", "--network", "none", "snap:1", "cat", "/kept"])
+        .unwrap();
+    assert_eq!(kept.trim(), "kept");
+
+    // save from the node that has it; load onto every node.
+    let archive = work.path().join("made.tar");
+    fleet
+        .ok(&["save", "-o", archive.to_str().unwrap(), "made:1"])
+        .unwrap();
+    assert!(std::fs::metadata(&archive).unwrap().len() > 1024);
+    let missing = fleet
+        .output_with_stdin(
+            &[
+                "save",
+                "-o",
+                work.path().join("no.tar").to_str().unwrap(),
+                "nosuch:1",
+            ],
+            b"",
+        )
+        .unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("No such image: nosuch:1"));
+    let out = fleet
+        .ok(&["load", "-i", archive.to_str().unwrap()])
+        .unwrap();
+    for node in ["n1", "n2", "n3"] {
+        assert!(
+            out.contains(&format!("{node}: Loaded image: made:1")),
+            "{out}"
+        );
+    }
+    assert_eq!(on("made:1"), [0, 1, 2]);
+
+    // import: a file system archive, made into an image on every node.
+    let rootfs = work.path().join("rootfs.tar");
+    fleet
+        .ok(&["export", "-o", rootfs.to_str().unwrap(), "to-commit"])
+        .unwrap();
+    let out = fleet
+        .ok(&["import", rootfs.to_str().unwrap(), "imported:1"])
+        .unwrap();
+    assert!(out.contains("imported on 3 of 3 nodes"), "{out}");
+    assert_eq!(on("imported:1"), [0, 1, 2]);
+    three.clear();
+}
+
+#[test]
 fn a_container_of_a_failed_node_is_rescheduled_and_its_stale_copy_removed() {
     let mut three = Three::start(&["--fleet-reschedule-grace", "2s"]);
     let fleet = three.fleet();

@@ -315,6 +315,7 @@ pub fn images_from_list(list: &Value) -> Vec<Image> {
                 .filter(|t| !t.starts_with("<none>"))
                 .map(str::to_owned)
                 .collect(),
+            listing: Some(std::sync::Arc::from(i.to_string())),
         })
         .collect()
 }

@@ -218,6 +218,9 @@ pub struct Image {
     pub id: String,
     /// `repo:tag` names.
     pub tags: Vec<String>,
+    /// The node's `GET /images/json` item for it, as it came, so
+    /// `docker images` on the fleet answers from the view.
+    pub listing: Option<std::sync::Arc<str>>,
 }
 
 impl Image {
@@ -365,6 +368,7 @@ mod tests {
         let image = Image {
             id: "sha256:0123456789abcdef".into(),
             tags: vec!["busybox:latest".into(), "reg:5000/tools/sh:1.2".into()],
+            ..Default::default()
         };
         for name in [
             "busybox",

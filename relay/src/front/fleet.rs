@@ -2,9 +2,10 @@
 //! the caller's tenant (`DOCKER_HOST=tcp://RELAY:7375/fleet`, as Swarm
 //! gave one endpoint over many hosts).
 //!
-//! Reads (`info`, `ps`) answer from the tenant's cached view
+//! Reads (`info`, `ps`, `images`) answer from the tenant's cached view
 //! ([`crate::fleet::cache`], kept by [`calls`]); `docker run` and
-//! `create` are placed by [`crate::fleet::place`] ([`writes`]); every call
+//! `create` are placed by [`crate::fleet::place`] ([`writes`]), and so is
+//! `build` ([`images`]); every call
 //! about an existing container or exec instance goes to its node, found
 //! from the view by `node/name`, bare name, id or id prefix. Containers
 //! are listed as `<node-id>/<name>`. A node that is offline is skipped
@@ -13,6 +14,7 @@
 //! placement and never touches a session or route itself.
 
 mod calls;
+mod images;
 mod objects;
 mod ps_query;
 mod writes;
@@ -98,14 +100,18 @@ pub(super) async fn serve(
         ("GET", ["version"]) => Ok(version_of(front, caller.tenant())),
         ("GET", ["info"]) => Ok(info(&cx)),
         ("GET", ["containers", "json"]) => Ok(ps(&cx, query.as_deref()).await),
-        ("GET", ["images", "json"]) => Ok(images(front, caller, query.as_deref()).await),
+        ("GET", ["images", "json"]) => Ok(images::list(&cx, query.as_deref()).await),
+        ("GET", ["images", "get"]) => images::save(&cx, query.as_deref(), req).await,
+        ("POST", ["images", "load"]) => images::load(&cx, query.as_deref(), req).await,
+        ("POST", ["build"]) => images::build(&cx, query.as_deref(), req).await,
+        ("POST", ["commit"]) => images::commit(&cx, query.as_deref(), req).await,
         ("GET", ["events"]) => Ok(events::fan_in(
             front.clone(),
             caller.clone(),
             query.as_deref(),
         )),
         ("POST", ["containers", "create"]) => writes::create(&cx, query.as_deref(), req).await,
-        ("POST", ["images", "create"]) => writes::pull(&cx, query.as_deref(), req).await,
+        ("POST", ["images", "create"]) => images::create(&cx, query.as_deref(), req).await,
         // `node/name`, as `ps` lists it: the docker CLI sends the slash.
         (_, ["containers", node, name, tail @ ..])
             if is_node(node) && (!tail.is_empty() || method == Method::DELETE) =>
@@ -131,13 +137,13 @@ pub(super) async fn serve(
             objects::on_node(&cx, kind, node, name, tail, req).await
         }
         ("POST", ["images", name @ .., "tag"]) if !name.is_empty() => {
-            writes::image_everywhere(&cx, &name.join("/"), "/tag", query.as_deref(), req).await
+            images::everywhere(&cx, &name.join("/"), "/tag", query.as_deref(), req).await
         }
         ("DELETE", ["images", name @ ..]) if !name.is_empty() => {
-            writes::image_everywhere(&cx, &name.join("/"), "", query.as_deref(), req).await
+            images::everywhere(&cx, &name.join("/"), "", query.as_deref(), req).await
         }
-        ("GET", ["images", name @ .., last @ ("json" | "history")]) if !name.is_empty() => {
-            writes::image_read(&cx, &name.join("/"), last, req).await
+        ("GET", ["images", name @ .., last @ ("json" | "history" | "get")]) if !name.is_empty() => {
+            images::read(&cx, &name.join("/"), last, req).await
         }
         (_, ["exec", id, tail @ ..]) if !tail.is_empty() => {
             writes::exec_call(&cx, id, tail, req).await
@@ -482,8 +488,12 @@ async fn ps_asking_every_node(
     )
 }
 
-/// `docker images` over the fleet: repository names prefixed with the node.
-async fn images(front: &Arc<Front>, caller: &Caller, query: Option<&str>) -> Response<Body> {
+/// `docker images` asking each node, for filters the view cannot answer.
+async fn images_asking_every_node(
+    front: &Arc<Front>,
+    caller: &Caller,
+    query: Option<&str>,
+) -> Response<Body> {
     let parts = ask_all(front, caller, &with_query("/images/json", query)).await;
     let all = merged(&parts, "RepoTags", |node, tag| {
         (!tag.starts_with("<none>")).then(|| format!("{node}/{tag}"))

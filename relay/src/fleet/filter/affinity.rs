@@ -100,6 +100,7 @@ mod tests {
         b.images.push(Image {
             id: "sha256:beef".into(),
             tags: vec!["redis:7".into()],
+            ..Default::default()
         });
         let all = [&a, &b];
         assert_eq!(ids(&run(&["container==web"], &all).kept), ["a"]);

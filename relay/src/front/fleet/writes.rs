@@ -1,20 +1,16 @@
-//! The fleet's calls that reach one node or several: a create placed by
-//! the fleet's filters and strategy and tried on its candidates in order;
-//! a pull on every node that can take containers, with each node's
-//! progress; and every call about an existing container or exec instance,
-//! carried to the node that has it. After each write it carries, the
+//! The fleet's container calls: a create placed by the fleet's filters
+//! and strategy and tried on its candidates in order, and every call
+//! about an existing container or exec instance, carried to the node
+//! that has it. After each write it carries, the
 //! container is fetched again into the view, so the caller's next read
 //! sees it.
 
-use std::sync::Arc;
-
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tunnelgate_proto::NodeId;
 
 use super::super::asks::{self, carry};
@@ -23,10 +19,9 @@ use super::calls::FrontCalls;
 use super::{Ctx, NODE_HEADER};
 use crate::error::CallError;
 use crate::fleet::cache::{self, Found};
-use crate::fleet::reach::{refresh_container, refresh_images};
-use crate::fleet::view::Health;
+use crate::fleet::reach::refresh_container;
 use crate::fleet::{place, Ask};
-use crate::respond::{json as json_response, Body, ChannelBody, LastWord};
+use crate::respond::{json as json_response, Body};
 
 /// The largest create body the fleet reads (Docker's are a few KiB).
 const MAX_CREATE_BODY: usize = 4 << 20;
@@ -56,7 +51,7 @@ pub(super) async fn send(
 
 /// A whole answer's status, headers and body (an answer that breaks off
 /// reads as what arrived; the status says what the node meant).
-async fn whole(resp: Response<Body>) -> (StatusCode, http::HeaderMap, Bytes) {
+pub(super) async fn whole(resp: Response<Body>) -> (StatusCode, http::HeaderMap, Bytes) {
     let (parts, body) = resp.into_parts();
     let bytes = body
         .collect()
@@ -119,9 +114,22 @@ pub(super) async fn create(
         None => format!("{}/containers/create", cx.version),
     };
     let mut last = None;
-    for node in placed.ranked.iter().take(MAX_TRIES) {
-        let (status, headers, answer) =
-            create_on(cx, node, &rest, &parts.headers, body.clone(), &ask.image).await?;
+    let (mut tries, mut unpullable) = (0, false);
+    for node in &placed.ranked {
+        // An image that could not be pulled onto one candidate is looked
+        // for on the others that already have it.
+        let has_image = || cx.view.node(node).is_some_and(|n| n.has_image(&ask.image));
+        if tries == MAX_TRIES || (unpullable && !has_image()) {
+            continue;
+        }
+        tries += 1;
+        let tried = create_on(cx, node, &rest, &parts.headers, body.clone(), &ask.image).await?;
+        let (status, headers, answer) = tried.answer;
+        if tried.pull_failed {
+            unpullable = true;
+            last.get_or_insert((status, headers, answer, node.clone()));
+            continue;
+        }
         if status == StatusCode::CREATED {
             placements.with_label_values(&["placed"]).inc();
             let mut answer: Value = serde_json::from_slice(&answer).unwrap_or(json!({}));
@@ -141,11 +149,11 @@ pub(super) async fn create(
             set_node(resp.headers_mut(), node);
             return Ok(resp);
         }
-        let conflict = status == StatusCode::CONFLICT;
         last = Some((status, headers, answer, node.clone()));
         // A name taken on this node since the view last saw it: the fleet's
-        // names are one namespace, so the conflict is the answer.
-        if conflict || status.is_client_error() {
+        // names are one namespace, so the conflict is the answer; so is
+        // any other refusal of the request itself.
+        if status.is_client_error() {
             break;
         }
     }
@@ -157,6 +165,13 @@ pub(super) async fn create(
     Ok(resp)
 }
 
+/// One try of a create on `node`.
+struct Tried {
+    answer: (StatusCode, HeaderMap, Bytes),
+    /// The node lacked the image and could not pull it.
+    pull_failed: bool,
+}
+
 /// One try of a create on `node`: pulls the image there and tries again
 /// once if the node does not have it.
 async fn create_on(
@@ -166,21 +181,30 @@ async fn create_on(
     headers: &HeaderMap,
     body: Bytes,
     image: &str,
-) -> Result<(StatusCode, HeaderMap, Bytes), CallError> {
+) -> Result<Tried, CallError> {
     let post = |body: Bytes| send(cx, node, Method::POST, rest, headers, body);
     let first = whole(post(body.clone()).await?).await;
     let missing = first.0 == StatusCode::NOT_FOUND
         && asks::docker_message(&first.2).starts_with("No such image");
     if !missing || image.is_empty() {
-        return Ok(first);
+        return Ok(Tried {
+            answer: first,
+            pull_failed: false,
+        });
     }
     let (from, tag) = split_image(image);
     let pull_path = format!("{}/images/create?fromImage={from}&tag={tag}", cx.version);
-    let pulled = pull_one(cx, node, &pull_path, headers).await;
+    let pulled = super::images::pull_one(cx, node, &pull_path, headers).await;
     if pulled.is_err() {
-        return Ok(first);
+        return Ok(Tried {
+            answer: first,
+            pull_failed: true,
+        });
     }
-    Ok(whole(post(body).await?).await)
+    Ok(Tried {
+        answer: whole(post(body).await?).await,
+        pull_failed: false,
+    })
 }
 
 /// `repo:tag` split as `docker pull` sends it (a registry port is not a tag).
@@ -193,151 +217,6 @@ fn split_image(image: &str) -> (String, String) {
         }
         _ => (image.to_owned(), "latest".to_owned()),
     }
-}
-
-/// Pulls on one node to the end; `Err` with the node's words if it failed.
-async fn pull_one(
-    cx: &Ctx<'_>,
-    node: &NodeId,
-    rest: &str,
-    headers: &HeaderMap,
-) -> Result<(), String> {
-    let resp = send(cx, node, Method::POST, rest, headers, Bytes::new())
-        .await
-        .map_err(|e| e.to_string())?;
-    let (status, _, body) = whole(resp).await;
-    if !status.is_success() {
-        return Err(asks::docker_message(&body));
-    }
-    let error = body
-        .split(|b| *b == b'\n')
-        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
-        .find_map(|v| Some(v.get("error")?.as_str()?.to_owned()));
-    let calls = FrontCalls(cx.front.clone());
-    refresh_images(&cx.view, &calls, cx.caller.tenant(), node).await;
-    error.map_or(Ok(()), Err)
-}
-
-/// `docker pull` on the fleet: on every node that can take containers at
-/// once, each node's progress lines tagged with it, then one line per
-/// node saying how it ended. An error only if every node failed.
-pub(super) async fn pull(
-    cx: &Ctx<'_>,
-    query: Option<&str>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, CallError> {
-    let rest = match query {
-        Some(q) => format!("{}/images/create?{q}", cx.version),
-        None => format!("{}/images/create", cx.version),
-    };
-    let headers = req.headers().clone();
-    let targets: Vec<NodeId> = cx
-        .view
-        .nodes()
-        .iter()
-        .filter(|n| n.health == Health::Healthy && n.writable)
-        .map(|n| n.id.clone())
-        .collect();
-    let (tx, rx) = mpsc::channel::<Bytes>(256);
-    let last = Arc::new(LastWord::default());
-    let (front, caller, view) = (cx.front.clone(), cx.caller.clone(), cx.view.clone());
-    let tasks = front.tasks.clone();
-    tasks.spawn(async move {
-        let mut pulls = tokio::task::JoinSet::new();
-        for node in targets.clone() {
-            let (front, caller, rest, headers, tx, view) = (
-                front.clone(),
-                caller.clone(),
-                rest.clone(),
-                headers.clone(),
-                tx.clone(),
-                view.clone(),
-            );
-            pulls.spawn(async move {
-                let resp =
-                    asks::send(&front, &caller, &node, Method::POST, &rest, &headers, Bytes::new())
-                        .await;
-                let outcome = match resp {
-                    Err(e) => Err(e.to_string()),
-                    Ok(resp) if !resp.status().is_success() => Err(asks::docker_message(&whole(resp).await.2)),
-                    Ok(resp) => relay_progress(&node, resp.into_body(), &tx).await,
-                };
-                let calls = FrontCalls(front.clone());
-                refresh_images(&view, &calls, caller.tenant(), &node).await;
-                (node, outcome)
-            });
-        }
-        let mut failed = Vec::new();
-        let mut done = 0;
-        while let Some(Ok((node, outcome))) = pulls.join_next().await {
-            let line = match &outcome {
-                Ok(()) => {
-                    done += 1;
-                    json!({"status": format!("{node}: pulled")})
-                }
-                Err(why) => {
-                    failed.push(format!("{node}: {why}"));
-                    json!({"status": format!("{node}: failed: {why}")})
-                }
-            };
-            let _ = tx.send(Bytes::from(format!("{line}\n"))).await;
-        }
-        let end = match (done, targets.len()) {
-            (_, 0) => json!({"error": "no node of the fleet can take an image now: none is online with its daemon up",
-                             "errorDetail": {"message": "no node of the fleet is online"}}),
-            (0, _) => {
-                let why = format!("the pull failed on every node: {}", failed.join("; "));
-                json!({"error": why, "errorDetail": {"message": why}})
-            }
-            (n, all) => json!({"status": format!("pulled on {n} of {all} nodes")}),
-        };
-        let _ = tx.send(Bytes::from(format!("{end}\n"))).await;
-    });
-    let mut resp = Response::new(ChannelBody::boxed_body(rx, last));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
-}
-
-/// Passes one node's pull progress on, each line tagged with the node;
-/// `Err` with the node's words if it reported an error.
-async fn relay_progress(
-    node: &NodeId,
-    mut body: Body,
-    tx: &mpsc::Sender<Bytes>,
-) -> Result<(), String> {
-    let mut buf = BytesMut::new();
-    let mut error = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("the pull broke off: {e}"))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        buf.extend_from_slice(&data);
-        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-            let line = buf.split_to(end + 1);
-            let Ok(mut v) = serde_json::from_slice::<Value>(&line) else {
-                continue;
-            };
-            if let Some(e) = v.get("error").and_then(Value::as_str) {
-                error = Some(e.to_owned());
-                continue;
-            }
-            match v.get("id").and_then(Value::as_str) {
-                Some(id) => v["id"] = json!(format!("{node}: {id}")),
-                None => {
-                    let status = v["status"].as_str().unwrap_or_default().to_owned();
-                    v["status"] = json!(format!("{node}: {status}"));
-                }
-            }
-            if tx.send(Bytes::from(format!("{v}\n"))).await.is_err() {
-                return Err("the client left".into());
-            }
-        }
-    }
-    error.map_or(Ok(()), Err)
 }
 
 pub(super) fn set_node(headers: &mut HeaderMap, node: &NodeId) {
@@ -354,7 +233,7 @@ fn copy_route(from: &HeaderMap, to: &mut HeaderMap) {
 
 /// Where container `name` is: from the view, else asking every node (a
 /// container made on a node directly a moment ago).
-async fn resolve(cx: &Ctx<'_>, name: &str) -> Result<(NodeId, String), CallError> {
+pub(super) async fn resolve(cx: &Ctx<'_>, name: &str) -> Result<(NodeId, String), CallError> {
     match cache::find(&cx.view.nodes(), name) {
         Found::At(node, id) => Ok((node, id)),
         Found::Ambiguous(nodes) => Err(CallError::FleetAmbiguous {
@@ -477,101 +356,6 @@ async fn with_node_in_inspect(
         parts,
         Full::new(body).map_err(|never| match never {}).boxed(),
     )
-}
-
-/// `docker image inspect` or `history` on the fleet: from a node that
-/// can take calls and has the image (the first by id), or Docker's own
-/// "No such image" so the client pulls it.
-pub(super) async fn image_read(
-    cx: &Ctx<'_>,
-    name: &str,
-    what: &str,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, CallError> {
-    let node = cx
-        .view
-        .nodes()
-        .iter()
-        .find(|n| n.health == Health::Healthy && n.has_image(name))
-        .map(|n| n.id.clone())
-        .ok_or_else(|| CallError::FleetNoImage(name.to_owned()))?;
-    let rest = format!("{}/images/{name}/{what}", cx.version);
-    let req = req.map(Either::Left);
-    let mut resp = carry(cx.front, &cx.conn.kept, cx.caller, node.clone(), &rest, req).await?;
-    set_node(resp.headers_mut(), &node);
-    Ok(resp)
-}
-
-/// `docker tag` and `docker rmi` on the fleet: on every live node that
-/// has the image, at once. The answer is each node's, merged (`rmi`'s
-/// lists of what went), with the nodes in `X-Tunnelgate-Node`; an error
-/// only when every node refused, with the first node's words.
-pub(super) async fn image_everywhere(
-    cx: &Ctx<'_>,
-    name: &str,
-    suffix: &str,
-    query: Option<&str>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, CallError> {
-    let method = req.method().clone();
-    let headers = req.headers().clone();
-    let nodes: Vec<NodeId> = cx
-        .view
-        .nodes()
-        .iter()
-        .filter(|n| n.health == Health::Healthy && n.has_image(name))
-        .map(|n| n.id.clone())
-        .collect();
-    if nodes.is_empty() {
-        return Err(CallError::FleetNoImage(name.to_owned()));
-    }
-    let path = match query {
-        Some(q) => format!("{}/images/{name}{suffix}?{q}", cx.version),
-        None => format!("{}/images/{name}{suffix}", cx.version),
-    };
-    let calls = nodes.iter().map(|node| {
-        let (method, path, headers) = (method.clone(), path.clone(), headers.clone());
-        async move {
-            let answer = send(cx, node, method, &path, &headers, Bytes::new()).await;
-            let answer = match answer {
-                Ok(resp) => whole(resp).await,
-                Err(e) => (e.status(), HeaderMap::new(), Bytes::from(e.to_string())),
-            };
-            refresh_images(
-                &cx.view,
-                &FrontCalls(cx.front.clone()),
-                cx.caller.tenant(),
-                node,
-            )
-            .await;
-            (node.clone(), answer)
-        }
-    });
-    let answers = futures_util::future::join_all(calls).await;
-    let done: Vec<&(NodeId, (StatusCode, HeaderMap, Bytes))> = answers
-        .iter()
-        .filter(|(_, (status, _, _))| status.is_success())
-        .collect();
-    let Some((_, (status, _, _))) = done.first() else {
-        let (node, (status, _, body)) = &answers[0];
-        let message = format!("node {node}: {}", asks::docker_message(body));
-        return Ok(crate::respond::docker_error(*status, &message));
-    };
-    let merged: Vec<Value> = done
-        .iter()
-        .filter_map(|(_, (_, _, body))| serde_json::from_slice::<Vec<Value>>(body).ok())
-        .flatten()
-        .collect();
-    let body = match method == Method::DELETE {
-        true => Value::Array(merged).to_string(),
-        false => String::new(),
-    };
-    let mut resp = json_response(*status, body);
-    let names: Vec<&str> = done.iter().map(|(n, _)| n.as_str()).collect();
-    if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
-        resp.headers_mut().insert(NODE_HEADER, v);
-    }
-    Ok(resp)
 }
 
 /// A call about an exec instance, carried to the node that made it.
