@@ -13,7 +13,9 @@
 //! Holders also share what their agents advertise of a direct path (the
 //! node's daemon endpoints and daemon ID, [`DirectAd`]), so every relay
 //! can probe a node's daemon on its own and go direct to a node it holds
-//! no session of.
+//! no session of; and each node's facts as `/v1/nodes` shows them
+//! (hostname, labels, versions, daemon health), kept as the holder's JSON
+//! text, so every relay can list and place onto the nodes its peers hold.
 //!
 //! This module knows nothing of sessions, HTTP or peers' connections: it
 //! keeps names and addresses.
@@ -76,6 +78,8 @@ pub(crate) struct Mirror {
     locations: HashMap<NodeKey, Vec<Location>>,
     /// What each holder shares of a node's direct path.
     directs: HashMap<NodeKey, HashMap<RelayId, DirectAd>>,
+    /// Each holder's record of a node's facts (JSON).
+    facts: HashMap<NodeKey, HashMap<RelayId, Arc<str>>>,
     /// Bumped on every membership change, for [`Registry::membership`].
     changed: Option<tokio::sync::watch::Sender<u64>>,
     /// Whether the mirror was ever filled from the registry.
@@ -100,6 +104,7 @@ impl Mirror {
         self.members.clear();
         self.locations.clear();
         self.directs.clear();
+        self.facts.clear();
         self.bump();
     }
 
@@ -145,6 +150,19 @@ impl Mirror {
             ads.remove(relay_id);
             if ads.is_empty() {
                 self.directs.remove(key);
+            }
+        }
+    }
+
+    pub(crate) fn set_facts(&mut self, key: NodeKey, relay_id: RelayId, json: Arc<str>) {
+        self.facts.entry(key).or_default().insert(relay_id, json);
+    }
+
+    pub(crate) fn remove_facts(&mut self, key: &NodeKey, relay_id: &RelayId) {
+        if let Some(records) = self.facts.get_mut(key) {
+            records.remove(relay_id);
+            if records.is_empty() {
+                self.facts.remove(key);
             }
         }
     }
@@ -307,8 +325,42 @@ impl Registry {
     /// [`Registry::publish`]; a node no longer in `own` is withdrawn.
     pub fn share_direct(&self, own: &HashMap<NodeKey, DirectAd>) {
         if let Backend::Etcd(etcd) = &self.backend {
-            etcd.share_direct(own);
+            let own = own
+                .iter()
+                .map(|(key, ad)| {
+                    let json = serde_json::to_string(ad).expect("an advertisement serializes");
+                    (key.clone(), json)
+                })
+                .collect();
+            etcd.share(etcd::Shared::Direct, own);
         }
+    }
+
+    /// Whether other relays can read what this one shares (etcd).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Etcd(_))
+    }
+
+    /// Shares the facts of the nodes this relay holds, `own` being all of
+    /// them now (each as `/v1/nodes` shows it, in JSON): for the other
+    /// relays to list and place onto. Only changes are written.
+    pub fn share_facts(&self, own: HashMap<NodeKey, String>) {
+        if let Backend::Etcd(etcd) = &self.backend {
+            etcd.share(etcd::Shared::Facts, own);
+        }
+    }
+
+    /// A node's facts as the newest of its other holders that is a member
+    /// shares them (JSON), if one does.
+    pub fn peer_facts(&self, key: &NodeKey) -> Option<Arc<str>> {
+        let mirror = self.read();
+        let records = mirror.facts.get(key)?;
+        mirror
+            .locations
+            .get(key)?
+            .iter()
+            .filter(|l| l.relay_id != self.me && mirror.members.contains_key(&l.relay_id))
+            .find_map(|l| records.get(&l.relay_id).cloned())
     }
 
     /// The direct paths of nodes that other relays hold and this one may

@@ -322,6 +322,12 @@ impl Relay {
                 .clone()
                 .run(sessions.clone(), registry.clone(), hard.clone()),
         );
+        tasks.spawn(share_facts(
+            sessions.clone(),
+            registry.clone(),
+            state.relay_id().clone(),
+            hard.clone(),
+        ));
         tasks.spawn(listen::run_quic(
             endpoint.clone(),
             agents.clone(),
@@ -577,6 +583,30 @@ async fn announce_members(
             let members = members.clone();
             let cmd: ControlCommand = Box::new(move |m| m.members_changed(members, spread));
             let _ = entry.control.try_send(cmd);
+        }
+    }
+}
+
+/// How often this relay's nodes' facts are compared with what it shares.
+const FACTS_EVERY: Duration = Duration::from_millis(500);
+
+/// Keeps the facts of the nodes held here shared in the registry, so a
+/// peer's node list and fleet know their hostnames, labels and health.
+/// Only what changed is written.
+async fn share_facts(
+    sessions: Arc<Sessions>,
+    registry: Arc<Registry>,
+    relay_id: tunnelgate_proto::RelayId,
+    stop: CancellationToken,
+) {
+    if !registry.is_shared() {
+        return;
+    }
+    let mut tick = tokio::time::interval(FACTS_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => registry.share_facts(sessions.facts(&relay_id)),
+            () = stop.cancelled() => return,
         }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tunnelgate_proto::{NodeId, NodeKey, RelayId, TenantId};
 
 use crate::registry::Registry;
-use crate::sessions::Sessions;
+use crate::sessions::{NodeView, Sessions};
 use crate::state::{NodeStatus, State};
 use crate::upstream::{Direct, Via};
 
@@ -91,6 +91,12 @@ impl Router {
             nodes.insert(view.node_id, Held::Here);
         }
         nodes.into_iter().collect()
+    }
+
+    /// A node a peer holds, as that peer shares it through the registry.
+    pub fn peer_view(&self, key: &NodeKey) -> Option<NodeView> {
+        let json = self.registry.peer_facts(key)?;
+        serde_json::from_str(&json).ok()
     }
 
     /// Where a call to `key` goes now. Only the caller's tenant is looked

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tunnelgate_proto::control::RelayControl;
 use tunnelgate_proto::message::{DockerFacts, Hello};
@@ -63,8 +63,9 @@ pub struct Entry {
     id: SessionId,
 }
 
-/// The JSON shape of a node in `/v1/nodes`.
-#[derive(Debug, Serialize)]
+/// The JSON shape of a node in `/v1/nodes`, and of its facts in the
+/// registry (without `rtt_ms`, which changes with every heartbeat).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeView {
     /// The node's id.
     pub node_id: NodeId,
@@ -79,7 +80,7 @@ pub struct NodeView {
     /// Why the daemon is unreachable, if it is.
     pub daemon_error: Option<String>,
     /// `quic` or `tcp`.
-    pub transport: &'static str,
+    pub transport: String,
     /// RFC 3339.
     pub connected_since: String,
     /// The last heartbeat round trip, in milliseconds.
@@ -185,6 +186,20 @@ impl Sessions {
         self.map.is_empty()
     }
 
+    /// Every node's facts as this relay shares them with the cluster: its
+    /// current session's view, in JSON, without the round trip time.
+    pub fn facts(&self, relay_id: &RelayId) -> std::collections::HashMap<NodeKey, String> {
+        self.map
+            .iter()
+            .filter_map(|e| {
+                let mut view = e.value().last()?.view(relay_id);
+                view.rtt_ms = None;
+                let json = serde_json::to_string(&view).expect("views serialize");
+                Some((e.key().clone(), json))
+            })
+            .collect()
+    }
+
     /// The node list of `tenant`, sorted by node id.
     pub fn views(&self, tenant: &TenantId, relay_id: &RelayId) -> Vec<NodeView> {
         let mut views: Vec<_> = self
@@ -225,7 +240,7 @@ impl Entry {
             docker_api_version: info.docker.api_version.clone(),
             daemon_reachable: info.docker.reachable,
             daemon_error: info.docker.error.clone(),
-            transport: self.session.transport().as_str(),
+            transport: self.session.transport().as_str().to_owned(),
             connected_since: humantime::format_rfc3339_seconds(info.connected_since).to_string(),
             rtt_ms: info.rtt.map(|d| d.as_secs_f64() * 1000.0),
             agent_version: info.hello.agent_version.clone(),

@@ -1094,6 +1094,8 @@ fn the_fleet_of_any_relay_places_onto_a_node_another_relay_holds() {
     )
     .arg("--relay-sessions")
     .arg("1")
+    .arg("--label")
+    .arg("zone=far-east")
     .spawn()
     .unwrap();
     let held = settled_holders(&etcd, "far", 1);
@@ -1103,6 +1105,33 @@ fn the_fleet_of_any_relay_places_onto_a_node_another_relay_holds() {
     };
     holder.wait_for_node("far").unwrap();
     wait_route(other, "far", "peer=");
+
+    // The relay that does not hold it lists its facts as its holder
+    // shares them through the registry.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let far = loop {
+        let (_, body) = support::http_get(other.api, "/v1/nodes?all=1").unwrap();
+        let nodes: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let far = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == "far")
+            .cloned()
+            .unwrap();
+        if far["labels"]["zone"] == "far-east" || Instant::now() > deadline {
+            break far;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(far["labels"]["zone"], "far-east", "{far}");
+    assert_eq!(far["relay_id"], held[0].as_str(), "{far}");
+    assert_eq!(far["status"], "connected", "{far}");
+    assert!(
+        far["hostname"].as_str().is_some_and(|h| !h.is_empty()),
+        "{far}"
+    );
+    assert!(far["docker_version"].is_string(), "{far}");
 
     // Through the relay that does not hold it, the fleet places by name.
     let fleet = Docker::new(format!("tcp://{}/fleet", other.api));
@@ -1117,6 +1146,8 @@ fn the_fleet_of_any_relay_places_onto_a_node_another_relay_holds() {
                 &name,
                 "-e",
                 "constraint:node==far",
+                "-e",
+                "constraint:zone==far-east",
                 "busybox",
                 "true",
             ],

@@ -2,7 +2,8 @@
 //! caller's tenant's connected nodes as JSON, each with the route this
 //! relay takes to it and its direct endpoints' health. With `?all=1` the
 //! list is the whole fleet, each node with its `status` (`connected`,
-//! `daemon unreachable`, `offline`) and the relay that holds it; with
+//! `daemon unreachable`, `offline`) and the relay that holds it (a peer's
+//! nodes with the facts the peer shares through the registry); with
 //! `&watch=1` it is a stream of server-sent events, the whole list again
 //! whenever it changes (what the dashboard shows live).
 
@@ -95,14 +96,26 @@ fn fleet(front: &Front, tenant: &TenantId) -> Vec<Value> {
                     v["status"] = Value::String(status.into());
                     v
                 }
-                // Direct from here when this relay's probe of its daemon
-                // holds, else through the holder.
-                (None, Held::Peer(relay)) => json!({
-                    "node_id": node_id, "status": "connected",
-                    "route": if front.direct.usable(&key).is_some() { "direct" } else { "peer" },
-                    "direct": front.direct.views(&key),
-                    "relay_id": relay,
-                }),
+                // As its holder shares it; direct from here when this
+                // relay's probe of its daemon holds, else through the holder.
+                (None, Held::Peer(relay)) => {
+                    let shared = front.router.peer_view(&key);
+                    let status = match shared.as_ref().map(|v| v.daemon_reachable) {
+                        Some(false) => "daemon unreachable",
+                        _ => "connected",
+                    };
+                    let mut v = shared
+                        .and_then(|view| serde_json::to_value(view).ok())
+                        .unwrap_or_else(|| json!({"node_id": node_id}));
+                    v["status"] = json!(status);
+                    v["route"] = json!(match front.direct.usable(&key) {
+                        Some(_) => "direct",
+                        None => "peer",
+                    });
+                    v["direct"] = json!(front.direct.views(&key));
+                    v["relay_id"] = json!(relay);
+                    v
+                }
                 (None, _) => json!({"node_id": node_id, "status": "offline"}),
             }
         })

@@ -4,6 +4,7 @@
 //! /tunnelgate/v1/relays/<relay-id>                    Member (JSON), under the relay's lease
 //! /tunnelgate/v1/nodes/<tenant>/<node-id>/<relay-id>  "<epoch, 20 digits>", under that relay's lease
 //! /tunnelgate/v1/direct/<tenant>/<node-id>/<relay-id> DirectAd (JSON), under that relay's lease
+//! /tunnelgate/v1/facts/<tenant>/<node-id>/<relay-id>  the node as /v1/nodes shows it (JSON), likewise
 //! ```
 //!
 //! An agent keeps sessions to several relays, so a node has a key per
@@ -38,6 +39,25 @@ use super::{DirectAd, Location, Member, Mirror};
 const RELAYS: &str = "/tunnelgate/v1/relays/";
 const NODES: &str = "/tunnelgate/v1/nodes/";
 const DIRECT: &str = "/tunnelgate/v1/direct/";
+const FACTS: &str = "/tunnelgate/v1/facts/";
+
+/// What a holder shares of each node it holds, one key per node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Shared {
+    /// Its direct path ([`DirectAd`]).
+    Direct,
+    /// Its facts: hostname, labels, versions, daemon health.
+    Facts,
+}
+
+impl Shared {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Direct => DIRECT,
+            Self::Facts => FACTS,
+        }
+    }
+}
 
 /// How long one etcd request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -64,7 +84,7 @@ pub enum EtcdError {
 enum Op {
     Publish(NodeKey, u64),
     Withdraw(NodeKey, u64),
-    Advertise(NodeKey, Option<DirectAd>),
+    Share(Shared, NodeKey, Option<String>),
     Draining,
 }
 
@@ -76,8 +96,8 @@ pub struct Etcd {
     me: Mutex<Member>,
     /// This relay's claims, written again after every new lease.
     claims: Mutex<HashMap<NodeKey, u64>>,
-    /// This relay's direct-path advertisements, likewise.
-    ads: Mutex<HashMap<NodeKey, DirectAd>>,
+    /// What this relay shares of its nodes (JSON), likewise.
+    shared: Mutex<HashMap<(Shared, NodeKey), String>>,
     ops: mpsc::UnboundedSender<Op>,
     ops_rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
     mirror: Arc<RwLock<Mirror>>,
@@ -87,8 +107,8 @@ fn node_key_path(key: &NodeKey, holder: &RelayId) -> String {
     format!("{NODES}{}/{}/{holder}", key.tenant, key.node_id)
 }
 
-fn direct_key_path(key: &NodeKey, holder: &RelayId) -> String {
-    format!("{DIRECT}{}/{}/{holder}", key.tenant, key.node_id)
+fn shared_key_path(kind: Shared, key: &NodeKey, holder: &RelayId) -> String {
+    format!("{}{}/{}/{holder}", kind.prefix(), key.tenant, key.node_id)
 }
 
 fn location_value(epoch: u64) -> String {
@@ -154,6 +174,14 @@ fn apply(mirror: &mut Mirror, key: &str, value: Option<&str>) {
             }
             None => mirror.remove_direct(&node, &relay_id),
         }
+    } else if let Some((node, relay_id)) = parse_node_path(FACTS, key) {
+        match value {
+            Some(v) if serde_json::from_str::<serde::de::IgnoredAny>(v).is_ok() => {
+                mirror.set_facts(node, relay_id, Arc::from(v));
+            }
+            Some(_) => debug!(key, "ignoring an unreadable node record"),
+            None => mirror.remove_facts(&node, &relay_id),
+        }
     }
 }
 
@@ -178,7 +206,7 @@ impl Etcd {
             lease_ttl,
             me: Mutex::new(me),
             claims: Mutex::default(),
-            ads: Mutex::default(),
+            shared: Mutex::default(),
             ops,
             ops_rx: Mutex::new(Some(ops_rx)),
             mirror,
@@ -216,22 +244,24 @@ impl Etcd {
         let _ = self.ops.send(Op::Withdraw(key, epoch));
     }
 
-    /// Makes this relay's advertisements `own`, writing only what changed.
-    pub(super) fn share_direct(&self, own: &HashMap<NodeKey, DirectAd>) {
-        let mut ads = Self::lock(&self.ads);
-        for (key, ad) in own {
-            if ads.get(key) != Some(ad) {
-                ads.insert(key.clone(), ad.clone());
-                let _ = self.ops.send(Op::Advertise(key.clone(), Some(ad.clone())));
-            }
-        }
-        ads.retain(|key, _| {
-            let keep = own.contains_key(key);
+    /// Makes what this relay shares of `kind` `own`, writing only what
+    /// changed; a node no longer in `own` is withdrawn.
+    pub(super) fn share(&self, kind: Shared, own: HashMap<NodeKey, String>) {
+        let mut shared = Self::lock(&self.shared);
+        shared.retain(|(k, key), _| {
+            let keep = *k != kind || own.contains_key(key);
             if !keep {
-                let _ = self.ops.send(Op::Advertise(key.clone(), None));
+                let _ = self.ops.send(Op::Share(kind, key.clone(), None));
             }
             keep
         });
+        for (key, json) in own {
+            let known = shared.entry((kind, key.clone())).or_default();
+            if *known != json {
+                known.clone_from(&json);
+                let _ = self.ops.send(Op::Share(kind, key, Some(json)));
+            }
+        }
     }
 
     pub(super) fn set_draining(&self) {
@@ -297,12 +327,13 @@ impl Etcd {
         for (key, epoch) in claims {
             self.put_location(&mut client, lease, &key, epoch).await?;
         }
-        let ads: Vec<_> = Self::lock(&self.ads)
+        let shared: Vec<_> = Self::lock(&self.shared)
             .iter()
-            .map(|(k, ad)| (k.clone(), ad.clone()))
+            .map(|((kind, key), json)| (*kind, key.clone(), json.clone()))
             .collect();
-        for (key, ad) in ads {
-            self.put_direct(&mut client, lease, &key, Some(&ad)).await?;
+        for (kind, key, json) in shared {
+            self.put_shared(&mut client, lease, kind, &key, Some(json))
+                .await?;
         }
         // Members and locations only: the records under the same root have
         // a watch of their own (the state's), and would be sent twice.
@@ -315,14 +346,19 @@ impl Etcd {
         let directs = client
             .get(DIRECT, Some(GetOptions::new().with_prefix()))
             .await?;
+        let facts = client
+            .get(FACTS, Some(GetOptions::new().with_prefix()))
+            .await?;
         let revision_of = |r: &etcd_client::GetResponse| r.header().map_or(0, |h| h.revision());
         let revision = revision_of(&relays)
             .max(revision_of(&nodes))
-            .max(revision_of(&directs));
+            .max(revision_of(&directs))
+            .max(revision_of(&facts));
         {
             let mut mirror = self.mirror.write().unwrap_or_else(|p| p.into_inner());
             mirror.clear();
-            for kv in relays.kvs().iter().chain(nodes.kvs()).chain(directs.kvs()) {
+            let all = relays.kvs().iter().chain(nodes.kvs()).chain(directs.kvs());
+            for kv in all.chain(facts.kvs()) {
                 if let (Ok(k), Ok(v)) = (kv.key_str(), kv.value_str()) {
                     apply(&mut mirror, k, Some(v));
                 }
@@ -337,6 +373,7 @@ impl Etcd {
         let mut watch = client.watch(RELAYS, Some(from(&relays))).await?;
         watch.watch(NODES, Some(from(&nodes))).await?;
         watch.watch(DIRECT, Some(from(&directs))).await?;
+        watch.watch(FACTS, Some(from(&facts))).await?;
         info!(relay_id = %self.relay_id(), lease, revision, "registered in etcd");
         let mut tick = tokio::time::interval(self.lease_ttl / 3);
         loop {
@@ -355,7 +392,7 @@ impl Etcd {
                 op = ops.recv() => match op {
                     Some(Op::Publish(key, epoch)) => self.put_location(&mut client, lease, &key, epoch).await?,
                     Some(Op::Withdraw(key, epoch)) => self.delete_location(&mut client, &key, epoch).await?,
-                    Some(Op::Advertise(key, ad)) => self.put_direct(&mut client, lease, &key, ad.as_ref()).await?,
+                    Some(Op::Share(kind, key, json)) => self.put_shared(&mut client, lease, kind, &key, json).await?,
                     Some(Op::Draining) => self.put_member(&mut client, lease).await?,
                     None => return Ok(()),
                 },
@@ -429,21 +466,21 @@ impl Etcd {
         Ok(())
     }
 
-    /// Writes (or, for `None`, removes) this relay's advertisement of
-    /// `key`'s direct path. Unfenced: it lives under this relay's lease,
-    /// and a stale one can only send probes to an endpoint, where the
-    /// daemon's certificate and ID decide.
-    async fn put_direct(
+    /// Writes (or, for `None`, removes) what this relay shares of `key`.
+    /// Unfenced: it lives under this relay's lease and is read only with
+    /// a location of the same relay; a stale direct path can only send
+    /// probes to an endpoint, where the daemon's certificate and ID decide.
+    async fn put_shared(
         &self,
         client: &mut Client,
         lease: i64,
+        kind: Shared,
         key: &NodeKey,
-        ad: Option<&DirectAd>,
+        json: Option<String>,
     ) -> Result<(), etcd_client::Error> {
-        let path = direct_key_path(key, &self.relay_id());
-        match ad {
-            Some(ad) => {
-                let json = serde_json::to_string(ad).expect("an advertisement serializes");
+        let path = shared_key_path(kind, key, &self.relay_id());
+        match json {
+            Some(json) => {
                 client
                     .put(path, json, Some(PutOptions::new().with_lease(lease)))
                     .await?;
@@ -536,5 +573,19 @@ mod tests {
         assert!(mirror.directs.is_empty());
         apply(&mut mirror, "/tunnelgate/v1/direct/acme/web", Some(json));
         assert!(mirror.directs.is_empty(), "a short key is ignored");
+    }
+
+    #[test]
+    fn node_facts_fill_and_empty_the_mirror() {
+        let mut mirror = Mirror::default();
+        let path = "/tunnelgate/v1/facts/acme/web/relay-b";
+        apply(&mut mirror, path, Some(r#"{"hostname":"web-1"}"#));
+        let key = NodeKey::parse("acme/web").unwrap();
+        let b = RelayId::new("relay-b").unwrap();
+        assert_eq!(&*mirror.facts[&key][&b], r#"{"hostname":"web-1"}"#);
+        apply(&mut mirror, path, Some("{not json"));
+        assert_eq!(&*mirror.facts[&key][&b], r#"{"hostname":"web-1"}"#);
+        apply(&mut mirror, path, None);
+        assert!(mirror.facts.is_empty());
     }
 }

@@ -34,11 +34,15 @@ impl NodeCalls for FrontCalls {
             .fleet(tenant)
             .into_iter()
             .map(|(id, held)| {
-                let view = local.iter().find(|v| v.node_id == id);
                 let key = NodeKey {
                     tenant: tenant.clone(),
                     node_id: id.clone(),
                 };
+                let peer = match &held {
+                    Held::Peer(_) => front.router.peer_view(&key),
+                    _ => None,
+                };
+                let view = local.iter().find(|v| v.node_id == id).or(peer.as_ref());
                 let (route, relay) = match (&held, front.direct.usable(&key)) {
                     (Held::Nowhere, _) => ("", String::new()),
                     (_, Some(_)) => ("direct", front.state.relay_id().to_string()),
@@ -53,7 +57,7 @@ impl NodeCalls for FrontCalls {
                     online: held.is_online(),
                     hostname: view.map(|v| v.hostname.clone()),
                     labels: view.map(|v| v.labels.clone()).unwrap_or_default(),
-                    transport: view.map_or("peer", |v| v.transport).to_owned(),
+                    transport: view.map_or("peer", |v| &v.transport).to_owned(),
                     route: route.to_owned(),
                     relay,
                     daemon_error: view.filter(|v| !v.daemon_reachable).map(|v| {
