@@ -53,6 +53,7 @@ impl Fixture {
                     name: None,
                     node: None,
                     replace: false,
+                    role: None,
                 })
                 .await
                 .expect("token");

@@ -9,8 +9,9 @@
 
 use http::header::{self, HeaderMap};
 use tunnelgate_proto::TenantId;
-use tunnelgate_session::tls::{Role, Subject};
+use tunnelgate_session::tls::{Role as CertRole, Subject};
 
+use crate::authz::Role;
 use crate::config::ApiAuth;
 use crate::error::AuthFailure;
 use crate::state::credentials::{self, Credential};
@@ -35,6 +36,8 @@ pub struct Principal {
     pub tenant: TenantId,
     /// How it authenticated.
     pub credentials: Credentials,
+    /// What it may do ([`crate::authz`] decides by it).
+    pub role: Role,
 }
 
 impl std::fmt::Display for Principal {
@@ -67,27 +70,31 @@ pub fn authenticate(
             .ok_or(AuthFailure::BadScheme)?;
         let c = credentials::check_api_key(api_keys, key).map_err(AuthFailure::BadApiKey)?;
         return Ok(Principal {
+            role: c.role(),
             tenant: c.tenant,
             credentials: Credentials::ApiKey(c.id),
         });
     }
     if let Some(subject) = client_cert {
         return match (subject.role, &subject.tenant) {
-            (Some(Role::Client), Some(tenant)) => {
-                credentials::check_client_cert(client_certs, &subject.serial)
+            (Some(CertRole::Client), Some(tenant)) => {
+                let role = credentials::check_client_cert(client_certs, &subject.serial)
                     .map_err(AuthFailure::RevokedCert)?;
                 Ok(Principal {
                     tenant: tenant.clone(),
                     credentials: Credentials::Cert(subject.name.clone()),
+                    role,
                 })
             }
             _ => Err(AuthFailure::NotAClientCert),
         };
     }
     match mode {
+        // The quickstart's caller on the relay's own host runs it all.
         ApiAuth::LoopbackOpen => Ok(Principal {
             tenant: TenantId::default_tenant(),
             credentials: Credentials::Local,
+            role: Role::Admin,
         }),
         ApiAuth::Required => Err(AuthFailure::Missing),
     }

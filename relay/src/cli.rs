@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tunnelgate_proto::{NodeId, NodeKey, TenantId};
+use tunnelgate_relay::authz::Role;
 use tunnelgate_relay::config::RegistryConfig;
 use tunnelgate_relay::identity::Authority;
 use tunnelgate_relay::state::credentials::{api_key_text, Credential, Kind, NewCredential};
@@ -171,6 +172,16 @@ pub enum ApiKeyCommand {
         /// A note on who holds the key.
         #[arg(long)]
         name: Option<String>,
+        /// What the key may do: admin (everything, keys and join tokens
+        /// included), operator (every Docker call, /fleet writes), viewer
+        /// (reads that hand out no files and no shell) or enroller (join
+        /// tokens only).
+        #[arg(long, default_value = "operator")]
+        role: Role,
+        /// How long the key is valid (e.g. 30d, 12h); without it, until
+        /// revoked.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
     },
     /// List API keys (never their secrets).
     List {
@@ -202,6 +213,10 @@ pub enum ClientCertCommand {
         /// How long the certificate is valid.
         #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// What the certificate may do: admin, operator, viewer or
+        /// enroller, as for `api-key create --role`.
+        #[arg(long, default_value = "operator")]
+        role: Role,
         /// Where to write the files (created if missing).
         #[arg(long)]
         out: PathBuf,
@@ -266,14 +281,15 @@ pub enum NodeCommand {
 /// Writes a control-plane client's certificate files, and lists and
 /// revokes them.
 pub async fn client_cert(cmd: ClientCertCommand) -> anyhow::Result<()> {
-    let (dir, tenant, name, ttl, out) = match cmd {
+    let (dir, tenant, name, ttl, role, out) = match cmd {
         ClientCertCommand::Create {
             dir,
             tenant,
             name,
             ttl,
+            role,
             out,
-        } => (dir, tenant, name, ttl, out),
+        } => (dir, tenant, name, ttl, role, out),
         ClientCertCommand::List { dir } => return list(&dir, Kind::ClientCert).await,
         ClientCertCommand::Revoke { dir, id } => return revoke(&dir, Kind::ClientCert, &id).await,
     };
@@ -293,6 +309,7 @@ pub async fn client_cert(cmd: ClientCertCommand) -> anyhow::Result<()> {
             subject.serial.clone(),
             name.clone(),
             subject.not_after.max(0) as u64,
+            role,
         )
         .await
         .context("cannot record the certificate")?;
@@ -306,7 +323,7 @@ pub async fn client_cert(cmd: ClientCertCommand) -> anyhow::Result<()> {
     write("cert.pem", &cert, false)?;
     write("key.pem", &key, true)?;
     println!(
-        "client certificate {name} (serial {}) for tenant {tenant} written to {} (valid {}); use it with:",
+        "client certificate {name} (serial {}, role {role}) for tenant {tenant} written to {} (valid {}); use it with:",
         subject.serial,
         out.display(),
         humantime::format_duration(ttl)
@@ -380,6 +397,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 name: None,
                 node: node.clone(),
                 replace,
+                role: None,
             };
             let (text, stored) = dir
                 .state()
@@ -425,7 +443,13 @@ fn served_ca_sha256(dir: &StateDir) -> anyhow::Result<String> {
 
 pub async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
     match cmd {
-        ApiKeyCommand::Create { dir, tenant, name } => {
+        ApiKeyCommand::Create {
+            dir,
+            tenant,
+            name,
+            role,
+            ttl,
+        } => {
             let (stored, secret) = dir
                 .state()
                 .await?
@@ -434,18 +458,20 @@ pub async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
                     Kind::ApiKey,
                     NewCredential {
                         tenant,
-                        ttl: None,
+                        ttl,
                         uses: None,
                         name,
                         node: None,
                         replace: false,
+                        role: Some(role),
                     },
                 )
                 .await
                 .context("cannot store the API key")?;
             println!(
-                "API key {} for tenant {}; send it as `Authorization: Bearer <key>`, e.g. in the docker CLI's config.json:",
-                stored.id, stored.tenant
+                "API key {} for tenant {} (role {role}, expires {}); send it as `Authorization: Bearer <key>`, e.g. in the docker CLI's config.json:",
+                stored.id, stored.tenant,
+                stored.expires_at.map_or("never".into(), rfc3339),
             );
             println!("  {{\"HttpHeaders\": {{\"Authorization\": \"Bearer <key below>\"}}}}");
             println!("{}", api_key_text(&stored.id, &secret));
@@ -460,8 +486,8 @@ async fn list(dir: &StateDir, kind: Kind) -> anyhow::Result<()> {
     let state = dir.state().await?;
     let now = unix_now();
     println!(
-        "{:<10} {:<16} {:<9} {:<22} {:<22} {:<7} NAME",
-        "ID", "TENANT", "STATE", "CREATED", "EXPIRES", "USES"
+        "{:<10} {:<16} {:<9} {:<9} {:<22} {:<22} {:<7} NAME",
+        "ID", "TENANT", "STATE", "ROLE", "CREATED", "EXPIRES", "USES"
     );
     for c in state.credentials().list(kind).await? {
         let Credential {
@@ -474,8 +500,13 @@ async fn list(dir: &StateDir, kind: Kind) -> anyhow::Result<()> {
             uses,
             ..
         } = &c;
+        // A join token has no role; a key from before roles acts as one.
+        let role = match kind {
+            Kind::JoinToken => "-".to_owned(),
+            _ => c.role().to_string(),
+        };
         println!(
-            "{id:<10} {tenant:<16} {:<9} {:<22} {:<22} {:<7} {}",
+            "{id:<10} {tenant:<16} {:<9} {role:<9} {:<22} {:<22} {:<7} {}",
             c.state(now),
             rfc3339(*created_at),
             expires_at.map_or("never".into(), rfc3339),

@@ -139,6 +139,12 @@ pub enum CallError {
     /// No or bad credentials.
     #[error(transparent)]
     Unauthenticated(AuthFailure),
+    /// An API key id the caller's tenant has none of.
+    #[error("no API key {0} in this tenant; GET /v1/keys lists them")]
+    NoSuchKey(String),
+    /// The caller's role does not allow the call.
+    #[error(transparent)]
+    Forbidden(#[from] crate::authz::Denied),
     /// A concurrency limit is reached.
     #[error("{scope} already has {max} calls in flight (max_{}); retry when some have finished", limit.as_str())]
     TooBusy {
@@ -324,6 +330,8 @@ impl CallError {
             | Self::MethodNotAllowed
             | Self::TooManyHeaders { .. }
             | Self::Unauthenticated(_)
+            | Self::Forbidden(_)
+            | Self::NoSuchKey(_)
             | Self::TooBusy { .. }
             | Self::RequestBody(_)
             | Self::FleetUnsupported(_)
@@ -419,12 +427,14 @@ impl CallError {
             | Self::FleetUnsupported(_)
             | Self::FleetNoExec(_)
             | Self::FleetNoImage(_)
-            | Self::FleetName(_) => StatusCode::NOT_FOUND,
+            | Self::FleetName(_)
+            | Self::NoSuchKey(_) => StatusCode::NOT_FOUND,
             Self::FleetAmbiguous { .. } | Self::FleetAsk(_) => StatusCode::BAD_REQUEST,
             Self::FleetNameTaken { .. } | Self::FleetNoNode(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NodeOffline(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => match self.source_side() {

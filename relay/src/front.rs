@@ -14,7 +14,10 @@
 //! dashboard's static files at `/ui/` ([`ui`]), whose data comes from the
 //! authenticated API. `/fleet/...` is one Docker host over every node,
 //! its creates placed by [`crate::fleet`] ([`fleet`]), `/v1/events` their events ([`events`]),
-//! `POST /v1/tokens` a join token for the caller's tenant ([`tokens`]).
+//! `POST /v1/tokens` a join token for the caller's tenant ([`tokens`]),
+//! `/v1/keys` its API keys and `/v1/whoami` the caller ([`keys`]). Which
+//! caller may make which call is decided once, before dispatch, by
+//! [`crate::authz`] from the caller's role.
 //!
 //! The front decides nothing about where a node is, and never touches a
 //! session itself.
@@ -25,6 +28,7 @@ mod docker;
 mod events;
 mod fleet;
 pub mod install;
+mod keys;
 mod nodes;
 mod routes;
 mod slots;
@@ -48,6 +52,7 @@ pub use slots::StreamSlots;
 
 use crate::audit::CallRecord;
 use crate::auth::{self, Principal};
+use crate::authz::{self, Action};
 use crate::error::CallError;
 use crate::metrics::Limit;
 use crate::respond::Body;
@@ -120,7 +125,10 @@ pub async fn handle(
     let is_docker = matches!(route, Route::Docker { .. });
     let response = match admitted {
         Ok(principal) => {
-            let answered = dispatch(&front, &conn, principal, route, req, request_id, &record);
+            let answered = async {
+                authorize(&principal, &route, req.method())?;
+                dispatch(&front, &conn, principal, route, req, request_id, &record).await
+            };
             answered.await.unwrap_or_else(|e| {
                 debug!(error = %e, source = ?e.source_side(), "request failed");
                 e.into_response()
@@ -178,6 +186,32 @@ fn admit(
     Ok(principal)
 }
 
+/// What the call is, as [`authz`] sees it; `None` for a call that is no
+/// action of anyone's (an unknown path, a method a route does not take),
+/// which dispatch refuses on its own.
+fn action_of(route: &Route, method: &Method) -> Option<Action> {
+    let get = method == Method::GET;
+    Some(match route {
+        Route::Docker { rest, .. } => Action::Docker(authz::docker_call(method, rest)),
+        Route::Fleet { rest } => Action::Fleet(authz::docker_call(method, rest)),
+        Route::NodeList | Route::NodeInfo(_) if get => Action::NodeList,
+        Route::Events if get => Action::Events,
+        Route::Tokens if method == Method::POST => Action::Tokens,
+        Route::Keys | Route::Key(_) => Action::Keys,
+        Route::Whoami if get => Action::Whoami,
+        _ => return None,
+    })
+}
+
+/// The one decision of whether the caller may make this call, before
+/// anything is sent anywhere.
+fn authorize(principal: &Principal, route: &Route, method: &Method) -> Result<(), CallError> {
+    match action_of(route, method) {
+        Some(action) => Ok(authz::decide(principal, principal.role, action)?),
+        None => Ok(()),
+    }
+}
+
 async fn dispatch(
     front: &Arc<Front>,
     conn: &ClientConn,
@@ -209,9 +243,21 @@ async fn dispatch(
         Route::Tokens if req.method() == Method::POST => {
             tokens::create(front, tenant, req.uri().query(), req.headers()).await
         }
-        Route::NodeList | Route::NodeInfo(_) | Route::Events | Route::Tokens => {
-            Err(CallError::MethodNotAllowed)
+        Route::Keys if get => keys::list(front, &principal).await,
+        Route::Keys if req.method() == Method::POST => {
+            keys::create(front, &principal, req.uri().query()).await
         }
+        Route::Key(id) if req.method() == Method::DELETE => {
+            keys::revoke(front, &principal, &id).await
+        }
+        Route::Whoami if get => Ok(keys::whoami(&principal)),
+        Route::NodeList
+        | Route::NodeInfo(_)
+        | Route::Events
+        | Route::Tokens
+        | Route::Keys
+        | Route::Key(_)
+        | Route::Whoami => Err(CallError::MethodNotAllowed),
         Route::Docker { node, rest } => {
             let node_id = node.map_err(CallError::UnknownNode)?;
             let span = info_span!("request", %request_id, %tenant, %node_id,

@@ -25,6 +25,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod error;
 pub mod fleet;

@@ -457,6 +457,7 @@ impl Relay {
         metrics.ready.set(1);
         info!(relay_id = %state.relay_id(), api_addr = %listening.api, agent_addr = %listening.agent,
               metrics_addr = %listening.metrics, "relay serving");
+        say_pre_role_credentials(&state);
 
         tokio::select! {
             () = shutdown.cancelled() => {}
@@ -584,6 +585,22 @@ async fn announce_members(
             let cmd: ControlCommand = Box::new(move |m| m.members_changed(members, spread));
             let _ = entry.control.try_send(cmd);
         }
+    }
+}
+
+/// Says once, at start, how many API keys and client certificates were
+/// made before roles: they act as operator until made again with a role.
+fn say_pre_role_credentials(state: &State) {
+    let older = |list: &[crate::state::credentials::Credential]| {
+        list.iter()
+            .filter(|c| c.role.is_none() && c.revoked_at.is_none())
+            .count()
+    };
+    let (keys, certs) = (older(&state.api_keys()), older(&state.client_certs()));
+    if keys + certs > 0 {
+        warn!(api_keys = keys, client_certs = certs,
+              "some API keys and client certificates were made before roles; they act as operator. \
+               To give one less (viewer, enroller) or more (admin), make it again with --role and revoke the old one");
     }
 }
 

@@ -688,6 +688,7 @@ mod tests {
             name: None,
             node: None,
             replace: false,
+            role: None,
         };
         let (text, _) = state.create_join_token(new, ours).await.unwrap();
         let n = NodeId::new("n1").unwrap();

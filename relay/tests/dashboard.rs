@@ -240,6 +240,14 @@ async fn the_dashboard_shows_the_fleet_live_and_a_nodes_containers() {
     )
     .unwrap();
 
+    // The local caller of a loopback-open relay is its tenant's admin.
+    wait_true(
+        &page,
+        "the caller's role shown",
+        "document.querySelector('#whoami').textContent === 'default · admin'",
+    )
+    .await;
+
     // Add a node: a join token and the one-line install that uses it.
     page.find(Locator::Css("#add-node"))
         .await
@@ -292,5 +300,42 @@ async fn the_dashboard_shows_the_fleet_live_and_a_nodes_containers() {
         page.screenshot().await.unwrap(),
     )
     .unwrap();
+
+    // A viewer's tab: its role shown, the nodes listed, no Add a node.
+    let viewer = relay
+        .cli_last_line(&[
+            "api-key", "create", "--tenant", "default", "--role", "viewer",
+        ])
+        .unwrap();
+    // The serving relay reads new keys within a second.
+    let bearer = format!("Authorization: Bearer {viewer}\r\n");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while support::http_get_with(relay.api, "/v1/whoami", &bearer)
+        .unwrap()
+        .0
+        != 200
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new key is not known"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    page.execute(
+        &format!("sessionStorage.setItem('tunnelgate-key', '{viewer}'); location.reload();"),
+        vec![],
+    )
+    .await
+    .unwrap();
+    wait_true(
+        &page,
+        "a viewer's role shown, its nodes listed and no Add a node",
+        &format!(
+            "document.querySelector('#whoami').textContent === 'default · viewer' \
+             && document.querySelector('#add-node').hidden && {} === 'offline'",
+            status_of("dash-b")
+        ),
+    )
+    .await;
     page.close().await.unwrap();
 }

@@ -127,6 +127,7 @@ async fn fixture() -> Fixture {
                 name: None,
                 node: None,
                 replace: false,
+                role: None,
             })
             .await
             .unwrap();

@@ -58,6 +58,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             // The quickstart owns both the relay's and the agent's state:
             // a fresh agent state beside an old relay state is its own node.
             replace: true,
+            role: None,
         })
         .await
         .context("cannot create a join token")?;

@@ -24,6 +24,12 @@ pub enum Route {
     Events,
     /// `POST /v1/tokens`: a join token of the caller's tenant.
     Tokens,
+    /// `/v1/keys`: the tenant's API keys (`GET`, `POST`).
+    Keys,
+    /// `/v1/keys/<id>`: one API key (`DELETE` revokes it).
+    Key(String),
+    /// `GET /v1/whoami`: the caller's tenant, principal and role.
+    Whoami,
     /// `/fleet/<docker path>`: one Docker host over every
     /// node.
     Fleet {
@@ -46,6 +52,15 @@ impl Route {
         }
         if path == "/v1/tokens" {
             return Self::Tokens;
+        }
+        if path == "/v1/keys" {
+            return Self::Keys;
+        }
+        if let Some(id) = path.strip_prefix("/v1/keys/") {
+            return Self::Key(id.to_owned());
+        }
+        if path == "/v1/whoami" {
+            return Self::Whoami;
         }
         if path == "/fleet" {
             return Self::Fleet { rest: "/".into() };

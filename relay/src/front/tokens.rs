@@ -1,8 +1,8 @@
 //! `POST /v1/tokens`: a join token for the caller's own tenant, with the
 //! one-line install and the agent command that use it (what the
-//! dashboard's "Add a node" shows). Any caller of a tenant may make one:
-//! it only lets a new host join that tenant, and never takes over an
-//! enrolled node (this never sets `replace`).
+//! dashboard's "Add a node" shows). An admin or enroller of a tenant may
+//! make one: it only lets a new host join that tenant, and never takes
+//! over an enrolled node (this never sets `replace`).
 //!
 //! Query: `node=<id>` (the one node it may enrol), `ttl=<duration>`
 //! (default 24h, at most 30d), `uses=<n>` (default 1).
@@ -67,6 +67,7 @@ pub(super) async fn create(
         name: Some("dashboard".into()),
         node: node.clone(),
         replace: false,
+        role: None,
     };
     let (text, stored) = front
         .state

@@ -23,6 +23,7 @@ use tunnelgate_proto::{NodeId, TenantId};
 use super::nodes::ENROL_RETRY_WINDOW;
 use super::records::Records;
 use super::{random_hex, rfc3339, unix_now, StateError};
+use crate::authz::Role;
 
 /// The prefix of API keys.
 pub const API_KEY_PREFIX: &str = "tgkey1";
@@ -103,6 +104,10 @@ pub struct Credential {
     /// lost may ask again with the same key without spending a use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent: Vec<Spent>,
+    /// What an API key or client certificate may do; `None` for one made
+    /// before roles, which acts as [`Role::BEFORE_ROLES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 /// One use of a limited join token: which node, for which key.
@@ -125,6 +130,11 @@ impl Spent {
 }
 
 impl Credential {
+    /// What it may do.
+    pub fn role(&self) -> Role {
+        self.role.unwrap_or(Role::BEFORE_ROLES)
+    }
+
     /// `active`, `expired`, `used up` or `revoked`, for `token list`.
     pub fn state(&self, now: u64) -> &'static str {
         if self.revoked_at.is_some() {
@@ -215,6 +225,8 @@ pub struct NewCredential {
     pub node: Option<NodeId>,
     /// For join tokens: may enrol its node though it is enrolled already.
     pub replace: bool,
+    /// For API keys: what it may do.
+    pub role: Option<Role>,
 }
 
 /// The join tokens and API keys of one installation.
@@ -264,6 +276,7 @@ impl Store {
             node: new.node,
             replace: new.replace,
             recent: Vec::new(),
+            role: new.role,
         };
         let stored = credential.clone();
         self.records
@@ -285,6 +298,7 @@ impl Store {
         serial: String,
         name: String,
         expires_at: u64,
+        role: Role,
     ) -> Result<Credential, StateError> {
         let now = unix_now();
         let credential = Credential {
@@ -300,6 +314,7 @@ impl Store {
             node: None,
             replace: false,
             recent: Vec::new(),
+            role: Some(role),
         };
         let stored = credential.clone();
         self.records
@@ -319,11 +334,24 @@ impl Store {
 
     /// Revokes the credential `id`; returns it, or `None` if unknown.
     pub async fn revoke(&self, kind: Kind, id: &str) -> Result<Option<Credential>, StateError> {
+        self.revoke_in(kind, None, id).await
+    }
+
+    /// [`Store::revoke`], of `tenant`'s credentials only when given: another
+    /// tenant's id is as unknown as one that never was.
+    pub async fn revoke_in(
+        &self,
+        kind: Kind,
+        tenant: Option<&TenantId>,
+        id: &str,
+    ) -> Result<Option<Credential>, StateError> {
         let id = id.to_owned();
+        let tenant = tenant.cloned();
         self.records
             .update(kind.key(), move |list: Option<Vec<Credential>>| {
                 let mut list = list.unwrap_or_default();
-                let Some(c) = list.iter_mut().find(|c| c.id == id) else {
+                let mine = |c: &&mut Credential| tenant.as_ref().is_none_or(|t| c.tenant == *t);
+                let Some(c) = list.iter_mut().filter(mine).find(|c| c.id == id) else {
                     return Ok((None, None));
                 };
                 c.revoked_at.get_or_insert(unix_now());
@@ -495,9 +523,10 @@ pub fn api_key_text(id: &str, secret: &str) -> String {
 }
 
 /// Refuses a client certificate (its hex `serial`) that `list` (a cached
-/// copy of the store) says was revoked. A certificate not in the list
-/// (issued before certificates were recorded) passes: TLS has checked it.
-pub fn check_client_cert(list: &[Credential], serial: &str) -> Result<(), Refusal> {
+/// copy of the store) says was revoked, else gives its role. A
+/// certificate not in the list (issued before certificates were
+/// recorded) passes as one made before roles: TLS has checked it.
+pub fn check_client_cert(list: &[Credential], serial: &str) -> Result<Role, Refusal> {
     match list.iter().find(|c| c.id.eq_ignore_ascii_case(serial)) {
         Some(c) => match c.revoked_at {
             Some(at) => Err(Refusal::Revoked {
@@ -506,9 +535,9 @@ pub fn check_client_cert(list: &[Credential], serial: &str) -> Result<(), Refusa
                 at: rfc3339(at),
                 hint: Kind::ClientCert.create_hint(),
             }),
-            None => Ok(()),
+            None => Ok(c.role()),
         },
-        None => Ok(()),
+        None => Ok(Role::BEFORE_ROLES),
     }
 }
 
@@ -545,6 +574,7 @@ mod tests {
             name: None,
             node: None,
             replace: false,
+            role: None,
         }
     }
 

@@ -40,8 +40,37 @@ $("#auth-form").addEventListener("submit", (e) => {
   state.key = $("#auth-key").value.trim();
   sessionStorage.setItem("tunnelgate-key", state.key);
   $("#auth").hidden = true;
-  watchNodes();
+  start();
 });
+
+// Who this tab acts as. Controls the role cannot use are not shown: the
+// relay would refuse them anyway.
+const MAY_ADD_NODES = ["admin", "enroller"];
+const MAY_LIST_NODES = ["admin", "operator", "viewer"];
+async function whoami() {
+  const resp = await api("/v1/whoami");
+  const me = await resp.json();
+  $("#whoami").textContent = me.tenant + " · " + me.role;
+  $("#whoami").dataset.role = me.role;
+  $("#add-node").hidden = !MAY_ADD_NODES.includes(me.role);
+  return me;
+}
+
+async function start() {
+  let me;
+  try {
+    me = await whoami();
+  } catch (_) {
+    return;
+  }
+  if (MAY_LIST_NODES.includes(me.role)) {
+    watchNodes();
+  } else {
+    setLive(false, "no node list for role " + me.role);
+    $("#empty").hidden = false;
+    $("#empty").textContent = "The role " + me.role + " cannot list nodes; it can add them: use Add a node.";
+  }
+}
 
 function setLive(on, text) {
   state.live = on;
@@ -250,5 +279,5 @@ $("#copy-command").addEventListener("click", async () => {
 $("#filter").addEventListener("input", render);
 $("#sort").addEventListener("change", render);
 window.addEventListener("hashchange", route);
-watchNodes();
+start();
 route();

@@ -1,0 +1,158 @@
+//! `/v1/keys`: an admin makes, lists and revokes the API keys of its own
+//! tenant without a shell on the relay (`POST /v1/keys?role=viewer&
+//! name=ci&ttl=30d`, `GET /v1/keys`, `DELETE /v1/keys/<id>`); and
+//! `GET /v1/whoami`, any caller's own tenant, principal and role (what
+//! the dashboard shows and hides controls by). Who may call these is
+//! decided before, by [`crate::authz`]; this module never decides it.
+
+use std::time::Duration;
+
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::context::Front;
+use super::routes::query_pairs;
+use crate::auth::Principal;
+use crate::authz::Role;
+use crate::error::CallError;
+use crate::respond::{json as json_response, Body};
+use crate::state::credentials::{api_key_text, Credential, Kind, NewCredential};
+use crate::state::{rfc3339, unix_now};
+
+/// The longest a key made through the API may live.
+const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// The caller, as it is known to the relay.
+pub(super) fn whoami(principal: &Principal) -> Response<Body> {
+    let body = json!({
+        "tenant": principal.tenant,
+        "principal": principal.to_string(),
+        "role": principal.role,
+    });
+    json_response(StatusCode::OK, body.to_string())
+}
+
+fn shown(c: &Credential, now: u64) -> Value {
+    json!({
+        "id": c.id,
+        "tenant": c.tenant,
+        "name": c.name,
+        "role": c.role(),
+        "state": c.state(now),
+        "created_at": rfc3339(c.created_at),
+        "expires_at": c.expires_at.map(rfc3339),
+        "revoked_at": c.revoked_at.map(rfc3339),
+    })
+}
+
+/// The API keys of the caller's tenant, never their secrets.
+pub(super) async fn list(
+    front: &Front,
+    principal: &Principal,
+) -> Result<Response<Body>, CallError> {
+    let now = unix_now();
+    let keys: Vec<Value> = front
+        .state
+        .credentials()
+        .list(Kind::ApiKey)
+        .await
+        .map_err(|e| CallError::Records(e.to_string()))?
+        .iter()
+        .filter(|c| c.tenant == principal.tenant)
+        .map(|c| shown(c, now))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        Value::Array(keys).to_string(),
+    ))
+}
+
+/// Makes an API key of the caller's tenant as `query` asks: `role`
+/// (required), `name`, `ttl`.
+pub(super) async fn create(
+    front: &Front,
+    principal: &Principal,
+    query: Option<&str>,
+) -> Result<Response<Body>, CallError> {
+    let (mut role, mut name, mut ttl) = (None, None, None);
+    for (key, value) in query_pairs(query) {
+        match key {
+            "role" => {
+                role = Some(
+                    value
+                        .parse::<Role>()
+                        .map_err(|e| CallError::BadQuery(e.to_string()))?,
+                )
+            }
+            "name" => name = Some(value.to_owned()),
+            "ttl" => {
+                ttl = Some(
+                    humantime::parse_duration(value)
+                        .ok()
+                        .filter(|d| !d.is_zero() && *d <= MAX_TTL)
+                        .ok_or_else(|| {
+                            CallError::BadQuery(format!(
+                                "ttl={value:?} is not a duration from 1s to 366d, e.g. ttl=30d"
+                            ))
+                        })?,
+                )
+            }
+            other => {
+                return Err(CallError::BadQuery(format!(
+                    "unknown parameter {other:?}; /v1/keys takes role, name and ttl"
+                )))
+            }
+        }
+    }
+    let role = role.ok_or_else(|| {
+        CallError::BadQuery(
+            "say the new key's role: role=admin, operator, viewer or enroller".into(),
+        )
+    })?;
+    let new = NewCredential {
+        tenant: principal.tenant.clone(),
+        ttl,
+        uses: None,
+        name,
+        node: None,
+        replace: false,
+        role: Some(role),
+    };
+    let (stored, secret) = front
+        .state
+        .credentials()
+        .create(Kind::ApiKey, new)
+        .await
+        .map_err(|e| CallError::Records(e.to_string()))?;
+    tracing::info!(key = %stored.id, %role, tenant = %stored.tenant, by = %principal,
+                   "API key made through the API");
+    let mut body = shown(&stored, unix_now());
+    body["key"] = json!(api_key_text(&stored.id, &secret));
+    Ok(json_response(StatusCode::CREATED, body.to_string()))
+}
+
+/// Revokes API key `id` of the caller's tenant; another tenant's is as
+/// unknown as one that never was.
+pub(super) async fn revoke(
+    front: &Front,
+    principal: &Principal,
+    id: &str,
+) -> Result<Response<Body>, CallError> {
+    let revoked = front
+        .state
+        .credentials()
+        .revoke_in(Kind::ApiKey, Some(&principal.tenant), id)
+        .await
+        .map_err(|e| CallError::Records(e.to_string()))?;
+    match revoked {
+        Some(c) => {
+            tracing::info!(key = %c.id, tenant = %c.tenant, by = %principal,
+                           "API key revoked through the API");
+            Ok(json_response(
+                StatusCode::OK,
+                shown(&c, unix_now()).to_string(),
+            ))
+        }
+        None => Err(CallError::NoSuchKey(id.to_owned())),
+    }
+}
