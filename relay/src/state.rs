@@ -218,7 +218,7 @@ impl State {
         let state = Self {
             dir: dir.to_owned(),
             relay_id,
-            api_keys: RwLock::new(Arc::new(store.list(Kind::ApiKey).await?)),
+            api_keys: RwLock::new(Arc::new(by_id(store.list(Kind::ApiKey).await?))),
             client_certs: RwLock::new(Arc::new(store.list(Kind::ClientCert).await?)),
             store,
             nodes: DashMap::new(),
@@ -287,7 +287,8 @@ impl State {
             .clone()
     }
 
-    /// The API keys as last read.
+    /// The API keys as last read, sorted by id (as
+    /// [`credentials::check_api_key`] searches them).
     pub fn api_keys(&self) -> Arc<Vec<Credential>> {
         self.api_keys
             .read()
@@ -493,7 +494,7 @@ impl State {
     }
 
     fn set_api_keys(&self, keys: Vec<Credential>) {
-        *self.api_keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        *self.api_keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(by_id(keys));
     }
 
     fn set_client_certs(&self, certs: Vec<Credential>) {
@@ -626,6 +627,12 @@ impl State {
         }
         None
     }
+}
+
+/// Credentials sorted by id, for a search by halves.
+fn by_id(mut list: Vec<Credential>) -> Vec<Credential> {
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    list
 }
 
 #[cfg(test)]

@@ -541,7 +541,9 @@ pub fn check_client_cert(list: &[Credential], serial: &str) -> Result<Role, Refu
     }
 }
 
-/// Checks an API key's text against `list` (a cached copy of the store).
+/// Checks an API key's text against `list` (a cached copy of the store,
+/// sorted by id: a relay with many keys looks at the few with its id,
+/// not at all of them).
 pub fn check_api_key(list: &[Credential], text: &str) -> Result<Credential, Refusal> {
     let Some((id, secret)) = parse_api_key(text) else {
         return Err(Refusal::Malformed(
@@ -549,7 +551,9 @@ pub fn check_api_key(list: &[Credential], text: &str) -> Result<Credential, Refu
             Kind::ApiKey.create_hint(),
         ));
     };
-    Store::check_in(Kind::ApiKey, list, id, secret, unix_now())
+    let from = list.partition_point(|c| c.id.as_str() < id);
+    let to = from + list[from..].partition_point(|c| c.id == id);
+    Store::check_in(Kind::ApiKey, &list[from..to], id, secret, unix_now())
 }
 
 #[cfg(test)]
@@ -704,6 +708,36 @@ mod tests {
             states,
             ["active", "used up", "used up", "expired", "revoked"]
         );
+    }
+
+    #[test]
+    fn a_key_is_found_among_many_sorted_by_id_even_beside_one_of_the_same_id() {
+        let key = |id: &str, secret: &str| Credential {
+            id: id.into(),
+            tenant: tenant("acme"),
+            name: None,
+            secret_sha256: hash(secret),
+            created_at: 0,
+            expires_at: None,
+            max_uses: None,
+            uses: 0,
+            revoked_at: None,
+            node: None,
+            replace: false,
+            recent: Vec::new(),
+            role: Some(Role::Viewer),
+        };
+        let mut list: Vec<Credential> = (0..1000)
+            .map(|i| key(&format!("{i:04x}"), "0123456789abcdef-other"))
+            .collect();
+        list.push(key("01f4", "0123456789abcdef-mine"));
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        let found = check_api_key(&list, &api_key_text("01f4", "0123456789abcdef-mine"));
+        assert_eq!(found.unwrap().role, Some(Role::Viewer));
+        let other = check_api_key(&list, &api_key_text("01f4", "0123456789abcdef-other"));
+        assert!(other.is_ok());
+        let missing = check_api_key(&list, &api_key_text("ffff", "0123456789abcdef-mine"));
+        assert!(matches!(missing, Err(Refusal::Unknown(..))));
     }
 
     #[tokio::test]
