@@ -714,6 +714,58 @@ fn tokens_keys_and_tenants_hold_across_relays() {
         revoked.elapsed()
     );
 
+    // Roles hold at every relay: a viewer key made through a's API reads
+    // at b and is refused a write there; revoked through a's API, b
+    // refuses it within 2 s.
+    let admin_key = a
+        .cli_last_line(&["api-key", "create", "--tenant", "acme", "--role", "admin"])
+        .unwrap();
+    let admin_at_a = ApiClient::new(a.api, &ca).unwrap().with_bearer(&admin_key);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let made = loop {
+        match admin_at_a
+            .call("POST", "/v1/keys?role=viewer&name=help-desk")
+            .unwrap()
+        {
+            (201, body) => break body,
+            (401, _) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            other => panic!("POST /v1/keys at a: {other:?}"),
+        }
+    };
+    let made: serde_json::Value = serde_json::from_str(&made).unwrap();
+    let viewer_at_b = ApiClient::new(b.api, &ca)
+        .unwrap()
+        .with_bearer(made["key"].as_str().unwrap());
+    let made_at = Instant::now();
+    while viewer_at_b.get("/v1/nodes").unwrap().0 != 200 {
+        assert!(
+            made_at.elapsed() < Duration::from_secs(2),
+            "b does not know the new key"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, body) = viewer_at_b.call("POST", "/v1/tokens").unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("has the role viewer"), "{body}");
+    let id = made["id"].as_str().unwrap();
+    let (status, body) = admin_at_a
+        .call("DELETE", &format!("/v1/keys/{id}"))
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let revoked = Instant::now();
+    loop {
+        let (status, body) = viewer_at_b.get("/v1/nodes").unwrap();
+        if status == 401 {
+            assert!(body.contains("revoked"), "{body}");
+            break;
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(2),
+            "b still takes the key revoked through a's API: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     // A node revoked through a loses its session at b, and b withdraws
     // its claim at once rather than when its lease ends. Under load the
     // agent was once found held by both relays here, as a make-before-

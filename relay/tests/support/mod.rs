@@ -844,6 +844,11 @@ impl ApiClient {
 
     /// GET `path`; returns status and body.
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        self.call("GET", path)
+    }
+
+    /// `method path` with no body; returns status and body.
+    pub fn call(&self, method: &str, path: &str) -> Result<(u16, String)> {
         let tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
         tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
@@ -854,7 +859,10 @@ impl ApiClient {
             .as_ref()
             .map(|k| format!("Authorization: Bearer {k}\r\n"))
             .unwrap_or_default();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n{auth}\r\n")?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: test\r\n{auth}Content-Length: 0\r\n\r\n"
+        )?;
         let mut resp = Vec::new();
         // A TLS peer may close without close_notify after HTTP/1.0; keep what came.
         if let Err(e) = s.read_to_end(&mut resp) {
