@@ -35,6 +35,7 @@ fn keys() -> (Vec<Credential>, String) {
             replace: false,
             recent: Vec::new(),
             role: Some(Role::ALL[i % 4]),
+            last_used_at: None,
         })
         .collect();
     // The last one: the longest search.

@@ -486,8 +486,8 @@ async fn list(dir: &StateDir, kind: Kind) -> anyhow::Result<()> {
     let state = dir.state().await?;
     let now = unix_now();
     println!(
-        "{:<10} {:<16} {:<9} {:<9} {:<22} {:<22} {:<7} NAME",
-        "ID", "TENANT", "STATE", "ROLE", "CREATED", "EXPIRES", "USES"
+        "{:<10} {:<16} {:<9} {:<9} {:<22} {:<22} {:<22} {:<7} NAME",
+        "ID", "TENANT", "STATE", "ROLE", "CREATED", "EXPIRES", "LAST USED", "USES"
     );
     for c in state.credentials().list(kind).await? {
         let Credential {
@@ -506,10 +506,14 @@ async fn list(dir: &StateDir, kind: Kind) -> anyhow::Result<()> {
             _ => c.role().to_string(),
         };
         println!(
-            "{id:<10} {tenant:<16} {:<9} {role:<9} {:<22} {:<22} {:<7} {}",
+            "{id:<10} {tenant:<16} {:<9} {role:<9} {:<22} {:<22} {:<22} {:<7} {}",
             c.state(now),
             rfc3339(*created_at),
             expires_at.map_or("never".into(), rfc3339),
+            match kind {
+                Kind::JoinToken => "-".to_owned(),
+                _ => c.last_used_at.map_or("never".into(), rfc3339),
+            },
             max_uses.map_or(format!("{uses}"), |m| format!("{uses}/{m}")),
             name.as_deref().unwrap_or("")
         );

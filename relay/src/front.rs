@@ -56,6 +56,7 @@ use crate::authz::{self, Action};
 use crate::error::CallError;
 use crate::metrics::Limit;
 use crate::respond::Body;
+use crate::state::credentials::Kind;
 use crate::upstream::Direct;
 use routes::{check_path, Route};
 
@@ -183,6 +184,13 @@ fn admit(
         CallError::Unauthenticated(failure)
     })?;
     check_path(req.uri().path())?;
+    match (&principal.credentials, conn.meta.client_cert.as_ref()) {
+        (auth::Credentials::ApiKey(id), _) => front.state.uses().note(Kind::ApiKey, id),
+        (auth::Credentials::Cert(_), Some(cert)) => {
+            front.state.uses().note(Kind::ClientCert, &cert.serial)
+        }
+        _ => {}
+    }
     Ok(principal)
 }
 

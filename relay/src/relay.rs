@@ -322,6 +322,7 @@ impl Relay {
                 .clone()
                 .run(sessions.clone(), registry.clone(), hard.clone()),
         );
+        tasks.spawn(flush_uses(state.clone(), hard.clone()));
         tasks.spawn(share_facts(
             sessions.clone(),
             registry.clone(),
@@ -468,6 +469,9 @@ impl Relay {
         registry.set_draining();
         accepting.cancel();
         drain(&config, &sessions, &registry, &calls, &wind_down).await;
+        if let Err(e) = state.flush_uses().await {
+            warn!(error = %e, "cannot record when keys were last used");
+        }
         hard.cancel();
         endpoint.close(0u32.into(), b"relay shutting down");
         if let Some((endpoint, peers)) = &peer_endpoint {
@@ -601,6 +605,22 @@ fn say_pre_role_credentials(state: &State) {
         warn!(api_keys = keys, client_certs = certs,
               "some API keys and client certificates were made before roles; they act as operator. \
                To give one less (viewer, enroller) or more (admin), make it again with --role and revoke the old one");
+    }
+}
+
+/// Writes when keys and certificates were last used, now and then.
+async fn flush_uses(state: Arc<State>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::state::uses::FLUSH_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = state.flush_uses().await {
+                    warn!(error = %e, "cannot record when keys were last used; trying again later");
+                }
+            }
+            () = stop.cancelled() => return,
+        }
     }
 }
 

@@ -23,6 +23,7 @@
 pub mod credentials;
 pub mod nodes;
 pub mod records;
+pub mod uses;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -189,6 +190,8 @@ pub struct State {
     api_keys: RwLock<Arc<Vec<Credential>>>,
     client_certs: RwLock<Arc<Vec<Credential>>>,
     nodes: DashMap<NodeKey, NodeRecord>,
+    /// When keys and certificates were last used, until written.
+    uses: uses::Uses,
     /// Lets one of this process's state-dir writes at a time onto the
     /// blocking pool. They serialize on the state dir's lock anyway; with
     /// a thousand agents enrolling at once, letting them all contend for
@@ -222,6 +225,7 @@ impl State {
             client_certs: RwLock::new(Arc::new(store.list(Kind::ClientCert).await?)),
             store,
             nodes: DashMap::new(),
+            uses: uses::Uses::default(),
             writes: tokio::sync::Semaphore::new(1),
             records,
         };
@@ -285,6 +289,16 @@ impl State {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// When keys and certificates were last used ([`uses`]).
+    pub fn uses(&self) -> &uses::Uses {
+        &self.uses
+    }
+
+    /// Writes the uses noted so far to the records.
+    pub async fn flush_uses(&self) -> Result<(), StateError> {
+        self.uses.flush(&self.store).await
     }
 
     /// The API keys as last read, sorted by id (as

@@ -517,4 +517,18 @@ fn keys_made_before_roles_act_as_operator_and_the_relay_says_so_once() {
     let listed = relay.cli(&["api-key", "list"]).unwrap();
     assert!(listed.contains("operator"), "{listed}");
     Docker::direct().ok(&["rm", "-f", c]).unwrap();
+
+    // When it was last used is written at the latest when the relay stops.
+    let mut relay = relay;
+    relay.proc.terminate();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay.proc.is_running() {
+        assert!(Instant::now() < deadline, "the relay did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let listed = relay.cli(&["api-key", "list"]).unwrap();
+    // ID TENANT STATE ROLE CREATED EXPIRES LAST-USED USES
+    let cols: Vec<&str> = listed.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(cols[5], "never", "it never expires: {listed}");
+    assert!(cols[6].starts_with("20"), "it was used: {listed}");
 }

@@ -42,6 +42,7 @@ fn shown(c: &Credential, now: u64) -> Value {
         "created_at": rfc3339(c.created_at),
         "expires_at": c.expires_at.map(rfc3339),
         "revoked_at": c.revoked_at.map(rfc3339),
+        "last_used_at": c.last_used_at.map(rfc3339),
     })
 }
 

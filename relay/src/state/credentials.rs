@@ -29,7 +29,7 @@ use crate::authz::Role;
 pub const API_KEY_PREFIX: &str = "tgkey1";
 
 /// Which kind of secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// Lets a new agent enrol.
     JoinToken,
@@ -108,6 +108,10 @@ pub struct Credential {
     /// before roles, which acts as [`Role::BEFORE_ROLES`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// When a relay last took it for a call, to the minute (API keys and
+    /// client certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<u64>,
 }
 
 /// One use of a limited join token: which node, for which key.
@@ -277,6 +281,7 @@ impl Store {
             replace: new.replace,
             recent: Vec::new(),
             role: new.role,
+            last_used_at: None,
         };
         let stored = credential.clone();
         self.records
@@ -315,6 +320,7 @@ impl Store {
             replace: false,
             recent: Vec::new(),
             role: Some(role),
+            last_used_at: None,
         };
         let stored = credential.clone();
         self.records
@@ -330,6 +336,28 @@ impl Store {
             )
             .await?;
         Ok(credential)
+    }
+
+    /// Records when each of `used` (id, unix seconds) was last used; a
+    /// later use another relay recorded stands.
+    pub async fn record_uses(
+        &self,
+        kind: Kind,
+        used: std::collections::HashMap<String, u64>,
+    ) -> Result<(), StateError> {
+        self.records
+            .update(kind.key(), move |list: Option<Vec<Credential>>| {
+                let Some(mut list) = list else {
+                    return Ok((None, ()));
+                };
+                for c in &mut list {
+                    if let Some(at) = used.get(&c.id) {
+                        c.last_used_at = c.last_used_at.max(Some(*at));
+                    }
+                }
+                Ok((Some(list), ()))
+            })
+            .await
     }
 
     /// Revokes the credential `id`; returns it, or `None` if unknown.
@@ -726,6 +754,7 @@ mod tests {
             replace: false,
             recent: Vec::new(),
             role: Some(Role::Viewer),
+            last_used_at: None,
         };
         let mut list: Vec<Credential> = (0..1000)
             .map(|i| key(&format!("{i:04x}"), "0123456789abcdef-other"))
