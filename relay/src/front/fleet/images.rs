@@ -21,7 +21,7 @@ use tunnelgate_proto::NodeId;
 use super::super::asks::{self, carry};
 use super::calls::FrontCalls;
 use super::writes::{resolve, send, set_node, whole};
-use super::{label_node, with_skipped_names, Ctx, NODE_HEADER};
+use super::{label_node, with_query, with_skipped_names, Ctx, NODE_HEADER};
 use crate::error::CallError;
 use crate::fleet::reach::refresh_images;
 use crate::fleet::view::Health;
@@ -138,10 +138,6 @@ pub(super) async fn load(
     }
     let body = archive(req.into_body(), "load").await?;
     Ok(fan_out(cx, &rest, &headers, body, "loaded"))
-}
-
-fn with_query(path: &str, query: Option<&str>) -> String {
-    super::with_query(path, query)
 }
 
 /// An image archive, held whole to send to every node.
