@@ -125,6 +125,17 @@ impl Three {
         holders[0].clone()
     }
 
+    /// Whether node `i`'s own daemon has `image`.
+    fn has(&self, i: usize, image: &str) -> bool {
+        self.daemons[i]
+            .1
+            .docker()
+            .output_with_stdin(&["image", "inspect", image], b"")
+            .unwrap()
+            .status
+            .success()
+    }
+
     fn counts(&self) -> Vec<usize> {
         self.names().values().map(Vec::len).collect()
     }
@@ -623,15 +634,7 @@ fn pull_reaches_every_node_and_a_run_pulls_on_the_node_it_chose() {
     let three = Three::start(&[]);
     let registry = Registry::start();
     let fleet = three.fleet();
-    let has = |i: usize, image: &str| {
-        three.daemons[i]
-            .1
-            .docker()
-            .output_with_stdin(&["image", "inspect", image], b"")
-            .unwrap()
-            .status
-            .success()
-    };
+    let has = |i: usize, image: &str| three.has(i, image);
 
     let everywhere = registry.push("1");
     let out = fleet.ok(&["pull", &everywhere]).unwrap();
@@ -683,15 +686,7 @@ fn pull_reaches_every_node_and_a_run_pulls_on_the_node_it_chose() {
 fn images_are_built_committed_saved_loaded_and_imported_where_the_fleet_says() {
     let three = Three::start(&[]);
     let fleet = three.fleet();
-    let has = |i: usize, image: &str| {
-        three.daemons[i]
-            .1
-            .docker()
-            .output_with_stdin(&["image", "inspect", image], b"")
-            .unwrap()
-            .status
-            .success()
-    };
+    let has = |i: usize, image: &str| three.has(i, image);
     let on = |image: &str| -> Vec<usize> { (0..3).filter(|i| has(*i, image)).collect() };
     // `docker images` on the fleet, as `node/repo:tag`, from the view.
     let listed = || -> Vec<String> {

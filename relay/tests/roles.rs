@@ -52,6 +52,15 @@ fn call(addr: SocketAddr, method: &str, path: &str, key: &str, body: &str) -> (u
     (status, body)
 }
 
+/// Waits until `node` answers through `relay` for `key`.
+fn wait_node(relay: &Relay, node: &str, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while call(relay.api, "GET", &format!("/v1/nodes/{node}"), key, "").0 != 200 {
+        assert!(Instant::now() < deadline, "{node} never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 struct Setup {
     relay: Relay,
     _agent: Proc,
@@ -83,11 +92,7 @@ fn setup(node: &str) -> Setup {
                 .unwrap()
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while call(relay.api, "GET", &format!("/v1/nodes/{node}"), &keys[0], "").0 != 200 {
-        assert!(Instant::now() < deadline, "{node} never came up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_node(&relay, node, &keys[0]);
     Setup {
         relay,
         _agent: agent,
@@ -439,22 +444,7 @@ fn an_enroller_makes_join_tokens_and_nothing_else() {
     )
     .spawn()
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while call(
-        s.relay.api,
-        "GET",
-        "/v1/nodes/enrolled-by-enroller",
-        &s.keys[0],
-        "",
-    )
-    .0 != 200
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the enroller's token enrolled nothing"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_node(&s.relay, "enrolled-by-enroller", &s.keys[0]);
     let (status, body) = call(
         s.relay.api,
         "GET",
@@ -500,11 +490,7 @@ fn keys_made_before_roles_act_as_operator_and_the_relay_says_so_once() {
     )
     .spawn()
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while call(relay.api, "GET", &format!("/v1/nodes/{node}"), &key, "").0 != 200 {
-        assert!(Instant::now() < deadline, "{node} never came up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_node(&relay, node, &key);
     let (_, me) = call(relay.api, "GET", "/v1/whoami", &key, "");
     assert!(me.contains("\"role\":\"operator\""), "{me}");
     let c = "roles-legacy-target";
