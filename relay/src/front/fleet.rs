@@ -17,6 +17,7 @@ mod calls;
 mod images;
 mod objects;
 mod ps_query;
+mod shared;
 mod writes;
 
 use std::sync::Arc;
@@ -24,26 +25,19 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::{json, Map, Value};
-use tokio::task::JoinSet;
+use serde_json::{json, Value};
 use tunnelgate_proto::{NodeId, TenantId};
 
-use super::asks::{ask_json, Caller};
+use super::asks::Caller;
 use super::context::{ClientConn, Front};
 use super::events;
 use crate::error::CallError;
-use crate::fleet::cache::TenantView;
 use crate::fleet::view::Health;
 use crate::respond::{json as json_response, whole, Body};
+use shared::{ask_all, label_node, merged, with_query, with_skipped, with_skipped_names, Ctx};
 
 /// The API version the fleet speaks when no node says its own.
 const DEFAULT_API_VERSION: &str = "1.41";
-
-/// Nodes a fleet view skipped, and why.
-pub const SKIPPED_HEADER: &str = "x-tunnelgate-skipped";
-
-/// The node a fleet call was placed on or routed to.
-pub const NODE_HEADER: &str = "x-tunnelgate-node";
 
 /// Splits a leading API version (`/v1.41`) off a Docker path.
 fn split_version(path: &str) -> (&str, &str) {
@@ -59,16 +53,6 @@ fn split_version(path: &str) -> (&str, &str) {
         true => path.split_at(end + 2),
         false => ("", path),
     }
-}
-
-/// What a fleet call works with.
-pub(super) struct Ctx<'a> {
-    front: &'a Arc<Front>,
-    conn: &'a ClientConn,
-    caller: &'a Caller,
-    view: Arc<TenantView>,
-    /// The API version prefix the client used (`/v1.41`), or empty.
-    version: &'a str,
 }
 
 /// Answers a call to `/fleet<rest>`.
@@ -152,22 +136,6 @@ pub(super) async fn serve(
     }
 }
 
-/// The online node that has container `id`, asking them all at once.
-async fn locate(front: &Arc<Front>, caller: &Caller, id: &str) -> Option<NodeId> {
-    if id.is_empty()
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-    {
-        return None;
-    }
-    ask_all(front, caller, &format!("/containers/{id}/json"))
-        .await
-        .into_iter()
-        .find(|p| p.answer.is_ok())
-        .map(|p| p.node)
-}
-
 /// The lowest API version among the tenant's nodes on this relay: every
 /// node understands it.
 fn api_version(front: &Front, tenant: &TenantId) -> String {
@@ -231,72 +199,6 @@ fn go_arch() -> &'static str {
         "aarch64" => "arm64",
         other => other,
     }
-}
-
-/// One node's part of a fleet view.
-struct Part {
-    node: NodeId,
-    answer: Result<Value, String>,
-}
-
-/// Asks every online node of the caller's tenant for `path` at once; the
-/// offline ones answer `Err("offline")` without a call.
-async fn ask_all(front: &Arc<Front>, caller: &Caller, path: &str) -> Vec<Part> {
-    let mut calls = JoinSet::new();
-    let mut parts = Vec::new();
-    for (node, held) in front.router.fleet(caller.tenant()) {
-        if !held.is_online() {
-            parts.push(Part {
-                node,
-                answer: Err("offline".to_owned()),
-            });
-            continue;
-        }
-        let (front, caller, path) = (front.clone(), caller.clone(), path.to_owned());
-        calls.spawn(async move {
-            let answer = ask_json(&front, &caller, &node, &path).await;
-            Part {
-                node,
-                answer: answer.map_err(|e| e.to_string()),
-            }
-        });
-    }
-    while let Some(done) = calls.join_next().await {
-        if let Ok(part) = done {
-            parts.push(part);
-        }
-    }
-    parts.sort_by(|a, b| a.node.cmp(&b.node));
-    parts
-}
-
-/// Says which nodes a view left out, in a header.
-fn with_skipped(resp: Response<Body>, parts: &[Part]) -> Response<Body> {
-    let skipped: Vec<(NodeId, String)> = parts
-        .iter()
-        .filter_map(|p| Some((p.node.clone(), p.answer.as_ref().err()?.clone())))
-        .collect();
-    with_skipped_names(resp, &skipped)
-}
-
-/// Names the nodes a view left out, and why, in a header.
-fn with_skipped_names(mut resp: Response<Body>, skipped: &[(NodeId, String)]) -> Response<Body> {
-    let skipped: Vec<String> = skipped
-        .iter()
-        .map(|(node, why)| format!("{node} ({why})"))
-        .collect();
-    if skipped.is_empty() {
-        return resp;
-    }
-    let text: String = skipped
-        .join(", ")
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
-    if let Ok(v) = HeaderValue::from_str(&text) {
-        resp.headers_mut().insert(SKIPPED_HEADER, v);
-    }
-    resp
 }
 
 fn number(v: &Value, key: &str) -> u64 {
@@ -390,42 +292,6 @@ fn info(cx: &Ctx<'_>) -> Response<Body> {
     with_skipped_names(json_response(StatusCode::OK, body.to_string()), &skipped)
 }
 
-fn with_query(path: &str, query: Option<&str>) -> String {
-    match query {
-        Some(q) if !q.is_empty() => format!("{path}?{q}"),
-        _ => path.to_owned(),
-    }
-}
-
-/// Every node's list in one, each item labelled with its node and the
-/// strings in its array field `field` (names, tags) renamed by `rename`
-/// where it gives a new one.
-fn merged(
-    parts: &[Part],
-    field: &str,
-    rename: impl Fn(&NodeId, &str) -> Option<String>,
-) -> Vec<Value> {
-    let mut all = Vec::new();
-    for part in parts {
-        let Ok(Value::Array(items)) = &part.answer else {
-            continue;
-        };
-        for item in items {
-            let mut item = item.clone();
-            if let Some(Value::Array(names)) = item.get_mut(field) {
-                for name in names.iter_mut() {
-                    if let Some(new) = name.as_str().and_then(|n| rename(&part.node, n)) {
-                        *name = Value::String(new);
-                    }
-                }
-            }
-            label_node(&mut item, &part.node);
-            all.push(item);
-        }
-    }
-    all
-}
-
 /// `docker ps` over the fleet, from the view: every node's containers
 /// (running ones unless `all`), names as `/<node-id>/<name>`, newest
 /// first. A filter the view cannot answer sends the call to each node.
@@ -488,38 +354,6 @@ async fn ps_asking_every_node(
     )
 }
 
-/// `docker images` asking each node, for filters the view cannot answer.
-async fn images_asking_every_node(
-    front: &Arc<Front>,
-    caller: &Caller,
-    query: Option<&str>,
-) -> Response<Body> {
-    let parts = ask_all(front, caller, &with_query("/images/json", query)).await;
-    let all = merged(&parts, "RepoTags", |node, tag| {
-        (!tag.starts_with("<none>")).then(|| format!("{node}/{tag}"))
-    });
-    with_skipped(
-        json_response(StatusCode::OK, Value::Array(all).to_string()),
-        &parts,
-    )
-}
-
-/// Puts `tunnelgate.node=<id>` in an object's `Labels`.
-fn label_node(object: &mut Value, node: &NodeId) {
-    let Some(obj) = object.as_object_mut() else {
-        return;
-    };
-    let labels = obj
-        .entry("Labels")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if labels.is_null() {
-        *labels = Value::Object(Map::new());
-    }
-    if let Some(labels) = labels.as_object_mut() {
-        labels.insert("tunnelgate.node".into(), Value::String(node.to_string()));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,18 +368,5 @@ mod tests {
         assert_eq!(split_version("/v1.41"), ("/v1.41", ""));
         assert_eq!(split_version("/volumes"), ("", "/volumes"));
         assert_eq!(split_version("/version"), ("", "/version"));
-    }
-
-    #[test]
-    fn a_node_label_lands_in_null_or_missing_labels() {
-        let node = NodeId::new("n1").unwrap();
-        for mut v in [
-            json!({}),
-            json!({"Labels": null}),
-            json!({"Labels": {"a": "b"}}),
-        ] {
-            label_node(&mut v, &node);
-            assert_eq!(v["Labels"]["tunnelgate.node"], "n1");
-        }
     }
 }

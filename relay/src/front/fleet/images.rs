@@ -18,10 +18,14 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tunnelgate_proto::NodeId;
 
+use super::super::asks::Caller;
 use super::super::asks::{self, carry};
+use super::super::context::Front;
 use super::calls::FrontCalls;
+use super::shared::{
+    ask_all, label_node, merged, with_query, with_skipped, with_skipped_names, Ctx, NODE_HEADER,
+};
 use super::writes::{resolve, send, set_node, whole};
-use super::{label_node, with_query, with_skipped_names, Ctx, NODE_HEADER};
 use crate::error::CallError;
 use crate::fleet::reach::refresh_images;
 use crate::fleet::view::Health;
@@ -59,7 +63,7 @@ fn view_answers(pairs: &[(String, String)]) -> bool {
 /// node, from the view; a filter it cannot answer asks every node.
 pub(super) async fn list(cx: &Ctx<'_>, query: Option<&str>) -> Response<Body> {
     if !view_answers(&decoded(query)) {
-        return super::images_asking_every_node(cx.front, cx.caller, query).await;
+        return images_asking_every_node(cx.front, cx.caller, query).await;
     }
     let mut all = Vec::new();
     let mut skipped = Vec::new();
@@ -91,6 +95,22 @@ pub(super) async fn list(cx: &Ctx<'_>, query: Option<&str>) -> Response<Body> {
     with_skipped_names(
         json_response(StatusCode::OK, Value::Array(all).to_string()),
         &skipped,
+    )
+}
+
+/// `docker images` asking each node, for filters the view cannot answer.
+async fn images_asking_every_node(
+    front: &Arc<Front>,
+    caller: &Caller,
+    query: Option<&str>,
+) -> Response<Body> {
+    let parts = ask_all(front, caller, &with_query("/images/json", query)).await;
+    let all = merged(&parts, "RepoTags", |node, tag| {
+        (!tag.starts_with("<none>")).then(|| format!("{node}/{tag}"))
+    });
+    with_skipped(
+        json_response(StatusCode::OK, Value::Array(all).to_string()),
+        &parts,
     )
 }
 
@@ -267,29 +287,6 @@ fn tag(line: &mut Value, node: &NodeId) {
             return;
         }
     }
-}
-
-/// Pulls on one node to the end; `Err` with the node's words if it failed.
-pub(super) async fn pull_one(
-    cx: &Ctx<'_>,
-    node: &NodeId,
-    rest: &str,
-    headers: &HeaderMap,
-) -> Result<(), String> {
-    let resp = send(cx, node, Method::POST, rest, headers, Bytes::new())
-        .await
-        .map_err(|e| e.to_string())?;
-    let (status, _, body) = whole(resp).await;
-    if !status.is_success() {
-        return Err(asks::docker_message(&body));
-    }
-    let error = body
-        .split(|b| *b == b'\n')
-        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
-        .find_map(|v| Some(v.get("error")?.as_str()?.to_owned()));
-    let calls = FrontCalls(cx.front.clone());
-    refresh_images(&cx.view, &calls, cx.caller.tenant(), node).await;
-    error.map_or(Ok(()), Err)
 }
 
 /// A node that can take calls and has every one of `names`, or Docker's

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tunnelgate_proto::NodeId;
 
 use super::super::asks::carry;
-use super::{ask_all, label_node, with_query, with_skipped, Ctx, Part};
+use super::shared::{ask_all, label_node, with_query, with_skipped, Ctx, Part};
 use crate::error::CallError;
 use crate::fleet::expr::Expr;
 use crate::fleet::{place, Ask};

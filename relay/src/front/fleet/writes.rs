@@ -16,10 +16,10 @@ use tunnelgate_proto::NodeId;
 use super::super::asks::{self, carry};
 use super::super::routes::query_pairs;
 use super::calls::FrontCalls;
-use super::{Ctx, NODE_HEADER};
+use super::shared::{ask_all, locate, Ctx, NODE_HEADER};
 use crate::error::CallError;
 use crate::fleet::cache::{self, Found};
-use crate::fleet::reach::refresh_container;
+use crate::fleet::reach::{refresh_container, refresh_images};
 use crate::fleet::{place, Ask};
 use crate::respond::{json as json_response, Body};
 
@@ -194,7 +194,7 @@ async fn create_on(
     }
     let (from, tag) = split_image(image);
     let pull_path = format!("{}/images/create?fromImage={from}&tag={tag}", cx.version);
-    let pulled = super::images::pull_one(cx, node, &pull_path, headers).await;
+    let pulled = pull_one(cx, node, &pull_path, headers).await;
     if pulled.is_err() {
         return Ok(Tried {
             answer: first,
@@ -205,6 +205,29 @@ async fn create_on(
         answer: whole(post(body).await?).await,
         pull_failed: false,
     })
+}
+
+/// Pulls on one node to the end; `Err` with the node's words if it failed.
+async fn pull_one(
+    cx: &Ctx<'_>,
+    node: &NodeId,
+    rest: &str,
+    headers: &HeaderMap,
+) -> Result<(), String> {
+    let resp = send(cx, node, Method::POST, rest, headers, Bytes::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (status, _, body) = whole(resp).await;
+    if !status.is_success() {
+        return Err(asks::docker_message(&body));
+    }
+    let error = body
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+        .find_map(|v| Some(v.get("error")?.as_str()?.to_owned()));
+    let calls = FrontCalls(cx.front.clone());
+    refresh_images(&cx.view, &calls, cx.caller.tenant(), node).await;
+    error.map_or(Ok(()), Err)
 }
 
 /// `repo:tag` split as `docker pull` sends it (a registry port is not a tag).
@@ -246,7 +269,7 @@ pub(super) async fn resolve(cx: &Ctx<'_>, name: &str) -> Result<(NodeId, String)
         }),
         Found::Missing => {
             let bare = name.rsplit('/').next().unwrap_or(name);
-            let node = super::locate(cx.front, cx.caller, bare)
+            let node = locate(cx.front, cx.caller, bare)
                 .await
                 .ok_or_else(|| CallError::FleetName(name.to_owned()))?;
             Ok((node, bare.to_owned()))
@@ -367,7 +390,7 @@ pub(super) async fn exec_call(
 ) -> Result<Response<Body>, CallError> {
     let node = match cx.view.exec_node(id) {
         Some(node) => node,
-        None => super::ask_all(cx.front, cx.caller, &format!("/exec/{id}/json"))
+        None => ask_all(cx.front, cx.caller, &format!("/exec/{id}/json"))
             .await
             .into_iter()
             .find(|p| p.answer.is_ok())
