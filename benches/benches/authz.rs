@@ -6,7 +6,9 @@
 //!
 //! Run: `cargo bench -p tunnelgate-benches --bench authz`
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::{HeaderMap, AUTHORIZATION};
 use http::Method;
 use tunnelgate_proto::TenantId;
@@ -23,7 +25,7 @@ fn keys() -> (Vec<Credential>, String) {
     let keys = (0..KEYS)
         .map(|i| Credential {
             id: format!("{i:08x}"),
-            tenant: TenantId::new(format!("t{}", i % 100)).unwrap(),
+            tenant: TenantId::new(format!("t{}", i % 100)).expect("a tenant id"),
             name: None,
             secret_sha256: hash.clone(),
             created_at: 0,
@@ -50,12 +52,17 @@ fn hex_sha256(text: &str) -> String {
 fn bench(c: &mut Criterion) {
     let (keys, text) = keys();
     let mut headers = HeaderMap::new();
-    headers.insert(AUTHORIZATION, format!("Bearer {text}").parse().unwrap());
+    headers.insert(
+        AUTHORIZATION,
+        format!("Bearer {text}").parse().expect("a header value"),
+    );
     let mut group = c.benchmark_group("authz");
     group.bench_function("baseline: authenticate among 10,000 keys", |b| {
-        b.iter(|| authenticate(ApiAuth::Required, black_box(&keys), &[], None, &headers).unwrap())
+        b.iter(|| {
+            authenticate(ApiAuth::Required, black_box(&keys), &[], None, &headers).expect("the key")
+        })
     });
-    let principal = authenticate(ApiAuth::Required, &keys, &[], None, &headers).unwrap();
+    let principal = authenticate(ApiAuth::Required, &keys, &[], None, &headers).expect("the key");
     let paths = [
         (Method::GET, "/v1.41/containers/json"),
         (Method::POST, "/v1.41/containers/abc/exec"),
