@@ -197,7 +197,9 @@ pub fn decide(who: &dyn fmt::Display, role: Role, action: Action) -> Result<(), 
 /// What a Docker call (`method`, its path without the node, with or
 /// without an API version) does.
 pub fn docker_call(method: &http::Method, path: &str) -> DockerCall {
-    let path = strip_version(path);
+    // The daemon routes the decoded path: `%61rchive` is `archive` to it.
+    let decoded = percent_decoded(path);
+    let path = strip_version(&decoded);
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let read = method == http::Method::GET || method == http::Method::HEAD;
     match (method.as_str(), segments.as_slice()) {
@@ -209,6 +211,30 @@ pub fn docker_call(method: &http::Method, path: &str) -> DockerCall {
         _ if read => Read,
         _ => Write,
     }
+}
+
+/// `path` with its `%XX` escapes decoded, as the daemon's router sees it.
+fn percent_decoded(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 fn strip_version(path: &str) -> &str {
@@ -268,6 +294,11 @@ mod tests {
         assert_eq!(docker_call(&Method::PUT, "/containers/web/archive"), Write);
         assert_eq!(docker_call(&Method::DELETE, "/images/busybox"), Write);
         assert_eq!(post("/v1.41/containers/web/wait"), Write);
+        // Spelled with escapes, a path is what the daemon decodes it to.
+        assert_eq!(get("/containers/web/%61rchive"), Files);
+        assert_eq!(get("/containers/web/%65%78port"), Files);
+        assert_eq!(get("/containers/web/att%61ch/ws"), Attach);
+        assert_eq!(get("/containers/web/logs%"), Read);
     }
 
     #[test]

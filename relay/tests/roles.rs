@@ -215,6 +215,13 @@ fn each_role_may_call_exactly_what_its_table_row_says_and_refusals_never_reach_t
                 &["admin", "operator"],
             ),
             (
+                "archive, spelled with an escape the daemon decodes",
+                "GET",
+                format!("{n}/containers/{c}/%61rchive?path=/etc/hostname"),
+                String::new(),
+                &["admin", "operator"],
+            ),
+            (
                 "export",
                 "GET",
                 format!("{n}/v1.41/containers/{c}/export"),
