@@ -1,6 +1,7 @@
 //! The facts about the Docker Engine API that the relay and the agent
 //! must agree on, written once: how an error body looks, which request
-//! asks to hijack its connection, and how a daemon's TCP address reads.
+//! asks to hijack its connection, how a daemon's TCP address reads, and
+//! where a path's API version ends.
 //!
 //! Pure functions over bytes; this module knows no HTTP library.
 
@@ -42,8 +43,39 @@ pub fn is_upgrade<'a>(
         })
 }
 
+/// Splits a leading API version off a Docker path as the daemon's router
+/// reads one (`/v` then digits and dots): `/v1.41/containers/json` is
+/// (`/v1.41`, `/containers/json`); a path without one is (``, path).
+pub fn split_version(path: &str) -> (&str, &str) {
+    let Some(after) = path.strip_prefix("/v") else {
+        return ("", path);
+    };
+    let end = after.find('/').unwrap_or(after.len());
+    let version = &after[..end];
+    match !version.is_empty() && version.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        true => path.split_at(end + 2),
+        false => ("", path),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_version_prefix_is_split_off_as_the_daemon_reads_it_and_nothing_else() {
+        assert_eq!(
+            split_version("/v1.41/containers/json"),
+            ("/v1.41", "/containers/json")
+        );
+        assert_eq!(
+            split_version("/v1/containers/json"),
+            ("/v1", "/containers/json")
+        );
+        assert_eq!(split_version("/_ping"), ("", "/_ping"));
+        assert_eq!(split_version("/v1.41"), ("/v1.41", ""));
+        assert_eq!(split_version("/volumes"), ("", "/volumes"));
+        assert_eq!(split_version("/version"), ("", "/version"));
+    }
+
     use super::*;
 
     #[test]

@@ -199,7 +199,7 @@ pub fn decide(who: &dyn fmt::Display, role: Role, action: Action) -> Result<(), 
 pub fn docker_call(method: &http::Method, path: &str) -> DockerCall {
     // The daemon routes the decoded path: `%61rchive` is `archive` to it.
     let decoded = percent_decoded(path);
-    let path = strip_version(&decoded);
+    let (_, path) = tunnelgate_proto::docker_api::split_version(&decoded);
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let read = method == http::Method::GET || method == http::Method::HEAD;
     match (method.as_str(), segments.as_slice()) {
@@ -235,18 +235,6 @@ fn percent_decoded(path: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
-}
-
-fn strip_version(path: &str) -> &str {
-    let Some(after) = path.strip_prefix("/v") else {
-        return path;
-    };
-    let end = after.find('/').unwrap_or(after.len());
-    let version = &after[..end];
-    match !version.is_empty() && version.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        true => &after[end..],
-        false => path,
-    }
 }
 
 /// The table as the README shows it.
@@ -299,6 +287,8 @@ mod tests {
         assert_eq!(get("/containers/web/%65%78port"), Files);
         assert_eq!(get("/containers/web/att%61ch/ws"), Attach);
         assert_eq!(get("/containers/web/logs%"), Read);
+        // The daemon takes `/v1/` as a version too.
+        assert_eq!(get("/v1/containers/web/archive"), Files);
     }
 
     #[test]

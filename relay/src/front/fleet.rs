@@ -26,6 +26,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
+use tunnelgate_proto::docker_api::split_version;
 use tunnelgate_proto::{NodeId, TenantId};
 
 use super::asks::Caller;
@@ -38,22 +39,6 @@ use shared::{ask_all, label_node, merged, with_query, with_skipped, with_skipped
 
 /// The API version the fleet speaks when no node says its own.
 const DEFAULT_API_VERSION: &str = "1.41";
-
-/// Splits a leading API version (`/v1.41`) off a Docker path.
-fn split_version(path: &str) -> (&str, &str) {
-    let Some(after) = path.strip_prefix("/v") else {
-        return ("", path);
-    };
-    let end = after.find('/').unwrap_or(after.len());
-    let version = &after[..end];
-    let is_version = !version.is_empty()
-        && version.contains('.')
-        && version.chars().all(|c| c.is_ascii_digit() || c == '.');
-    match is_version {
-        true => path.split_at(end + 2),
-        false => ("", path),
-    }
-}
 
 /// Answers a call to `/fleet<rest>`.
 pub(super) async fn serve(
@@ -352,21 +337,4 @@ async fn ps_asking_every_node(
         json_response(StatusCode::OK, Value::Array(all).to_string()),
         &parts,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_version_prefix_is_split_off_and_nothing_else() {
-        assert_eq!(
-            split_version("/v1.41/containers/json"),
-            ("/v1.41", "/containers/json")
-        );
-        assert_eq!(split_version("/_ping"), ("", "/_ping"));
-        assert_eq!(split_version("/v1.41"), ("/v1.41", ""));
-        assert_eq!(split_version("/volumes"), ("", "/volumes"));
-        assert_eq!(split_version("/version"), ("", "/version"));
-    }
 }
