@@ -54,6 +54,8 @@ impl Fixture {
                     node: None,
                     replace: false,
                     role: None,
+                    scope: tunnelgate_relay::scope::Scope::all(),
+                    labels: Default::default(),
                 })
                 .await
                 .expect("token");

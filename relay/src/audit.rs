@@ -2,7 +2,8 @@
 //! the call is over (its last byte relayed), on the `tunnelgate::audit`
 //! tracing target so operators can route it to a file of its own.
 //!
-//! The line holds who (tenant, principal, role), what (node, method, path
+//! The line holds who (tenant, principal, role, scope: `*` for the
+//! whole tenant), what (node, method, path
 //! without the query) and how it went (route, status, bytes, duration). Never the
 //! body, the query string or any header: those may carry credentials.
 
@@ -147,6 +148,7 @@ impl Drop for CallRecord {
             tenant = %OrDash(self.caller.as_ref().map(|p| &p.tenant)),
             principal = %OrDash(self.caller.as_ref()),
             role = %OrDash(self.caller.as_ref().map(|p| &p.role)),
+            scope = %OrDash(self.caller.as_ref().map(|p| &p.scope)),
             node = %OrDash(self.node.as_ref()),
             route = %OrDash(self.route.get()),
             method = %self.method,

@@ -14,6 +14,7 @@ use tunnelgate_session::tls::{Role as CertRole, Subject};
 use crate::authz::Role;
 use crate::config::ApiAuth;
 use crate::error::AuthFailure;
+use crate::scope::Scope;
 use crate::state::credentials::{self, Credential};
 
 /// How a caller proved who it is.
@@ -38,6 +39,8 @@ pub struct Principal {
     pub credentials: Credentials,
     /// What it may do ([`crate::authz`] decides by it).
     pub role: Role,
+    /// Which of the tenant's nodes exist for it.
+    pub scope: Scope,
 }
 
 impl std::fmt::Display for Principal {
@@ -71,6 +74,7 @@ pub fn authenticate(
         let c = credentials::check_api_key(api_keys, key).map_err(AuthFailure::BadApiKey)?;
         return Ok(Principal {
             role: c.role(),
+            scope: c.scope,
             tenant: c.tenant,
             credentials: Credentials::ApiKey(c.id),
         });
@@ -78,12 +82,13 @@ pub fn authenticate(
     if let Some(subject) = client_cert {
         return match (subject.role, &subject.tenant) {
             (Some(CertRole::Client), Some(tenant)) => {
-                let role = credentials::check_client_cert(client_certs, &subject.serial)
+                let (role, scope) = credentials::check_client_cert(client_certs, &subject.serial)
                     .map_err(AuthFailure::RevokedCert)?;
                 Ok(Principal {
                     tenant: tenant.clone(),
                     credentials: Credentials::Cert(subject.name.clone()),
                     role,
+                    scope,
                 })
             }
             _ => Err(AuthFailure::NotAClientCert),
@@ -95,6 +100,7 @@ pub fn authenticate(
             tenant: TenantId::default_tenant(),
             credentials: Credentials::Local,
             role: Role::Admin,
+            scope: Scope::all(),
         }),
         ApiAuth::Required => Err(AuthFailure::Missing),
     }

@@ -16,6 +16,7 @@ use tunnelgate_proto::{NodeId, NodeKey, TenantId};
 use tunnelgate_relay::authz::Role;
 use tunnelgate_relay::config::RegistryConfig;
 use tunnelgate_relay::identity::Authority;
+use tunnelgate_relay::scope::Scope;
 use tunnelgate_relay::state::credentials::{api_key_text, Credential, Kind, NewCredential};
 use tunnelgate_relay::state::records::Records;
 use tunnelgate_relay::state::{rfc3339, unix_now, State};
@@ -137,6 +138,12 @@ pub enum TokenCommand {
         /// enrolled node.
         #[arg(long, requires = "node")]
         replace: bool,
+        /// A label the node it enrols gets, KEY=VALUE (repeatable). A
+        /// node enrolled with labels keeps these and ignores its agent's
+        /// own --label, so that a key scoped by label sees only the nodes
+        /// meant for it.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
         /// Print, as the last line, the one command to run on a host to
         /// install the agent from the relay and enrol it with this token.
         #[arg(long)]
@@ -178,6 +185,13 @@ pub enum ApiKeyCommand {
         /// tokens only).
         #[arg(long, default_value = "operator")]
         role: Role,
+        /// Which nodes it may see, as a label selector: KEY=VALUE,
+        /// KEY!=VALUE, 'KEY in (V1,V2)', 'KEY notin (V1,V2)', KEY, !KEY
+        /// (the key `node` is the node id). Repeat it, or join with
+        /// commas: every requirement must hold. Outside its scope a node
+        /// answers as a missing one [default: the whole tenant].
+        #[arg(long, value_name = "SELECTOR", value_parser = parse_scope)]
+        scope: Vec<Scope>,
         /// How long the key is valid (e.g. 30d, 12h); without it, until
         /// revoked.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -217,6 +231,13 @@ pub enum ClientCertCommand {
         /// enroller, as for `api-key create --role`.
         #[arg(long, default_value = "operator")]
         role: Role,
+        /// Which nodes it may see, as a label selector: KEY=VALUE,
+        /// KEY!=VALUE, 'KEY in (V1,V2)', 'KEY notin (V1,V2)', KEY, !KEY
+        /// (the key `node` is the node id). Repeat it, or join with
+        /// commas: every requirement must hold. Outside its scope a node
+        /// answers as a missing one [default: the whole tenant].
+        #[arg(long, value_name = "SELECTOR", value_parser = parse_scope)]
+        scope: Vec<Scope>,
         /// Where to write the files (created if missing).
         #[arg(long)]
         out: PathBuf,
@@ -281,15 +302,16 @@ pub enum NodeCommand {
 /// Writes a control-plane client's certificate files, and lists and
 /// revokes them.
 pub async fn client_cert(cmd: ClientCertCommand) -> anyhow::Result<()> {
-    let (dir, tenant, name, ttl, role, out) = match cmd {
+    let (dir, tenant, name, ttl, role, scope, out) = match cmd {
         ClientCertCommand::Create {
             dir,
             tenant,
             name,
             ttl,
             role,
+            scope,
             out,
-        } => (dir, tenant, name, ttl, role, out),
+        } => (dir, tenant, name, ttl, role, narrowest(&scope), out),
         ClientCertCommand::List { dir } => return list(&dir, Kind::ClientCert).await,
         ClientCertCommand::Revoke { dir, id } => return revoke(&dir, Kind::ClientCert, &id).await,
     };
@@ -310,6 +332,7 @@ pub async fn client_cert(cmd: ClientCertCommand) -> anyhow::Result<()> {
             name.clone(),
             subject.not_after.max(0) as u64,
             role,
+            scope.clone(),
         )
         .await
         .context("cannot record the certificate")?;
@@ -323,7 +346,7 @@ pub async fn client_cert(cmd: ClientCertCommand) -> anyhow::Result<()> {
     write("cert.pem", &cert, false)?;
     write("key.pem", &key, true)?;
     println!(
-        "client certificate {name} (serial {}, role {role}) for tenant {tenant} written to {} (valid {}); use it with:",
+        "client certificate {name} (serial {}, role {role}, scope {scope}) for tenant {tenant} written to {} (valid {}); use it with:",
         subject.serial,
         out.display(),
         humantime::format_duration(ttl)
@@ -386,6 +409,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             uses,
             node,
             replace,
+            labels,
             install_command,
             url,
         } => {
@@ -398,6 +422,8 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 node: node.clone(),
                 replace,
                 role: None,
+                scope: Scope::all(),
+                labels: labels.into_iter().collect(),
             };
             let (text, stored) = dir
                 .state()
@@ -434,6 +460,20 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn parse_scope(text: &str) -> Result<Scope, String> {
+    Scope::parse_all(&[text]).map_err(|e| e.to_string())
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let labels = tunnelgate_relay::scope::parse_labels(&[text])?;
+    Ok(labels.into_iter().next().expect("one label read"))
+}
+
+/// One scope of every `--scope`: all must hold.
+fn narrowest(scopes: &[Scope]) -> Scope {
+    scopes.iter().fold(Scope::all(), |all, s| all.and(s))
+}
+
 /// The SHA-256 of the CA file the relay serves at /ca.pem.
 fn served_ca_sha256(dir: &StateDir) -> anyhow::Result<String> {
     Ok(tunnelgate_relay::front::install::sha256_hex(
@@ -448,6 +488,7 @@ pub async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
             tenant,
             name,
             role,
+            scope,
             ttl,
         } => {
             let (stored, secret) = dir
@@ -464,13 +505,15 @@ pub async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
                         node: None,
                         replace: false,
                         role: Some(role),
+                        scope: narrowest(&scope),
+                        labels: Default::default(),
                     },
                 )
                 .await
                 .context("cannot store the API key")?;
             println!(
-                "API key {} for tenant {} (role {role}, expires {}); send it as `Authorization: Bearer <key>`, e.g. in the docker CLI's config.json:",
-                stored.id, stored.tenant,
+                "API key {} for tenant {} (role {role}, scope {}, expires {}); send it as `Authorization: Bearer <key>`, e.g. in the docker CLI's config.json:",
+                stored.id, stored.tenant, stored.scope,
                 stored.expires_at.map_or("never".into(), rfc3339),
             );
             println!("  {{\"HttpHeaders\": {{\"Authorization\": \"Bearer <key below>\"}}}}");
@@ -485,8 +528,14 @@ pub async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
 async fn list(dir: &StateDir, kind: Kind) -> anyhow::Result<()> {
     let state = dir.state().await?;
     let now = unix_now();
+    // A join token fixes its node's labels; a key or certificate sees
+    // the nodes its scope selects.
+    let reach = match kind {
+        Kind::JoinToken => "LABELS",
+        _ => "SCOPE",
+    };
     println!(
-        "{:<10} {:<16} {:<9} {:<9} {:<22} {:<22} {:<22} {:<7} NAME",
+        "{:<10} {:<16} {:<9} {:<9} {:<22} {:<22} {:<22} {:<7} {reach:<20} NAME",
         "ID", "TENANT", "STATE", "ROLE", "CREATED", "EXPIRES", "LAST USED", "USES"
     );
     for c in state.credentials().list(kind).await? {
@@ -505,8 +554,18 @@ async fn list(dir: &StateDir, kind: Kind) -> anyhow::Result<()> {
             Kind::JoinToken => "-".to_owned(),
             _ => c.role().to_string(),
         };
+        let reach = match kind {
+            Kind::JoinToken if c.labels.is_empty() => "-".to_owned(),
+            Kind::JoinToken => c
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => c.scope.to_string(),
+        };
         println!(
-            "{id:<10} {tenant:<16} {:<9} {role:<9} {:<22} {:<22} {:<22} {:<7} {}",
+            "{id:<10} {tenant:<16} {:<9} {role:<9} {:<22} {:<22} {:<22} {:<7} {reach:<20} {}",
             c.state(now),
             rfc3339(*created_at),
             expires_at.map_or("never".into(), rfc3339),

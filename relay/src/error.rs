@@ -145,6 +145,18 @@ pub enum CallError {
     /// The caller's role does not allow the call.
     #[error(transparent)]
     Forbidden(#[from] crate::authz::Denied),
+    /// A scoped caller asked for what would reach past its scope.
+    #[error(
+        "{who} may see only the nodes {scope}: {what}; an admin of the tenant without a scope can"
+    )]
+    OutOfScope {
+        /// The caller, as the audit line names it.
+        who: String,
+        /// Its scope.
+        scope: crate::scope::Scope,
+        /// What it asked for, and how to stay in scope.
+        what: String,
+    },
     /// A concurrency limit is reached.
     #[error("{scope} already has {max} calls in flight (max_{}); retry when some have finished", limit.as_str())]
     TooBusy {
@@ -331,6 +343,7 @@ impl CallError {
             | Self::TooManyHeaders { .. }
             | Self::Unauthenticated(_)
             | Self::Forbidden(_)
+            | Self::OutOfScope { .. }
             | Self::NoSuchKey(_)
             | Self::TooBusy { .. }
             | Self::RequestBody(_)
@@ -434,7 +447,7 @@ impl CallError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::OutOfScope { .. } => StatusCode::FORBIDDEN,
             Self::TooBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NodeOffline(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => match self.source_side() {

@@ -232,7 +232,7 @@ async fn dispatch(
     let tenant = &principal.tenant;
     let get = req.method() == Method::GET;
     match route {
-        Route::NodeList if get => Ok(nodes::list_or_watch(front, tenant, req.uri().query())),
+        Route::NodeList if get => Ok(nodes::list_or_watch(front, &principal, req.uri().query())),
         Route::Events if get => Ok(events::fan_in(
             front.clone(),
             asks::Caller::new(&principal, record),
@@ -247,9 +247,9 @@ async fn dispatch(
                 .instrument(span)
                 .await
         }
-        Route::NodeInfo(node) if get => nodes::info(front, tenant, node),
+        Route::NodeInfo(node) if get => nodes::info(front, &principal, node),
         Route::Tokens if req.method() == Method::POST => {
-            tokens::create(front, tenant, req.uri().query(), req.headers()).await
+            tokens::create(front, &principal, req.uri().query(), req.headers()).await
         }
         Route::Keys if get => keys::list(front, &principal).await,
         Route::Keys if req.method() == Method::POST => {
@@ -268,6 +268,10 @@ async fn dispatch(
         | Route::Whoami => Err(CallError::MethodNotAllowed),
         Route::Docker { node, rest } => {
             let node_id = node.map_err(CallError::UnknownNode)?;
+            // Outside the caller's scope a node answers as a missing one.
+            if !front.sees(&principal, &node_id) {
+                return Err(CallError::UnknownNode(node_id.to_string()));
+            }
             let span = info_span!("request", %request_id, %tenant, %node_id,
                                   trace_id = %record.trace.trace_hex(),
                                   method = %req.method(), path = %rest);

@@ -38,6 +38,7 @@ pub mod registry;
 mod relay;
 pub mod respond;
 pub mod router;
+pub mod scope;
 pub mod sessions;
 pub mod state;
 pub mod upstream;

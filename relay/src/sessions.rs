@@ -230,6 +230,15 @@ impl Entry {
         f(&mut self.lock());
     }
 
+    /// Applies `f` to the node's labels, without copying them (what a
+    /// scoped caller's every call looks at).
+    pub fn with_labels<T>(
+        &self,
+        f: impl FnOnce(&std::collections::BTreeMap<String, String>) -> T,
+    ) -> T {
+        f(&self.lock().hello.labels)
+    }
+
     /// The node as `/v1/nodes` shows it.
     pub fn view(&self, relay_id: &RelayId) -> NodeView {
         let info = self.lock();

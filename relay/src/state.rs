@@ -319,6 +319,15 @@ impl State {
             .collect()
     }
 
+    /// The labels `key`'s join token gave it, from memory; `None` when it
+    /// had none (its agent's own labels stand).
+    pub fn node_labels(&self, key: &NodeKey) -> Option<std::collections::BTreeMap<String, String>> {
+        self.nodes
+            .get(key)
+            .filter(|r| !r.labels.is_empty())
+            .map(|r| r.labels.clone())
+    }
+
     /// Whether `key` may connect, from memory.
     pub fn node_status(&self, key: &NodeKey) -> NodeStatus {
         match self.nodes.get(key) {
@@ -710,6 +719,8 @@ mod tests {
             node: None,
             replace: false,
             role: None,
+            scope: crate::scope::Scope::all(),
+            labels: Default::default(),
         };
         let (text, _) = state.create_join_token(new, ours).await.unwrap();
         let n = NodeId::new("n1").unwrap();
@@ -738,6 +749,7 @@ mod tests {
         let enrol = |token: &str, replace| CertMode::Enrol {
             token_id: token.into(),
             replace,
+            labels: Default::default(),
         };
         state
             .record_node_cert(web.clone(), "s1".into(), enrol("t1", false))

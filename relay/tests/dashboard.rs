@@ -307,20 +307,7 @@ async fn the_dashboard_shows_the_fleet_live_and_a_nodes_containers() {
             "api-key", "create", "--tenant", "default", "--role", "viewer",
         ])
         .unwrap();
-    // The serving relay reads new keys within a second.
-    let bearer = format!("Authorization: Bearer {viewer}\r\n");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while support::http_get_with(relay.api, "/v1/whoami", &bearer)
-        .unwrap()
-        .0
-        != 200
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new key is not known"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    relay.wait_for_key(&viewer).unwrap();
     page.execute(
         &format!("sessionStorage.setItem('tunnelgate-key', '{viewer}'); location.reload();"),
         vec![],
@@ -334,6 +321,30 @@ async fn the_dashboard_shows_the_fleet_live_and_a_nodes_containers() {
             "document.querySelector('#whoami').textContent === 'default · viewer' \
              && document.querySelector('#add-node').hidden && {} === 'offline'",
             status_of("dash-b")
+        ),
+    )
+    .await;
+
+    // A viewer scoped to `role=web`: its scope shown, dash-b not there.
+    let scoped = relay
+        .cli_last_line(&[
+            "api-key", "create", "--tenant", "default", "--role", "viewer", "--scope", "role=web",
+        ])
+        .unwrap();
+    relay.wait_for_key(&scoped).unwrap();
+    page.execute(
+        &format!("sessionStorage.setItem('tunnelgate-key', '{scoped}'); location.reload();"),
+        vec![],
+    )
+    .await
+    .unwrap();
+    wait_true(
+        &page,
+        "a scoped viewer's scope shown and only its node listed",
+        &format!(
+            "document.querySelector('#whoami').textContent === 'default · viewer · nodes role=web' \
+             && {} === 'connected' && !document.querySelector(\"tr[data-node='dash-b']\")",
+            status_of("dash-a")
         ),
     )
     .await;

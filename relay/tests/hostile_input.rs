@@ -128,6 +128,8 @@ async fn fixture() -> Fixture {
                 node: None,
                 replace: false,
                 role: None,
+                scope: tunnelgate_relay::scope::Scope::all(),
+                labels: Default::default(),
             })
             .await
             .unwrap();

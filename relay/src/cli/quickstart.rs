@@ -59,6 +59,8 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             // a fresh agent state beside an old relay state is its own node.
             replace: true,
             role: None,
+            scope: tunnelgate_relay::scope::Scope::all(),
+            labels: Default::default(),
         })
         .await
         .context("cannot create a join token")?;

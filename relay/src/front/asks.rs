@@ -52,6 +52,7 @@ impl Caller {
                 credentials: crate::auth::Credentials::Relay,
                 // Its own view's reads; a caller's calls are decided as theirs.
                 role: crate::authz::Role::Admin,
+                scope: crate::scope::Scope::all(),
             },
             trace: new_trace(),
         }
@@ -59,6 +60,11 @@ impl Caller {
 
     pub(super) fn tenant(&self) -> &TenantId {
         &self.principal.tenant
+    }
+
+    /// Who is calling.
+    pub(super) fn principal(&self) -> &Principal {
+        &self.principal
     }
 }
 
@@ -139,6 +145,11 @@ pub(super) async fn carry(
     rest: &str,
     req: Request<CallBody>,
 ) -> Result<Response<Body>, CallError> {
+    // What the fleet lists is filtered by the caller's scope already; a
+    // node this call names some other way is refused here all the same.
+    if !front.sees(&caller.principal, &node) {
+        return Err(CallError::UnknownNode(node.to_string()));
+    }
     let request_id = next_request_id();
     let (parts, body) = req.into_parts();
     let record = Arc::new(CallRecord::new(

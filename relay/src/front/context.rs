@@ -9,14 +9,15 @@ use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
 use tunnelgate_proto::trace::TraceParent;
-use tunnelgate_proto::RequestId;
+use tunnelgate_proto::{NodeId, NodeKey, RequestId};
 
 use super::install;
 use super::slots::StreamSlots;
+use crate::auth::Principal;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::net::ConnMeta;
-use crate::router::Router;
+use crate::router::{Held, Router};
 use crate::sessions::Sessions;
 use crate::state::State;
 use crate::upstream::{Direct, KeptStream, Tunnel};
@@ -49,6 +50,45 @@ pub struct Front {
     /// Fires when the shutdown grace is over: long streams still open
     /// end cleanly at their next quiet moment.
     pub wind_down: tokio_util::sync::CancellationToken,
+}
+
+impl Front {
+    /// Whether `node` of the caller's tenant exists for `principal`: any
+    /// node for a caller without a scope; for a scoped one, a node whose
+    /// labels its scope admits, as this relay's session has them, as the
+    /// holding peer shares them, or, for a node that is offline, as its
+    /// join token set them (a node known by none of these is out of scope).
+    pub(super) fn sees(&self, principal: &Principal, node: &NodeId) -> bool {
+        let scope = &principal.scope;
+        if scope.is_all() {
+            return true;
+        }
+        let key = NodeKey {
+            tenant: principal.tenant.clone(),
+            node_id: node.clone(),
+        };
+        if let Some(entry) = self.sessions.get(&key) {
+            return entry.with_labels(|labels| scope.admits(node.as_str(), labels));
+        }
+        if let Some(view) = self.router.peer_view(&key) {
+            return scope.admits(node.as_str(), &view.labels);
+        }
+        self.state
+            .node_labels(&key)
+            .is_some_and(|labels| scope.admits(node.as_str(), &labels))
+    }
+}
+
+impl Front {
+    /// The caller's tenant's nodes that exist for it, with where each is
+    /// held, sorted by id.
+    pub(super) fn fleet_of(&self, principal: &Principal) -> Vec<(NodeId, Held)> {
+        let mut fleet = self.router.fleet(&principal.tenant);
+        if !principal.scope.is_all() {
+            fleet.retain(|(node, _)| self.sees(principal, node));
+        }
+        fleet
+    }
 }
 
 /// One client connection to the front.

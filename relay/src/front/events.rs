@@ -168,7 +168,7 @@ async fn watch(
             .into_iter()
             .map(|v| (v.node_id, (v.daemon_reachable, v.daemon_error)))
             .collect();
-        let fleet = front.router.fleet(caller.tenant());
+        let fleet = front.fleet_of(caller.principal());
         for (node, held) in &fleet {
             let online = held.is_online();
             let entry = known.entry(node.clone()).or_insert_with(|| Followed {

@@ -64,9 +64,9 @@ pub(super) async fn serve(
         view,
         version,
     };
-    let is_node = |id: &str| NodeId::new(id).is_ok_and(|id| cx.view.node(&id).is_some());
+    let is_node = |id: &str| NodeId::new(id).is_ok_and(|id| cx.node(&id).is_some());
     match (method.as_str(), segments.as_slice()) {
-        ("GET", ["version"]) => Ok(version_of(front, caller.tenant())),
+        ("GET", ["version"]) => Ok(version_of(front, caller)),
         ("GET", ["info"]) => Ok(info(&cx)),
         ("GET", ["containers", "json"]) => Ok(ps(&cx, query.as_deref()).await),
         ("GET", ["images", "json"]) => Ok(images::list(&cx, query.as_deref()).await),
@@ -153,8 +153,9 @@ fn ping(front: &Front, tenant: &TenantId) -> Response<Body> {
     resp
 }
 
-fn version_of(front: &Front, tenant: &TenantId) -> Response<Body> {
-    let fleet = front.router.fleet(tenant);
+fn version_of(front: &Front, caller: &Caller) -> Response<Body> {
+    let tenant = caller.tenant();
+    let fleet = front.fleet_of(caller.principal());
     let online = fleet.iter().filter(|(_, held)| held.is_online()).count();
     let version = env!("CARGO_PKG_VERSION");
     let body = json!({
@@ -195,7 +196,7 @@ fn number(v: &Value, key: &str) -> u64 {
 /// reserved CPUs and memory of its total, and labels.
 fn info(cx: &Ctx<'_>) -> Response<Body> {
     use crate::fleet::filter::resources::{bytes, cpus};
-    let nodes = cx.view.nodes();
+    let nodes = cx.nodes();
     let strategy = cx.front.config.fleet_strategy;
     let filters: Vec<&str> = crate::fleet::filter::all()
         .iter()
@@ -287,7 +288,7 @@ async fn ps(cx: &Ctx<'_>, query: Option<&str>) -> Response<Body> {
     let mut all = Vec::new();
     let mut skipped = Vec::new();
     let now = std::time::SystemTime::now();
-    for node in cx.view.nodes() {
+    for node in cx.nodes() {
         if node.health != Health::Healthy {
             let why = node.health.describe();
             skipped.push((node.id.clone(), why));

@@ -1,6 +1,8 @@
 //! `/v1/keys`: an admin makes, lists and revokes the API keys of its own
 //! tenant without a shell on the relay (`POST /v1/keys?role=viewer&
-//! name=ci&ttl=30d`, `GET /v1/keys`, `DELETE /v1/keys/<id>`); and
+//! name=ci&ttl=30d&scope=env%3Dstaging`, `GET /v1/keys`,
+//! `DELETE /v1/keys/<id>`); a scoped admin's new keys are held to its own
+//! scope as well as theirs, so no key it makes sees more than it does; and
 //! `GET /v1/whoami`, any caller's own tenant, principal and role (what
 //! the dashboard shows and hides controls by). Who may call these is
 //! decided before, by [`crate::authz`]; this module never decides it.
@@ -11,11 +13,11 @@ use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::context::Front;
-use super::routes::query_pairs;
 use crate::auth::Principal;
 use crate::authz::Role;
 use crate::error::CallError;
 use crate::respond::{json as json_response, Body};
+use crate::scope::Scope;
 use crate::state::credentials::{api_key_text, Credential, Kind, NewCredential};
 use crate::state::{rfc3339, unix_now};
 
@@ -28,6 +30,7 @@ pub(super) fn whoami(principal: &Principal) -> Response<Body> {
         "tenant": principal.tenant,
         "principal": principal.to_string(),
         "role": principal.role,
+        "scope": principal.scope,
     });
     json_response(StatusCode::OK, body.to_string())
 }
@@ -38,6 +41,7 @@ fn shown(c: &Credential, now: u64) -> Value {
         "tenant": c.tenant,
         "name": c.name,
         "role": c.role(),
+        "scope": c.scope,
         "state": c.state(now),
         "created_at": rfc3339(c.created_at),
         "expires_at": c.expires_at.map(rfc3339),
@@ -69,15 +73,18 @@ pub(super) async fn list(
 }
 
 /// Makes an API key of the caller's tenant as `query` asks: `role`
-/// (required), `name`, `ttl`.
+/// (required), `name`, `ttl`, `scope` (repeatable; all must hold).
 pub(super) async fn create(
     front: &Front,
     principal: &Principal,
     query: Option<&str>,
 ) -> Result<Response<Body>, CallError> {
     let (mut role, mut name, mut ttl) = (None, None, None);
-    for (key, value) in query_pairs(query) {
-        match key {
+    let mut scopes = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let value = value.as_ref();
+        match key.as_ref() {
+            "scope" => scopes.push(value.to_owned()),
             "role" => {
                 role = Some(
                     value
@@ -100,7 +107,7 @@ pub(super) async fn create(
             }
             other => {
                 return Err(CallError::BadQuery(format!(
-                    "unknown parameter {other:?}; /v1/keys takes role, name and ttl"
+                    "unknown parameter {other:?}; /v1/keys takes role, name, ttl and scope"
                 )))
             }
         }
@@ -118,6 +125,10 @@ pub(super) async fn create(
         node: None,
         replace: false,
         role: Some(role),
+        scope: principal
+            .scope
+            .and(&Scope::parse_all(&scopes).map_err(|e| CallError::BadQuery(e.to_string()))?),
+        labels: Default::default(),
     };
     let (stored, secret) = front
         .state
@@ -125,7 +136,7 @@ pub(super) async fn create(
         .create(Kind::ApiKey, new)
         .await
         .map_err(|e| CallError::Records(e.to_string()))?;
-    tracing::info!(key = %stored.id, %role, tenant = %stored.tenant, by = %principal,
+    tracing::info!(key = %stored.id, %role, scope = %stored.scope, tenant = %stored.tenant, by = %principal,
                    "API key made through the API");
     let mut body = shown(&stored, unix_now());
     body["key"] = json!(api_key_text(&stored.id, &secret));

@@ -19,6 +19,7 @@ use tunnelgate_proto::{NodeId, NodeKey, TenantId};
 
 use super::context::Front;
 use super::routes::query_pairs;
+use crate::auth::Principal;
 use crate::error::CallError;
 use crate::respond::{json, Body, ChannelBody};
 use crate::router::Held;
@@ -55,26 +56,27 @@ fn with_route(front: &Front, tenant: &TenantId, view: NodeView) -> Node {
 /// fleet (`all=1`), or the whole fleet live (`all=1&watch=1`).
 pub(super) fn list_or_watch(
     front: &Arc<Front>,
-    tenant: &TenantId,
+    principal: &Principal,
     query: Option<&str>,
 ) -> Response<Body> {
     let has = |flag: &str| query_pairs(query).any(|(k, v)| k == flag && (v == "1" || v == "true"));
     match (has("all"), has("watch")) {
-        (true, true) => watch(front.clone(), tenant.clone()),
+        (true, true) => watch(front.clone(), principal.clone()),
         (true, false) => json(
             StatusCode::OK,
-            Value::Array(fleet(front, tenant)).to_string(),
+            Value::Array(fleet(front, principal)).to_string(),
         ),
-        _ => list(front, tenant),
+        _ => list(front, principal),
     }
 }
 
-/// Every node of the tenant, sorted by id: this relay's with all it knows,
-/// a peer's and the offline ones with their status and holder.
-fn fleet(front: &Front, tenant: &TenantId) -> Vec<Value> {
+/// Every node of the tenant in the caller's scope, sorted by id: this
+/// relay's with all it knows, a peer's and the offline ones with their
+/// status and holder.
+fn fleet(front: &Front, principal: &Principal) -> Vec<Value> {
+    let tenant = &principal.tenant;
     front
-        .router
-        .fleet(tenant)
+        .fleet_of(principal)
         .into_iter()
         .map(|(node_id, held)| {
             let key = NodeKey {
@@ -129,7 +131,7 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// The whole fleet as server-sent events: `event: nodes` with the list,
 /// at once and on every change.
-fn watch(front: Arc<Front>, tenant: TenantId) -> Response<Body> {
+fn watch(front: Arc<Front>, principal: Principal) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(2);
     let tasks = front.tasks.clone();
     tasks.spawn(async move {
@@ -141,7 +143,7 @@ fn watch(front: Arc<Front>, tenant: TenantId) -> Response<Body> {
             if tx.is_closed() {
                 break;
             }
-            let now = Value::Array(fleet(&front, &tenant)).to_string();
+            let now = Value::Array(fleet(&front, &principal)).to_string();
             let frame = if sent.as_deref() != Some(now.as_str()) {
                 format!("event: nodes\ndata: {now}\n\n")
             } else if quiet_since.elapsed() >= KEEPALIVE {
@@ -168,12 +170,14 @@ fn watch(front: Arc<Front>, tenant: TenantId) -> Response<Body> {
         .expect("static response parts are valid")
 }
 
-/// The tenant's connected nodes, sorted by node id.
-fn list(front: &Front, tenant: &TenantId) -> Response<Body> {
+/// The tenant's connected nodes in the caller's scope, sorted by node id.
+fn list(front: &Front, principal: &Principal) -> Response<Body> {
+    let tenant = &principal.tenant;
     let nodes: Vec<Node> = front
         .sessions
         .views(tenant, front.state.relay_id())
         .into_iter()
+        .filter(|v| principal.scope.admits(v.node_id.as_str(), &v.labels))
         .map(|v| with_route(front, tenant, v))
         .collect();
     json(
@@ -185,10 +189,14 @@ fn list(front: &Front, tenant: &TenantId) -> Response<Body> {
 /// One of the tenant's connected nodes.
 pub(super) fn info(
     front: &Front,
-    tenant: &TenantId,
+    principal: &Principal,
     node: Result<NodeId, String>,
 ) -> Result<Response<Body>, CallError> {
+    let tenant = &principal.tenant;
     let node_id = node.map_err(CallError::UnknownNode)?;
+    if !front.sees(principal, &node_id) {
+        return Err(CallError::UnknownNode(node_id.to_string()));
+    }
     let key = NodeKey {
         tenant: tenant.clone(),
         node_id,

@@ -5,16 +5,20 @@
 //! over an enrolled node (this never sets `replace`).
 //!
 //! Query: `node=<id>` (the one node it may enrol), `ttl=<duration>`
-//! (default 24h, at most 30d), `uses=<n>` (default 1).
+//! (default 24h, at most 30d), `uses=<n>` (default 1), `label=KEY=VALUE`
+//! (repeatable: the labels its node gets, in place of its agent's own).
+//! A scoped caller's token must fix labels (or the node) that its scope
+//! admits, so that it cannot enrol a node it would not see.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::{HeaderMap, Response, StatusCode};
 use serde_json::json;
-use tunnelgate_proto::{NodeId, TenantId};
+use tunnelgate_proto::NodeId;
 
 use super::context::Front;
-use super::routes::query_pairs;
+use crate::auth::Principal;
 use crate::error::CallError;
 use crate::respond::{json as json_response, Body};
 use crate::state::credentials::NewCredential;
@@ -26,13 +30,19 @@ const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Makes a join token of `tenant` as `query` asks.
 pub(super) async fn create(
     front: &Front,
-    tenant: &TenantId,
+    principal: &Principal,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response<Body>, CallError> {
+    let tenant = &principal.tenant;
     let (mut node, mut ttl, mut uses) = (None, DEFAULT_TTL, Some(1));
-    for (key, value) in query_pairs(query) {
-        match key {
+    let mut labels = BTreeMap::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let value = value.as_ref();
+        match key.as_ref() {
+            "label" => {
+                labels.extend(crate::scope::parse_labels(&[value]).map_err(CallError::BadQuery)?)
+            }
             "node" => {
                 node = Some(NodeId::new(value).map_err(|e| {
                     CallError::BadQuery(format!("node={value:?} is not a node id: {e}"))
@@ -55,10 +65,18 @@ pub(super) async fn create(
             }
             other => {
                 return Err(CallError::BadQuery(format!(
-                    "unknown parameter {other:?}; /v1/tokens takes node, ttl and uses"
+                    "unknown parameter {other:?}; /v1/tokens takes node, ttl, uses and label"
                 )))
             }
         }
+    }
+    let scope = &principal.scope;
+    if !scope.admits_enrolment(node.as_ref().map(NodeId::as_str), &labels) {
+        return Err(CallError::OutOfScope {
+            who: principal.to_string(),
+            scope: scope.clone(),
+            what: "a join token it makes must give its node labels (label=KEY=VALUE) or a node id (node=ID) that its scope admits".into(),
+        });
     }
     let new = NewCredential {
         tenant: tenant.clone(),
@@ -68,6 +86,8 @@ pub(super) async fn create(
         node: node.clone(),
         replace: false,
         role: None,
+        scope: crate::scope::Scope::all(),
+        labels: labels.clone(),
     };
     let (text, stored) = front
         .state
@@ -83,6 +103,7 @@ pub(super) async fn create(
         "tenant": stored.tenant,
         "expires_at": stored.expires_at.map(rfc3339),
         "uses": uses,
+        "labels": labels,
         "token": text,
         "install_command": front.install.install_command(headers, &text),
         "agent_command": front.install.agent_command(&node_name, &text),

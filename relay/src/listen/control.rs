@@ -47,9 +47,18 @@ pub(super) async fn run(
         &mut control,
         rx,
         |event| match event {
-            RelayEvent::Registered(hello) => {
+            RelayEvent::Registered(mut hello) => {
                 info!(hostname = %hello.hostname, agent_version = %hello.agent_version,
                       daemon_reachable = hello.docker.reachable, %transport, "agent connected");
+                // A node's join token decides its labels, so that a scoped
+                // key sees only the nodes enrolled for it.
+                if let Some(labels) = ctx.state.node_labels(&key) {
+                    if hello.labels != labels && !hello.labels.is_empty() {
+                        warn!(agent_labels = ?hello.labels, token_labels = ?labels,
+                              "the agent's --label flags are ignored: the node keeps the labels of the join token it enrolled with");
+                    }
+                    hello.labels = labels;
+                }
                 let info = NodeInfo {
                     docker: hello.docker.clone(),
                     hello: *hello,

@@ -113,6 +113,7 @@ async fn issue(ctx: &Context, req: Enroll) -> Result<Enrolled, Refused> {
     let mode = CertMode::Enrol {
         token_id: token.id.clone(),
         replace: token.replace,
+        labels: token.labels.clone(),
     };
     match ctx.state.record_node_cert(key.clone(), serial, mode).await {
         Ok(()) => {}

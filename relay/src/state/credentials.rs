@@ -14,6 +14,7 @@
 //! Texts: a join token is `tgjoin1.<ca-sha256>.<id>.<secret>` (see
 //! [`tunnelgate_proto::token`]), an API key `tgkey1.<id>.<secret>`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,7 @@ use super::nodes::ENROL_RETRY_WINDOW;
 use super::records::Records;
 use super::{random_hex, rfc3339, unix_now, StateError};
 use crate::authz::Role;
+use crate::scope::Scope;
 
 /// The prefix of API keys.
 pub const API_KEY_PREFIX: &str = "tgkey1";
@@ -112,6 +114,14 @@ pub struct Credential {
     /// client certificates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<u64>,
+    /// Which nodes an API key or client certificate may see; the whole
+    /// tenant when empty.
+    #[serde(default, skip_serializing_if = "Scope::is_all")]
+    pub scope: Scope,
+    /// For a join token: the labels the node it enrols gets, in place of
+    /// its agent's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One use of a limited join token: which node, for which key.
@@ -231,6 +241,10 @@ pub struct NewCredential {
     pub replace: bool,
     /// For API keys: what it may do.
     pub role: Option<Role>,
+    /// For API keys and client certificates: which nodes it may see.
+    pub scope: Scope,
+    /// For join tokens: the labels its node gets.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The join tokens and API keys of one installation.
@@ -282,6 +296,8 @@ impl Store {
             recent: Vec::new(),
             role: new.role,
             last_used_at: None,
+            scope: new.scope,
+            labels: new.labels,
         };
         let stored = credential.clone();
         self.records
@@ -304,6 +320,7 @@ impl Store {
         name: String,
         expires_at: u64,
         role: Role,
+        scope: Scope,
     ) -> Result<Credential, StateError> {
         let now = unix_now();
         let credential = Credential {
@@ -321,6 +338,8 @@ impl Store {
             recent: Vec::new(),
             role: Some(role),
             last_used_at: None,
+            scope,
+            labels: BTreeMap::new(),
         };
         let stored = credential.clone();
         self.records
@@ -554,7 +573,7 @@ pub fn api_key_text(id: &str, secret: &str) -> String {
 /// copy of the store) says was revoked, else gives its role. A
 /// certificate not in the list (issued before certificates were
 /// recorded) passes as one made before roles: TLS has checked it.
-pub fn check_client_cert(list: &[Credential], serial: &str) -> Result<Role, Refusal> {
+pub fn check_client_cert(list: &[Credential], serial: &str) -> Result<(Role, Scope), Refusal> {
     match list.iter().find(|c| c.id.eq_ignore_ascii_case(serial)) {
         Some(c) => match c.revoked_at {
             Some(at) => Err(Refusal::Revoked {
@@ -563,9 +582,9 @@ pub fn check_client_cert(list: &[Credential], serial: &str) -> Result<Role, Refu
                 at: rfc3339(at),
                 hint: Kind::ClientCert.create_hint(),
             }),
-            None => Ok(c.role()),
+            None => Ok((c.role(), c.scope.clone())),
         },
-        None => Ok(Role::BEFORE_ROLES),
+        None => Ok((Role::BEFORE_ROLES, Scope::all())),
     }
 }
 
@@ -607,6 +626,8 @@ mod tests {
             node: None,
             replace: false,
             role: None,
+            scope: crate::scope::Scope::all(),
+            labels: Default::default(),
         }
     }
 
@@ -754,6 +775,8 @@ mod tests {
             replace: false,
             recent: Vec::new(),
             role: Some(Role::Viewer),
+            scope: crate::scope::Scope::all(),
+            labels: Default::default(),
             last_used_at: None,
         };
         let mut list: Vec<Credential> = (0..1000)

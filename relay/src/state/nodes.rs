@@ -3,6 +3,8 @@
 //! [`Records`] (`nodes/<tenant>/<node>`, `revocations`); [`super::State`]
 //! keeps a copy in memory.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use tunnelgate_proto::{NodeId, NodeKey, TenantId};
 
@@ -26,6 +28,10 @@ pub struct NodeRecord {
     /// The id of the join token it enrolled with.
     #[serde(default)]
     pub enrolled_with: Option<String>,
+    /// The labels its join token gave it, which stand in place of its
+    /// agent's own; none for a token that carried none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl NodeRecord {
@@ -75,6 +81,8 @@ pub enum CertMode {
         token_id: String,
         /// The token may replace an enrolled node.
         replace: bool,
+        /// The labels the token gives its node.
+        labels: BTreeMap<String, String>,
     },
 }
 
@@ -114,11 +122,15 @@ pub(crate) async fn record_cert(
                     return Err(StateError::Revoked(node.clone()))
                 }
                 (Some(r), CertMode::Renew) => r,
-                (Some(r), CertMode::Enrol { token_id, replace })
-                    if r.revoked_at.is_none()
-                        && !replace
-                        && !(r.enrolled_with.as_ref() == Some(token_id)
-                            && now.saturating_sub(r.enrolled_at) < ENROL_RETRY_WINDOW) =>
+                (
+                    Some(r),
+                    CertMode::Enrol {
+                        token_id, replace, ..
+                    },
+                ) if r.revoked_at.is_none()
+                    && !replace
+                    && !(r.enrolled_with.as_ref() == Some(token_id)
+                        && now.saturating_sub(r.enrolled_at) < ENROL_RETRY_WINDOW) =>
                 {
                     return Err(StateError::AlreadyEnrolled(node.clone()))
                 }
@@ -131,6 +143,10 @@ pub(crate) async fn record_cert(
                     enrolled_with: match mode {
                         CertMode::Enrol { token_id, .. } => Some(token_id.clone()),
                         CertMode::Renew => None,
+                    },
+                    labels: match mode {
+                        CertMode::Enrol { labels, .. } => labels.clone(),
+                        CertMode::Renew => BTreeMap::new(),
                     },
                 },
             };

@@ -366,6 +366,20 @@ impl Relay {
         self.wait_for(node, |n| n["daemon_reachable"] == true)
     }
 
+    /// Waits until this relay takes the API key `key` (made on its state
+    /// dir, it is read within a second).
+    pub fn wait_for_key(&self, key: &str) -> Result<()> {
+        let bearer = format!("Authorization: Bearer {key}\r\n");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get_with(self.api, "/v1/whoami", &bearer)?.0 != 200 {
+            if Instant::now() > deadline {
+                bail!("the relay never took the new API key");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// Waits until `node` is listed and `ready` holds for it.
     pub fn wait_for(
         &self,

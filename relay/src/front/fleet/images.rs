@@ -67,7 +67,7 @@ pub(super) async fn list(cx: &Ctx<'_>, query: Option<&str>) -> Response<Body> {
     }
     let mut all = Vec::new();
     let mut skipped = Vec::new();
-    for node in cx.view.nodes() {
+    for node in cx.nodes() {
         if node.health != Health::Healthy {
             skipped.push((node.id.clone(), node.health.describe()));
             continue;
@@ -116,8 +116,7 @@ async fn images_asking_every_node(
 
 /// The nodes that can take containers now.
 fn takers(cx: &Ctx<'_>) -> Vec<NodeId> {
-    cx.view
-        .nodes()
+    cx.nodes()
         .iter()
         .filter(|n| n.health == Health::Healthy && n.writable)
         .map(|n| n.id.clone())
@@ -292,7 +291,7 @@ fn tag(line: &mut Value, node: &NodeId) {
 /// A node that can take calls and has every one of `names`, or Docker's
 /// own "No such image" for the first that no such node has.
 fn holder(cx: &Ctx<'_>, names: &[&str]) -> Result<NodeId, CallError> {
-    let nodes = cx.view.nodes();
+    let nodes = cx.nodes();
     let healthy = || nodes.iter().filter(|n| n.health == Health::Healthy);
     healthy()
         .find(|n| names.iter().all(|name| n.has_image(name)))
@@ -362,7 +361,6 @@ pub(super) async fn everywhere(
     let method = req.method().clone();
     let headers = req.headers().clone();
     let nodes: Vec<NodeId> = cx
-        .view
         .nodes()
         .iter()
         .filter(|n| n.health == Health::Healthy && n.has_image(name))
@@ -469,7 +467,7 @@ pub(super) async fn build(
         .unwrap_or(0);
     let mut spec = json!({"Env": env, "HostConfig": {"Memory": memory}});
     let ask = Ask::from_create(None, &mut spec)?;
-    let nodes = cx.view.nodes();
+    let nodes = cx.nodes();
     let fleet: Vec<&crate::fleet::Node> = nodes.iter().map(|n| n.as_ref()).collect();
     let strategy = cx.front.config.fleet_strategy.strategy();
     let placed = place(&fleet, &ask, strategy, rand::random())?;

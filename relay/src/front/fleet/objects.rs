@@ -127,7 +127,7 @@ pub(super) async fn create(
                 .push(Expr::parse(&text).map_err(crate::fleet::ask::AskError::from)?);
         }
     }
-    let nodes = cx.view.nodes();
+    let nodes = cx.nodes();
     let fleet: Vec<&crate::fleet::Node> = nodes.iter().map(|n| n.as_ref()).collect();
     let placed = place(
         &fleet,

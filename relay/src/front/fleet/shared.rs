@@ -13,6 +13,7 @@ use tunnelgate_proto::NodeId;
 use super::super::asks::{ask_json, Caller};
 use super::super::context::{ClientConn, Front};
 use crate::fleet::cache::TenantView;
+use crate::fleet::view::Node;
 use crate::respond::Body;
 
 /// Nodes a fleet view skipped, and why.
@@ -29,6 +30,26 @@ pub(super) struct Ctx<'a> {
     pub(super) view: Arc<TenantView>,
     /// The API version prefix the client used (`/v1.41`), or empty.
     pub(super) version: &'a str,
+}
+
+impl Ctx<'_> {
+    /// The nodes of the view the caller sees (its scope's).
+    pub(super) fn nodes(&self) -> Vec<Arc<Node>> {
+        let mut nodes = self.view.nodes();
+        let scope = &self.caller.principal().scope;
+        if !scope.is_all() {
+            nodes.retain(|n| scope.admits(n.id.as_str(), &n.labels));
+        }
+        nodes
+    }
+
+    /// Node `id` of the view, if the caller sees it.
+    pub(super) fn node(&self, id: &NodeId) -> Option<Arc<Node>> {
+        let scope = &self.caller.principal().scope;
+        self.view
+            .node(id)
+            .filter(|n| scope.admits(n.id.as_str(), &n.labels))
+    }
 }
 
 /// The online node that has container `id`, asking them all at once.
@@ -58,7 +79,7 @@ pub(super) struct Part {
 pub(super) async fn ask_all(front: &Arc<Front>, caller: &Caller, path: &str) -> Vec<Part> {
     let mut calls = JoinSet::new();
     let mut parts = Vec::new();
-    for (node, held) in front.router.fleet(caller.tenant()) {
+    for (node, held) in front.fleet_of(caller.principal()) {
         if !held.is_online() {
             parts.push(Part {
                 node,

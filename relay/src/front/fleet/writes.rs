@@ -87,7 +87,7 @@ pub(super) async fn create(
     let name = query_pairs(query)
         .find(|(k, _)| *k == "name")
         .map(|(_, v)| v);
-    let nodes = cx.view.nodes();
+    let nodes = cx.nodes();
     if let Some(name) = name.filter(|n| !n.is_empty()) {
         let taken = nodes.iter().find_map(|n| {
             let c = n.containers().iter().find(|c| c.name == name)?;
@@ -118,7 +118,7 @@ pub(super) async fn create(
     for node in &placed.ranked {
         // An image that could not be pulled onto one candidate is looked
         // for on the others that already have it.
-        let has_image = || cx.view.node(node).is_some_and(|n| n.has_image(&ask.image));
+        let has_image = || cx.node(node).is_some_and(|n| n.has_image(&ask.image));
         if tries == MAX_TRIES || (unpullable && !has_image()) {
             continue;
         }
@@ -257,7 +257,7 @@ fn copy_route(from: &HeaderMap, to: &mut HeaderMap) {
 /// Where container `name` is: from the view, else asking every node (a
 /// container made on a node directly a moment ago).
 pub(super) async fn resolve(cx: &Ctx<'_>, name: &str) -> Result<(NodeId, String), CallError> {
-    match cache::find(&cx.view.nodes(), name) {
+    match cache::find(&cx.nodes(), name) {
         Found::At(node, id) => Ok((node, id)),
         Found::Ambiguous(nodes) => Err(CallError::FleetAmbiguous {
             name: name.to_owned(),
@@ -327,7 +327,6 @@ pub(super) async fn container_call(
             )
         } else if resp.status().is_success() && changes_at_once(&method, tail) {
             let full = cx
-                .view
                 .node(&node)
                 .and_then(|n| Some(n.container(&id)?.id.clone()));
             if let Some(full) = full {
@@ -338,7 +337,7 @@ pub(super) async fn container_call(
             }
             resp
         } else if method == Method::GET && tail == ["json"] && resp.status() == StatusCode::OK {
-            with_node_in_inspect(resp, cx.view.node(&node).as_deref()).await
+            with_node_in_inspect(resp, cx.node(&node).as_deref()).await
         } else {
             resp
         };
@@ -388,7 +387,7 @@ pub(super) async fn exec_call(
     tail: &[&str],
     req: Request<Incoming>,
 ) -> Result<Response<Body>, CallError> {
-    let node = match cx.view.exec_node(id) {
+    let node = match cx.view.exec_node(id).filter(|n| cx.node(n).is_some()) {
         Some(node) => node,
         None => ask_all(cx.front, cx.caller, &format!("/exec/{id}/json"))
             .await

@@ -50,7 +50,9 @@ const MAY_LIST_NODES = ["admin", "operator", "viewer"];
 async function whoami() {
   const resp = await api("/v1/whoami");
   const me = await resp.json();
-  $("#whoami").textContent = me.tenant + " · " + me.role;
+  // A scoped caller sees its scope's nodes only; say which.
+  const scope = me.scope && me.scope !== "*" ? " · nodes " + me.scope : "";
+  $("#whoami").textContent = me.tenant + " · " + me.role + scope;
   $("#whoami").dataset.role = me.role;
   $("#add-node").hidden = !MAY_ADD_NODES.includes(me.role);
   return me;
