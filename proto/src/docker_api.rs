@@ -58,8 +58,49 @@ pub fn split_version(path: &str) -> (&str, &str) {
     }
 }
 
+/// `text` framed as a Docker stream of `content_type` frames what it
+/// says to its reader, so that a client prints it as the stream's last
+/// words: a stderr frame of a multiplexed stream (`logs`, `attach`
+/// without a TTY), a line of a raw one (with a TTY), a JSON message with
+/// an `error` of a JSON stream (`events`, `pull`). `None` for any other
+/// body (an archive, a whole JSON document), which text would corrupt.
+pub fn stream_notice(content_type: Option<&str>, text: &str) -> Option<Vec<u8>> {
+    let kind = content_type?.split(';').next()?.trim();
+    match kind {
+        "application/vnd.docker.multiplexed-stream" => {
+            let line = format!("{text}\n");
+            let mut frame = vec![2, 0, 0, 0];
+            frame.extend_from_slice(&u32::try_from(line.len()).ok()?.to_be_bytes());
+            frame.extend_from_slice(line.as_bytes());
+            Some(frame)
+        }
+        "application/vnd.docker.raw-stream" => Some(format!("\r\n{text}\r\n").into_bytes()),
+        "application/json" | "application/x-json-stream" => {
+            let message = serde_json::json!({"error": text, "errorDetail": {"message": text}});
+            Some(format!("{message}\n").into_bytes())
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notice_is_framed_as_its_stream_frames_text() {
+        let muxed =
+            stream_notice(Some("application/vnd.docker.multiplexed-stream"), "bye").unwrap();
+        assert_eq!(muxed, [2, 0, 0, 0, 0, 0, 0, 4, b'b', b'y', b'e', b'\n']);
+        let raw = stream_notice(Some("application/vnd.docker.raw-stream"), "bye").unwrap();
+        assert_eq!(raw, b"\r\nbye\r\n");
+        let json = stream_notice(Some("application/json; charset=utf-8"), "bye").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["errorDetail"]["message"], "bye");
+        assert_eq!(stream_notice(Some("application/x-tar"), "bye"), None);
+        assert_eq!(stream_notice(None, "bye"), None);
+    }
+
     #[test]
     fn a_version_prefix_is_split_off_as_the_daemon_reads_it_and_nothing_else() {
         assert_eq!(
@@ -75,8 +116,6 @@ mod tests {
         assert_eq!(split_version("/volumes"), ("", "/volumes"));
         assert_eq!(split_version("/version"), ("", "/version"));
     }
-
-    use super::*;
 
     #[test]
     fn the_error_body_is_dockers_message_object() {

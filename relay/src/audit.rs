@@ -92,6 +92,11 @@ impl CallRecord {
         }
     }
 
+    /// Who made the call, once authenticated.
+    pub fn caller(&self) -> Option<&Principal> {
+        self.caller.as_ref()
+    }
+
     /// Time since the call arrived.
     pub fn elapsed(&self) -> std::time::Duration {
         self.started.elapsed()

@@ -20,8 +20,13 @@ use crate::state::credentials::{self, Credential};
 /// How a caller proved who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
-    /// A client certificate with this name (its CN).
-    Cert(String),
+    /// A client certificate with this name (its CN) and serial.
+    Cert {
+        /// Its CN, as the audit line shows it.
+        name: String,
+        /// Its serial, as it is recorded and revoked.
+        serial: String,
+    },
     /// The API key with this id.
     ApiKey(String),
     /// Nothing: a loopback-open relay's local caller.
@@ -41,13 +46,16 @@ pub struct Principal {
     pub role: Role,
     /// Which of the tenant's nodes exist for it.
     pub scope: Scope,
+    /// When its credential expires (unix seconds), if ever: a stream it
+    /// opened ends then.
+    pub expires_at: Option<u64>,
 }
 
 impl std::fmt::Display for Principal {
     /// As the audit line shows it: `cert:NAME`, `api-key:ID` or `local`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.credentials {
-            Credentials::Cert(name) => write!(f, "cert:{name}"),
+            Credentials::Cert { name, .. } => write!(f, "cert:{name}"),
             Credentials::ApiKey(id) => write!(f, "api-key:{id}"),
             Credentials::Local => f.write_str("local"),
             Credentials::Relay => f.write_str("relay:fleet-view"),
@@ -75,6 +83,7 @@ pub fn authenticate(
         return Ok(Principal {
             role: c.role(),
             scope: c.scope,
+            expires_at: c.expires_at,
             tenant: c.tenant,
             credentials: Credentials::ApiKey(c.id),
         });
@@ -86,7 +95,11 @@ pub fn authenticate(
                     .map_err(AuthFailure::RevokedCert)?;
                 Ok(Principal {
                     tenant: tenant.clone(),
-                    credentials: Credentials::Cert(subject.name.clone()),
+                    credentials: Credentials::Cert {
+                        name: subject.name.clone(),
+                        serial: subject.serial.clone(),
+                    },
+                    expires_at: Some(subject.not_after.max(0) as u64),
                     role,
                     scope,
                 })
@@ -101,6 +114,7 @@ pub fn authenticate(
             credentials: Credentials::Local,
             role: Role::Admin,
             scope: Scope::all(),
+            expires_at: None,
         }),
         ApiAuth::Required => Err(AuthFailure::Missing),
     }

@@ -186,8 +186,8 @@ fn admit(
     check_path(req.uri().path())?;
     match (&principal.credentials, conn.meta.client_cert.as_ref()) {
         (auth::Credentials::ApiKey(id), _) => front.state.uses().note(Kind::ApiKey, id),
-        (auth::Credentials::Cert(_), Some(cert)) => {
-            front.state.uses().note(Kind::ClientCert, &cert.serial)
+        (auth::Credentials::Cert { serial, .. }, _) => {
+            front.state.uses().note(Kind::ClientCert, serial)
         }
         _ => {}
     }

@@ -23,6 +23,7 @@
 pub mod credentials;
 pub mod nodes;
 pub mod records;
+pub mod standing;
 pub mod uses;
 
 use std::fs;
@@ -192,6 +193,8 @@ pub struct State {
     nodes: DashMap<NodeKey, NodeRecord>,
     /// When keys and certificates were last used, until written.
     uses: uses::Uses,
+    /// Whether the credentials of calls in flight still stand.
+    standing: standing::Standing,
     /// Lets one of this process's state-dir writes at a time onto the
     /// blocking pool. They serialize on the state dir's lock anyway; with
     /// a thousand agents enrolling at once, letting them all contend for
@@ -226,6 +229,7 @@ impl State {
             store,
             nodes: DashMap::new(),
             uses: uses::Uses::default(),
+            standing: standing::Standing::default(),
             writes: tokio::sync::Semaphore::new(1),
             records,
         };
@@ -289,6 +293,11 @@ impl State {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether the credentials of calls in flight still stand ([`standing`]).
+    pub fn standing(&self) -> &standing::Standing {
+        &self.standing
     }
 
     /// When keys and certificates were last used ([`uses`]).
@@ -517,10 +526,12 @@ impl State {
     }
 
     fn set_api_keys(&self, keys: Vec<Credential>) {
+        self.standing.recheck(Kind::ApiKey, &keys);
         *self.api_keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(by_id(keys));
     }
 
     fn set_client_certs(&self, certs: Vec<Credential>) {
+        self.standing.recheck(Kind::ClientCert, &certs);
         *self.client_certs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(certs);
     }
 

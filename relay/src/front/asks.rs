@@ -53,6 +53,7 @@ impl Caller {
                 // Its own view's reads; a caller's calls are decided as theirs.
                 role: crate::authz::Role::Admin,
                 scope: crate::scope::Scope::all(),
+                expires_at: None,
             },
             trace: new_trace(),
         }

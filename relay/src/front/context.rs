@@ -7,19 +7,23 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio_util::task::TaskTracker;
+use tunnelgate_proto::docker_api::stream_notice;
 use tunnelgate_proto::trace::TraceParent;
 use tunnelgate_proto::{NodeId, NodeKey, RequestId};
 
 use super::install;
 use super::slots::StreamSlots;
-use crate::auth::Principal;
+use crate::auth::{Credentials, Principal};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::net::ConnMeta;
 use crate::router::{Held, Router};
 use crate::sessions::Sessions;
+use crate::state::credentials::Kind;
 use crate::state::State;
+use crate::upstream::splice::Cut;
 use crate::upstream::{Direct, KeptStream, Tunnel};
 
 /// What the front works with.
@@ -80,6 +84,43 @@ impl Front {
 }
 
 impl Front {
+    /// What ends a stream of `principal`'s when its credential stops
+    /// standing (expires or is revoked), with the last word its client
+    /// reads, framed for a body of `content_type`; `None` for a caller
+    /// with no credential (the local caller, the relay itself).
+    pub(super) fn cut_for(&self, principal: &Principal, content_type: Option<&str>) -> Option<Cut> {
+        let (kind, id) = match &principal.credentials {
+            Credentials::ApiKey(id) => (Kind::ApiKey, id.as_str()),
+            Credentials::Cert { serial, .. } => (Kind::ClientCert, serial.as_str()),
+            Credentials::Local | Credentials::Relay => return None,
+        };
+        let withdrawn = self.state.standing().of(kind, id, principal.expires_at);
+        let content_type = content_type.map(str::to_owned);
+        Some(Cut {
+            token: withdrawn.token().clone(),
+            last_word: Box::new(move |first: &[u8]| {
+                let text = format!(
+                    "tunnelgate: the relay ended this stream: {}; make a new one \
+                     (tunnelgate-relay api-key create, or ask an admin) and run the command again",
+                    withdrawn.why()
+                );
+                // A daemon before API 1.42 names no type for a container's
+                // logs, and calls every hijacked stream raw: a multiplexed
+                // stream opens with a frame header (stream 0-2, three zero
+                // bytes), a TTY's does not.
+                let sniffed = match first {
+                    [0..=2, 0, 0, 0, ..] => "application/vnd.docker.multiplexed-stream",
+                    _ => "application/vnd.docker.raw-stream",
+                };
+                let kind = match content_type.as_deref() {
+                    None | Some("application/vnd.docker.raw-stream") => sniffed,
+                    Some(named) => named,
+                };
+                stream_notice(Some(kind), &text).map(Bytes::from)
+            }),
+        })
+    }
+
     /// The caller's tenant's nodes that exist for it, with where each is
     /// held, sorted by id.
     pub(super) fn fleet_of(&self, principal: &Principal) -> Vec<(NodeId, Held)> {

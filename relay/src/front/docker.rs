@@ -97,6 +97,18 @@ pub(super) async fn proxy(
     record.set_route(route);
     // The call is over when its last byte is relayed: until then it holds
     // its audit record and its slots.
+    // A stream ends when the caller's credential stops standing; a body
+    // of a known length is no stream, and is left to finish.
+    let streams = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        || http_body::Body::size_hint(resp.body()).exact().is_none();
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let cut = match streams {
+        true => record.caller().and_then(|p| front.cut_for(p, content_type)),
+        false => None,
+    };
     let guard = (record, slots);
     rewrite_location(resp.headers_mut(), &target.node_id);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -105,12 +117,18 @@ pub(super) async fn proxy(
         };
         let node_upgrade = hyper::upgrade::on(&mut resp);
         front.tasks.spawn(
-            splice_upgraded(client_upgrade, node_upgrade, guard, front.wind_down.clone())
-                .in_current_span(),
+            splice_upgraded(
+                client_upgrade,
+                node_upgrade,
+                guard,
+                front.wind_down.clone(),
+                cut,
+            )
+            .in_current_span(),
         );
         return Ok(resp.map(|b| b.boxed()));
     }
-    Ok(resp.map(|inner| Guarded::new(inner, guard, front.wind_down.clone()).boxed()))
+    Ok(resp.map(|inner| Guarded::new(inner, guard, front.wind_down.clone(), cut).boxed()))
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {

@@ -157,9 +157,17 @@ async fn watch(
     let mut known: HashMap<NodeId, Followed> = HashMap::new();
     let mut first = true;
     let mut ticker = tokio::time::interval(WATCH_INTERVAL);
+    // The stream ends when the caller's credential stops standing.
+    let cut = front.cut_for(caller.principal(), Some("application/json"));
     loop {
         ticker.tick().await;
         if outlet.is_over() {
+            break;
+        }
+        if let Some(cut) = cut.as_ref().filter(|c| c.token.is_cancelled()) {
+            if let Some(word) = (cut.last_word)(&[]) {
+                outlet.last.say(word);
+            }
             break;
         }
         let daemons: HashMap<NodeId, (bool, Option<String>)> = front

@@ -138,9 +138,20 @@ fn watch(front: Arc<Front>, principal: Principal) -> Response<Body> {
         let mut sent: Option<String> = None;
         let mut quiet_since = Instant::now();
         let mut ticker = tokio::time::interval(WATCH_INTERVAL);
+        // The stream ends when the caller's credential stops standing.
+        let cut = front.cut_for(&principal, Some("application/json"));
         loop {
             ticker.tick().await;
             if tx.is_closed() {
+                break;
+            }
+            if let Some(cut) = cut.as_ref().filter(|c| c.token.is_cancelled()) {
+                if let Some(word) = (cut.last_word)(&[]) {
+                    let text = String::from_utf8_lossy(&word).trim_end().to_owned();
+                    let _ = tx
+                        .send(Bytes::from(format!("event: ended\ndata: {text}\n\n")))
+                        .await;
+                }
                 break;
             }
             let now = Value::Array(fleet(&front, &principal)).to_string();

@@ -582,7 +582,17 @@ pub fn check_client_cert(list: &[Credential], serial: &str) -> Result<(Role, Sco
                 at: rfc3339(at),
                 hint: Kind::ClientCert.create_hint(),
             }),
-            None => Ok((c.role(), c.scope.clone())),
+            // A connection made before the certificate expired may still
+            // be open; its calls after that are refused all the same.
+            None => match c.expires_at.filter(|t| *t <= unix_now()) {
+                Some(at) => Err(Refusal::Expired {
+                    noun: Kind::ClientCert.noun(),
+                    id: c.id.clone(),
+                    at: rfc3339(at),
+                    hint: Kind::ClientCert.create_hint(),
+                }),
+                None => Ok((c.role(), c.scope.clone())),
+            },
         },
         None => Ok((Role::BEFORE_ROLES, Scope::all())),
     }

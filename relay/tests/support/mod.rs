@@ -727,9 +727,23 @@ pub fn http_get_full(addr: SocketAddr, path: &str) -> Result<(u16, String, Strin
 
 /// [`http_get_full`] with extra header lines, each ending in `\r\n`.
 pub fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> Result<(u16, String, String)> {
+    http_call_with(addr, "GET", path, headers)
+}
+
+/// A plain HTTP/1.0 call without a body, with extra header lines; returns
+/// status, the raw header block and body.
+pub fn http_call_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> Result<(u16, String, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n{headers}\r\n")?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: test\r\nContent-Length: 0\r\n{headers}\r\n"
+    )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let status = resp
