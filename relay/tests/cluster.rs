@@ -643,6 +643,8 @@ fn tokens_keys_and_tenants_hold_across_relays() {
     )
     .arg("--relay-sessions")
     .arg("1")
+    .arg("--label")
+    .arg("env=edge")
     .spawn_logged(&dir.path().join("agent.log"))
     .unwrap();
     let acme_key = a
@@ -765,6 +767,32 @@ fn tokens_keys_and_tenants_hold_across_relays() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+
+    // Scopes hold where the node is not: at a, which knows b's node by
+    // the facts b shares, a key scoped to its labels sees it, and one
+    // scoped elsewhere finds it missing.
+    let scoped = |scope: &str| {
+        let key = a
+            .cli_last_line(&["api-key", "create", "--tenant", "acme", "--scope", scope])
+            .unwrap();
+        ApiClient::new(a.api, &ca).unwrap().with_bearer(&key)
+    };
+    let (edge, core) = (scoped("env=edge"), scoped("env=core"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while edge.get("/nodes/edge/_ping").unwrap().0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "a scoped key at a never reached edge"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, listed) = edge.get("/v1/nodes?all=1").unwrap();
+    assert!(status == 200 && listed.contains("\"edge\""), "{listed}");
+    let (status, body) = core.get("/nodes/edge/_ping").unwrap();
+    let (_, missing) = core.get("/nodes/nosuch/_ping").unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body.replace("edge", "X"), missing.replace("nosuch", "X"));
+    assert_eq!(core.get("/v1/nodes?all=1").unwrap().1, "[]");
 
     // A node revoked through a loses its session at b, and b withdraws
     // its claim at once rather than when its lease ends. Under load the
