@@ -46,6 +46,16 @@ pub struct Cli {
     /// The agent's settings.
     #[command(flatten)]
     pub run: AgentArgs,
+    /// How log lines are written: `text` (coloured only on a terminal,
+    /// never with NO_COLOR set) or `json` (one object per line, for log
+    /// shippers).
+    #[arg(
+        long,
+        global = true,
+        env = "TUNNELGATE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: tunnelgate_session::process::LogFormat,
 }
 
 /// The agent's commands.

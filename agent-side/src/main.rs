@@ -9,8 +9,8 @@ use tunnelgate_proto::message::{ControlMessage, Leave};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tunnelgate_session::process::init_tracing();
     let cli = Cli::parse();
+    tunnelgate_session::process::init_tracing(cli.log_format);
     match cli.command {
         Some(Command::DockerTls(args)) => return docker_tls(args).await,
         Some(Command::Status(args)) => return show_status(args),

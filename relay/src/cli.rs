@@ -38,6 +38,16 @@ pub struct Cli {
     #[command(subcommand)]
     /// What to do.
     pub command: Command,
+    /// How log lines are written: `text` (coloured only on a terminal,
+    /// never with NO_COLOR set) or `json` (one object per line, for log
+    /// shippers).
+    #[arg(
+        long,
+        global = true,
+        env = "TUNNELGATE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: tunnelgate_session::process::LogFormat,
 }
 
 #[derive(Subcommand)]

@@ -21,8 +21,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tunnelgate_session::process::init_tracing();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    tunnelgate_session::process::init_tracing(cli.log_format);
+    match cli.command {
         Command::Serve(args) => {
             let config = Config::resolve(*args).context("invalid configuration")?;
             let relay = Relay::bind(config)

@@ -103,3 +103,81 @@ fn one_calls_trace_and_request_id_are_in_the_relays_and_the_agents_lines() {
     assert_eq!(status, 404);
     assert!(!header(&head, "x-tunnelgate-request-id").is_empty());
 }
+
+/// A relay whose log goes to a pipe, in `format`, with `NO_COLOR` unset:
+/// what it logged for one audited call, once it stopped.
+fn piped_log(format: &str) -> String {
+    use std::io::{BufRead, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(support::relay_bin())
+        .args(["serve", "--state-dir"])
+        .arg(dir.path())
+        .args([
+            "--api-listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--metrics-listen", "127.0.0.1:0", "--log-format", format])
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let listening: tunnelgate_relay::ListeningLine = line.parse().unwrap();
+    let (status, _) = support::http_get(listening.api, "/v1/nodes/nosuch").unwrap();
+    assert_eq!(status, 404);
+    // SIGTERM: the relay stops gracefully and its pipe ends.
+    let stopped = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    child.wait().unwrap();
+    log
+}
+
+#[test]
+fn logs_to_a_pipe_have_no_colour_and_json_lines_carry_the_audit_fields() {
+    let text = piped_log("text");
+    assert!(text.contains("call"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "escape bytes in a piped log: {text:?}"
+    );
+
+    let json = piped_log("json");
+    assert!(!json.contains('\x1b'), "{json:?}");
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let audit = lines
+        .iter()
+        .find(|l| l["target"] == "tunnelgate::audit")
+        .unwrap_or_else(|| panic!("no audit line: {json}"));
+    for field in [
+        "request_id",
+        "trace_id",
+        "tenant",
+        "principal",
+        "role",
+        "scope",
+        "path",
+    ] {
+        assert!(audit[field].is_string(), "{field} in {audit}");
+    }
+    assert_eq!(audit["status"], 404, "{audit}");
+    assert_eq!(audit["principal"], "local", "{audit}");
+}

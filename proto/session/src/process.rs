@@ -9,14 +9,54 @@ use tokio_util::sync::CancellationToken;
 /// session's own end is logged by us with its reason.
 pub const DEFAULT_LOG_FILTER: &str = "info,yamux=error";
 
-/// Logs to stderr at [`DEFAULT_LOG_FILTER`], or as `RUST_LOG` says.
-pub fn init_tracing() {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Lines for people: coloured only on a terminal, and never when
+    /// `NO_COLOR` is set.
+    #[default]
+    Text,
+    /// One JSON object per line, every field at the top level, for log
+    /// shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("log format {other:?} is not text or json")),
+        }
+    }
+}
+
+/// Whether text logs are coloured: on a terminal, unless `NO_COLOR` is
+/// set to anything (<https://no-color.org>).
+pub fn colour(is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Logs to stderr at [`DEFAULT_LOG_FILTER`], or as `RUST_LOG` says, in
+/// `format`.
+pub fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR"),
+            ))
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 /// Cancels `cancel` on the first SIGTERM or SIGINT; exits the process
@@ -40,6 +80,17 @@ pub async fn stop_on_signals(cancel: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None));
+        assert!(!colour(true, Some("1".into())));
+        // An empty NO_COLOR is as good as unset, as no-color.org says.
+        assert!(colour(true, Some("".into())));
+        assert_eq!("json".parse(), Ok(LogFormat::Json));
+        assert!("yaml".parse::<LogFormat>().is_err());
+    }
 
     #[test]
     fn the_default_log_filter_parses() {
