@@ -2,7 +2,7 @@
 //! `TUNNELGATE_*` environment variables, then flags.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -149,7 +149,8 @@ pub struct AgentArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
-    /// This node's id, unique per installation [default: the host name].
+    /// This node's id, unique per installation [default: the node the
+    /// state dir's certificate was issued for, else the host name].
     #[arg(long, env = "TUNNELGATE_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
     /// The Docker daemon to serve [default: $DOCKER_HOST, else unix:///var/run/docker.sock].
@@ -285,6 +286,17 @@ impl std::fmt::Debug for AgentConfig {
 
 pub use tunnelgate_session::config::{hostname, ConfigError};
 
+/// The file in the state dir that holds the node's certificate and key.
+pub const NODE_CERT_FILE: &str = "node.pem";
+
+/// The node id the certificate in `state_dir` was issued for, if the
+/// agent has enrolled there.
+pub fn enrolled_node_id(state_dir: &Path) -> Option<NodeId> {
+    let pem = std::fs::read_to_string(state_dir.join(NODE_CERT_FILE)).ok()?;
+    let certs = tunnelgate_session::tls::certs_from_pem(&pem).ok()?;
+    tunnelgate_session::tls::node_id_from_cert(certs.first()?)
+}
+
 /// Turns a host name into a valid node id (dots and underscores kept,
 /// anything else becomes `-`).
 pub fn node_id_from_hostname(host: &str) -> Result<NodeId, tunnelgate_proto::ids::InvalidNodeId> {
@@ -338,9 +350,16 @@ impl AgentConfig {
             ));
         }
         let host = hostname();
-        let node_id = match args.node_id.or(file.node_id) {
-            Some(id) => NodeId::new(id).map_err(|e| invalid("node_id", e.to_string()))?,
-            None => node_id_from_hostname(&host).map_err(|e| {
+        let state_dir = args
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/tunnelgate-agent"));
+        // An enrolled agent is the node its certificate names, whatever
+        // the host is called now.
+        let node_id = match (args.node_id.or(file.node_id), enrolled_node_id(&state_dir)) {
+            (Some(id), _) => NodeId::new(id).map_err(|e| invalid("node_id", e.to_string()))?,
+            (None, Some(enrolled)) => enrolled,
+            (None, None) => node_id_from_hostname(&host).map_err(|e| {
                 invalid(
                     "node_id",
                     format!("the host name does not make a node id ({e}); pass --node-id"),
@@ -399,10 +418,6 @@ impl AgentConfig {
                 ));
             }
         }
-        let state_dir = args
-            .state_dir
-            .or(file.state_dir)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/tunnelgate-agent"));
         Ok(Self {
             direct_endpoints,
             daemon_tls,
@@ -454,6 +469,32 @@ mod tests {
         assert_eq!(c.labels.len(), 2);
         assert!(!format!("{c:?}").contains("token: Some(\""));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_enrolled_state_dir_names_the_node_unless_a_flag_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "web-7");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(
+            dir.path().join(NODE_CERT_FILE),
+            format!("{}{}", cert.pem(), key.serialize_pem()),
+        )
+        .unwrap();
+        let args = |node_id: Option<&str>| AgentArgs {
+            relay: vec!["r:1".into()],
+            node_id: node_id.map(str::to_owned),
+            state_dir: Some(dir.path().to_owned()),
+            ..Default::default()
+        };
+        let c = AgentConfig::resolve(args(None)).unwrap();
+        assert_eq!(c.node_id.as_str(), "web-7");
+        let c = AgentConfig::resolve(args(Some("other"))).unwrap();
+        assert_eq!(c.node_id.as_str(), "other");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tunnelgate_proto::token::JoinToken;
 use tunnelgate_proto::{NodeId, ProtocolVersion};
 use tunnelgate_session::tls::{self, Identity, Trust};
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, NODE_CERT_FILE};
 use crate::error::AgentError;
 use crate::transport::{self, Credentials};
 
@@ -59,7 +59,7 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), AgentErr
 impl NodeIdentity {
     /// Reads the stored identity, if the agent has enrolled.
     pub fn load(dir: &Path) -> Result<Option<Self>, AgentError> {
-        let (cert, ca) = (dir.join("node.pem"), dir.join("ca.pem"));
+        let (cert, ca) = (dir.join(NODE_CERT_FILE), dir.join("ca.pem"));
         if !cert.exists() {
             return Ok(None);
         }
@@ -103,7 +103,11 @@ impl NodeIdentity {
     /// to an earlier renewal request must not pair with a newer key).
     pub fn store(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(), AgentError> {
         check_certifies(cert_pem, key_pem)?;
-        write_file(&dir.join("node.pem"), &format!("{cert_pem}{key_pem}"), true)?;
+        write_file(
+            &dir.join(NODE_CERT_FILE),
+            &format!("{cert_pem}{key_pem}"),
+            true,
+        )?;
         let _ = fs::remove_file(dir.join("node-key.pem"));
         Ok(())
     }
@@ -171,7 +175,7 @@ pub async fn enrol(config: &AgentConfig, relay: &str) -> Result<NodeIdentity, Ag
     let _ = fs::remove_file(dir.join(ENROL_KEY));
     info!(node_id = %config.node_id, dir = %dir.display(), "enrolled; the join token is no longer needed");
     NodeIdentity::load(dir)?.ok_or_else(|| AgentError::ReadState {
-        path: dir.join("node.pem"),
+        path: dir.join(NODE_CERT_FILE),
         source: std::io::ErrorKind::NotFound.into(),
     })
 }
