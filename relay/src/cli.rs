@@ -4,6 +4,7 @@
 //! relays pick the changes up.
 
 pub mod api;
+pub mod connect;
 #[cfg(feature = "quickstart")]
 pub mod quickstart;
 
@@ -290,6 +291,13 @@ pub enum NodeCommand {
         #[arg(long, short, value_enum, default_value_t)]
         output: api::Output,
     },
+    /// Serve one node's Docker API (or, with --fleet, the fleet's) on a
+    /// local socket, for clients that cannot put a path in DOCKER_HOST
+    /// (dockerode, testcontainers, ...): every call on it goes to that
+    /// node through the relay, streams and `exec`/`attach` included.
+    /// Prints the `export DOCKER_HOST=...` to use, keeps a connection to
+    /// the relay ready and dials again after the relay restarts.
+    Connect(connect::ConnectArgs),
     /// Show one node of your tenant as JSON, as a running relay sees it.
     Inspect {
         #[command(flatten)]
@@ -392,6 +400,7 @@ pub async fn node(cmd: NodeCommand) -> anyhow::Result<()> {
     let (dir, node) = match cmd {
         NodeCommand::Ls { api, output } => return api::ls(&api, output).await,
         NodeCommand::Inspect { api, node } => return api::inspect(&api, &node).await,
+        NodeCommand::Connect(args) => return connect::run(args).await,
         NodeCommand::Revoke { dir, node } => (dir, node),
     };
     let revoked = dir.state().await?.revoke_node(&node).await;

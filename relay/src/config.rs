@@ -33,6 +33,8 @@ pub struct Config {
     /// Extra names for the server certificate; the first is how peers and
     /// agents reach this relay.
     pub advertise: Vec<String>,
+    /// The domain under which `<node-id>.DOMAIN` names a node.
+    pub node_domain: Option<NodeDomain>,
     /// Where the cluster's registry is.
     pub registry: RegistryConfig,
     /// This relay's name, when not the state dir's.
@@ -65,6 +67,73 @@ pub struct Config {
     pub agent_binary: Option<PathBuf>,
     /// Protection limits.
     pub limits: Limits,
+}
+
+/// The domain under which a host name names a node (`web-1.DOMAIN`) or
+/// the fleet (`fleet.DOMAIN`); lowercase, without a leading dot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDomain(String);
+
+/// What a host name under the node domain names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ByHost {
+    /// A node; `Err` holds a label that is no node id.
+    Node(Result<tunnelgate_proto::NodeId, String>),
+    /// `fleet.DOMAIN`.
+    Fleet,
+}
+
+impl NodeDomain {
+    /// Reads `relay.example.com` (a leading `*.` or `.` is dropped).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let d = text.trim().trim_start_matches("*.").trim_start_matches('.');
+        let d = d.trim_end_matches('.').to_ascii_lowercase();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        match !d.is_empty() && d.split('.').all(label_ok) {
+            true => Ok(Self(d)),
+            false => Err(format!(
+                "{text:?} is not a DNS domain (labels of letters, digits and `-`), e.g. nodes.example.com"
+            )),
+        }
+    }
+
+    /// The domain, e.g. `nodes.example.com`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// What `host` (a `Host` header or TLS server name, with or without
+    /// a port) names: `None` unless it is one label under the domain.
+    pub fn names(&self, host: &str) -> Option<ByHost> {
+        let host = strip_port(host);
+        let cut = host.len().checked_sub(self.0.len() + 1)?;
+        let (label, rest) = host.split_at(cut);
+        if !rest[1..].eq_ignore_ascii_case(&self.0) || !rest.starts_with('.') || label.contains('.')
+        {
+            return None;
+        }
+        Some(match label.to_ascii_lowercase().as_str() {
+            "fleet" => ByHost::Fleet,
+            "" => return None,
+            _ => ByHost::Node(tunnelgate_proto::NodeId::new(label).map_err(|_| label.to_owned())),
+        })
+    }
+}
+
+/// `host` without a trailing `:PORT` (an IPv6 literal keeps its brackets).
+pub fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    }
 }
 
 /// Where the registry of relays and node locations is.
@@ -161,6 +230,7 @@ impl Default for Config {
             agent_quic_mtu: tunnelgate_session::quic::ETHERNET_MTU,
             metrics_listen: ([127, 0, 0, 1], 9375).into(),
             advertise: Vec::new(),
+            node_domain: None,
             registry: RegistryConfig::Memory,
             relay_id: None,
             peer_listen: ([0, 0, 0, 0], 7444).into(),
@@ -323,6 +393,16 @@ impl Config {
                 .metrics_listen
                 .or(file.metrics_listen)
                 .unwrap_or(d.metrics_listen),
+            node_domain: args
+                .node_domain
+                .or(file.node_domain)
+                .map(|d| {
+                    NodeDomain::parse(&d).map_err(|reason| ConfigError::Invalid {
+                        key: "node_domain",
+                        reason,
+                    })
+                })
+                .transpose()?,
             advertise: if args.advertise.is_empty() {
                 file.advertise.unwrap_or_default()
             } else {
@@ -397,6 +477,31 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_under_the_node_domain_names_a_node_or_the_fleet() {
+        let d = NodeDomain::parse("*.Nodes.Example.com").unwrap();
+        assert_eq!(d.as_str(), "nodes.example.com");
+        let node = |n: &str| Some(ByHost::Node(Ok(tunnelgate_proto::NodeId::new(n).unwrap())));
+        assert_eq!(d.names("web-1.nodes.example.com:7375"), node("web-1"));
+        assert_eq!(d.names("WEB-1.NODES.example.com"), node("WEB-1"));
+        assert_eq!(d.names("fleet.nodes.example.com"), Some(ByHost::Fleet));
+        for other in [
+            "nodes.example.com",
+            "a.b.nodes.example.com",
+            "web-1.nodes.example.org",
+            "web-1xnodes.example.com",
+            "relay:7375",
+            "[::1]:7375",
+            ".nodes.example.com",
+        ] {
+            assert_eq!(d.names(other), None, "{other}");
+        }
+        assert!(NodeDomain::parse("bad_domain").is_err());
+        assert!(NodeDomain::parse("").is_err());
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("::1"), "::1");
+    }
 
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {

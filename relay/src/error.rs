@@ -145,6 +145,15 @@ pub enum CallError {
     /// The caller's role does not allow the call.
     #[error(transparent)]
     Forbidden(#[from] crate::authz::Denied),
+    /// Over TLS, the server name and the `Host` header name different
+    /// endpoints under the node domain.
+    #[error("the TLS server name {server_name:?} and the Host header {host:?} name different endpoints; connect to the host name you call (DOCKER_HOST=tcp://NODE.DOMAIN:PORT) and send no Host of your own")]
+    Misdirected {
+        /// The name the client asked for in its TLS handshake.
+        server_name: String,
+        /// The `Host` it sent.
+        host: String,
+    },
     /// A scoped caller asked for what would reach past its scope.
     #[error(
         "{who} may see only the nodes {scope}: {what}; an admin of the tenant without a scope can"
@@ -344,6 +353,7 @@ impl CallError {
             | Self::Unauthenticated(_)
             | Self::Forbidden(_)
             | Self::OutOfScope { .. }
+            | Self::Misdirected { .. }
             | Self::NoSuchKey(_)
             | Self::TooBusy { .. }
             | Self::RequestBody(_)
@@ -448,6 +458,7 @@ impl CallError {
             Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::OutOfScope { .. } => StatusCode::FORBIDDEN,
+            Self::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::TooBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NodeOffline(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => match self.source_side() {

@@ -6,6 +6,8 @@
 //! node), and sees only its tenant's nodes: another tenant's node id
 //! answers exactly as a node that does not exist. `/v1/nodes[/<id>]`
 //! lists connected nodes ([`nodes`]); `/nodes/<node-id>/<docker path>`
+//! (or, with a node domain, any path on the host `<node-id>.DOMAIN`,
+//! whose TLS server name must agree)
 //! asks the router where the node is and hands the call to an upstream
 //! ([`docker`]), holding a concurrency slot of the node and of its
 //! tenant ([`slots`]). Every call leaves one audit line. The install
@@ -89,7 +91,24 @@ pub async fn handle(
     conn: Arc<ClientConn>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    if let (Some(asset), &Method::GET) = (install::Asset::parse(req.uri().path()), req.method()) {
+    // Under the node domain a call's host may name its node.
+    let by_host = match &front.config.node_domain {
+        Some(domain) => routes::by_host(
+            domain,
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().authority().map(|a| a.as_str())),
+            conn.meta.server_name.as_deref(),
+        ),
+        None => Ok(None),
+    };
+    let named_by_host = matches!(by_host, Ok(Some(_)) | Err(_));
+    if let (Some(asset), &Method::GET, false) = (
+        install::Asset::parse(req.uri().path()),
+        req.method(),
+        named_by_host,
+    ) {
         let response = front.install.serve(asset, req.headers()).await;
         front
             .metrics
@@ -98,7 +117,7 @@ pub async fn handle(
             .inc();
         return Ok(response);
     }
-    if req.method() == Method::GET {
+    if req.method() == Method::GET && !named_by_host {
         if let Some(page) = ui::serve(req.uri().path()) {
             return Ok(page);
         }
@@ -111,7 +130,10 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(TraceParent::parse)
         .unwrap_or_else(new_trace);
-    let route = Route::parse(req.uri().path());
+    let (route, misdirected) = match by_host {
+        Ok(by_host) => (Route::of(by_host, req.uri().path()), None),
+        Err(e) => (Route::NotFound, Some(e)),
+    };
     let admitted = admit(&front, &conn, &req);
     let (parts, body) = req.into_parts();
     let record = Arc::new(CallRecord::new(
@@ -124,8 +146,9 @@ pub async fn handle(
     ));
     let req = Request::from_parts(parts, body);
     let is_docker = matches!(route, Route::Docker { .. });
-    let response = match admitted {
-        Ok(principal) => {
+    let response = match (admitted, misdirected) {
+        (_, Some(e)) => e.into_response(),
+        (Ok(principal), None) => {
             let answered = async {
                 authorize(&principal, &route, req.method())?;
                 dispatch(&front, &conn, principal, route, req, request_id, &record).await
@@ -135,7 +158,7 @@ pub async fn handle(
                 e.into_response()
             })
         }
-        Err(e) => e.into_response(),
+        (Err(e), None) => e.into_response(),
     };
     let mut response = response;
     if let Ok(v) = http::HeaderValue::from_str(&request_id.to_string()) {
@@ -266,7 +289,11 @@ async fn dispatch(
         | Route::Keys
         | Route::Key(_)
         | Route::Whoami => Err(CallError::MethodNotAllowed),
-        Route::Docker { node, rest } => {
+        Route::Docker {
+            node,
+            rest,
+            by_host,
+        } => {
             let node_id = node.map_err(CallError::UnknownNode)?;
             // Outside the caller's scope a node answers as a missing one.
             if !front.sees(&principal, &node_id) {
@@ -275,18 +302,22 @@ async fn dispatch(
             let span = info_span!("request", %request_id, %tenant, %node_id,
                                   trace_id = %record.trace.trace_hex(),
                                   method = %req.method(), path = %rest);
-            docker::proxy(
+            let mut resp = docker::proxy(
                 front,
                 &conn.kept,
                 tenant,
-                node_id,
+                node_id.clone(),
                 &rest,
                 req.map(Either::Left),
                 request_id,
                 record.clone(),
             )
             .instrument(span)
-            .await
+            .await?;
+            if !by_host {
+                docker::rewrite_location(resp.headers_mut(), &node_id);
+            }
+            Ok(resp)
         }
         Route::NotFound => Err(CallError::NoSuchEndpoint(req.uri().path().to_owned())),
     }

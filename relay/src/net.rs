@@ -118,6 +118,8 @@ pub struct ConnMeta {
     pub peer: SocketAddr,
     /// The subject of the client certificate it presented over TLS.
     pub client_cert: Option<Subject>,
+    /// The server name it asked for over TLS (SNI), lowercase.
+    pub server_name: Option<String>,
     /// Runs work on the connection's own task.
     pub tasks: ConnTasks,
 }
@@ -421,8 +423,8 @@ where
                     // clear message; hyper stops only the absurd.
                     .max_headers(limits.max_headers.saturating_mul(4).max(100));
             }
-            let (io, client_cert) = match &options.tls {
-                None => (Either::Left(tcp), None),
+            let (io, client_cert, server_name) = match &options.tls {
+                None => (Either::Left(tcp), None, None),
                 Some(acceptor) => {
                     match tokio::time::timeout(head_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
@@ -432,7 +434,8 @@ where
                                 .peer_certificates()
                                 .and_then(|c| c.first())
                                 .and_then(tunnelgate_session::tls::subject);
-                            (Either::Right(Box::new(tls)), cert)
+                            let name = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
+                            (Either::Right(Box::new(tls)), cert, name)
                         }
                         Ok(Err(e)) => {
                             debug!(%peer, error = %e, "API TLS handshake failed");
@@ -448,6 +451,7 @@ where
             let svc = make_service(ConnMeta {
                 peer,
                 client_cert,
+                server_name,
                 tasks: ConnTasks(tasks),
             });
             let conn = builder.serve_connection(TokioIo::new(io), svc);

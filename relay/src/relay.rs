@@ -109,6 +109,11 @@ fn server_names(config: &Config) -> Vec<String> {
         names.push(config.agent_listen.ip().to_string());
     }
     names.extend(config.advertise.iter().cloned());
+    // A client that names a node by host name checks the relay's
+    // certificate against that name.
+    if let Some(domain) = &config.node_domain {
+        names.push(format!("*.{}", domain.as_str()));
+    }
     names.sort();
     names.dedup();
     names

@@ -35,8 +35,8 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
-    /// `GET path` on the relay; the status and the body.
-    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Bytes)> {
+    /// Whether the relay speaks TLS, its `HOST:PORT`, and its host.
+    fn endpoint(&self) -> anyhow::Result<(bool, &str, String)> {
         let (tls, rest) = match (
             self.url.strip_prefix("https://"),
             self.url.strip_prefix("http://"),
@@ -52,32 +52,70 @@ impl ApiArgs {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
+        Ok((tls, authority, host))
+    }
+
+    /// The relay's API, as `--url` names it.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The relay's `HOST:PORT`, for a request's `Host`.
+    pub fn authority(&self) -> anyhow::Result<String> {
+        Ok(self.endpoint()?.1.to_owned())
+    }
+
+    /// Adds the API key, if one was given, to a request's headers.
+    pub fn authorize(&self, headers: &mut http::HeaderMap) -> anyhow::Result<()> {
+        if let Some(key) = &self.api_key {
+            headers.insert(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(&format!("Bearer {key}"))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// A new HTTP/1.1 connection to the relay (over TLS with the client
+    /// certificate, for `https://`), driven on a task of its own, upgrades
+    /// allowed.
+    pub async fn dial<B>(&self) -> anyhow::Result<hyper::client::conn::http1::SendRequest<B>>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (tls, authority, host) = self.endpoint()?;
         let tcp = TcpStream::connect(authority).await.with_context(|| {
             format!(
                 "cannot reach the relay at {}; is it running, and is that its API address?",
                 self.url
             )
         })?;
-        let mut req = http::Request::get(path)
-            .header(http::header::HOST, authority)
-            .body(Empty::<Bytes>::new())?;
-        if let Some(key) = &self.api_key {
-            req.headers_mut().insert(
-                http::header::AUTHORIZATION,
-                http::HeaderValue::from_str(&format!("Bearer {key}"))?,
-            );
-        }
-        let resp = if tls {
+        let _ = tcp.set_nodelay(true);
+        if tls {
             let connector = tokio_rustls::TlsConnector::from(Arc::new(self.tls_config()?));
             let name = rustls::pki_types::ServerName::try_from(host)?;
             let stream = connector.connect(name, tcp).await.context(
                 "the TLS handshake with the relay failed; is --cert-path the installation's CA?",
             )?;
-            send(TokioIo::new(stream), req).await?
+            handshake(TokioIo::new(stream)).await
         } else {
-            send(TokioIo::new(tcp), req).await?
-        };
-        Ok(resp)
+            handshake(TokioIo::new(tcp)).await
+        }
+    }
+
+    /// `GET path` on the relay; the status and the body.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Bytes)> {
+        let mut sender = self.dial::<Empty<Bytes>>().await?;
+        let mut req = http::Request::get(path)
+            .header(http::header::HOST, self.authority()?)
+            .body(Empty::<Bytes>::new())?;
+        self.authorize(req.headers_mut())?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
     }
 
     fn tls_config(&self) -> anyhow::Result<rustls::ClientConfig> {
@@ -118,16 +156,22 @@ impl ApiArgs {
     }
 }
 
-async fn send<S>(io: TokioIo<S>, req: http::Request<Empty<Bytes>>) -> anyhow::Result<(u16, Bytes)>
+async fn handshake<S, B>(
+    io: TokioIo<S>,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<B>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    tokio::spawn(conn);
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, body))
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "relay connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// How `nodes ls` prints.

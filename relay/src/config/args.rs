@@ -51,6 +51,13 @@ pub struct ServeArgs {
         value_name = "NAME"
     )]
     pub advertise: Vec<String>,
+    /// Route by host name too: a call to `<node-id>.DOMAIN` goes to that
+    /// node with its path as sent (`DOCKER_HOST=tcp://web-1.DOMAIN:7375`,
+    /// for clients that keep only host and port), and `fleet.DOMAIN` is
+    /// the fleet. The relay's certificate gets `*.DOMAIN`; point a
+    /// wildcard DNS record `*.DOMAIN` at the relays [default: off].
+    #[arg(long, env = "TUNNELGATE_NODE_DOMAIN", value_name = "DOMAIN")]
+    pub node_domain: Option<String>,
     /// `memory`: one relay on its own. `etcd://HOST:PORT[,HOST:PORT...]`:
     /// share nodes with the other relays of that etcd, so any of them
     /// serves a call for any node [default: memory].
@@ -191,4 +198,3 @@ pub struct LimitArgs {
     )]
     pub max_agent_handshakes_per_sec: Option<u32>,
 }
-

@@ -21,6 +21,7 @@ pub(super) struct FileConfig {
     pub(super) agent_quic_mtu: Option<u16>,
     pub(super) metrics_listen: Option<SocketAddr>,
     pub(super) advertise: Option<Vec<String>>,
+    pub(super) node_domain: Option<String>,
     pub(super) registry: Option<String>,
     pub(super) relay_id: Option<RelayId>,
     pub(super) peer_listen: Option<SocketAddr>,
@@ -46,4 +47,3 @@ pub(super) struct FileConfig {
     pub(super) max_events_backlog: Option<usize>,
     pub(super) max_agent_handshakes_per_sec: Option<u32>,
 }
-

@@ -169,14 +169,18 @@ pub(super) async fn carry(
         front,
         kept,
         caller.tenant(),
-        node,
+        node.clone(),
         rest,
         req,
         request_id,
         record.clone(),
     )
     .instrument(span)
-    .await;
+    .await
+    .map(|mut resp| {
+        docker::rewrite_location(resp.headers_mut(), &node);
+        resp
+    });
     record.set_status(match &answer {
         Ok(resp) => resp.status(),
         Err(e) => e.status(),

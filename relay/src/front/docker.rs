@@ -110,7 +110,6 @@ pub(super) async fn proxy(
         false => None,
     };
     let guard = (record, slots);
-    rewrite_location(resp.headers_mut(), &target.node_id);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             return Err(CallError::UnaskedUpgrade);
@@ -162,8 +161,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Puts the `/nodes/<id>` prefix back on a `Location` that points into the
-/// daemon, so a client following it stays on the relay.
-fn rewrite_location(headers: &mut HeaderMap, node: &NodeId) {
+/// daemon, so a client following it stays on the relay (for a call that
+/// named its node by path).
+pub(super) fn rewrite_location(headers: &mut HeaderMap, node: &NodeId) {
     let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
         return;
     };

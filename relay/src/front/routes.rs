@@ -1,8 +1,10 @@
-//! What a request path names, parsed once into typed ids, and the check
-//! that no spelling of a path can leave the node it names.
+//! What a request names, parsed once into typed ids — by its path, or,
+//! under the node domain, by its host name — and the check that no
+//! spelling of a path can leave the node it names.
 
 use tunnelgate_proto::NodeId;
 
+use crate::config::{strip_port, ByHost, NodeDomain};
 use crate::error::CallError;
 
 /// Where a request goes.
@@ -19,6 +21,9 @@ pub enum Route {
         node: Result<NodeId, String>,
         /// The rest of the path, from its `/`.
         rest: String,
+        /// Whether the call's host named the node (so its answers'
+        /// `Location`s need no `/nodes/<id>` prefix).
+        by_host: bool,
     },
     /// `GET /v1/events`: the Docker and node events of every node.
     Events,
@@ -41,6 +46,22 @@ pub enum Route {
 }
 
 impl Route {
+    /// What a call names: under the node domain, its host's node (with
+    /// the path as sent) or the fleet; else what its path names.
+    pub fn of(by_host: Option<ByHost>, path: &str) -> Self {
+        match by_host {
+            Some(ByHost::Node(node)) => Self::Docker {
+                node,
+                rest: path.to_owned(),
+                by_host: true,
+            },
+            Some(ByHost::Fleet) => Self::Fleet {
+                rest: path.to_owned(),
+            },
+            None => Self::parse(path),
+        }
+    }
+
     /// Parses a request path.
     pub fn parse(path: &str) -> Self {
         let node = |id: &str| NodeId::new(id).map_err(|_| id.to_owned());
@@ -81,6 +102,7 @@ impl Route {
             return Self::Docker {
                 node: node(id),
                 rest: rest.to_owned(),
+                by_host: false,
             };
         }
         Self::NotFound
@@ -93,6 +115,28 @@ impl Route {
             _ => None,
         }
     }
+}
+
+/// What a call's `host` (its `Host` header) and, over TLS, its
+/// `server_name` (SNI) name under `domain`. When either names an endpoint
+/// under it, the two must agree: a connection made for one node never
+/// carries another's calls.
+pub fn by_host(
+    domain: &NodeDomain,
+    host: Option<&str>,
+    server_name: Option<&str>,
+) -> Result<Option<ByHost>, CallError> {
+    let named = host.and_then(|h| domain.names(h));
+    let by_sni = server_name.and_then(|s| domain.names(s));
+    if let (Some(h), Some(s)) = (host, server_name) {
+        if (named.is_some() || by_sni.is_some()) && !strip_port(h).eq_ignore_ascii_case(s) {
+            return Err(CallError::Misdirected {
+                server_name: s.to_owned(),
+                host: h.to_owned(),
+            });
+        }
+    }
+    Ok(named.or(by_sni))
 }
 
 /// The `key=value` pairs of a query string, as sent (still
@@ -128,6 +172,52 @@ pub fn check_path(path: &str) -> Result<(), CallError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_host_name_routes_with_its_path_as_sent_and_must_match_the_tls_name() {
+        let d = NodeDomain::parse("nodes.test").unwrap();
+        let route = |host, sni| by_host(&d, host, sni).map(|b| Route::of(b, "/v1.41/_ping"));
+        assert_eq!(
+            route(Some("web-1.nodes.test:7375"), None).unwrap(),
+            Route::Docker {
+                node: id("web-1"),
+                rest: "/v1.41/_ping".into(),
+                by_host: true
+            }
+        );
+        assert_eq!(
+            route(Some("fleet.nodes.test"), Some("fleet.nodes.test")).unwrap(),
+            Route::Fleet {
+                rest: "/v1.41/_ping".into()
+            }
+        );
+        // Another host keeps the path's routing.
+        assert_eq!(
+            route(Some("relay:7375"), Some("relay")).unwrap(),
+            Route::NotFound
+        );
+        for (host, sni) in [
+            ("web-2.nodes.test", "web-1.nodes.test"),
+            ("web-1.nodes.test", "relay.example.com"),
+            ("relay.example.com", "web-1.nodes.test"),
+        ] {
+            let refused = route(Some(host), Some(sni)).unwrap_err();
+            assert_eq!(
+                refused.status(),
+                http::StatusCode::MISDIRECTED_REQUEST,
+                "{host} {sni}"
+            );
+        }
+        // Without a Host (HTTP/1.0), the TLS name decides.
+        assert_eq!(
+            route(None, Some("web-1.nodes.test")).unwrap(),
+            Route::Docker {
+                node: id("web-1"),
+                rest: "/v1.41/_ping".into(),
+                by_host: true
+            }
+        );
+    }
+
     fn id(s: &str) -> Result<NodeId, String> {
         Ok(NodeId::new(s).unwrap())
     }
@@ -143,6 +233,7 @@ mod tests {
         let docker = |node, rest: &str| Route::Docker {
             node,
             rest: rest.into(),
+            by_host: false,
         };
         assert_eq!(
             Route::parse("/nodes/a/v1.45/containers/json"),
