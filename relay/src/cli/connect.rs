@@ -305,6 +305,35 @@ fn message_of(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }
 
+/// A bound local endpoint.
+enum Listener {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+impl Listener {
+    /// Takes one local connection and serves it on a task of its own.
+    async fn accept(
+        &self,
+        forwarder: &Arc<Forwarder>,
+        stop: &CancellationToken,
+    ) -> std::io::Result<()> {
+        let (forwarder, stop) = (forwarder.clone(), stop.clone());
+        match self {
+            Self::Unix(l) => {
+                let (io, _) = l.accept().await?;
+                tokio::spawn(serve_local(io, forwarder, stop));
+            }
+            Self::Tcp(l) => {
+                let (io, _) = l.accept().await?;
+                let _ = io.set_nodelay(true);
+                tokio::spawn(serve_local(io, forwarder, stop));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Binds a Unix socket at `path` that only its owner may use, replacing
 /// a stale one a forwarder that died left behind.
 fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
@@ -369,40 +398,29 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     if let Some(node) = node {
         tokio::spawn(watch_node(args.api.clone(), node, stop.clone()));
     }
+    // Bound before the line is printed: a script that reads it connects at once.
+    let listener = match &listen {
+        Listen::Unix(path) => Listener::Unix(bind_unix(path)?),
+        Listen::Tcp(addr) => Listener::Tcp(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+    };
     println!("export DOCKER_HOST={}", listen.docker_host());
     info!(target_endpoint = %name, relay = %args.api.url(), listen = %listen.docker_host(),
           "forwarding; every call on this endpoint goes to {name} (Ctrl-C stops)");
-    match &listen {
-        Listen::Unix(path) => {
-            let listener = bind_unix(path)?;
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((io, _)) => { tokio::spawn(serve_local(io, forwarder.clone(), stop.clone())); }
-                        Err(e) => warn!(error = %e, "accept failed"),
-                    },
-                    () = stop.cancelled() => break,
-                }
-            }
-            let _ = std::fs::remove_file(path);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept(&forwarder, &stop) => accepted,
+            () = stop.cancelled() => break,
+        };
+        if let Err(e) = accepted {
+            warn!(error = %e, "accept failed");
         }
-        Listen::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((io, _)) => {
-                            let _ = io.set_nodelay(true);
-                            tokio::spawn(serve_local(io, forwarder.clone(), stop.clone()));
-                        }
-                        Err(e) => warn!(error = %e, "accept failed"),
-                    },
-                    () = stop.cancelled() => break,
-                }
-            }
-        }
+    }
+    if let Listen::Unix(path) = &listen {
+        let _ = std::fs::remove_file(path);
     }
     info!("forwarder stopped");
     Ok(())
