@@ -176,6 +176,34 @@ fn the_forwarder_carries_every_kind_of_call_and_outlives_a_relay_restart() {
     assert_eq!(after.trim(), "after-restart");
     Docker::direct().ok(&["rm", "-f", c]).unwrap();
 
+    // --fleet on a loopback port: the fleet endpoint.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut fleet = Command::new(relay_bin())
+        .args(["nodes", "connect", "--fleet", "--url"])
+        .arg(format!("http://{}", relay.api))
+        .args(["--listen", &format!("tcp://127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(fleet.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _fleet = Proc::new(fleet, "fleet forwarder");
+    assert_eq!(
+        line.trim(),
+        format!("export DOCKER_HOST=tcp://127.0.0.1:{port}")
+    );
+    let info = Docker::new(format!("tcp://127.0.0.1:{port}"))
+        .ok(&["info", "--format", "{{.Name}}"])
+        .unwrap();
+    assert_eq!(info.trim(), "tunnelgate-fleet");
+
     // A node that is not there: refused at start, saying so.
     let out = Command::new(relay_bin())
         .args(["nodes", "connect", "fwd-nosuch", "--url"])
