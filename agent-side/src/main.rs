@@ -10,7 +10,7 @@ use tunnelgate_proto::message::{ControlMessage, Leave};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tunnelgate_session::process::init_tracing(cli.log_format);
+    let _log = tunnelgate_session::process::init_tracing(cli.log_format);
     match cli.command {
         Some(Command::DockerTls(args)) => return docker_tls(args).await,
         Some(Command::Status(args)) => return show_status(args),

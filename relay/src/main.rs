@@ -22,7 +22,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tunnelgate_session::process::init_tracing(cli.log_format);
+    let _log = tunnelgate_session::process::init_tracing(cli.log_format);
     match cli.command {
         Command::Serve(args) => {
             let config = Config::resolve(*args).context("invalid configuration")?;

@@ -95,6 +95,8 @@ impl Handshake {
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Log lines the log writer dropped, brought up to date at each scrape.
+    log_lines_dropped: prometheus::IntCounter,
     /// Live agent sessions, by transport.
     pub agents_connected: IntGaugeVec,
     /// Agent handshakes, by result.
@@ -236,6 +238,11 @@ impl Metrics {
             "tunnelgate_direct_endpoints_up",
             "Nodes' daemon endpoints this relay can reach directly (last probe held).",
         )?;
+        let log_lines_dropped = prometheus::IntCounter::new(
+            "tunnelgate_log_lines_dropped_total",
+            "Log lines (audit lines included) dropped because the log writer fell 65,536 lines behind: a slow disk or a stalled reader of the relay's stderr.",
+        )?;
+        registry.register(Box::new(log_lines_dropped.clone()))?;
         let ready = IntGauge::new(
             "tunnelgate_relay_ready",
             "1 while the relay is ready for calls (/readyz); 0 while starting or draining.",
@@ -259,6 +266,7 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         Ok(Self {
             registry,
+            log_lines_dropped,
             agents_connected,
             agent_handshakes,
             peer_handshakes,
@@ -310,6 +318,9 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        let dropped = tunnelgate_session::process::dropped_log_lines() as u64;
+        self.log_lines_dropped
+            .inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
         let mut out = Vec::new();
         prometheus::TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -39,24 +39,50 @@ pub fn colour(is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
     is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// Log lines held for the writer thread before new ones are dropped (and
+/// counted, [`dropped_log_lines`]): a slow disk or a stalled reader of
+/// stderr must not stall calls.
+const LOG_BACKLOG: usize = 64 * 1024;
+
+static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
+/// Log lines dropped so far because the writer thread fell
+/// [`LOG_BACKLOG`] lines behind.
+pub fn dropped_log_lines() -> usize {
+    DROPPED.get().map_or(0, |c| c.dropped_lines())
+}
+
+/// Keeps the log writer thread running; dropping it writes what is
+/// queued and stops it (hold it for the life of `main`).
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
 /// Logs to stderr at [`DEFAULT_LOG_FILTER`], or as `RUST_LOG` says, in
-/// `format`.
-pub fn init_tracing(format: LogFormat) {
+/// `format`. Lines are written by a thread of their own, so a call's
+/// audit line costs the call a queue push, not a `write`.
+pub fn init_tracing(format: LogFormat) -> LogGuard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let colour = colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BACKLOG)
+        .thread_name("tunnelgate-log")
+        .finish(std::io::stderr());
+    let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
-        LogFormat::Text => builder
-            .with_ansi(colour(
-                std::io::stderr().is_terminal(),
-                std::env::var_os("NO_COLOR"),
-            ))
-            .init(),
+        LogFormat::Text => builder.with_ansi(colour).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    LogGuard(guard)
 }
 
 /// Cancels `cancel` on the first SIGTERM or SIGINT; exits the process

@@ -5,7 +5,9 @@
 //! calls never leave their stream behind; the stream closes with the
 //! client connection.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use tunnelgate_proto::{NodeKey, RelayId};
@@ -92,10 +94,18 @@ impl KeptStream {
             return None;
         }
         let mut conn = kept.conn;
-        match tokio::time::timeout(KEPT_STREAM_WAIT, conn.sender.ready()).await {
-            Ok(Ok(())) => Some(conn),
-            _ => None,
-        }
+        let free = {
+            let mut ready = std::pin::pin!(conn.sender.ready());
+            // Almost always free at once: then no timer is armed for it.
+            match std::future::poll_fn(|cx| Poll::Ready(ready.as_mut().poll(cx))).await {
+                Poll::Ready(done) => done.is_ok(),
+                Poll::Pending => matches!(
+                    tokio::time::timeout(KEPT_STREAM_WAIT, ready).await,
+                    Ok(Ok(()))
+                ),
+            }
+        };
+        free.then_some(conn)
     }
 
     /// Keeps `conn`, a stream to `key` over `carrier`, for the next call.

@@ -82,6 +82,11 @@ struct Replayable {
 }
 
 impl Replayable {
+    /// The request, for the last attempt: moved, not copied.
+    fn into_request(self) -> Request<CallBody> {
+        Request::from_parts(self.head, Either::Right(Full::new(self.body)))
+    }
+
     fn request(&self) -> Request<CallBody> {
         let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
         *req.method_mut() = self.head.method.clone();
@@ -134,9 +139,16 @@ impl Outgoing {
         Ok(Self::Replayable(Replayable { head, body }))
     }
 
-    fn take(&mut self) -> Option<Request<CallBody>> {
+    /// The request for one attempt; a copy of a replayable one only when
+    /// another attempt may follow (most calls have one route, and so no
+    /// copy of their head).
+    fn take(&mut self, more_to_come: bool) -> Option<Request<CallBody>> {
         match self {
-            Self::Replayable(r) => Some(r.request()),
+            Self::Replayable(r) if more_to_come => Some(r.request()),
+            Self::Replayable(_) => match std::mem::replace(self, Self::Streamed(None)) {
+                Self::Replayable(r) => Some(r.into_request()),
+                Self::Streamed(_) => None,
+            },
             Self::Streamed(req) => req.take(),
         }
     }
@@ -213,8 +225,9 @@ impl Tunnel {
             let via = vias
                 .next()
                 .ok_or_else(|| CallError::NodeOffline(target.node_id.clone()))?;
+            let read_only = call.is_read_only();
             let req = call
-                .take()
+                .take(vias.peek().is_some())
                 .expect("a call is taken once per attempt and given back on retry");
             match self
                 .send_once(&via, target, kept, req, upgrade, record)
@@ -227,7 +240,7 @@ impl Tunnel {
                     // closed under it) may have delivered the request, so
                     // only a read-only call goes again, through the tunnel.
                     let direct_cut = matches!(via, Via::Direct(_))
-                        && call.is_read_only()
+                        && read_only
                         && matches!(error, CallError::NoAnswer { .. });
                     if let (Via::Direct(endpoint), true) =
                         (&via, error.is_retry_safe() || direct_cut)
