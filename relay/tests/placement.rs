@@ -827,6 +827,10 @@ fn images_are_built_committed_saved_loaded_and_imported_where_the_fleet_says() {
 fn a_container_of_a_failed_node_is_rescheduled_and_its_stale_copy_removed() {
     let mut three = Three::start(&["--fleet-reschedule-grace", "2s"]);
     let fleet = three.fleet();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let out = fleet
         .ok(&[
             "run",
@@ -901,6 +905,47 @@ fn a_container_of_a_failed_node_is_rescheduled_and_its_stale_copy_removed() {
     }
     assert_eq!(three.node_of("stays"), "n1");
     assert!(running_on(&three, other));
+
+    // `docker events` on the fleet says both steps, after the fact too.
+    // The stale copy is gone from its daemon a moment before the relay
+    // hears the removal answered and says so: asked again until then.
+    let (lost_id, other_id) = (&three.daemons[lost].0, &three.daemons[other].0);
+    let said = |events: &str, action: &str, node: &str, other_key: &str, other_node: &str| {
+        events.lines().any(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            let a = &e["Actor"]["Attributes"];
+            e["Action"] == action
+                && a["name"] == "phoenix"
+                && a["node"] == node
+                && a[other_key] == other_node
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = fleet
+            .ok(&[
+                "events",
+                "--since",
+                &since.to_string(),
+                "--until",
+                "0s",
+                "--filter",
+                "type=container",
+                "--format",
+                "{{json .}}",
+            ])
+            .unwrap();
+        if said(&events, "reschedule_cleanup", lost_id, "moved_to", other_id) {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "no cleanup said: {events}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        said(&events, "reschedule", other_id, "from_node", lost_id),
+        "{events}"
+    );
+    assert!(!events.contains("reschedule stays"), "{events}");
     three.clear();
 }
 

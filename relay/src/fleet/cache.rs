@@ -17,6 +17,7 @@ use serde_json::Value;
 use tunnelgate_proto::{NodeId, TenantId};
 
 use super::ask;
+use super::news::News;
 use super::view::{Container, Facts, Health, Image, Node, Times};
 
 /// Exec ids kept per tenant before the oldest are forgotten.
@@ -33,6 +34,8 @@ pub struct Cache {
 pub struct TenantView {
     nodes: RwLock<BTreeMap<NodeId, Arc<Node>>>,
     execs: Mutex<Execs>,
+    /// What the fleet did on its own, for the events fan-in.
+    pub news: News,
 }
 
 /// Which node made each exec instance, oldest forgotten first.
@@ -58,6 +61,11 @@ impl Cache {
                 (view, true)
             }
         }
+    }
+
+    /// The view of `tenant` if its fleet endpoint was used.
+    pub fn get(&self, tenant: &TenantId) -> Option<Arc<TenantView>> {
+        self.read().get(tenant).cloned()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TenantId, Arc<TenantView>>> {

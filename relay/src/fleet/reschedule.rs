@@ -3,7 +3,9 @@
 //! containers that asks for it created again and started on a node the
 //! placement picks; when the old node is back, its stale copy is removed.
 //! Driven by the tenant's watcher task once per look at the members;
-//! every step says what it did in the log.
+//! every step says what it did in the log and as a fleet event
+//! (`reschedule`, `reschedule_failed`, `reschedule_cleanup`), which
+//! `docker events` on the fleet shows.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use tracing::{info, warn};
 use tunnelgate_proto::{NodeId, TenantId};
 
 use super::cache::TenantView;
+use super::news::container_event;
 use super::reach::{Member, NodeCalls};
 use super::strategy::Strategy;
 use super::view::{Health, Node};
@@ -24,9 +27,10 @@ use super::{place, Ask};
 pub struct Rescheduler {
     /// Since when each offline node has been offline.
     offline_since: HashMap<NodeId, Instant>,
-    /// Containers made again elsewhere, by (old node, old id): their
-    /// stale copies to remove when the old node is back.
-    moved: HashMap<(NodeId, String), NodeId>,
+    /// Containers made again elsewhere, by (old node, old id): where they
+    /// went and their name, with the stale copies to remove when the old
+    /// node is back.
+    moved: HashMap<(NodeId, String), (NodeId, String)>,
     /// When a container that could not be made again elsewhere may be
     /// tried next, so a fleet with no room says so every
     /// [`RETRY_AFTER`], not at every look.
@@ -80,11 +84,30 @@ impl Rescheduler {
                     continue;
                 };
                 match respawn(view, tenant, calls, strategy, &node, &c.name, spec).await {
-                    Some(to) => {
+                    Ok((to, id)) => {
+                        view.news.say(container_event(
+                            "reschedule",
+                            &id,
+                            &to,
+                            &[
+                                ("name", &c.name),
+                                ("from_node", node.as_str()),
+                                ("from_id", &c.id),
+                            ],
+                            &[&node],
+                        ));
                         self.next_try.remove(&key);
-                        self.moved.insert(key, to);
+                        self.moved.insert(key, (to, c.name.clone()));
                     }
-                    None => {
+                    Err(why) => {
+                        let why = format!("{why}; trying again in {} s", RETRY_AFTER.as_secs());
+                        view.news.say(container_event(
+                            "reschedule_failed",
+                            &c.id,
+                            &node,
+                            &[("name", &c.name), ("error", &why)],
+                            &[],
+                        ));
                         self.next_try.insert(key, now + RETRY_AFTER);
                     }
                 }
@@ -107,11 +130,21 @@ impl Rescheduler {
             .cloned()
             .collect();
         for (node, id) in back {
+            let Some((to, name)) = self.moved.get(&(node.clone(), id.clone())).cloned() else {
+                continue;
+            };
             let path = format!("/containers/{id}?force=1");
             match calls.send(tenant, &node, Method::DELETE, &path, None).await {
                 Ok((status, _)) if status.is_success() || status == StatusCode::NOT_FOUND => {
                     info!(%tenant, node_id = %node, container = %id,
                           "fleet: node back; removed the stale copy of a rescheduled container");
+                    view.news.say(container_event(
+                        "reschedule_cleanup",
+                        &id,
+                        &node,
+                        &[("name", &name), ("moved_to", to.as_str())],
+                        &[&to],
+                    ));
                     view.remove_container(&node, &id);
                     self.moved.remove(&(node, id));
                 }
@@ -125,7 +158,8 @@ impl Rescheduler {
 }
 
 /// Creates and starts container `name` of the failed node `from` again on
-/// a node the placement picks; the node it went to.
+/// a node the placement picks: the node it went to and its new id, or why
+/// not (said in the log too).
 async fn respawn(
     view: &TenantView,
     tenant: &TenantId,
@@ -134,9 +168,11 @@ async fn respawn(
     from: &NodeId,
     name: &str,
     spec: &str,
-) -> Option<NodeId> {
-    let mut body: Value = serde_json::from_str(spec).ok()?;
-    let ask = Ask::from_create(Some(name), &mut body).ok()?;
+) -> Result<(NodeId, String), String> {
+    let mut body: Value =
+        serde_json::from_str(spec).map_err(|e| format!("its create request is unreadable: {e}"))?;
+    let ask = Ask::from_create(Some(name), &mut body)
+        .map_err(|e| format!("its create request is refused: {e}"))?;
     let nodes = view.nodes();
     let fleet: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
     let placed = match place(&fleet, &ask, strategy, rand::random()) {
@@ -144,10 +180,14 @@ async fn respawn(
         Err(why) => {
             warn!(%tenant, node_id = %from, container = name,
                   "fleet: node offline past its grace, but its container cannot be rescheduled (trying again in 10 s): {why}");
-            return None;
+            return Err(format!("no node can take it: {why}"));
         }
     };
-    let to = placed.ranked.first()?.clone();
+    let to = placed
+        .ranked
+        .first()
+        .ok_or("the placement ranked no node")?
+        .clone();
     let create = format!("/containers/create?name={name}");
     let made = calls
         .send(tenant, &to, Method::POST, &create, Some(body.to_string()))
@@ -157,12 +197,12 @@ async fn respawn(
         Ok((status, answer)) => {
             warn!(%tenant, node_id = %to, container = name, %status, answer = %answer,
                   "fleet: rescheduling a container failed; trying again in 10 s");
-            return None;
+            return Err(format!("node {to} refused the create ({status}): {answer}"));
         }
         Err(e) => {
             warn!(%tenant, node_id = %to, container = name, error = %e,
                   "fleet: rescheduling a container failed; trying again in 10 s");
-            return None;
+            return Err(format!("the create on node {to} failed: {e}"));
         }
     };
     let started = calls
@@ -181,7 +221,7 @@ async fn respawn(
     super::reach::refresh_container(view, calls, tenant, &to, &id).await;
     info!(%tenant, from = %from, to = %to, container = name, id = %id,
           "fleet: node offline past its grace; container rescheduled");
-    Some(to)
+    Ok((to, id))
 }
 
 #[cfg(test)]
@@ -284,5 +324,12 @@ mod tests {
             "one try, then a wait"
         );
         assert!(r.moved.is_empty());
+        let (said, _) = view.news.follow(Some(0));
+        assert_eq!(said.len(), 1, "the failure is said once per try");
+        assert_eq!(said[0].event["Action"], "reschedule_failed");
+        let error = said[0].event["Actor"]["Attributes"]["error"]
+            .as_str()
+            .unwrap();
+        assert!(error.contains("refused the create"), "{error}");
     }
 }

@@ -3,7 +3,9 @@
 //! events` on the fleet endpoint), each tagged with its node (`"node"`,
 //! and `node` among the actor's attributes, which `docker events` prints),
 //! plus node events: `connected`, `disconnected`, `daemon_unreachable`,
-//! `daemon_back` (`"Type": "node"`).
+//! `daemon_back` (`"Type": "node"`), and the fleet's own container events
+//! (`reschedule`, `reschedule_failed`, `reschedule_cleanup`; kept, so
+//! `since` finds them after the fact) of the nodes the caller may see.
 //!
 //! `since`, `until` and `filters` go to each node as the client sent them.
 //! Nodes that come online while the stream is open are followed from
@@ -23,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tracing::debug;
 use tunnelgate_proto::NodeId;
@@ -31,6 +33,7 @@ use tunnelgate_proto::NodeId;
 use super::asks::{ask, Caller};
 use super::context::Front;
 use super::routes::query_pairs;
+use crate::fleet::news::{self, Said};
 use crate::metrics::Limit;
 use crate::respond::{Body, ChannelBody, LastWord};
 
@@ -154,6 +157,7 @@ async fn watch(
     outlet: Arc<Outlet>,
 ) {
     let bounded = query.iter().any(|(k, _)| k == "until");
+    let mut news = FleetNews::open(&front, &caller, &query);
     let mut known: HashMap<NodeId, Followed> = HashMap::new();
     let mut first = true;
     let mut ticker = tokio::time::interval(WATCH_INTERVAL);
@@ -177,6 +181,9 @@ async fn watch(
             .map(|v| (v.node_id, (v.daemon_reachable, v.daemon_error)))
             .collect();
         let fleet = front.fleet_of(caller.principal());
+        if let Some(news) = news.as_mut() {
+            news.relay(&fleet, &outlet);
+        }
         for (node, held) in &fleet {
             let online = held.is_online();
             let entry = known.entry(node.clone()).or_insert_with(|| Followed {
@@ -249,6 +256,62 @@ async fn watch(
     for entry in known.values() {
         if let Some(f) = &entry.follower {
             f.abort();
+        }
+    }
+}
+
+/// The fleet's own events for one reader: those kept since its `since`
+/// (up to its `until`) first, then each as it is said.
+struct FleetNews {
+    past: Vec<Arc<Said>>,
+    rx: broadcast::Receiver<Arc<Said>>,
+    until: Option<u128>,
+    filters: Option<Value>,
+}
+
+impl FleetNews {
+    /// `None` when the tenant's fleet endpoint was never used: then the
+    /// fleet has done nothing on its own.
+    fn open(front: &Front, caller: &Caller, query: &[(String, String)]) -> Option<Self> {
+        let view = front.fleet.get(caller.tenant())?;
+        let decoded = |key: &str| {
+            query.iter().find(|(k, _)| k == key).map(|(_, v)| {
+                form_urlencoded::parse(format!("v={v}").as_bytes())
+                    .map(|(_, v)| v.into_owned())
+                    .next()
+                    .unwrap_or_default()
+            })
+        };
+        let since = decoded("since").and_then(|s| news::unix_nanos(&s));
+        let until = decoded("until").and_then(|s| news::unix_nanos(&s));
+        let filters = decoded("filters").and_then(|f| serde_json::from_str(&f).ok());
+        let (past, rx) = view.news.follow(since);
+        Some(Self {
+            past,
+            rx,
+            until,
+            filters,
+        })
+    }
+
+    /// Sends what came since the last look, of nodes in `fleet` only.
+    fn relay(&mut self, fleet: &[(NodeId, crate::router::Held)], outlet: &Outlet) {
+        let mut due = std::mem::take(&mut self.past);
+        loop {
+            match self.rx.try_recv() {
+                Ok(said) => due.push(said),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    debug!(missed = n, "an events reader missed fleet events");
+                }
+                Err(_) => break,
+            }
+        }
+        for said in due {
+            let seen = said.nodes.iter().all(|n| fleet.iter().any(|(f, _)| f == n));
+            let in_time = self.until.is_none_or(|u| said.nanos <= u);
+            if seen && in_time && news::passes(self.filters.as_ref(), &said.event) {
+                outlet.send(said.event.clone());
+            }
         }
     }
 }
