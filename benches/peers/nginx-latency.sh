@@ -33,9 +33,13 @@ error_log $work/error.log warn;
 events { worker_connections 1024; }
 http {
     access_log $work/access.log;
+    # nginx closes a kept-alive connection after 1,000 requests by
+    # default, on both sides; the relay keeps its connections for good.
+    keepalive_requests 1000000;
     upstream docker {
         server 127.0.0.1:$responder;
         keepalive 16;
+        keepalive_requests 1000000;
     }
     server {
         listen 127.0.0.1:$entry;

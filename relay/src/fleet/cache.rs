@@ -259,7 +259,9 @@ pub fn container_from_inspect(inspect: &Value, listing: Option<Value>) -> Contai
         name: text(inspect, "Name").trim_start_matches('/').to_owned(),
         image: config.map(|c| text(c, "Image")).unwrap_or_default(),
         image_id: text(inspect, "Image"),
-        labels: string_map(config.and_then(|c| c.get("Labels"))),
+        labels: string_map(config.and_then(|c| c.get("Labels")))
+            .into_iter()
+            .collect(),
         nano_cpus: ask::nano_cpus(host_config),
         memory: host_config
             .and_then(|h| h.get("Memory"))
@@ -411,7 +413,7 @@ mod tests {
         assert_eq!((c.name.as_str(), c.image.as_str()), ("web", "busybox"));
         assert_eq!((c.memory, c.nano_cpus, c.running), (64, 5, true));
         assert_eq!(c.host_ports[0].to_string(), "80/tcp");
-        assert_eq!(c.labels["tier"], "front");
+        assert_eq!(c.labels.get("tier"), Some("front"));
         assert_eq!(c.listing.as_deref(), Some("{\"Id\":\"abc\"}"));
         let images = images_from_list(&json!([
             {"Id": "sha256:1", "RepoTags": ["busybox:latest"]},

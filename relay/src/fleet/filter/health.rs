@@ -22,7 +22,9 @@ impl Filter for Health {
         explain: bool,
     ) -> Outcome<'v> {
         let mut out = Outcome::new(explain);
-        for node in nodes {
+        // In place: a healthy fleet keeps its list, with no copy of it.
+        let mut nodes = nodes;
+        nodes.retain(|&node| {
             let why = match (&node.health, node.writable) {
                 (view::Health::Offline, _) => "its agent is not connected".to_owned(),
                 (view::Health::Unlisted, _) => {
@@ -35,13 +37,12 @@ impl Filter for Health {
                 (view::Health::Healthy, false) => {
                     "its agent's policy refuses calls that change the node".to_owned()
                 }
-                (view::Health::Healthy, true) => {
-                    out.kept.push(node);
-                    continue;
-                }
+                (view::Health::Healthy, true) => return true,
             };
             out.rule_out(node, || why);
-        }
+            false
+        });
+        out.kept = nodes;
         out
     }
 }

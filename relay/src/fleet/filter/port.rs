@@ -23,17 +23,25 @@ impl Filter for Port {
         explain: bool,
     ) -> Outcome<'v> {
         let mut out = Outcome::new(explain);
-        'nodes: for node in nodes {
-            for want in &ask.host_ports {
-                if let Some(by) = node.port_holder(want) {
-                    out.rule_out(node, || {
-                        format!("host port {want} is taken by container {by}")
-                    });
-                    continue 'nodes;
+        let mut nodes = nodes;
+        if !ask.host_ports.is_empty() {
+            nodes.retain(|&node| {
+                let taken = ask
+                    .host_ports
+                    .iter()
+                    .find_map(|want| node.port_holder(want).map(|by| (want, by)));
+                match taken {
+                    Some((want, by)) => {
+                        out.rule_out(node, || {
+                            format!("host port {want} is taken by container {by}")
+                        });
+                        false
+                    }
+                    None => true,
                 }
-            }
-            out.kept.push(node);
+            });
         }
+        out.kept = nodes;
         out
     }
 }

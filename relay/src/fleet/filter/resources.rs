@@ -36,7 +36,8 @@ impl Filter for Resources {
         explain: bool,
     ) -> Outcome<'v> {
         let mut out = Outcome::new(explain);
-        for node in nodes {
+        let mut nodes = nodes;
+        nodes.retain(|&node| {
             let mem_free = node.facts.mem_total.saturating_sub(node.reserved_memory());
             let cpu_total = node.facts.ncpu * 1_000_000_000;
             let cpu_free = cpu_total.saturating_sub(node.reserved_nano_cpus());
@@ -49,6 +50,7 @@ impl Filter for Resources {
                         bytes(ask.memory)
                     )
                 });
+                false
             } else if ask.nano_cpus > cpu_free {
                 out.rule_out(node, || {
                     format!(
@@ -58,10 +60,12 @@ impl Filter for Resources {
                         cpus(ask.nano_cpus)
                     )
                 });
+                false
             } else {
-                out.kept.push(node);
+                true
             }
-        }
+        });
+        out.kept = nodes;
         out
     }
 }

@@ -96,7 +96,7 @@ impl PsQuery {
             return false;
         }
         let label = |want: &String| match want.split_once('=') {
-            Some((k, v)) => c.labels.get(k).is_some_and(|have| have == v),
+            Some((k, v)) => c.labels.get(k) == Some(v),
             None => c.labels.contains_key(want),
         };
         let any =
