@@ -14,7 +14,7 @@ use tunnelgate_agent::config::TransportChoice;
 use crate::client::{Client, Percentiles};
 use crate::fleet::{node_name, Fleet};
 use crate::progress::{spawn_progress, Counters};
-use crate::relay_proc::{RelayProc, Usage};
+use crate::relay_proc::{RelayProc, Sched, Usage};
 use crate::synthetic_docker;
 
 /// What every scenario needs.
@@ -601,33 +601,43 @@ pub async fn latency(
         }
         Counters::bump(&rig.counters.ok);
     }
-    // CPU per kept-alive call, from a run of each path alone: the relay's,
-    // and this process's (client and synthetic daemon on every path, plus
-    // the simulated agent on ours: the difference to the direct run is
-    // the agent's).
-    let own = || Usage::of(std::process::id()).map(|u| u.cpu_secs);
-    let per_call = |secs: f64| secs / calls.max(1) as f64 * 1e6;
+    // CPU and context switches per kept-alive call, from a run of each
+    // path alone, per thread from `schedstat` and `status` (exact, where
+    // `/proc/PID/stat`'s ticks are 10 ms): the relay's, and this
+    // process's (client and synthetic daemon on every path, plus the
+    // simulated agent on ours: the difference to the direct run is the
+    // agent's).
+    let own = || Sched::of(std::process::id());
+    let per_call = |n: u64| n as f64 / calls.max(1) as f64;
     let own_before = own()?;
     for _ in 0..calls {
         direct.get("/_ping").await?;
     }
-    let own_direct = own()? - own_before;
-    let (before, own_before) = (rig.relay.usage()?, own()?);
+    let (own_direct_cpu, own_direct_sw) = own()?.since(&own_before);
+    let (before, own_before) = (rig.relay.sched()?, own()?);
     for _ in 0..calls {
         relayed.get(&relayed_path).await?;
     }
-    let relay_cpu = rig.relay.usage()?.cpu_secs - before.cpu_secs;
-    let agent_cpu = own()? - own_before - own_direct;
+    let (relay_cpu, relay_sw) = rig.relay.sched()?.since(&before);
+    let (own_cpu, own_sw) = own()?.since(&own_before);
+    let (agent_cpu, agent_sw) = (
+        own_cpu.saturating_sub(own_direct_cpu),
+        own_sw.saturating_sub(own_direct_sw),
+    );
     let mut peer_cpu = Vec::new();
     for (client, peer) in through_peers.iter_mut().zip(peers) {
-        let usage = |pid: Option<u32>| pid.map(|p| Usage::of(p).map(|u| u.cpu_secs)).transpose();
-        let (server, agent) = (usage(peer.pid)?, usage(peer.client_pid)?);
+        let sched = |pid: Option<u32>| pid.map(Sched::of).transpose();
+        let (server, agent) = (sched(peer.pid)?, sched(peer.client_pid)?);
         for _ in 0..calls {
             client.get("/_ping").await?;
         }
-        let spent = |before: Option<f64>, pid| -> Result<Option<f64>> {
-            Ok(match (before, usage(pid)?) {
-                (Some(b), Some(a)) => Some(per_call(a - b)),
+        // CPU µs and switches per call of one of the peer's processes.
+        let spent = |before: Option<Sched>, pid| -> Result<Option<(f64, f64)>> {
+            Ok(match (before, sched(pid)?) {
+                (Some(b), Some(a)) => {
+                    let (cpu, sw) = a.since(&b);
+                    Some((per_call(cpu) / 1e3, per_call(sw)))
+                }
                 _ => None,
             })
         };
@@ -652,8 +662,10 @@ pub async fn latency(
                 "kept_alive_added_p99_us": kept.p99_us - direct_kept.p99_us,
                 "new_connection": new,
                 "new_connection_added_p50_us": new.p50_us - direct_new.p50_us,
-                "server_cpu_us_per_kept_alive_call": server_cpu,
-                "client_cpu_us_per_kept_alive_call": client_cpu,
+                "server_cpu_us_per_kept_alive_call": server_cpu.map(|c| c.0),
+                "server_switches_per_kept_alive_call": server_cpu.map(|c| c.1),
+                "client_cpu_us_per_kept_alive_call": client_cpu.map(|c| c.0),
+                "client_switches_per_kept_alive_call": client_cpu.map(|c| c.1),
             }),
         );
     }
@@ -672,8 +684,10 @@ pub async fn latency(
             "relayed": relayed_new,
             "added_p50_us": relayed_new.p50_us - direct_new.p50_us,
         },
-        "relay_cpu_us_per_kept_alive_call": per_call(relay_cpu),
-        "agent_cpu_us_per_kept_alive_call": per_call(agent_cpu),
+        "relay_cpu_us_per_kept_alive_call": per_call(relay_cpu) / 1e3,
+        "relay_switches_per_kept_alive_call": per_call(relay_sw),
+        "agent_cpu_us_per_kept_alive_call": per_call(agent_cpu) / 1e3,
+        "agent_switches_per_kept_alive_call": per_call(agent_sw),
     }))
 }
 
