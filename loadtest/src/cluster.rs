@@ -107,14 +107,19 @@ pub async fn peer_hop(
 
     let (mut local_time, mut peer_time) = (Duration::ZERO, Duration::ZERO);
     let (mut local_cpu, mut peer_cpu) = (0.0, 0.0);
-    let cpu = || -> Result<f64> { Ok(local.usage()?.cpu_secs + peer.usage()?.cpu_secs) };
+    // Both relays' CPU, per thread and exact: one small transfer can take
+    // less than the 10 ms tick `/proc/PID/stat` counts in.
+    let cpu = || -> Result<(Sched, Sched)> { Ok((local.sched()?, peer.sched()?)) };
+    let spent = |before: &(Sched, Sched), after: &(Sched, Sched)| {
+        (after.0.since(&before.0).0 + after.1.since(&before.1).0) as f64 / 1e9
+    };
     for _ in 0..rounds {
         let before = cpu()?;
         local_time += download(local.api, &prefix, bytes, 1, "local").await?;
         let mid = cpu()?;
         peer_time += download(peer.api, &prefix, bytes, 1, "peer hop").await?;
-        local_cpu += mid - before;
-        peer_cpu += cpu()? - mid;
+        local_cpu += spent(&before, &mid);
+        peer_cpu += spent(&mid, &cpu()?);
     }
 
     let ping = format!("/nodes/{node}/_ping");
