@@ -179,7 +179,7 @@ async fn respawn(
         Ok(placed) => placed,
         Err(why) => {
             warn!(%tenant, node_id = %from, container = name,
-                  "fleet: node offline past its grace, but its container cannot be rescheduled (trying again in 10 s): {why}");
+                  "fleet: node offline past its grace, but its container cannot be rescheduled (trying again in {} s): {why}", RETRY_AFTER.as_secs());
             return Err(format!("no node can take it: {why}"));
         }
     };
@@ -196,12 +196,12 @@ async fn respawn(
         Ok((StatusCode::CREATED, answer)) => answer["Id"].as_str().unwrap_or_default().to_owned(),
         Ok((status, answer)) => {
             warn!(%tenant, node_id = %to, container = name, %status, answer = %answer,
-                  "fleet: rescheduling a container failed; trying again in 10 s");
+                  "fleet: rescheduling a container failed; trying again in {} s", RETRY_AFTER.as_secs());
             return Err(format!("node {to} refused the create ({status}): {answer}"));
         }
         Err(e) => {
             warn!(%tenant, node_id = %to, container = name, error = %e,
-                  "fleet: rescheduling a container failed; trying again in 10 s");
+                  "fleet: rescheduling a container failed; trying again in {} s", RETRY_AFTER.as_secs());
             return Err(format!("the create on node {to} failed: {e}"));
         }
     };
