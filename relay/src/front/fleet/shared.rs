@@ -114,19 +114,31 @@ pub(super) fn with_skipped(resp: Response<Body>, parts: &[Part]) -> Response<Bod
     with_skipped_names(resp, &skipped)
 }
 
+/// How many skipped nodes the header names; it counts the rest. A whole
+/// fleet not yet listed would otherwise make a header of megabytes, more
+/// than any HTTP client reads.
+const SKIPPED_NAMED: usize = 10;
+
 /// Names the nodes a view left out, and why, in a header.
 pub(super) fn with_skipped_names(
     mut resp: Response<Body>,
     skipped: &[(NodeId, String)],
 ) -> Response<Body> {
-    let skipped: Vec<String> = skipped
+    let mut named: Vec<String> = skipped
         .iter()
+        .take(SKIPPED_NAMED)
         .map(|(node, why)| format!("{node} ({why})"))
         .collect();
-    if skipped.is_empty() {
+    if named.is_empty() {
         return resp;
     }
-    let text: String = skipped
+    if skipped.len() > SKIPPED_NAMED {
+        named.push(format!(
+            "and {} more (GET /v1/nodes lists every node's state)",
+            skipped.len() - SKIPPED_NAMED
+        ));
+    }
+    let text: String = named
         .join(", ")
         .chars()
         .filter(|c| !c.is_control())
@@ -191,8 +203,11 @@ pub(super) fn label_node(object: &mut Value, node: &NodeId) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use http::StatusCode;
     use serde_json::json;
+
+    use super::*;
+    use crate::respond::json as json_response;
 
     #[test]
     fn a_node_label_lands_in_null_or_missing_labels() {
@@ -205,5 +220,33 @@ mod tests {
             label_node(&mut v, &node);
             assert_eq!(v["Labels"]["tunnelgate.node"], "n1");
         }
+    }
+
+    #[test]
+    fn a_fleet_of_skipped_nodes_is_named_ten_and_counted() {
+        let skipped: Vec<(NodeId, String)> = (0..10_000)
+            .map(|i| {
+                (
+                    NodeId::new(format!("n{i}")).unwrap(),
+                    "not listed yet".into(),
+                )
+            })
+            .collect();
+        let resp = with_skipped_names(json_response(StatusCode::OK, String::new()), &skipped);
+        let text = resp.headers()[SKIPPED_HEADER].to_str().unwrap();
+        assert!(
+            text.starts_with("n0 (not listed yet), n1 (not listed yet)"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("and 9990 more (GET /v1/nodes lists every node's state)"),
+            "{text}"
+        );
+        assert!(text.len() < 400, "{text}");
+        let few = with_skipped_names(json_response(StatusCode::OK, String::new()), &skipped[..2]);
+        assert_eq!(
+            few.headers()[SKIPPED_HEADER],
+            "n0 (not listed yet), n1 (not listed yet)"
+        );
     }
 }
