@@ -87,8 +87,8 @@ impl Router {
         for (node, relay) in self.registry.held_by_peers(tenant) {
             nodes.insert(node, Held::Peer(relay));
         }
-        for view in self.sessions.views(tenant, self.state.relay_id()) {
-            nodes.insert(view.node_id, Held::Here);
+        for node in self.sessions.node_ids(tenant) {
+            nodes.insert(node, Held::Here);
         }
         nodes.into_iter().collect()
     }

@@ -95,6 +95,42 @@ pub struct NodeView {
     pub policy: String,
 }
 
+/// What the fleet's view reads of a node: a small part of its
+/// [`NodeView`], made without the rest, since the fleet asks on every
+/// call about every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetFacts {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// The host's name.
+    pub hostname: String,
+    /// Operator labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `quic` or `tcp`.
+    pub transport: String,
+    /// Why the daemon is unreachable, if it is.
+    pub daemon_error: Option<String>,
+    /// Whether the agent's policy lets calls change the node.
+    pub writable: bool,
+}
+
+impl From<&NodeView> for FleetFacts {
+    fn from(v: &NodeView) -> Self {
+        Self {
+            node_id: v.node_id.clone(),
+            hostname: v.hostname.clone(),
+            labels: v.labels.clone(),
+            transport: v.transport.clone(),
+            daemon_error: (!v.daemon_reachable).then(|| {
+                v.daemon_error
+                    .clone()
+                    .unwrap_or_else(|| "unreachable".into())
+            }),
+            writable: v.policy != "read-only",
+        }
+    }
+}
+
 /// All live sessions of this relay.
 #[derive(Debug, Default)]
 pub struct Sessions {
@@ -213,6 +249,29 @@ impl Sessions {
     }
 }
 
+impl Sessions {
+    /// The fleet's facts of `tenant`'s nodes held here, sorted by node id.
+    pub fn fleet_facts(&self, tenant: &TenantId) -> Vec<FleetFacts> {
+        let mut facts: Vec<_> = self
+            .map
+            .iter()
+            .filter(|e| &e.key().tenant == tenant)
+            .filter_map(|e| e.value().last().map(|s| s.fleet_facts()))
+            .collect();
+        facts.sort_unstable_by(|a, b| a.node_id.cmp(&b.node_id));
+        facts
+    }
+
+    /// The ids of `tenant`'s nodes held here, in no order.
+    pub fn node_ids(&self, tenant: &TenantId) -> Vec<NodeId> {
+        self.map
+            .iter()
+            .filter(|e| &e.key().tenant == tenant && !e.value().is_empty())
+            .map(|e| e.key().node_id.clone())
+            .collect()
+    }
+}
+
 impl Entry {
     /// This session's id.
     pub fn id(&self) -> SessionId {
@@ -237,6 +296,24 @@ impl Entry {
         f: impl FnOnce(&std::collections::BTreeMap<String, String>) -> T,
     ) -> T {
         f(&self.lock().hello.labels)
+    }
+
+    /// What the fleet's view reads of the node.
+    fn fleet_facts(&self) -> FleetFacts {
+        let info = self.lock();
+        FleetFacts {
+            node_id: info.hello.node_id.clone(),
+            hostname: info.hello.hostname.clone(),
+            labels: info.hello.labels.clone(),
+            transport: self.session.transport().as_str().to_owned(),
+            daemon_error: (!info.docker.reachable).then(|| {
+                info.docker
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "unreachable".into())
+            }),
+            writable: info.hello.policy != "read-only",
+        }
     }
 
     /// The node as `/v1/nodes` shows it.

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
+use tokio::sync::watch;
 use tunnelgate_proto::{NodeId, TenantId};
 
 use super::ask;
@@ -34,8 +35,36 @@ pub struct Cache {
 pub struct TenantView {
     nodes: RwLock<BTreeMap<NodeId, Arc<Node>>>,
     execs: Mutex<Execs>,
+    /// New containers being fetched into the view, by node and id.
+    fetching: Mutex<HashMap<(NodeId, String), watch::Receiver<()>>>,
+    /// Whether every node online at its first call was listed (or the
+    /// wait for that ended), so later calls need not wait.
+    listed: std::sync::atomic::AtomicBool,
     /// What the fleet did on its own, for the events fan-in.
     pub news: News,
+}
+
+/// What [`TenantView::begin_fetch`] found.
+pub enum Begun<'a> {
+    /// This caller fetches; the mark goes when this is dropped.
+    Mine(Fetching<'a>),
+    /// Another fetch is under way: its end is told here.
+    Theirs(watch::Receiver<()>),
+}
+
+/// A fetch under way; dropping it ends the mark and wakes those waiting.
+pub struct Fetching<'a> {
+    view: &'a TenantView,
+    key: (NodeId, String),
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        let mut fetching = self.view.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        fetching.remove(&self.key);
+        // `_done` drops after this, waking the waiters once the mark is gone.
+    }
 }
 
 /// Which node made each exec instance, oldest forgotten first.
@@ -90,6 +119,41 @@ impl TenantView {
     /// One node.
     pub fn node(&self, id: &NodeId) -> Option<Arc<Node>> {
         self.read().get(id).cloned()
+    }
+
+    /// Whether its first listing was waited for already.
+    pub fn was_listed(&self) -> bool {
+        self.listed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes that its first listing was waited for.
+    pub fn set_listed(&self) {
+        self.listed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether node `id` has container `container` (a full id).
+    pub fn holds(&self, id: &NodeId, container: &str) -> bool {
+        self.read()
+            .get(id)
+            .is_some_and(|n| n.containers().iter().any(|c| c.id == container))
+    }
+
+    /// Marks container `container` of node `id` as being fetched, unless
+    /// it already is: then the fetch under way is waited on instead.
+    pub fn begin_fetch(&self, id: &NodeId, container: &str) -> Begun<'_> {
+        let key = (id.clone(), container.to_owned());
+        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(done) = fetching.get(&key) {
+            return Begun::Theirs(done.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        fetching.insert(key.clone(), rx);
+        Begun::Mine(Fetching {
+            view: self,
+            key,
+            _done: tx,
+        })
     }
 
     /// Puts a whole node in, or replaces it.

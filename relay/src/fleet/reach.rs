@@ -55,7 +55,7 @@ impl std::fmt::Display for Failed {
 
 /// How the fleet reaches its nodes: given by the front.
 pub trait NodeCalls: Send + Sync + 'static {
-    /// The tenant's nodes, online or not.
+    /// The tenant's nodes, online or not, sorted by id.
     fn members(&self, tenant: &TenantId) -> Vec<Member>;
 
     /// A GET to a node, answered in full as JSON; `Err` says why not.
@@ -122,6 +122,34 @@ pub async fn refresh_container(
         return;
     }
     view.put_container(node, container);
+}
+
+/// Fetches container `id` of `node`, just created, into the view once:
+/// the relay that carried the create and the node's `create` event both
+/// ask for it, and whichever comes first fetches while the other waits,
+/// since any fetch begun after the create sees the container whole.
+/// Later changes have events of their own.
+pub async fn fetch_created(
+    view: &TenantView,
+    calls: &dyn NodeCalls,
+    tenant: &TenantId,
+    node: &NodeId,
+    id: &str,
+) {
+    // Twice at most: when the other fetch failed, this one tries itself.
+    for _ in 0..2 {
+        if view.holds(node, id) {
+            return;
+        }
+        match view.begin_fetch(node, id) {
+            cache::Begun::Mine(_fetching) => {
+                return refresh_container(view, calls, tenant, node, id).await
+            }
+            cache::Begun::Theirs(mut done) => {
+                let _ = done.changed().await;
+            }
+        }
+    }
 }
 
 /// Fetches node `node`'s image list again into the view.

@@ -21,7 +21,7 @@ use tracing::debug;
 use tunnelgate_proto::{NodeId, TenantId};
 
 use super::cache::{self, TenantView};
-use super::reach::{refresh_container, refresh_images, Failed, Member, NodeCalls};
+use super::reach::{fetch_created, refresh_container, refresh_images, Failed, Member, NodeCalls};
 use super::view::{Health, Node};
 use crate::respond::Body;
 
@@ -260,6 +260,7 @@ async fn on_event(
         .unwrap_or_default();
     match kind {
         "container" if action == "destroy" => view.remove_container(node, id),
+        "container" if action == "create" => fetch_created(view, calls, tenant, node, id).await,
         // Calls into a container change nothing the view keeps.
         "container"
             if action.starts_with("exec_")
@@ -273,23 +274,27 @@ async fn on_event(
     }
 }
 
-/// Brings each node's health in the view to what `members` say, and
-/// puts each online node not listed yet in as [`Health::Unlisted`], so
-/// reads name it as skipped and placement rules it out saying why.
+/// Brings each node's health in the view to what `members` (sorted by
+/// id, as [`NodeCalls::members`] gives them) say, and puts each online
+/// node not listed yet in as [`Health::Unlisted`], so reads name it as
+/// skipped and placement rules it out saying why. One walk over both
+/// sorted lists: this runs on every fleet call.
 pub fn apply_health(view: &TenantView, members: &[Member]) {
+    let nodes = view.nodes();
+    let mut have = nodes.iter().peekable();
     for m in members {
-        if m.online && view.node(&m.id).is_none() {
-            let mut node = Node::new(m.id.clone());
-            node.health = Health::Unlisted;
-            view.put_if_absent(node);
+        while have.next_if(|n| n.id < m.id).is_some() {}
+        let Some(node) = have.next_if(|n| n.id == m.id) else {
+            if m.online {
+                let mut node = Node::new(m.id.clone());
+                node.health = Health::Unlisted;
+                view.put_if_absent(node);
+            }
             continue;
-        }
+        };
         let health = cache::health(m.online, m.daemon_error.as_deref());
         // An unlisted node stays so until its listing replaces it.
-        let stale = view
-            .node(&m.id)
-            .is_some_and(|n| n.health != health && n.health != Health::Unlisted);
-        if stale {
+        if node.health != health && node.health != Health::Unlisted {
             view.update(&m.id, |n| n.health = health);
         }
     }
@@ -303,4 +308,106 @@ pub fn is_listed(view: &TenantView, members: &[Member]) -> bool {
             !matches!(n.health, Health::Offline | Health::Unlisted) && n.facts != Default::default()
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::fleet::reach::{BoxFut, Failed};
+    use crate::fleet::view::Container;
+
+    /// A node that has every container asked about, counting the asks.
+    #[derive(Default)]
+    struct Answering {
+        asks: AtomicUsize,
+    }
+
+    impl NodeCalls for Answering {
+        fn members(&self, _: &TenantId) -> Vec<Member> {
+            Vec::new()
+        }
+
+        fn get_json<'a>(
+            &'a self,
+            _: &'a TenantId,
+            _: &'a NodeId,
+            path: &'a str,
+        ) -> BoxFut<'a, Result<Value, Failed>> {
+            self.asks.fetch_add(1, Ordering::Relaxed);
+            let id = path
+                .strip_prefix("/containers/")
+                .and_then(|p| p.strip_suffix("/json"))
+                .unwrap_or("new");
+            let answer = match path.starts_with("/containers/json") {
+                true => json!([{"Id": "new"}]),
+                false => json!({"Id": id, "Name": format!("/{id}"), "Config": {}}),
+            };
+            Box::pin(async move {
+                // Lets another fetch begin meanwhile.
+                tokio::task::yield_now().await;
+                Ok(answer)
+            })
+        }
+
+        fn send<'a>(
+            &'a self,
+            _: &'a TenantId,
+            _: &'a NodeId,
+            _: http::Method,
+            _: &'a str,
+            _: Option<String>,
+        ) -> BoxFut<'a, Result<(http::StatusCode, Value), Failed>> {
+            unreachable!("events make no writes")
+        }
+
+        fn stream<'a>(
+            &'a self,
+            _: &'a TenantId,
+            _: &'a NodeId,
+            _: &'a str,
+        ) -> BoxFut<'a, Result<Body, Failed>> {
+            unreachable!("not followed here")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_container_is_fetched_once_whoever_asks() {
+        let view = TenantView::default();
+        let id = NodeId::new("n1").unwrap();
+        let mut node = Node::new(id.clone());
+        node.put_container(Container {
+            id: "old".into(),
+            name: "old".into(),
+            ..Default::default()
+        });
+        view.put(node);
+        let (calls, tenant) = (Answering::default(), TenantId::new("t").unwrap());
+        let event = |action: &str, id: &str| json!({"Type": "container", "Action": action, "Actor": {"ID": id}});
+
+        on_event(&view, &calls, &tenant, &id, &event("create", "old")).await;
+        assert_eq!(calls.asks.load(Ordering::Relaxed), 0);
+
+        // The relay's own create and the node's event at once: one fetch.
+        let created = event("create", "new");
+        tokio::join!(
+            on_event(&view, &calls, &tenant, &id, &created),
+            fetch_created(&view, &calls, &tenant, &id, "new"),
+        );
+        assert_eq!(calls.asks.load(Ordering::Relaxed), 2, "inspect and listing");
+        assert!(
+            view.holds(&id, "new"),
+            "a container made elsewhere is fetched"
+        );
+
+        on_event(&view, &calls, &tenant, &id, &event("start", "old")).await;
+        assert_eq!(
+            calls.asks.load(Ordering::Relaxed),
+            4,
+            "other events still fetch"
+        );
+    }
 }

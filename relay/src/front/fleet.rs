@@ -294,6 +294,9 @@ async fn ps(cx: &Ctx<'_>, query: Option<&str>) -> Response<Body> {
             skipped.push((node.id.clone(), why));
             continue;
         }
+        if !wanted.may_match(&node) {
+            continue;
+        }
         for c in node.containers().iter().filter(|c| wanted.matches(c)) {
             let Some(text) = &c.listing else {
                 continue;

@@ -16,6 +16,7 @@ use crate::fleet::reach::{BoxFut, Failed, Member, NodeCalls};
 use crate::fleet::watch;
 use crate::respond::Body;
 use crate::router::Held;
+use crate::sessions::FleetFacts;
 
 /// How long a first call to a tenant's fleet waits for every online node
 /// to be listed once; a node slower than that is read as it comes.
@@ -28,7 +29,7 @@ pub(in crate::front) struct FrontCalls(pub Arc<Front>);
 impl NodeCalls for FrontCalls {
     fn members(&self, tenant: &TenantId) -> Vec<Member> {
         let front = &self.0;
-        let local = front.sessions.views(tenant, front.state.relay_id());
+        let local = front.sessions.fleet_facts(tenant);
         front
             .router
             .fleet(tenant)
@@ -39,10 +40,16 @@ impl NodeCalls for FrontCalls {
                     node_id: id.clone(),
                 };
                 let peer = match &held {
-                    Held::Peer(_) => front.router.peer_view(&key),
+                    Held::Peer(_) => front.router.peer_view(&key).map(|v| FleetFacts::from(&v)),
                     _ => None,
                 };
-                let view = local.iter().find(|v| v.node_id == id).or(peer.as_ref());
+                // Both come sorted by node id: a search, not a scan per
+                // node (which made this quadratic in the fleet).
+                let facts = local
+                    .binary_search_by(|f| f.node_id.cmp(&id))
+                    .ok()
+                    .map(|at| &local[at])
+                    .or(peer.as_ref());
                 let (route, relay) = match (&held, front.direct.usable(&key)) {
                     (Held::Nowhere, _) => ("", String::new()),
                     (_, Some(_)) => ("direct", front.state.relay_id().to_string()),
@@ -55,17 +62,13 @@ impl NodeCalls for FrontCalls {
                 };
                 Member {
                     online: held.is_online(),
-                    hostname: view.map(|v| v.hostname.clone()),
-                    labels: view.map(|v| v.labels.clone()).unwrap_or_default(),
-                    transport: view.map_or("peer", |v| &v.transport).to_owned(),
+                    hostname: facts.map(|f| f.hostname.clone()),
+                    labels: facts.map(|f| f.labels.clone()).unwrap_or_default(),
+                    transport: facts.map_or("peer", |f| &f.transport).to_owned(),
                     route: route.to_owned(),
                     relay,
-                    daemon_error: view.filter(|v| !v.daemon_reachable).map(|v| {
-                        v.daemon_error
-                            .clone()
-                            .unwrap_or_else(|| "unreachable".into())
-                    }),
-                    writable: view.is_none_or(|v| v.policy != "read-only"),
+                    daemon_error: facts.and_then(|f| f.daemon_error.clone()),
+                    writable: facts.is_none_or(|f| f.writable),
                     id,
                 }
             })
@@ -148,7 +151,8 @@ impl NodeCalls for FrontCalls {
 }
 
 /// The tenant's fleet view, started on its first call, and once every
-/// online node has been listed (or [`FIRST_LISTING`] has passed).
+/// online node has been listed (or [`FIRST_LISTING`] has passed); later
+/// calls do not wait again, and read a node not listed yet as skipped.
 pub(in crate::front) async fn view(front: &Arc<Front>, tenant: &TenantId) -> Arc<TenantView> {
     let (view, new) = front.fleet.tenant(tenant);
     let calls = FrontCalls(front.clone());
@@ -168,7 +172,9 @@ pub(in crate::front) async fn view(front: &Arc<Front>, tenant: &TenantId) -> Arc
     let deadline = Instant::now() + FIRST_LISTING;
     loop {
         let members = calls.members(tenant);
-        if watch::is_listed(&view, &members) || Instant::now() >= deadline {
+        let listed = view.was_listed() || watch::is_listed(&view, &members);
+        if listed || Instant::now() >= deadline {
+            view.set_listed();
             // A node that came or went since the view's last look reads as
             // the relay's tables say now, as in /v1/nodes.
             watch::apply_health(&view, &members);

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::super::routes::query_pairs;
-use crate::fleet::view::Container;
+use crate::fleet::view::{Container, Node};
 
 /// What a `ps` query keeps.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -88,6 +88,17 @@ impl PsQuery {
         Some(())
     }
 
+    /// Whether any container of `node` may be in the answer: not when
+    /// none has a `key=value` label asked for (the node keeps its
+    /// containers' labels as one set, so a label filter over a large
+    /// fleet looks at the containers of only the nodes that have it).
+    pub(super) fn may_match(&self, node: &Node) -> bool {
+        self.labels
+            .iter()
+            .filter(|want| want.contains('='))
+            .all(|want| node.has_container_label(&want.to_ascii_lowercase()))
+    }
+
     /// Whether `c` is in the answer.
     pub(super) fn matches(&self, c: &Container) -> bool {
         // A status filter lists stopped containers without `all`, as
@@ -159,6 +170,21 @@ mod tests {
             hits(&q("filters=%7B%22id%22%3A%7B%22id-d%22%3Atrue%7D%7D")),
             ["db"]
         );
+    }
+
+    #[test]
+    fn a_node_without_the_label_is_passed_over_whole() {
+        let mut a = Node::new(tunnelgate_proto::NodeId::new("a").unwrap());
+        a.put_container(container("web", false, &[("Tier", "Front")]));
+        let mut b = Node::new(tunnelgate_proto::NodeId::new("b").unwrap());
+        b.put_container(container("db", true, &[("tier", "back")]));
+        let q = |s: &str| PsQuery::parse(Some(s)).unwrap();
+        let front = q("filters=%7B%22label%22%3A%5B%22Tier%3DFront%22%5D%7D");
+        assert!(front.may_match(&a), "a stopped container counts too");
+        assert!(!front.may_match(&b));
+        let key_only = q("filters=%7B%22label%22%3A%5B%22tier%22%5D%7D");
+        assert!(key_only.may_match(&a) && key_only.may_match(&b));
+        assert!(q("").may_match(&b));
     }
 
     #[test]

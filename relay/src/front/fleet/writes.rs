@@ -19,7 +19,7 @@ use super::calls::FrontCalls;
 use super::shared::{ask_all, locate, Ctx, NODE_HEADER};
 use crate::error::CallError;
 use crate::fleet::cache::{self, Found};
-use crate::fleet::reach::{refresh_container, refresh_images};
+use crate::fleet::reach::{fetch_created, refresh_container, refresh_images};
 use crate::fleet::{place, Ask};
 use crate::respond::{json as json_response, Body};
 
@@ -135,7 +135,7 @@ pub(super) async fn create(
             let mut answer: Value = serde_json::from_slice(&answer).unwrap_or(json!({}));
             let id = answer["Id"].as_str().unwrap_or_default().to_owned();
             let calls = FrontCalls(cx.front.clone());
-            refresh_container(&cx.view, &calls, cx.caller.tenant(), node, &id).await;
+            fetch_created(&cx.view, &calls, cx.caller.tenant(), node, &id).await;
             if !placed.notes.is_empty() {
                 let warnings = answer
                     .as_object_mut()
