@@ -177,7 +177,8 @@ pub struct LimitArgs {
     /// Calls in flight to one node, at most 256 [default: 256].
     #[arg(long, env = "TUNNELGATE_MAX_STREAMS_PER_NODE", value_name = "N")]
     pub max_streams_per_node: Option<usize>,
-    /// Calls in flight to all nodes of one tenant [default: 4096].
+    /// Clients' calls in flight to all nodes of one tenant [default: 4096]
+    /// (the fleet view's own streams count only per node).
     #[arg(long, env = "TUNNELGATE_MAX_STREAMS_PER_TENANT", value_name = "N")]
     pub max_streams_per_tenant: Option<usize>,
     /// Events a reader of `/v1/events` (or the fleet's `docker events`) may

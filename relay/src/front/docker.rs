@@ -47,13 +47,18 @@ pub(super) async fn proxy(
         Route::Unknown => return Err(CallError::UnknownNode(key.node_id.to_string())),
     };
     let limits = &front.config.limits;
+    // The relay's own calls for the fleet view (an event stream and one
+    // listing call at a time per node) grow with the fleet, not with what
+    // clients do: counted for the tenant, a fleet of 4,096 nodes would
+    // fill its limit, leaving the rest of the view unlisted and every
+    // client call refused. They still count for the node.
+    let per_tenant = match record.caller().map(|p| &p.credentials) {
+        Some(crate::auth::Credentials::Relay) => None,
+        _ => Some(limits.max_streams_per_tenant),
+    };
     let slots = front
         .slots
-        .acquire(
-            &key,
-            limits.max_streams_per_node,
-            limits.max_streams_per_tenant,
-        )
+        .acquire(&key, limits.max_streams_per_node, per_tenant)
         .map_err(|limit| {
             front.metrics.limit_hit(limit);
             let (scope, max) = match limit {

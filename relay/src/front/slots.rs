@@ -19,27 +19,34 @@ pub struct StreamSlots {
 pub struct Slots {
     table: Arc<StreamSlots>,
     key: NodeKey,
+    /// Whether it holds one of the tenant's too.
+    tenant: bool,
 }
 
 impl StreamSlots {
-    /// Takes a slot of `key`'s node and of its tenant, or names the limit
-    /// that is reached.
+    /// Takes a slot of `key`'s node and, unless `per_tenant` is `None`,
+    /// of its tenant, or names the limit that is reached.
     pub fn acquire(
         self: &Arc<Self>,
         key: &NodeKey,
         per_node: usize,
-        per_tenant: usize,
+        per_tenant: Option<usize>,
     ) -> Result<Slots, Limit> {
-        if !take(&self.per_tenant, &key.tenant, per_tenant) {
-            return Err(Limit::StreamsPerTenant);
+        if let Some(max) = per_tenant {
+            if !take(&self.per_tenant, &key.tenant, max) {
+                return Err(Limit::StreamsPerTenant);
+            }
         }
         if !take(&self.per_node, key, per_node) {
-            give_back(&self.per_tenant, &key.tenant);
+            if per_tenant.is_some() {
+                give_back(&self.per_tenant, &key.tenant);
+            }
             return Err(Limit::StreamsPerNode);
         }
         Ok(Slots {
             table: self.clone(),
             key: key.clone(),
+            tenant: per_tenant.is_some(),
         })
     }
 }
@@ -64,7 +71,9 @@ fn give_back<K: std::hash::Hash + Eq>(map: &DashMap<K, usize>, k: &K) {
 impl Drop for Slots {
     fn drop(&mut self) {
         give_back(&self.table.per_node, &self.key);
-        give_back(&self.table.per_tenant, &self.key.tenant);
+        if self.tenant {
+            give_back(&self.table.per_tenant, &self.key.tenant);
+        }
     }
 }
 
@@ -77,17 +86,27 @@ mod tests {
         let table = Arc::new(StreamSlots::default());
         let key = NodeKey::parse("acme/a").unwrap();
         let other = NodeKey::parse("acme/b").unwrap();
-        let first = table.acquire(&key, 1, 2).unwrap();
-        assert_eq!(table.acquire(&key, 1, 2).err(), Some(Limit::StreamsPerNode));
-        let second = table.acquire(&other, 1, 2).unwrap();
+        let first = table.acquire(&key, 1, Some(2)).unwrap();
         assert_eq!(
-            table
-                .acquire(&NodeKey::parse("acme/c").unwrap(), 1, 2)
-                .err(),
+            table.acquire(&key, 1, Some(2)).err(),
+            Some(Limit::StreamsPerNode)
+        );
+        let second = table.acquire(&other, 1, Some(2)).unwrap();
+        let c = NodeKey::parse("acme/c").unwrap();
+        assert_eq!(
+            table.acquire(&c, 1, Some(2)).err(),
             Some(Limit::StreamsPerTenant)
         );
-        drop((first, second));
-        assert!(table.acquire(&key, 1, 2).is_ok());
+        // Not counted for the tenant: past its limit, and leaving the
+        // tenant's count as it was.
+        let uncounted = table.acquire(&c, 1, None).unwrap();
+        assert_eq!(*table.per_tenant.get(&key.tenant).unwrap(), 2);
+        assert_eq!(
+            table.acquire(&c, 1, None).err(),
+            Some(Limit::StreamsPerNode)
+        );
+        drop((first, second, uncounted));
+        assert!(table.acquire(&key, 1, Some(2)).is_ok());
         assert!(
             table.per_node.is_empty() && table.per_tenant.is_empty(),
             "idle entries are dropped"
