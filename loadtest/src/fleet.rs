@@ -43,6 +43,7 @@ pub struct Fleet {
     agents: Vec<Option<Sim>>,
     endpoints: Vec<quinn::Endpoint>,
     relay_sessions: Option<usize>,
+    daemon_per_node: Option<u16>,
 }
 
 impl Fleet {
@@ -63,6 +64,7 @@ impl Fleet {
             agents: (0..n).map(|_| None).collect(),
             endpoints: Vec::new(),
             relay_sessions: None,
+            daemon_per_node: None,
         })
     }
 
@@ -73,17 +75,28 @@ impl Fleet {
         self
     }
 
+    /// Has agent `i` dial its daemon at its own loopback address on `port`
+    /// ([`crate::synthetic_fleet::node_addr`]) instead of the shared one,
+    /// so one responder can answer as a different node to each.
+    pub fn with_daemon_per_node(mut self, port: u16) -> Self {
+        self.daemon_per_node = Some(port);
+        self
+    }
+
     fn state_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(node_name(i))
     }
 
     /// Starts agent `i` (it enrols the first time, reuses its certificate after).
     pub fn start(&mut self, i: usize) -> Result<()> {
+        let docker = self.daemon_per_node.map_or(self.docker, |port| {
+            crate::synthetic_fleet::node_addr(i, port)
+        });
         let args = AgentArgs {
             relay: vec![self.relay.to_string()],
             token: Some(self.token.clone()),
             node_id: Some(node_name(i)),
-            docker: Some(format!("tcp://{}", self.docker)),
+            docker: Some(format!("tcp://{docker}")),
             state_dir: Some(self.state_dir(i)),
             transport: Some(self.transport),
             relay_sessions: self.relay_sessions,

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tunnelgate_agent::config::TransportChoice;
 use tunnelgate_loadtest::relay_proc::default_relay_bin;
 use tunnelgate_loadtest::scenarios::{self, Setup};
-use tunnelgate_loadtest::{cluster, forward};
+use tunnelgate_loadtest::{cluster, fleet_endpoint, forward, synthetic_fleet};
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +63,35 @@ enum Scenario {
         listen: std::net::SocketAddr,
         #[arg(long)]
         to: std::net::SocketAddr,
+    },
+    /// The synthetic fleet responder process (started by `fleet`, not a scenario).
+    #[command(hide = true)]
+    SyntheticFleet {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long)]
+        containers: usize,
+    },
+    /// The `/fleet` endpoint over N simulated nodes with C containers
+    /// each: how long its view takes to fill and what it costs the relay
+    /// per node and per container; `docker ps --filter label=…` answered
+    /// from the view (latency, relay CPU, node calls meanwhile: none); and
+    /// creates placed through `/fleet` against the same creates sent to
+    /// `/nodes/<id>`, in relay CPU per create, rounds interleaved.
+    Fleet {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10)]
+        containers: usize,
+        /// Cached `ps` calls.
+        #[arg(long, default_value_t = 200)]
+        reads: usize,
+        /// Creates of each kind per round (four rounds).
+        #[arg(long, default_value_t = 50)]
+        creates: usize,
+        /// Containers made on nodes directly, each timed until `/fleet` lists it.
+        #[arg(long, default_value_t = 100)]
+        tries: usize,
     },
     /// N agents connect at once: time until all are connected, handshakes/s, failures.
     ConnectStorm {
@@ -176,6 +205,9 @@ fn main() -> anyhow::Result<()> {
     if let Scenario::TcpForward { listen, to } = cli.scenario {
         return forward::serve(listen, to);
     }
+    if let Scenario::SyntheticFleet { port, containers } = cli.scenario {
+        return synthetic_fleet::serve(port, containers);
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -261,7 +293,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "churn",
             scenarios::churn(&setup, agents, churners, clients, duration, t).await,
         ),
-        Scenario::TcpForward { .. } => unreachable!("handled before the runtime starts"),
+        Scenario::Fleet {
+            nodes,
+            containers,
+            reads,
+            creates,
+            tries,
+        } => (
+            "fleet",
+            fleet_endpoint::fleet(&setup, nodes, containers, reads, creates, tries, t).await,
+        ),
+        Scenario::TcpForward { .. } | Scenario::SyntheticFleet { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     };
     let results = results.with_context(|| format!("scenario {name} failed"))?;
     let report = serde_json::json!({

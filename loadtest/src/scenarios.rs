@@ -78,29 +78,44 @@ impl std::str::FromStr for Peer {
 pub(crate) const FILL_WINDOW: usize = 1000;
 
 /// A relay, the synthetic daemon and a fleet, with live counters.
-struct Rig {
-    relay: RelayProc,
-    fleet: Fleet,
+pub(crate) struct Rig {
+    pub(crate) relay: RelayProc,
+    pub(crate) fleet: Fleet,
     docker: std::net::SocketAddr,
-    counters: Arc<Counters>,
+    pub(crate) counters: Arc<Counters>,
     stop_progress: CancellationToken,
     progress: tokio::task::JoinHandle<()>,
 }
 
 impl Rig {
     async fn start(setup: &Setup, scenario: &'static str, agents: usize) -> Result<Self> {
-        let relay = RelayProc::start(&setup.relay_bin, &setup.relay_args)?;
         let docker = match setup.responder {
             Some(running) => running,
             None => synthetic_docker::spawn(setup.responder_port).await?,
         };
-        let fleet = Fleet::new(
+        Self::over(setup, scenario, agents, docker, None)
+    }
+
+    /// A rig whose agents' daemon is at `docker`, or with `per_node` at
+    /// each agent's own loopback address on that port.
+    pub(crate) fn over(
+        setup: &Setup,
+        scenario: &'static str,
+        agents: usize,
+        docker: std::net::SocketAddr,
+        per_node: Option<u16>,
+    ) -> Result<Self> {
+        let relay = RelayProc::start(&setup.relay_bin, &setup.relay_args)?;
+        let mut fleet = Fleet::new(
             agents,
             relay.agents,
             docker,
             relay.token()?,
             setup.transport,
         )?;
+        if let Some(port) = per_node {
+            fleet = fleet.with_daemon_per_node(port);
+        }
         let counters = Arc::new(Counters::default());
         let stop_progress = CancellationToken::new();
         let progress = spawn_progress(scenario, counters.clone(), stop_progress.clone());
@@ -141,7 +156,7 @@ impl Rig {
     /// them started at once spent those cores on retransmitting handshakes
     /// that then timed out, so none connected at all. (`connect-storm`
     /// starts its agents at once on purpose.)
-    async fn connect_all(&mut self, timeout: Duration) -> Result<Duration> {
+    pub(crate) async fn connect_all(&mut self, timeout: Duration) -> Result<Duration> {
         let started = Instant::now();
         let n = self.fleet.len();
         let mut next = 0;
@@ -189,7 +204,7 @@ impl Rig {
         }
     }
 
-    async fn finish(mut self) {
+    pub(crate) async fn finish(mut self) {
         self.stop_progress.cancel();
         let _ = (&mut self.progress).await;
         self.fleet.stop_all().await;

@@ -337,3 +337,43 @@ async fn simulated_agents_see_the_synthetic_responder_as_a_reachable_daemon() {
     assert!(facts.reachable, "{:?}", facts.error);
     assert_eq!(facts.id.as_deref(), Some("synthetic-docker-responder"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_endpoint_answers_from_its_view_and_places_creates() {
+    let (nodes, containers) = (24, 3);
+    // Fewer calls in flight allowed per tenant than the fleet has nodes:
+    // the view's own event streams (one per node) must not count, or the
+    // view never fills and clients are refused.
+    let mut setup = setup(TransportChoice::Quic);
+    setup.relay_args = vec!["--max-streams-per-tenant=16".into()];
+    let r = tunnelgate_loadtest::fleet_endpoint::fleet(&setup, nodes, containers, 20, 3, 10, T)
+        .await
+        .unwrap();
+    // One listing per node filled the view (facts, containers, images and
+    // one inspect per container) and one event stream; then reads asked
+    // no node at all.
+    let view = &r["view"];
+    assert_eq!(view["node_calls_to_fill"], nodes * (4 + containers), "{r}");
+    let ps = &r["ps_filter_label"];
+    assert_eq!(ps["containers_per_answer"], containers, "{r}");
+    assert_eq!(ps["node_calls_during_reads"], 0, "{r}");
+    assert!(ps["relay_cpu_us_per_read"].as_f64().unwrap() > 0.0, "{r}");
+    // A create placed through /fleet asks the node no more than the same
+    // create sent to the node: the create, then one fetch of the new
+    // container, whether the relay's answer or the node's event asks first.
+    for round in r["create"]["rounds"].as_array().unwrap() {
+        for kind in ["nodes", "fleet", "fleet_filtered"] {
+            assert_eq!(round[kind]["node_calls_per_create"], 3.0, "{kind}: {round}");
+        }
+        assert!(round["fleet_over_nodes"].as_f64().unwrap() > 0.0, "{round}");
+    }
+    let fresh = &r["freshness"];
+    assert_eq!(fresh["not_listed_within_5s"], 0, "{r}");
+    assert!(
+        fresh["made_on_node_until_listed"]["p99_us"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{r}"
+    );
+}
