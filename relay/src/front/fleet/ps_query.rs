@@ -16,6 +16,8 @@ pub(super) struct PsQuery {
     all: bool,
     /// `key` or `key=value`, every one must hold.
     labels: Vec<String>,
+    /// The `key=value` ones lowercased, as nodes keep their containers'.
+    pairs_lower: Vec<String>,
     /// Parts of a name, any one may match.
     names: Vec<String>,
     /// Id prefixes, any one may match.
@@ -78,7 +80,12 @@ impl PsQuery {
                 _ => return None,
             };
             match key.as_str() {
-                "label" => self.labels.extend(values),
+                "label" => {
+                    let pairs = values.iter().filter(|v| v.contains('='));
+                    self.pairs_lower
+                        .extend(pairs.map(|v| v.to_ascii_lowercase()));
+                    self.labels.extend(values);
+                }
                 "name" => self.names.extend(values),
                 "id" => self.ids.extend(values),
                 "status" => self.statuses.extend(values),
@@ -93,10 +100,9 @@ impl PsQuery {
     /// containers' labels as one set, so a label filter over a large
     /// fleet looks at the containers of only the nodes that have it).
     pub(super) fn may_match(&self, node: &Node) -> bool {
-        self.labels
+        self.pairs_lower
             .iter()
-            .filter(|want| want.contains('='))
-            .all(|want| node.has_container_label(&want.to_ascii_lowercase()))
+            .all(|pair| node.has_container_label(pair))
     }
 
     /// Whether `c` is in the answer.
