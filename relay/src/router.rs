@@ -93,6 +93,21 @@ impl Router {
         nodes.into_iter().collect()
     }
 
+    /// The nodes of `tenant` a relay holds a session of now: what a fleet
+    /// call looks at on every call, without the facts [`Self::fleet`]'s
+    /// callers go on to gather.
+    pub fn online(&self, tenant: &TenantId) -> std::collections::HashSet<NodeId> {
+        let mut online: std::collections::HashSet<NodeId> =
+            self.sessions.node_ids(tenant).into_iter().collect();
+        online.extend(
+            self.registry
+                .held_by_peers(tenant)
+                .into_iter()
+                .map(|(n, _)| n),
+        );
+        online
+    }
+
     /// A node a peer holds, as that peer shares it through the registry.
     pub fn peer_view(&self, key: &NodeKey) -> Option<NodeView> {
         let json = self.registry.peer_facts(key)?;

@@ -300,6 +300,37 @@ pub fn apply_health(view: &TenantView, members: &[Member]) {
     }
 }
 
+/// Brings the view's nodes online or offline as `online` (the nodes a
+/// relay holds a session of now) says, and puts each online node not in
+/// the view yet in as [`Health::Unlisted`]. A daemon's own state is left
+/// as the tenant's task last found it. Cheaper than [`apply_health`]:
+/// every fleet call runs it over every node.
+pub fn apply_online(view: &TenantView, online: &std::collections::HashSet<NodeId>) {
+    let mut seen = 0;
+    for node in view.nodes() {
+        let now = online.contains(&node.id);
+        seen += usize::from(now);
+        let was = node.health != Health::Offline;
+        if now != was && node.health != Health::Unlisted {
+            let health = if now {
+                Health::Healthy
+            } else {
+                Health::Offline
+            };
+            view.update(&node.id, |n| n.health = health);
+        }
+    }
+    if seen < online.len() {
+        for id in online {
+            if view.node(id).is_none() {
+                let mut node = Node::new(id.clone());
+                node.health = Health::Unlisted;
+                view.put_if_absent(node);
+            }
+        }
+    }
+}
+
 /// Whether every online node of the view has been listed once (its
 /// facts are known), so reads from it are whole.
 pub fn is_listed(view: &TenantView, members: &[Member]) -> bool {
@@ -372,6 +403,30 @@ mod tests {
         ) -> BoxFut<'a, Result<Body, Failed>> {
             unreachable!("not followed here")
         }
+    }
+
+    #[test]
+    fn a_call_brings_nodes_online_or_offline_and_leaves_daemon_states() {
+        let view = TenantView::default();
+        let id = |s: &str| NodeId::new(s).unwrap();
+        for (name, health) in [
+            ("a", Health::Healthy),
+            ("b", Health::Offline),
+            ("c", Health::Unlisted),
+            ("d", Health::DaemonDown("gone".into())),
+        ] {
+            let mut node = Node::new(id(name));
+            node.health = health;
+            view.put(node);
+        }
+        let online = ["b", "c", "d", "e"].map(id).into_iter().collect();
+        apply_online(&view, &online);
+        let health = |s: &str| view.node(&id(s)).unwrap().health.clone();
+        assert_eq!(health("a"), Health::Offline);
+        assert_eq!(health("b"), Health::Healthy);
+        assert_eq!(health("c"), Health::Unlisted, "listed by its watcher only");
+        assert_eq!(health("d"), Health::DaemonDown("gone".into()));
+        assert_eq!(health("e"), Health::Unlisted, "a node just come");
     }
 
     #[tokio::test]

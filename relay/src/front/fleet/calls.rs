@@ -75,6 +75,10 @@ impl NodeCalls for FrontCalls {
             .collect()
     }
 
+    fn online(&self, tenant: &TenantId) -> std::collections::HashSet<NodeId> {
+        self.0.router.online(tenant)
+    }
+
     fn get_json<'a>(
         &'a self,
         tenant: &'a TenantId,
@@ -169,11 +173,16 @@ pub(in crate::front) async fn view(front: &Arc<Front>, tenant: &TenantId) -> Arc
             front.wind_down.clone(),
         );
     }
+    if view.was_listed() {
+        // Which nodes went or came since the tenant's task last looked;
+        // a daemon's state, which changes less, it brings itself.
+        watch::apply_online(&view, &calls.online(tenant));
+        return view;
+    }
     let deadline = Instant::now() + FIRST_LISTING;
     loop {
         let members = calls.members(tenant);
-        let listed = view.was_listed() || watch::is_listed(&view, &members);
-        if listed || Instant::now() >= deadline {
+        if watch::is_listed(&view, &members) || Instant::now() >= deadline {
             view.set_listed();
             // A node that came or went since the view's last look reads as
             // the relay's tables say now, as in /v1/nodes.
