@@ -70,9 +70,46 @@ impl News {
     }
 }
 
-/// A container event of the fleet's own, as Docker shapes its events:
-/// `Action` on container `id`, said of node `node`, with `attributes`
-/// (the name among them) beside `node`.
+/// Now, in nanoseconds since the epoch.
+pub fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
+
+/// An event the relay says itself (of a node, or of a container the
+/// fleet moved), in the shape of a Docker event: `Action` on the actor
+/// `actor` of type `kind`, of node `node`, with `attributes` beside
+/// `node`, at `nanos`.
+pub fn relay_event(
+    kind: &str,
+    action: &str,
+    actor: &str,
+    node: &NodeId,
+    attributes: &[(&str, &str)],
+    nanos: u128,
+) -> Value {
+    let mut attrs: Map<String, Value> = attributes
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+        .collect();
+    attrs.insert("node".into(), Value::String(node.to_string()));
+    let mut event = json!({
+        "Type": kind, "Action": action, "status": action,
+        "Actor": {"ID": actor, "Attributes": attrs},
+        "scope": "tunnelgate", "time": nanos / 1_000_000_000, "timeNano": nanos,
+        "node": node.to_string(),
+    });
+    if kind == "container" {
+        event["id"] = Value::String(actor.to_owned());
+    }
+    event
+}
+
+/// A container event of the fleet's own: `Action` on container `id`,
+/// said of node `node` (and `others`), with `attributes` (the name among
+/// them) beside `node`.
 pub fn container_event(
     action: &str,
     id: &str,
@@ -80,21 +117,8 @@ pub fn container_event(
     attributes: &[(&str, &str)],
     others: &[&NodeId],
 ) -> Said {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let mut attrs: Map<String, Value> = attributes
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
-        .collect();
-    attrs.insert("node".into(), Value::String(node.to_string()));
-    let event = json!({
-        "Type": "container", "Action": action, "status": action, "id": id,
-        "Actor": {"ID": id, "Attributes": attrs},
-        "scope": "tunnelgate", "time": nanos / 1_000_000_000, "timeNano": nanos,
-        "node": node.to_string(),
-    });
+    let nanos = now_nanos();
+    let event = relay_event("container", action, id, node, attributes, nanos);
     let mut nodes = vec![node.clone()];
     nodes.extend(others.iter().map(|n| (*n).clone()));
     Said {

@@ -278,7 +278,8 @@ async fn on_event(
 /// id, as [`NodeCalls::members`] gives them) say, and puts each online
 /// node not listed yet in as [`Health::Unlisted`], so reads name it as
 /// skipped and placement rules it out saying why. One walk over both
-/// sorted lists: this runs on every fleet call.
+/// sorted lists. Calls after the first listing use the cheaper
+/// [`apply_online`].
 pub fn apply_health(view: &TenantView, members: &[Member]) {
     let nodes = view.nodes();
     let mut have = nodes.iter().peekable();

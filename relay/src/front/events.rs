@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{Response, StatusCode};
@@ -70,7 +70,7 @@ impl Outlet {
                      with since=<time of the last event read>"
                 );
                 let line = json!({"Type": "error", "Action": "cut", "message": reason,
-                                  "error": reason, "time": unix_now().0});
+                                  "error": reason, "time": news::now_nanos() / 1_000_000_000});
                 self.last.say(Bytes::from(format!("{line}\n")));
                 false
             }
@@ -82,26 +82,17 @@ impl Outlet {
     }
 }
 
-fn unix_now() -> (u64, u128) {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    (d.as_secs(), d.as_nanos())
-}
-
 /// A node event, in the shape of a Docker event.
 fn node_event(node: &NodeId, action: &str, detail: Option<&str>) -> Value {
-    let (secs, nanos) = unix_now();
-    let mut attributes = json!({"node": node.to_string()});
-    if let Some(d) = detail {
-        attributes["error"] = Value::String(d.to_owned());
-    }
-    json!({
-        "Type": "node", "Action": action, "status": action,
-        "Actor": {"ID": node.to_string(), "Attributes": attributes},
-        "scope": "tunnelgate", "time": secs, "timeNano": nanos,
-        "node": node.to_string(),
-    })
+    let error: Vec<(&str, &str)> = detail.map(|d| ("error", d)).into_iter().collect();
+    news::relay_event(
+        "node",
+        action,
+        node.as_str(),
+        node,
+        &error,
+        news::now_nanos(),
+    )
 }
 
 /// The query as the client sent it, with `since` replaced when given.

@@ -18,12 +18,11 @@ impl Filter for Health {
         &self,
         _: &Ask,
         _: &[&'v Node],
-        nodes: Vec<&'v Node>,
+        mut nodes: Vec<&'v Node>,
         explain: bool,
     ) -> Outcome<'v> {
         let mut out = Outcome::new(explain);
         // In place: a healthy fleet keeps its list, with no copy of it.
-        let mut nodes = nodes;
         nodes.retain(|&node| {
             let why = match (&node.health, node.writable) {
                 (view::Health::Offline, _) => "its agent is not connected".to_owned(),

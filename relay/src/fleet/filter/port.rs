@@ -19,11 +19,10 @@ impl Filter for Port {
         &self,
         ask: &Ask,
         _: &[&'v Node],
-        nodes: Vec<&'v Node>,
+        mut nodes: Vec<&'v Node>,
         explain: bool,
     ) -> Outcome<'v> {
         let mut out = Outcome::new(explain);
-        let mut nodes = nodes;
         if !ask.host_ports.is_empty() {
             nodes.retain(|&node| {
                 let taken = ask

@@ -32,11 +32,10 @@ impl Filter for Resources {
         &self,
         ask: &Ask,
         _: &[&'v Node],
-        nodes: Vec<&'v Node>,
+        mut nodes: Vec<&'v Node>,
         explain: bool,
     ) -> Outcome<'v> {
         let mut out = Outcome::new(explain);
-        let mut nodes = nodes;
         nodes.retain(|&node| {
             let mem_free = node.facts.mem_total.saturating_sub(node.reserved_memory());
             let cpu_total = node.facts.ncpu * 1_000_000_000;
