@@ -23,11 +23,18 @@ use crate::synthetic_fleet::{FleetProc, SHARDS, ZONES};
 /// Rounds of creates, each kind in turn in every round.
 const ROUNDS: usize = 4;
 
-/// The path of `docker ps --filter label=shard=s<shard>` on the fleet.
-fn ps_path(shard: usize) -> String {
-    let filters = json!({ "label": [format!("shard=s{shard}")] }).to_string();
+/// The path of `docker ps --filter KEY=VALUE` on the fleet, with `-a`
+/// if `all`.
+fn ps_path(key: &str, value: &str, all: bool) -> String {
+    let filters = json!({ key: [value] }).to_string();
     let filters: String = form_urlencoded::byte_serialize(filters.as_bytes()).collect();
-    format!("/fleet/containers/json?filters={filters}")
+    let all = if all { "all=1&" } else { "" };
+    format!("/fleet/containers/json?{all}filters={filters}")
+}
+
+/// The path of `docker ps --filter label=shard=s<shard>` on the fleet.
+fn shard_path(shard: usize) -> String {
+    ps_path("label", &format!("shard=s{shard}"), false)
 }
 
 /// How the creates of a round are sent.
@@ -160,7 +167,7 @@ async fn read_from_view(
 ) -> Result<Value> {
     let shards = nodes.min(SHARDS);
     let expect = |shard: usize| containers * (shard..nodes).step_by(SHARDS).count();
-    let first: Value = serde_json::from_str(&fetch_text(rig.relay.api, &ps_path(0)).await?)?;
+    let first: Value = serde_json::from_str(&fetch_text(rig.relay.api, &shard_path(0)).await?)?;
     let got = first.as_array().map_or(0, Vec::len);
     ensure!(
         got == expect(0),
@@ -168,12 +175,12 @@ async fn read_from_view(
         expect(0)
     );
     let mut client = Client::new(rig.relay.api);
-    client.get(&ps_path(1 % shards)).await?;
+    client.get(&shard_path(1 % shards)).await?;
     let (calls_before, cpu_before) = (responder.calls().await?, rig.relay.sched()?);
     let mut samples = Vec::with_capacity(reads);
     let mut bytes = 0;
     for r in 0..reads {
-        let (n, took) = client.get(&ps_path(r % shards)).await?;
+        let (n, took) = client.get(&shard_path(r % shards)).await?;
         bytes += n;
         samples.push(took);
     }
@@ -292,9 +299,7 @@ async fn freshness(rig: &Rig, responder: &FleetProc, nodes: usize, tries: usize)
             made.describe()
         );
         let started = Instant::now();
-        let filters = json!({ "name": [name] }).to_string();
-        let filters: String = form_urlencoded::byte_serialize(filters.as_bytes()).collect();
-        let ps = format!("/fleet/containers/json?all=1&filters={filters}");
+        let ps = ps_path("name", &name, true);
         loop {
             let (bytes, _) = client.get(&ps).await?;
             // `[]` until it is there.
