@@ -174,3 +174,89 @@ pub async fn refresh_images(
         view.update(node, |n| n.images = images);
     }
 }
+
+#[cfg(test)]
+pub(super) mod fake {
+    //! Made-up nodes for the fleet's tests: they answer each GET with
+    //! what a function of its path gives, refuse every write, have no
+    //! event stream, and count what they were asked.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Nodes whose GETs are answered by `answer`.
+    pub struct FakeCalls {
+        answer: fn(&str) -> Value,
+        gets: AtomicUsize,
+        sends: AtomicUsize,
+    }
+
+    impl FakeCalls {
+        /// Nodes that answer each GET with `answer(path)`.
+        pub fn answering(answer: fn(&str) -> Value) -> Self {
+            Self {
+                answer,
+                gets: AtomicUsize::new(0),
+                sends: AtomicUsize::new(0),
+            }
+        }
+
+        /// GETs asked so far.
+        pub fn gets(&self) -> usize {
+            self.gets.load(Ordering::Relaxed)
+        }
+
+        /// Writes refused so far.
+        pub fn sends(&self) -> usize {
+            self.sends.load(Ordering::Relaxed)
+        }
+    }
+
+    impl NodeCalls for FakeCalls {
+        fn members(&self, _: &TenantId) -> Vec<Member> {
+            Vec::new()
+        }
+
+        fn get_json<'a>(
+            &'a self,
+            _: &'a TenantId,
+            _: &'a NodeId,
+            path: &'a str,
+        ) -> BoxFut<'a, Result<Value, Failed>> {
+            self.gets.fetch_add(1, Ordering::Relaxed);
+            let answer = (self.answer)(path);
+            Box::pin(async move {
+                // Lets another task's call begin meanwhile.
+                tokio::task::yield_now().await;
+                Ok(answer)
+            })
+        }
+
+        fn send<'a>(
+            &'a self,
+            _: &'a TenantId,
+            _: &'a NodeId,
+            _: http::Method,
+            _: &'a str,
+            _: Option<String>,
+        ) -> BoxFut<'a, Result<(http::StatusCode, Value), Failed>> {
+            self.sends.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async { Ok((http::StatusCode::INTERNAL_SERVER_ERROR, Value::Null)) })
+        }
+
+        fn stream<'a>(
+            &'a self,
+            _: &'a TenantId,
+            _: &'a NodeId,
+            _: &'a str,
+        ) -> BoxFut<'a, Result<Body, Failed>> {
+            Box::pin(async {
+                Err(Failed {
+                    status: None,
+                    reason: "a made-up node has no event stream".into(),
+                })
+            })
+        }
+    }
+}

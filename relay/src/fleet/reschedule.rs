@@ -226,61 +226,12 @@ async fn respawn(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
     use super::*;
-    use crate::fleet::reach::{BoxFut, Failed};
+    use crate::fleet::reach::fake::FakeCalls;
     use crate::fleet::view::Container;
     use crate::fleet::StrategyName;
-    use crate::respond::Body;
-
-    /// Nodes that refuse every create, counting them.
-    #[derive(Default)]
-    struct Refusing {
-        creates: AtomicUsize,
-    }
-
-    impl NodeCalls for Refusing {
-        fn members(&self, _: &TenantId) -> Vec<Member> {
-            Vec::new()
-        }
-
-        fn get_json<'a>(
-            &'a self,
-            _: &'a TenantId,
-            _: &'a NodeId,
-            _: &'a str,
-        ) -> BoxFut<'a, Result<Value, Failed>> {
-            Box::pin(async { Ok(Value::Null) })
-        }
-
-        fn send<'a>(
-            &'a self,
-            _: &'a TenantId,
-            _: &'a NodeId,
-            _: Method,
-            _: &'a str,
-            _: Option<String>,
-        ) -> BoxFut<'a, Result<(StatusCode, Value), Failed>> {
-            self.creates.fetch_add(1, Ordering::Relaxed);
-            Box::pin(async { Ok((StatusCode::INTERNAL_SERVER_ERROR, Value::Null)) })
-        }
-
-        fn stream<'a>(
-            &'a self,
-            _: &'a TenantId,
-            _: &'a NodeId,
-            _: &'a str,
-        ) -> BoxFut<'a, Result<Body, Failed>> {
-            Box::pin(async {
-                Err(Failed {
-                    status: None,
-                    reason: "none here".into(),
-                })
-            })
-        }
-    }
 
     fn member(id: &str, online: bool) -> Member {
         Member {
@@ -310,7 +261,8 @@ mod tests {
         view.put(old);
         view.put(Node::new(NodeId::new("new").unwrap()));
         let members = [member("old", false), member("new", true)];
-        let calls = Refusing::default();
+        // Nodes that refuse every create.
+        let calls = FakeCalls::answering(|_| Value::Null);
         let tenant = TenantId::new("t").unwrap();
         let mut r = Rescheduler::default();
         let spread = StrategyName::Spread.strategy();
@@ -318,11 +270,7 @@ mod tests {
             r.tick(&view, &tenant, &members, &calls, spread, Duration::ZERO)
                 .await;
         }
-        assert_eq!(
-            calls.creates.load(Ordering::Relaxed),
-            1,
-            "one try, then a wait"
-        );
+        assert_eq!(calls.sends(), 1, "one try, then a wait");
         assert!(r.moved.is_empty());
         let (said, _) = view.news.follow(Some(0));
         assert_eq!(said.len(), 1, "the failure is said once per try");

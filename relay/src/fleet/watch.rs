@@ -344,65 +344,21 @@ pub fn is_listed(view: &TenantView, members: &[Member]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use serde_json::json;
 
     use super::*;
-    use crate::fleet::reach::{BoxFut, Failed};
+    use crate::fleet::reach::fake::FakeCalls;
     use crate::fleet::view::Container;
 
-    /// A node that has every container asked about, counting the asks.
-    #[derive(Default)]
-    struct Answering {
-        asks: AtomicUsize,
-    }
-
-    impl NodeCalls for Answering {
-        fn members(&self, _: &TenantId) -> Vec<Member> {
-            Vec::new()
-        }
-
-        fn get_json<'a>(
-            &'a self,
-            _: &'a TenantId,
-            _: &'a NodeId,
-            path: &'a str,
-        ) -> BoxFut<'a, Result<Value, Failed>> {
-            self.asks.fetch_add(1, Ordering::Relaxed);
-            let id = path
-                .strip_prefix("/containers/")
-                .and_then(|p| p.strip_suffix("/json"))
-                .unwrap_or("new");
-            let answer = match path.starts_with("/containers/json") {
-                true => json!([{"Id": "new"}]),
-                false => json!({"Id": id, "Name": format!("/{id}"), "Config": {}}),
-            };
-            Box::pin(async move {
-                // Lets another fetch begin meanwhile.
-                tokio::task::yield_now().await;
-                Ok(answer)
-            })
-        }
-
-        fn send<'a>(
-            &'a self,
-            _: &'a TenantId,
-            _: &'a NodeId,
-            _: http::Method,
-            _: &'a str,
-            _: Option<String>,
-        ) -> BoxFut<'a, Result<(http::StatusCode, Value), Failed>> {
-            unreachable!("events make no writes")
-        }
-
-        fn stream<'a>(
-            &'a self,
-            _: &'a TenantId,
-            _: &'a NodeId,
-            _: &'a str,
-        ) -> BoxFut<'a, Result<Body, Failed>> {
-            unreachable!("not followed here")
+    /// A node that has every container asked about.
+    fn answering(path: &str) -> Value {
+        let id = path
+            .strip_prefix("/containers/")
+            .and_then(|p| p.strip_suffix("/json"))
+            .unwrap_or("new");
+        match path.starts_with("/containers/json") {
+            true => json!([{"Id": "new"}]),
+            false => json!({"Id": id, "Name": format!("/{id}"), "Config": {}}),
         }
     }
 
@@ -441,11 +397,11 @@ mod tests {
             ..Default::default()
         });
         view.put(node);
-        let (calls, tenant) = (Answering::default(), TenantId::new("t").unwrap());
+        let (calls, tenant) = (FakeCalls::answering(answering), TenantId::new("t").unwrap());
         let event = |action: &str, id: &str| json!({"Type": "container", "Action": action, "Actor": {"ID": id}});
 
         on_event(&view, &calls, &tenant, &id, &event("create", "old")).await;
-        assert_eq!(calls.asks.load(Ordering::Relaxed), 0);
+        assert_eq!(calls.gets(), 0);
 
         // The relay's own create and the node's event at once: one fetch.
         let created = event("create", "new");
@@ -453,17 +409,13 @@ mod tests {
             on_event(&view, &calls, &tenant, &id, &created),
             fetch_created(&view, &calls, &tenant, &id, "new"),
         );
-        assert_eq!(calls.asks.load(Ordering::Relaxed), 2, "inspect and listing");
+        assert_eq!(calls.gets(), 2, "inspect and listing");
         assert!(
             view.holds(&id, "new"),
             "a container made elsewhere is fetched"
         );
 
         on_event(&view, &calls, &tenant, &id, &event("start", "old")).await;
-        assert_eq!(
-            calls.asks.load(Ordering::Relaxed),
-            4,
-            "other events still fetch"
-        );
+        assert_eq!(calls.gets(), 4, "other events still fetch");
     }
 }
