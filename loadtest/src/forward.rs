@@ -9,12 +9,12 @@
 //! does nothing a relay must (authentication, routing, limits).
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::relay_proc::{sibling_bin, Sched};
+use crate::helper_proc::HelperProc;
+use crate::relay_proc::Sched;
 
 /// Runs the forwarder in this process: accepts on `listen`, prints the
 /// bound address on one line, and copies each connection both ways to
@@ -22,14 +22,7 @@ use crate::relay_proc::{sibling_bin, Sched};
 /// forwarder would be. Exits when its standard input closes, so it never
 /// outlives the run that started it.
 pub fn serve(listen: SocketAddr, to: SocketAddr) -> Result<()> {
-    std::thread::spawn(|| {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        std::process::exit(0);
-    });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    runtime.block_on(async move {
+    crate::helper_proc::run(async move {
         let listener = TcpListener::bind(listen).await?;
         println!("{}", listener.local_addr()?);
         loop {
@@ -48,7 +41,7 @@ pub fn serve(listen: SocketAddr, to: SocketAddr) -> Result<()> {
 
 /// A forwarder process to `to`, killed when dropped.
 pub struct ForwardProc {
-    child: Child,
+    proc: HelperProc,
     /// Where it listens.
     pub addr: SocketAddr,
 }
@@ -57,32 +50,23 @@ impl ForwardProc {
     /// Starts `tunnelgate-loadtest tcp-forward` (the binary beside this
     /// one) to `to` on a free loopback port.
     pub fn start(to: SocketAddr) -> Result<Self> {
-        let mut child = Command::new(sibling_bin("tunnelgate-loadtest"))
-            .args(["tcp-forward", "--listen", "127.0.0.1:0", "--to"])
-            .arg(to.to_string())
-            .stdout(Stdio::piped())
-            .stdin(Stdio::piped())
-            .spawn()
-            .context("starting the TCP forwarder")?;
-        let mut line = String::new();
-        let stdout = child.stdout.take().context("the forwarder's stdout")?;
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        let args = [
+            "tcp-forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            &to.to_string(),
+        ]
+        .map(String::from);
+        let (proc, line) = HelperProc::start(&args, "TCP forwarder")?;
         let addr = line
-            .trim()
             .parse()
             .with_context(|| format!("the forwarder said {line:?}, not its address"))?;
-        Ok(Self { child, addr })
+        Ok(Self { proc, addr })
     }
 
     /// Its exact CPU time and context switches so far.
     pub fn sched(&self) -> Result<Sched> {
-        Sched::of(self.child.id())
-    }
-}
-
-impl Drop for ForwardProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Sched::of(self.proc.pid())
     }
 }

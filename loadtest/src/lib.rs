@@ -12,6 +12,7 @@ pub mod etcd_proc;
 pub mod fleet;
 pub mod fleet_endpoint;
 pub mod forward;
+pub mod helper_proc;
 pub mod progress;
 pub mod relay_proc;
 pub mod scenarios;

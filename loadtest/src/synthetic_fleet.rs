@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -32,7 +31,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::relay_proc::sibling_bin;
+use crate::helper_proc::HelperProc;
 
 /// The shards nodes are spread over by their `shard` container label:
 /// node `i` is in shard `i % SHARDS`.
@@ -380,14 +379,7 @@ impl http_body::Body for Events {
 /// line. One thread. Exits when its standard input closes, so it never
 /// outlives the run that started it.
 pub fn serve(port: u16, containers: usize) -> Result<()> {
-    std::thread::spawn(|| {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        std::process::exit(0);
-    });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    runtime.block_on(async move {
+    crate::helper_proc::run(async move {
         // Every address, so one socket hears all of 127.0.0.0/8; anything
         // not dialed on loopback is closed unanswered.
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
@@ -425,7 +417,7 @@ pub fn serve(port: u16, containers: usize) -> Result<()> {
 
 /// The responder's process, killed when dropped.
 pub struct FleetProc {
-    child: Child,
+    _proc: HelperProc,
     /// The port it listens on, on every loopback address.
     pub port: u16,
 }
@@ -434,21 +426,12 @@ impl FleetProc {
     /// Starts `tunnelgate-loadtest synthetic-fleet` (the binary beside
     /// this one) with `containers` per node.
     pub fn start(containers: usize) -> Result<Self> {
-        let mut child = Command::new(sibling_bin("tunnelgate-loadtest"))
-            .args(["synthetic-fleet", "--containers"])
-            .arg(containers.to_string())
-            .stdout(Stdio::piped())
-            .stdin(Stdio::piped())
-            .spawn()
-            .context("starting the synthetic fleet responder")?;
-        let mut line = String::new();
-        let stdout = child.stdout.take().context("the responder's stdout")?;
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        let args = ["synthetic-fleet", "--containers", &containers.to_string()].map(String::from);
+        let (proc, line) = HelperProc::start(&args, "synthetic fleet responder")?;
         let port = line
-            .trim()
             .parse()
             .with_context(|| format!("the responder said {line:?}, not its port"))?;
-        Ok(Self { child, port })
+        Ok(Self { _proc: proc, port })
     }
 
     /// Calls answered for nodes so far.
@@ -457,13 +440,6 @@ impl FleetProc {
         let text = crate::client::fetch_text(addr, "/_calls").await?;
         let v: Value = serde_json::from_str(&text)?;
         v["calls"].as_u64().context("no call count in /_calls")
-    }
-}
-
-impl Drop for FleetProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
