@@ -114,6 +114,18 @@ pub struct FleetFacts {
     pub writable: bool,
 }
 
+impl FleetFacts {
+    /// Why the daemon is unreachable, when it is not `reachable`.
+    fn daemon_error(reachable: bool, error: Option<&String>) -> Option<String> {
+        (!reachable).then(|| error.cloned().unwrap_or_else(|| "unreachable".into()))
+    }
+
+    /// Whether an agent's `policy` lets calls change the node.
+    fn writable(policy: &str) -> bool {
+        policy != "read-only"
+    }
+}
+
 impl From<&NodeView> for FleetFacts {
     fn from(v: &NodeView) -> Self {
         Self {
@@ -121,12 +133,8 @@ impl From<&NodeView> for FleetFacts {
             hostname: v.hostname.clone(),
             labels: v.labels.clone(),
             transport: v.transport.clone(),
-            daemon_error: (!v.daemon_reachable).then(|| {
-                v.daemon_error
-                    .clone()
-                    .unwrap_or_else(|| "unreachable".into())
-            }),
-            writable: v.policy != "read-only",
+            daemon_error: Self::daemon_error(v.daemon_reachable, v.daemon_error.as_ref()),
+            writable: Self::writable(&v.policy),
         }
     }
 }
@@ -306,13 +314,11 @@ impl Entry {
             hostname: info.hello.hostname.clone(),
             labels: info.hello.labels.clone(),
             transport: self.session.transport().as_str().to_owned(),
-            daemon_error: (!info.docker.reachable).then(|| {
-                info.docker
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "unreachable".into())
-            }),
-            writable: info.hello.policy != "read-only",
+            daemon_error: FleetFacts::daemon_error(
+                info.docker.reachable,
+                info.docker.error.as_ref(),
+            ),
+            writable: FleetFacts::writable(&info.hello.policy),
         }
     }
 

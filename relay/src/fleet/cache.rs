@@ -161,11 +161,13 @@ impl TenantView {
         self.write().insert(node.id.clone(), Arc::new(node));
     }
 
-    /// Puts `node` in unless the view has one of its id.
-    pub fn put_if_absent(&self, node: Node) {
-        self.write()
-            .entry(node.id.clone())
-            .or_insert_with(|| Arc::new(node));
+    /// Puts node `id` in as [`Health::Unlisted`] unless the view has it.
+    pub fn put_unlisted(&self, id: &NodeId) {
+        self.write().entry(id.clone()).or_insert_with(|| {
+            let mut node = Node::new(id.clone());
+            node.health = Health::Unlisted;
+            Arc::new(node)
+        });
     }
 
     /// Applies `f` to a copy of node `id` and puts the copy in; nothing

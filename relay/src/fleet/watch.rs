@@ -287,9 +287,7 @@ pub fn apply_health(view: &TenantView, members: &[Member]) {
         while have.next_if(|n| n.id < m.id).is_some() {}
         let Some(node) = have.next_if(|n| n.id == m.id) else {
             if m.online {
-                let mut node = Node::new(m.id.clone());
-                node.health = Health::Unlisted;
-                view.put_if_absent(node);
+                view.put_unlisted(&m.id);
             }
             continue;
         };
@@ -323,11 +321,7 @@ pub fn apply_online(view: &TenantView, online: &std::collections::HashSet<NodeId
     }
     if seen < online.len() {
         for id in online {
-            if view.node(id).is_none() {
-                let mut node = Node::new(id.clone());
-                node.health = Health::Unlisted;
-                view.put_if_absent(node);
-            }
+            view.put_unlisted(id);
         }
     }
 }
