@@ -14,9 +14,9 @@
 //! ```
 //!
 //! The CLI changes the records while relays serve; a relay reads them
-//! once at start and then only what [`State::watch`] sees change (file
-//! stamps, or etcd's watch), so the hot path (a call, a handshake) never
-//! touches the disk or etcd. Writes the relay itself makes (enrolment,
+//! once at start and then only what [`State::watch`] sees change (the
+//! files' contents, or etcd's watch), so the hot path (a call, a
+//! handshake) never touches the disk or etcd. Writes the relay itself makes (enrolment,
 //! renewal, token uses) never block an async worker. This module knows
 //! nothing of certificates' contents, sessions or HTTP.
 
@@ -25,6 +25,7 @@ pub mod nodes;
 pub mod records;
 pub mod standing;
 pub mod uses;
+mod watch;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use rand::RngCore;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 use tunnelgate_proto::token::{JoinToken, MalformedToken};
 use tunnelgate_proto::{NodeId, NodeKey, RelayId, TenantId};
 
@@ -178,9 +178,6 @@ pub enum NodeStatus {
     /// Never enrolled here (or its record is gone).
     Unknown,
 }
-
-/// How often a serving relay looks for changes the CLI made.
-const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The state dir and the records, with the relay's cache of them.
 pub struct State {
@@ -516,150 +513,6 @@ impl State {
     /// Every revocation so far.
     pub async fn revocations(&self) -> Result<Vec<Revocation>, StateError> {
         nodes::revocations(&self.records).await
-    }
-
-    fn watched_stamp(dir: &Path) -> Vec<Option<SystemTime>> {
-        ["revoked.json", "api-keys.json", "client-certs.json"]
-            .iter()
-            .map(|f| fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
-            .collect()
-    }
-
-    fn set_api_keys(&self, keys: Vec<Credential>) {
-        self.standing.recheck(Kind::ApiKey, &keys);
-        *self.api_keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(by_id(keys));
-    }
-
-    fn set_client_certs(&self, certs: Vec<Credential>) {
-        self.standing.recheck(Kind::ClientCert, &certs);
-        *self.client_certs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(certs);
-    }
-
-    /// Rereads what the CLI may have changed: the API keys, the client
-    /// certificates, and the node records of every revoked node.
-    async fn reload(&self) -> Result<Vec<Revocation>, StateError> {
-        self.set_api_keys(self.store.list(Kind::ApiKey).await?);
-        self.set_client_certs(self.store.list(Kind::ClientCert).await?);
-        let revoked = self.revocations().await?;
-        for r in &revoked {
-            let key = NodeKey {
-                tenant: r.tenant.clone(),
-                node_id: r.node_id.clone(),
-            };
-            if let Some(record) = nodes::load(&self.records, &key).await? {
-                self.nodes.insert(key, record);
-            }
-        }
-        Ok(revoked)
-    }
-
-    /// Watches the records until `stop`: when the API keys or the
-    /// revocations changed (the CLI, or in a cluster any relay), rereads
-    /// them and hands the revocations to `on_change`, so the relay can drop
-    /// revoked nodes' sessions. In a cluster it also learns every node
-    /// another relay enrolled or renewed.
-    pub async fn watch(
-        self: Arc<Self>,
-        stop: CancellationToken,
-        on_change: impl FnMut(&[Revocation]) + Send,
-    ) {
-        match self.records.is_shared() {
-            false => self.watch_files(stop, on_change).await,
-            true => self.watch_etcd(stop, on_change).await,
-        }
-    }
-
-    async fn watch_files(
-        self: Arc<Self>,
-        stop: CancellationToken,
-        mut on_change: impl FnMut(&[Revocation]) + Send,
-    ) {
-        let stamp = |dir: PathBuf| async move {
-            tokio::task::spawn_blocking(move || Self::watched_stamp(&dir))
-                .await
-                .unwrap_or_default()
-        };
-        let mut seen = stamp(self.dir.clone()).await;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(WATCH_INTERVAL) => {}
-                () = stop.cancelled() => return,
-            }
-            let now = stamp(self.dir.clone()).await;
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match self.reload().await {
-                Ok(revoked) => on_change(&revoked),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot reread the state dir; keeping what was read before")
-                }
-            }
-        }
-    }
-
-    async fn watch_etcd(
-        self: Arc<Self>,
-        stop: CancellationToken,
-        mut on_change: impl FnMut(&[Revocation]) + Send,
-    ) {
-        loop {
-            let watched = async {
-                // List, then watch from the listed revision: nothing that
-                // changed in between (or while etcd was away) is missed.
-                let (nodes, revision) = self.records.nodes::<NodeRecord>().await?;
-                for record in nodes {
-                    self.nodes.insert(record.key(), record);
-                }
-                on_change(&self.reload().await?);
-                self.records
-                    .watch(revision, |changed| {
-                        if let Some(revoked) = self.apply(changed) {
-                            on_change(&revoked);
-                        }
-                    })
-                    .await
-            };
-            tokio::select! {
-                result = watched => if let Err(e) = result {
-                    tracing::warn!(error = %e, "watching the records in etcd failed; keeping what was read, and listing again");
-                },
-                () = stop.cancelled() => return,
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = stop.cancelled() => return,
-            }
-        }
-    }
-
-    /// Applies one record another process changed to the cache; returns
-    /// the revocations when those changed.
-    fn apply(&self, changed: records::Changed) -> Option<Vec<Revocation>> {
-        let value = changed.value?;
-        let unreadable = |e: serde_json::Error| {
-            tracing::warn!(key = %changed.key, error = %e, "ignoring an unreadable record");
-        };
-        if changed.key == Kind::ApiKey.key() {
-            serde_json::from_slice(&value)
-                .map(|keys| self.set_api_keys(keys))
-                .unwrap_or_else(unreadable);
-        } else if changed.key == Kind::ClientCert.key() {
-            serde_json::from_slice(&value)
-                .map(|certs| self.set_client_certs(certs))
-                .unwrap_or_else(unreadable);
-        } else if changed.key == nodes::REVOCATIONS {
-            return serde_json::from_slice(&value).map_err(unreadable).ok();
-        } else if changed.key.starts_with("nodes/") {
-            match serde_json::from_slice::<NodeRecord>(&value) {
-                Ok(record) => {
-                    self.nodes.insert(record.key(), record);
-                }
-                Err(e) => unreadable(e),
-            }
-        }
-        None
     }
 }
 
