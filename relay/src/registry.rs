@@ -82,6 +82,10 @@ pub(crate) struct Mirror {
     facts: HashMap<NodeKey, HashMap<RelayId, Arc<str>>>,
     /// Bumped on every membership change, for [`Registry::membership`].
     changed: Option<tokio::sync::watch::Sender<u64>>,
+    /// Bumped whenever which relay holds which node may have changed
+    /// (a claim, a withdrawal, a member come or gone), so a caller can
+    /// tell cheaply that [`Registry::held_by_peers`] still answers alike.
+    holders_changed: u64,
     /// Whether the mirror was ever filled from the registry.
     synced: bool,
 }
@@ -105,6 +109,7 @@ impl Mirror {
         self.locations.clear();
         self.directs.clear();
         self.facts.clear();
+        self.holders_changed += 1;
         self.bump();
     }
 
@@ -119,12 +124,14 @@ impl Mirror {
     pub(crate) fn set_member(&mut self, member: Member) {
         if self.members.get(&member.relay_id) != Some(&member) {
             self.members.insert(member.relay_id.clone(), member);
+            self.holders_changed += 1;
             self.bump();
         }
     }
 
     pub(crate) fn remove_member(&mut self, relay_id: &RelayId) {
         if self.members.remove(relay_id).is_some() {
+            self.holders_changed += 1;
             self.bump();
         }
     }
@@ -139,6 +146,7 @@ impl Mirror {
             None => holders.push(location),
         }
         holders.sort_by_key(|l| std::cmp::Reverse(l.epoch));
+        self.holders_changed += 1;
     }
 
     pub(crate) fn set_direct(&mut self, key: NodeKey, relay_id: RelayId, ad: DirectAd) {
@@ -169,6 +177,7 @@ impl Mirror {
 
     pub(crate) fn remove_location(&mut self, key: &NodeKey, relay_id: &RelayId) {
         if let Some(holders) = self.locations.get_mut(key) {
+            self.holders_changed += 1;
             holders.retain(|l| &l.relay_id != relay_id);
             if holders.is_empty() {
                 self.locations.remove(key);
@@ -310,6 +319,12 @@ impl Registry {
             .collect()
     }
 
+    /// A number that changes whenever [`Registry::held_by_peers`] may
+    /// answer differently.
+    pub fn holders_generation(&self) -> u64 {
+        self.read().holders_changed
+    }
+
     /// Tells the cluster this relay holds a session of `key` since
     /// `epoch`. Returns at once; the write goes out in the background and
     /// again whenever the relay registers anew.
@@ -445,23 +460,41 @@ mod tests {
                 .map(|m| m.relay_id.to_string())
                 .collect()
         };
+        // Whenever the holders answer differently, the generation moved.
+        let mut seen = (registry.holders_generation(), holders(&registry));
+        let mut moved = |r: &Registry| {
+            let now = (r.holders_generation(), holders(r));
+            assert!(now.1 == seen.1 || now.0 != seen.0, "{now:?} after {seen:?}");
+            seen = now;
+        };
         let mut changes = registry.membership();
         registry.write().set_location(key.clone(), at("b", 10));
         assert!(holders(&registry).is_empty(), "b is not a member");
+        moved(&registry);
         registry.write().set_member(member("b"));
+        moved(&registry);
         registry.write().set_member(member("c"));
         assert!(changes.has_changed().unwrap(), "joining is a change");
         assert_eq!(holders(&registry), ["b"]);
+        moved(&registry);
         registry.write().set_location(key.clone(), at("c", 12));
         assert_eq!(holders(&registry), ["c", "b"], "newest session first");
+        moved(&registry);
         registry.write().set_location(key.clone(), at("c", 5));
         assert_eq!(holders(&registry), ["c", "b"], "an older epoch loses");
+        moved(&registry);
         registry.write().set_location(key.clone(), at("a", 13));
         assert_eq!(holders(&registry), ["c", "b"], "this relay is no peer");
+        moved(&registry);
         registry
             .write()
             .remove_location(&key, &RelayId::new("c").unwrap());
         assert_eq!(holders(&registry), ["b"]);
+        moved(&registry);
+        registry.write().remove_member(&RelayId::new("b").unwrap());
+        assert!(holders(&registry).is_empty(), "b left");
+        moved(&registry);
+        registry.write().set_member(member("b"));
         changes.borrow_and_update();
         registry.write().set_member(member("b"));
         assert!(

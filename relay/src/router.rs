@@ -108,6 +108,13 @@ impl Router {
         online
     }
 
+    /// A number that changes whenever [`Self::online`] may answer
+    /// differently for some tenant (both counts only grow, so their sum
+    /// changes when either does).
+    pub fn online_generation(&self) -> u64 {
+        self.sessions.generation() + self.registry.holders_generation()
+    }
+
     /// A node a peer holds, as that peer shares it through the registry.
     pub fn peer_view(&self, key: &NodeKey) -> Option<NodeView> {
         let json = self.registry.peer_facts(key)?;

@@ -145,6 +145,9 @@ pub struct Sessions {
     /// Each node's live sessions here, oldest first, never empty.
     map: DashMap<NodeKey, Vec<Arc<Entry>>>,
     next_id: AtomicU64,
+    /// Bumped on every insert and removal, so a caller can tell cheaply
+    /// that the set of nodes held here is as it last looked.
+    changed: AtomicU64,
 }
 
 /// What removing a session left of its node on this relay.
@@ -187,6 +190,7 @@ impl Sessions {
                            "new calls go to the node's newer session");
         }
         held.push(entry.clone());
+        self.changed.fetch_add(1, Ordering::Release);
         entry
     }
 
@@ -200,6 +204,7 @@ impl Sessions {
         };
         let was_current = at + 1 == held.get().len();
         held.get_mut().remove(at);
+        self.changed.fetch_add(1, Ordering::Release);
         match held.get().last() {
             None => {
                 held.remove();
@@ -268,6 +273,12 @@ impl Sessions {
             .collect();
         facts.sort_unstable_by(|a, b| a.node_id.cmp(&b.node_id));
         facts
+    }
+
+    /// A number that changes whenever a session comes or goes: while it
+    /// stays, [`Sessions::node_ids`] answers alike.
+    pub fn generation(&self) -> u64 {
+        self.changed.load(Ordering::Acquire)
     }
 
     /// The ids of `tenant`'s nodes held here, in no order.
@@ -380,7 +391,9 @@ mod tests {
             tenant: TenantId::new("default").unwrap(),
             node_id: NodeId::new("web-1").unwrap(),
         };
+        let before = sessions.generation();
         let older = insert(&sessions, &key);
+        assert_ne!(sessions.generation(), before, "a node came: a change");
         let newer = insert(&sessions, &key);
         assert_eq!(
             sessions.get(&key).unwrap().id,
@@ -398,8 +411,10 @@ mod tests {
             older.id,
             "the node stays here"
         );
+        let before = sessions.generation();
         assert!(matches!(sessions.remove(&older), Removed::Last));
         assert!(sessions.get(&key).is_none());
+        assert_ne!(sessions.generation(), before, "a node went: a change");
         assert!(sessions.is_empty());
 
         // The usual order: the older (dead) one ends after the newer came.

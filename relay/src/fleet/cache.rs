@@ -40,6 +40,9 @@ pub struct TenantView {
     /// Whether every node online at its first call was listed (or the
     /// wait for that ended), so later calls need not wait.
     listed: std::sync::atomic::AtomicBool,
+    /// The relay's online generation when a call last brought the view's
+    /// nodes online or offline: while it stays, no call need look again.
+    online_seen: std::sync::atomic::AtomicU64,
     /// What the fleet did on its own, for the events fan-in.
     pub news: News,
 }
@@ -130,6 +133,14 @@ impl TenantView {
     pub fn set_listed(&self) {
         self.listed
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Notes that the view's online states were brought to the relay's
+    /// online `generation`; whether they were at another one before.
+    pub fn see_online(&self, generation: u64) -> bool {
+        self.online_seen
+            .swap(generation, std::sync::atomic::Ordering::AcqRel)
+            != generation
     }
 
     /// Whether node `id` has container `container` (a full id).

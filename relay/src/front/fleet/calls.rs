@@ -175,8 +175,14 @@ pub(in crate::front) async fn view(front: &Arc<Front>, tenant: &TenantId) -> Arc
     }
     if view.was_listed() {
         // Which nodes went or came since the tenant's task last looked;
-        // a daemon's state, which changes less, it brings itself.
-        watch::apply_online(&view, &calls.online(tenant));
+        // a daemon's state, which changes less, it brings itself. Only
+        // when a session came or went since the last call looked: over
+        // 10,000 nodes the look is a walk over all of them. The
+        // generation is read before the online set, so a change while
+        // this call looks shows to the next.
+        if view.see_online(front.router.online_generation()) {
+            watch::apply_online(&view, &calls.online(tenant));
+        }
         return view;
     }
     let deadline = Instant::now() + FIRST_LISTING;
