@@ -788,6 +788,11 @@ fn tokens_keys_and_tenants_hold_across_relays() {
     }
     let (status, listed) = edge.get("/v1/nodes?all=1").unwrap();
     assert!(status == 200 && listed.contains("\"edge\""), "{listed}");
+    // Made after edge's key, core's may reach a's cache a moment later.
+    while core.get("/v1/whoami").unwrap().0 == 401 {
+        assert!(Instant::now() < deadline, "a never knew core's key");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (status, body) = core.get("/nodes/edge/_ping").unwrap();
     let (_, missing) = core.get("/nodes/nosuch/_ping").unwrap();
     assert_eq!(status, 404, "{body}");

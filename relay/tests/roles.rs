@@ -93,6 +93,9 @@ fn setup(node: &str) -> Setup {
         })
         .collect();
     wait_node(&relay, node, &keys[0]);
+    // The relay learns of keys the CLI made at its next look (every
+    // 250 ms): the last may not be known yet when the first works.
+    relay.wait_for_key(keys.last().unwrap()).unwrap();
     Setup {
         relay,
         _agent: agent,
