@@ -86,27 +86,30 @@ pub fn all() -> [&'static dyn Filter; 6] {
 
 /// Keeps the nodes for which every hard expression holds, then applies
 /// each soft one that leaves at least one node, and notes the others.
-/// `values` gives a node's values for an expression's key, and `why` the
-/// reason a node fails one.
-pub(super) fn by_expressions<'v>(
+/// `test` makes, once per expression, the check of one node (so what an
+/// expression's key means is worked out once, not at each of 10,000
+/// nodes), and `why` gives the reason a node fails one.
+pub(super) fn by_expressions<'v, 'e, T: Fn(&Node) -> bool>(
     what: &str,
-    exprs: &[Expr],
+    exprs: &'e [Expr],
     nodes: Vec<&'v Node>,
     explain: bool,
-    holds: impl Fn(&Expr, &Node) -> bool,
+    test: impl Fn(&'e Expr) -> T,
     why: impl Fn(&Expr, &Node) -> String,
 ) -> Outcome<'v> {
     let mut out = Outcome::new(explain);
     let mut kept = nodes;
     for expr in exprs.iter().filter(|e| !e.soft) {
-        let (pass, fail): (Vec<_>, Vec<_>) = kept.into_iter().partition(|n| holds(expr, n));
+        let holds = test(expr);
+        let (pass, fail): (Vec<_>, Vec<_>) = kept.into_iter().partition(|n| holds(n));
         for n in fail {
             out.rule_out(n, || why(expr, n));
         }
         kept = pass;
     }
     for expr in exprs.iter().filter(|e| e.soft) {
-        let (pass, fail): (Vec<_>, Vec<_>) = kept.iter().partition(|n| holds(expr, n));
+        let holds = test(expr);
+        let (pass, fail): (Vec<_>, Vec<_>) = kept.iter().partition(|n| holds(n));
         if pass.is_empty() {
             out.notes.push(format!(
                 "the soft {what} {expr} matched none of the {} node(s) left, so it was ignored",

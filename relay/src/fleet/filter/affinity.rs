@@ -70,7 +70,7 @@ impl Filter for Affinity {
             &ask.affinities,
             nodes,
             explain,
-            |e, n| has(e, n) == e.equal,
+            |e| move |n: &Node| has(e, n) == e.equal,
             why,
         )
     }

@@ -43,6 +43,15 @@ impl Ctx<'_> {
         nodes
     }
 
+    /// Runs `f` over the nodes of the view the caller sees, borrowed
+    /// ([`TenantView::with_nodes`]).
+    pub(super) fn with_nodes<R>(&self, f: impl FnOnce(Vec<&Node>) -> R) -> R {
+        let scope = &self.caller.principal().scope;
+        let all = scope.is_all();
+        self.view
+            .with_nodes(|n| all || scope.admits(n.id.as_str(), &n.labels), f)
+    }
+
     /// Node `id` of the view, if the caller sees it.
     pub(super) fn node(&self, id: &NodeId) -> Option<Arc<Node>> {
         let scope = &self.caller.principal().scope;

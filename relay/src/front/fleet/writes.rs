@@ -87,26 +87,27 @@ pub(super) async fn create(
     let name = query_pairs(query)
         .find(|(k, _)| *k == "name")
         .map(|(_, v)| v);
-    let nodes = cx.nodes();
-    if let Some(name) = name.filter(|n| !n.is_empty()) {
-        let taken = nodes.iter().find_map(|n| {
-            let c = n.containers().iter().find(|c| c.name == name)?;
-            Some((n.id.clone(), c.id.clone()))
-        });
-        if let Some((node, id)) = taken {
-            return Err(CallError::FleetNameTaken {
-                name: name.to_owned(),
-                id,
-                node,
-            });
-        }
-    }
     let ask = Ask::from_create(name, &mut spec)?;
-    let fleet: Vec<&crate::fleet::Node> = nodes.iter().map(|n| n.as_ref()).collect();
     let strategy = cx.front.config.fleet_strategy.strategy();
     let placements = &cx.front.metrics.fleet_placements;
-    let placed = place(&fleet, &ask, strategy, rand::random()).inspect_err(|_| {
-        placements.with_label_values(&["no_node"]).inc();
+    let placed = cx.with_nodes(|fleet| {
+        if let Some(name) = name.filter(|n| !n.is_empty()) {
+            let taken = fleet.iter().find_map(|n| {
+                let c = n.containers().iter().find(|c| c.name == name)?;
+                Some((n.id.clone(), c.id.clone()))
+            });
+            if let Some((node, id)) = taken {
+                return Err(CallError::FleetNameTaken {
+                    name: name.to_owned(),
+                    id,
+                    node,
+                });
+            }
+        }
+        place(&fleet, &ask, strategy, rand::random()).map_err(|e| {
+            placements.with_label_values(&["no_node"]).inc();
+            e.into()
+        })
     })?;
     let body = Bytes::from(spec.to_string());
     let rest = match query {
