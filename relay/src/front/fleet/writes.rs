@@ -90,8 +90,11 @@ pub(super) async fn create(
     let ask = Ask::from_create(name, &mut spec)?;
     let strategy = cx.front.config.fleet_strategy.strategy();
     let placements = &cx.front.metrics.fleet_placements;
+    // The walk for the holder only when the name is somewhere (and
+    // before the read lock is taken for the walk: not twice at once).
+    let named = name.filter(|n| !n.is_empty() && cx.view.has_name(n));
     let placed = cx.with_nodes(|fleet| {
-        if let Some(name) = name.filter(|n| !n.is_empty()) {
+        if let Some(name) = named {
             let taken = fleet.iter().find_map(|n| {
                 let c = n.containers().iter().find(|c| c.name == name)?;
                 Some((n.id.clone(), c.id.clone()))
