@@ -525,7 +525,6 @@ fn by_id(mut list: Vec<Credential>) -> Vec<Credential> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tunnelgate_proto::TenantId;
 
     fn key(text: &str) -> NodeKey {
         NodeKey::parse(text).unwrap()
@@ -575,17 +574,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = Arc::new(State::open_files(dir.path()).await.unwrap());
         let ours = [7u8; 32];
-        let new = NewCredential {
-            tenant: TenantId::new("acme").unwrap(),
-            ttl: Some(Duration::from_secs(60)),
-            uses: Some(1),
-            name: None,
-            node: None,
-            replace: false,
-            role: None,
-            scope: crate::scope::Scope::all(),
-            labels: Default::default(),
-        };
+        let new = NewCredential::acme(Some(60), Some(1));
         let (text, _) = state.create_join_token(new, ours).await.unwrap();
         let n = NodeId::new("n1").unwrap();
         let used = state.use_join_token(text.clone(), ours, &n, "k1").await;

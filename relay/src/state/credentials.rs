@@ -614,6 +614,25 @@ pub fn check_api_key(list: &[Credential], text: &str) -> Result<Credential, Refu
 }
 
 #[cfg(test)]
+impl NewCredential {
+    /// A credential of tenant `acme` with no name, role, scope or labels,
+    /// for the state's tests.
+    pub(crate) fn acme(ttl: Option<u64>, uses: Option<u32>) -> Self {
+        Self {
+            tenant: TenantId::new("acme").expect("a valid tenant"),
+            ttl: ttl.map(Duration::from_secs),
+            uses,
+            name: None,
+            node: None,
+            replace: false,
+            role: None,
+            scope: crate::scope::Scope::all(),
+            labels: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::fs;
 
@@ -628,17 +647,7 @@ mod tests {
     }
 
     fn new(ttl: Option<u64>, uses: Option<u32>) -> NewCredential {
-        NewCredential {
-            tenant: tenant("acme"),
-            ttl: ttl.map(Duration::from_secs),
-            uses,
-            name: None,
-            node: None,
-            replace: false,
-            role: None,
-            scope: crate::scope::Scope::all(),
-            labels: Default::default(),
-        }
+        NewCredential::acme(ttl, uses)
     }
 
     #[tokio::test]

@@ -173,20 +173,9 @@ impl State {
 mod tests {
     use super::*;
     use crate::state::credentials::NewCredential;
-    use tunnelgate_proto::TenantId;
 
     fn new_key() -> NewCredential {
-        NewCredential {
-            tenant: TenantId::new("acme").unwrap(),
-            ttl: None,
-            uses: None,
-            name: None,
-            node: None,
-            replace: false,
-            role: None,
-            scope: crate::scope::Scope::all(),
-            labels: Default::default(),
-        }
+        NewCredential::acme(None, None)
     }
 
     async fn known(relay: &State, id: &str) -> bool {
