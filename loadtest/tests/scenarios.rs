@@ -364,8 +364,23 @@ async fn the_fleet_endpoint_answers_from_its_view_and_places_creates() {
     for round in r["create"]["rounds"].as_array().unwrap() {
         for kind in ["nodes", "fleet", "fleet_filtered"] {
             assert_eq!(round[kind]["node_calls_per_create"], 3.0, "{kind}: {round}");
+            // Less what the relay spends idle over as long: less, not
+            // nothing (24 nodes keep a relay nearly idle).
+            let (all, less) = (
+                round[kind]["relay_cpu_us_per_create"].as_f64().unwrap(),
+                round[kind]["relay_cpu_us_per_create_less_idle"]
+                    .as_f64()
+                    .unwrap(),
+            );
+            assert!(less > 0.0 && less <= all, "{kind}: {round}");
         }
+        let idle = round["relay_idle_cpu_share"].as_f64().unwrap();
+        assert!((0.0..1.0).contains(&idle), "an idle relay busy: {round}");
         assert!(round["fleet_over_nodes"].as_f64().unwrap() > 0.0, "{round}");
+        assert!(
+            round["fleet_over_nodes_less_idle"].as_f64().unwrap() > 0.0,
+            "{round}"
+        );
     }
     let fresh = &r["freshness"];
     assert_eq!(fresh["not_listed_within_5s"], 0, "{r}");
