@@ -240,14 +240,14 @@ async fn create_rounds(
             let (cpu_ns, _) = rig.relay.sched()?.since(&before);
             let idle_ns = idle_share * started.elapsed().as_nanos() as f64;
             let calls = responder.calls().await? - calls_before;
-            let per = |n: u64| n as f64 / creates.max(1) as f64;
-            let less_idle = (cpu_ns as f64 - idle_ns).max(0.0) / creates.max(1) as f64;
+            let per = |n: f64| n / creates.max(1) as f64;
+            let less_idle = per((cpu_ns as f64 - idle_ns).max(0.0));
             round.insert(
                 kind.name().into(),
                 json!({
-                    "relay_cpu_us_per_create": per(cpu_ns) / 1e3,
+                    "relay_cpu_us_per_create": per(cpu_ns as f64) / 1e3,
                     "relay_cpu_us_per_create_less_idle": less_idle / 1e3,
-                    "node_calls_per_create": per(calls),
+                    "node_calls_per_create": per(calls as f64),
                     "latency": Percentiles::of(&mut samples),
                 }),
             );

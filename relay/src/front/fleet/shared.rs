@@ -33,31 +33,30 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// The nodes of the view the caller sees (its scope's).
+    /// Whether the caller sees node `n` (it is in the caller's scope).
+    fn sees(&self, n: &Node) -> bool {
+        self.caller
+            .principal()
+            .scope
+            .admits(n.id.as_str(), &n.labels)
+    }
+
+    /// The nodes of the view the caller sees.
     pub(super) fn nodes(&self) -> Vec<Arc<Node>> {
         let mut nodes = self.view.nodes();
-        let scope = &self.caller.principal().scope;
-        if !scope.is_all() {
-            nodes.retain(|n| scope.admits(n.id.as_str(), &n.labels));
-        }
+        nodes.retain(|n| self.sees(n));
         nodes
     }
 
     /// Runs `f` over the nodes of the view the caller sees, borrowed
     /// ([`TenantView::with_nodes`]).
     pub(super) fn with_nodes<R>(&self, f: impl FnOnce(Vec<&Node>) -> R) -> R {
-        let scope = &self.caller.principal().scope;
-        let all = scope.is_all();
-        self.view
-            .with_nodes(|n| all || scope.admits(n.id.as_str(), &n.labels), f)
+        self.view.with_nodes(|n| self.sees(n), f)
     }
 
     /// Node `id` of the view, if the caller sees it.
     pub(super) fn node(&self, id: &NodeId) -> Option<Arc<Node>> {
-        let scope = &self.caller.principal().scope;
-        self.view
-            .node(id)
-            .filter(|n| scope.admits(n.id.as_str(), &n.labels))
+        self.view.node(id).filter(|n| self.sees(n))
     }
 }
 
