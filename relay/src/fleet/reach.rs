@@ -188,8 +188,11 @@ pub(super) mod fake {
     /// Nodes whose GETs are answered by `answer`.
     pub struct FakeCalls {
         answer: fn(&str) -> Value,
+        members: Vec<Member>,
         gets: AtomicUsize,
         sends: AtomicUsize,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
     }
 
     impl FakeCalls {
@@ -197,9 +200,23 @@ pub(super) mod fake {
         pub fn answering(answer: fn(&str) -> Value) -> Self {
             Self {
                 answer,
+                members: Vec::new(),
                 gets: AtomicUsize::new(0),
                 sends: AtomicUsize::new(0),
+                in_flight: AtomicUsize::new(0),
+                most_in_flight: AtomicUsize::new(0),
             }
+        }
+
+        /// The same, for a tenant of `members`.
+        pub fn with_members(mut self, members: Vec<Member>) -> Self {
+            self.members = members;
+            self
+        }
+
+        /// The most GETs that were ever unanswered at once.
+        pub fn most_in_flight(&self) -> usize {
+            self.most_in_flight.load(Ordering::Relaxed)
         }
 
         /// GETs asked so far.
@@ -215,7 +232,7 @@ pub(super) mod fake {
 
     impl NodeCalls for FakeCalls {
         fn members(&self, _: &TenantId) -> Vec<Member> {
-            Vec::new()
+            self.members.clone()
         }
 
         fn get_json<'a>(
@@ -227,8 +244,11 @@ pub(super) mod fake {
             self.gets.fetch_add(1, Ordering::Relaxed);
             let answer = (self.answer)(path);
             Box::pin(async move {
+                let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                self.most_in_flight.fetch_max(now, Ordering::Relaxed);
                 // Lets another task's call begin meanwhile.
                 tokio::task::yield_now().await;
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
                 Ok(answer)
             })
         }

@@ -31,6 +31,13 @@ const MEMBERS_INTERVAL: Duration = Duration::from_millis(500);
 const RETRY: Duration = Duration::from_secs(1);
 /// A Docker event line longer than this is skipped.
 const MAX_LINE: usize = 1 << 20;
+/// How many of a tenant's nodes are listed at once. A listing is a
+/// dozen calls or more; ten thousand nodes coming online together, all
+/// listed at once, would share the relay's CPU so thinly that calls time
+/// out, and a listing that fails starts again from the beginning: the
+/// view might never fill. The rest wait their turn, each node's events
+/// still followed as soon as its own listing is done.
+const LISTINGS_AT_ONCE: usize = 128;
 
 /// How a tenant's view acts on its own.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +90,7 @@ async fn run_tenant(
     tasks: TaskTracker,
 ) {
     let mut rescheduler = super::reschedule::Rescheduler::default();
+    let listings = Arc::new(tokio::sync::Semaphore::new(LISTINGS_AT_ONCE));
     let mut watchers = Watchers::default();
     let watchers = &mut watchers.0;
     loop {
@@ -112,6 +120,7 @@ async fn run_tenant(
                         tenant.clone(),
                         m.clone(),
                         calls.clone(),
+                        listings.clone(),
                     ));
                     watchers.insert(m.id.clone(), (task, m.clone()));
                 }
@@ -165,13 +174,25 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Lists node `m` whole, then follows its events; again after a gap.
-async fn run_node(view: Arc<TenantView>, tenant: TenantId, m: Member, calls: Arc<dyn NodeCalls>) {
+/// Lists node `m` whole, when one of `listings` is free, then follows
+/// its events; again after a gap.
+async fn run_node(
+    view: Arc<TenantView>,
+    tenant: TenantId,
+    m: Member,
+    calls: Arc<dyn NodeCalls>,
+    listings: Arc<tokio::sync::Semaphore>,
+) {
     loop {
+        let Ok(turn) = listings.acquire().await else {
+            return;
+        };
         // Events from one second before the listing began: what changes
         // while it runs is fetched again, never missed.
         let since = unix_now().saturating_sub(1);
-        match list(&*calls, &tenant, &m).await {
+        let listed = list(&*calls, &tenant, &m).await;
+        drop(turn);
+        match listed {
             Ok(node) => view.put(node),
             Err(why) => {
                 debug!(node_id = %m.id, %why, "fleet view: listing failed; trying again");
@@ -411,5 +432,58 @@ mod tests {
 
         on_event(&view, &calls, &tenant, &id, &event("start", "old")).await;
         assert_eq!(calls.gets(), 4, "other events still fetch");
+    }
+
+    #[tokio::test]
+    async fn nodes_that_come_together_are_listed_a_bounded_number_at_once() {
+        let nodes = 3 * LISTINGS_AT_ONCE;
+        let members: Vec<Member> = (0..nodes)
+            .map(|i| Member {
+                id: NodeId::new(format!("n{i:04}")).unwrap(),
+                online: true,
+                hostname: None,
+                labels: Default::default(),
+                transport: "quic".into(),
+                route: "local".into(),
+                relay: "r1".into(),
+                daemon_error: None,
+                writable: true,
+            })
+            .collect();
+        let answer = |path: &str| match path {
+            "/info" => json!({"Name": "h", "Driver": "vfs"}),
+            _ => answering(path),
+        };
+        let calls = Arc::new(FakeCalls::answering(answer).with_members(members.clone()));
+        let (view, stop) = (Arc::new(TenantView::default()), CancellationToken::new());
+        let settings = Settings {
+            strategy: crate::fleet::StrategyName::Spread,
+            reschedule_grace: Duration::from_secs(60),
+        };
+        let tenant = TenantId::new("t").unwrap();
+        spawn_tenant(
+            view.clone(),
+            tenant,
+            calls.clone(),
+            settings,
+            TaskTracker::new(),
+            stop.clone(),
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !is_listed(&view, &members) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "every node is listed in the end"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+        // Each listing asks one thing at a time.
+        assert!(
+            calls.most_in_flight() <= LISTINGS_AT_ONCE,
+            "{} calls were in flight at once",
+            calls.most_in_flight()
+        );
+        assert!(calls.most_in_flight() > 1, "listings still overlap");
     }
 }
