@@ -94,6 +94,23 @@ impl fmt::Display for NoNode {
 
 impl std::error::Error for NoNode {}
 
+/// Runs every filter in one pass over the nodes, when each is no more
+/// than tests of one node ([`filter::Filter::tests`]): the nodes left,
+/// in order, or `None` when a filter must run on its own.
+fn run_tests<'v>(fleet: &[&'v Node], ask: &Ask) -> Option<Vec<&'v Node>> {
+    let mut tests = Vec::new();
+    for filter in filter::all() {
+        tests.extend(filter.tests(ask)?);
+    }
+    Some(
+        fleet
+            .iter()
+            .copied()
+            .filter(|n| tests.iter().all(|t| t(n)))
+            .collect(),
+    )
+}
+
 /// Runs every filter in order: the nodes left and the notes, or (with
 /// reasons when `explain`) why none is.
 fn run_filters<'v>(
@@ -135,7 +152,13 @@ pub fn place(
     strategy: &dyn Strategy,
     seed: u64,
 ) -> Result<Placement, NoNode> {
-    let (mut nodes, notes) = match run_filters(fleet, ask, false) {
+    let passed = match run_tests(fleet, ask) {
+        Some(left) if !left.is_empty() => Ok((left, Vec::new())),
+        // None left: the filters in turn say why.
+        Some(_) => Err(()),
+        None => run_filters(fleet, ask, false).map_err(|_| ()),
+    };
+    let (mut nodes, notes) = match passed {
         Ok(passed) => passed,
         // Only now are the reasons written out, in a second pass.
         Err(_) => {
@@ -200,6 +223,90 @@ mod tests {
         assert_eq!(placed.notes.len(), 1);
         let none = place(&[], &ask, &Spread, 0).unwrap_err();
         assert!(none.to_string().contains("has no nodes"), "{none}");
+    }
+
+    #[test]
+    fn the_one_pass_keeps_the_nodes_the_filters_in_turn_keep() {
+        use crate::fleet::filter::fake::container;
+        use crate::fleet::view::HostPort;
+        let port = |port| HostPort {
+            ip: String::new(),
+            port,
+            proto: "tcp".into(),
+        };
+        let mut nodes: Vec<Node> = (0..12).map(|i| node(&format!("n{i:02}"))).collect();
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.labels.insert("zone".into(), format!("z{}", i % 3));
+            n.writable = i != 4;
+            if i == 5 {
+                n.health = Health::Offline;
+            }
+            if i == 6 {
+                n.health = Health::DaemonDown("gone".into());
+            }
+            let mut c = container(&format!("c{i}"), &format!("{i}"));
+            c.memory = (i as u64 % 4) << 30;
+            c.nano_cpus = (i as u64 % 3) * 1_500_000_000;
+            if i % 2 == 0 {
+                c.labels = [("tier".to_owned(), "web".to_owned())]
+                    .into_iter()
+                    .collect();
+            }
+            if i % 5 == 0 {
+                c.host_ports = vec![port(80)];
+            }
+            n.put_container(c);
+        }
+        let fleet: Vec<&Node> = nodes.iter().collect();
+        let parse = |t: &[&str]| t.iter().map(|t| Expr::parse(t).unwrap()).collect();
+        let asks = [
+            Ask::default(),
+            Ask {
+                memory: 1 << 30,
+                ..Ask::default()
+            },
+            Ask {
+                nano_cpus: 2_000_000_000,
+                ..Ask::default()
+            },
+            Ask {
+                constraints: parse(&["zone!=z1", "node!=/n0[01]/"]),
+                ..Ask::default()
+            },
+            Ask {
+                affinities: parse(&["tier==web"]),
+                host_ports: vec![port(80)],
+                ..Ask::default()
+            },
+            Ask {
+                affinities: parse(&["tier!=web"]),
+                memory: 2 << 30,
+                ..Ask::default()
+            },
+        ];
+        for ask in &asks {
+            let one_pass = run_tests(&fleet, ask).expect("no soft filter, no dependency");
+            let in_turn = run_filters(&fleet, ask, false)
+                .map(|(kept, _)| kept)
+                .unwrap_or_default();
+            assert_eq!(
+                crate::fleet::filter::fake::ids(&one_pass),
+                crate::fleet::filter::fake::ids(&in_turn),
+                "{ask:?}"
+            );
+            assert!(
+                one_pass.len() < fleet.len(),
+                "each ask rules some out: {ask:?}"
+            );
+        }
+        let soft = Ask {
+            constraints: parse(&["zone==~z9"]),
+            ..Ask::default()
+        };
+        assert!(
+            run_tests(&fleet, &soft).is_none(),
+            "a soft filter runs on its own"
+        );
     }
 
     #[test]

@@ -23,27 +23,28 @@ pub trait Strategy: Sync + fmt::Debug {
     /// Its name, as the setting spells it.
     fn name(&self) -> &'static str;
 
-    /// Orders `nodes` best first and keeps the best `keep`; `seed` is the
-    /// only randomness it may use.
+    /// Orders `nodes` (given in id order) best first and keeps the best
+    /// `keep`; `seed` is the only randomness it may use.
     fn rank(&self, ask: &Ask, nodes: &mut Vec<&Node>, seed: u64, keep: usize);
 }
 
-/// Keeps the `keep` nodes with the least `key`, the node id breaking
-/// ties, in order: each key computed once, then a partial selection and
-/// a sort of what is kept, so ranking 10,000 nodes for a few candidates
-/// does not sort them all.
+/// Keeps the `keep` nodes with the least `key`, in order: each key
+/// computed once, then a partial selection and a sort of what is kept,
+/// so ranking 10,000 nodes for a few candidates does not sort them all.
+/// Of nodes with the same key the one given first wins: nodes come in
+/// id order, as the view keeps them, so that is the lower id, found
+/// without comparing ids (with a few keys among 10,000 nodes, the id
+/// comparisons of the ties were a tenth of a placement).
 pub fn best_by<K: Ord + Copy>(nodes: &mut Vec<&Node>, keep: usize, key: impl Fn(&Node) -> K) {
-    let mut keyed: Vec<(K, &Node)> = nodes.iter().map(|n| (key(n), *n)).collect();
-    let cmp = |a: &(K, &Node), b: &(K, &Node)| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id));
+    let mut keyed: Vec<(K, usize)> = nodes.iter().enumerate().map(|(i, n)| (key(n), i)).collect();
     if keep == 0 {
         keyed.clear();
     } else if keyed.len() > keep {
-        keyed.select_nth_unstable_by(keep - 1, cmp);
+        keyed.select_nth_unstable(keep - 1);
         keyed.truncate(keep);
     }
-    keyed.sort_unstable_by(cmp);
-    nodes.clear();
-    nodes.extend(keyed.into_iter().map(|(_, n)| n));
+    keyed.sort_unstable();
+    *nodes = keyed.into_iter().map(|(_, i)| nodes[i]).collect();
 }
 
 /// The strategy a relay places with (`--fleet-strategy`).

@@ -3,7 +3,7 @@
 //! or any other key as a container label (`com.example.tier==web`).
 //! `!=` keeps the nodes that have none of it.
 
-use super::{by_expressions, Filter, Outcome};
+use super::{by_expressions, expression_tests, Filter, NodeTest, Outcome};
 use crate::fleet::ask::Ask;
 use crate::fleet::expr::{Expr, Matcher};
 use crate::fleet::view::Node;
@@ -35,6 +35,11 @@ fn has(expr: &Expr, node: &Node) -> bool {
     }
 }
 
+/// Whether a node holds to `expr`.
+fn holds(expr: &Expr) -> impl Fn(&Node) -> bool + '_ {
+    move |n: &Node| has(expr, n) == expr.equal
+}
+
 fn why(expr: &Expr, _: &Node) -> String {
     let what = match expr.key.as_str() {
         "container" | "image" => format!("{} {}", expr.key, value_text(expr)),
@@ -58,6 +63,10 @@ impl Filter for Affinity {
         "affinity"
     }
 
+    fn tests<'a>(&self, ask: &'a Ask) -> Option<Vec<NodeTest<'a>>> {
+        expression_tests(&ask.affinities, holds)
+    }
+
     fn filter<'v>(
         &self,
         ask: &Ask,
@@ -65,14 +74,7 @@ impl Filter for Affinity {
         nodes: Vec<&'v Node>,
         explain: bool,
     ) -> Outcome<'v> {
-        by_expressions(
-            "affinity",
-            &ask.affinities,
-            nodes,
-            explain,
-            |e| move |n: &Node| has(e, n) == e.equal,
-            why,
-        )
+        by_expressions("affinity", &ask.affinities, nodes, explain, holds, why)
     }
 }
 

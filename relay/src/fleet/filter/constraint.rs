@@ -3,7 +3,7 @@
 //! facts `storagedriver`, `kernelversion`, `operatingsystem` and
 //! `architecture`, and the relay's own `transport`, `route` and `relay`.
 
-use super::{by_expressions, Filter, Outcome};
+use super::{by_expressions, expression_tests, Filter, NodeTest, Outcome};
 use crate::fleet::ask::Ask;
 use crate::fleet::expr::Expr;
 use crate::fleet::view::Node;
@@ -54,6 +54,12 @@ impl<'k> Source<'k> {
     }
 }
 
+/// Whether a node holds to `expr`, its key worked out once.
+fn holds(expr: &Expr) -> impl Fn(&Node) -> bool + '_ {
+    let source = Source::of(&expr.key);
+    move |n: &Node| expr.holds(source.values(n))
+}
+
 fn why(expr: &Expr, node: &Node) -> String {
     let have: Vec<&str> = Source::of(&expr.key).values(node).collect();
     match have.as_slice() {
@@ -68,6 +74,10 @@ impl Filter for Constraint {
         "constraint"
     }
 
+    fn tests<'a>(&self, ask: &'a Ask) -> Option<Vec<NodeTest<'a>>> {
+        expression_tests(&ask.constraints, holds)
+    }
+
     fn filter<'v>(
         &self,
         ask: &Ask,
@@ -75,17 +85,7 @@ impl Filter for Constraint {
         nodes: Vec<&'v Node>,
         explain: bool,
     ) -> Outcome<'v> {
-        by_expressions(
-            "constraint",
-            &ask.constraints,
-            nodes,
-            explain,
-            |e| {
-                let source = Source::of(&e.key);
-                move |n: &Node| e.holds(source.values(n))
-            },
-            why,
-        )
+        by_expressions("constraint", &ask.constraints, nodes, explain, holds, why)
     }
 }
 

@@ -3,7 +3,7 @@
 //! Dependencies on different nodes, or on a container the fleet does not
 //! have, rule out every node, saying which.
 
-use super::{Filter, Outcome};
+use super::{Filter, NodeTest, Outcome};
 use crate::fleet::ask::Ask;
 use crate::fleet::view::Node;
 
@@ -31,6 +31,11 @@ fn holders<'v>(fleet: &[&'v Node], name: &str) -> Vec<&'v Node> {
 impl Filter for Dependency {
     fn name(&self) -> &'static str {
         "dependency"
+    }
+
+    fn tests<'a>(&self, ask: &'a Ask) -> Option<Vec<NodeTest<'a>>> {
+        // Where the dependencies are is a question about the whole fleet.
+        ask.dependencies.is_empty().then(Vec::new)
     }
 
     fn filter<'v>(

@@ -1,7 +1,7 @@
 //! Only nodes that can take the container: connected, their daemon
 //! answering, and their agent's policy letting calls change the node.
 
-use super::{Filter, Outcome};
+use super::{Filter, NodeTest, Outcome};
 use crate::fleet::ask::Ask;
 use crate::fleet::view::{self, Node};
 
@@ -12,6 +12,12 @@ pub struct Health;
 impl Filter for Health {
     fn name(&self) -> &'static str {
         "health"
+    }
+
+    fn tests<'a>(&self, _: &'a Ask) -> Option<Vec<NodeTest<'a>>> {
+        Some(vec![Box::new(|n: &Node| {
+            n.writable && n.health == view::Health::Healthy
+        })])
     }
 
     fn filter<'v>(

@@ -2,7 +2,7 @@
 //! host port, or an exposed port with host networking) is taken once per
 //! node, by whichever running container holds it.
 
-use super::{Filter, Outcome};
+use super::{Filter, NodeTest, Outcome};
 use crate::fleet::ask::Ask;
 use crate::fleet::view::Node;
 
@@ -13,6 +13,15 @@ pub struct Port;
 impl Filter for Port {
     fn name(&self) -> &'static str {
         "port"
+    }
+
+    fn tests<'a>(&self, ask: &'a Ask) -> Option<Vec<NodeTest<'a>>> {
+        Some(match ask.host_ports.is_empty() {
+            true => Vec::new(),
+            false => vec![Box::new(|n: &Node| {
+                ask.host_ports.iter().all(|p| n.port_holder(p).is_none())
+            })],
+        })
     }
 
     fn filter<'v>(

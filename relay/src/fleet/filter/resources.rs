@@ -1,7 +1,7 @@
 //! Room for the container: the CPUs and memory it reserves must fit in
 //! what the node's running containers leave of its total.
 
-use super::{Filter, Outcome};
+use super::{Filter, NodeTest, Outcome};
 use crate::fleet::ask::Ask;
 use crate::fleet::view::Node;
 
@@ -26,6 +26,19 @@ pub fn cpus(nano: u64) -> String {
 impl Filter for Resources {
     fn name(&self) -> &'static str {
         "resources"
+    }
+
+    fn tests<'a>(&self, ask: &'a Ask) -> Option<Vec<NodeTest<'a>>> {
+        Some(match (ask.memory, ask.nano_cpus) {
+            // Nothing reserved fits anywhere.
+            (0, 0) => Vec::new(),
+            _ => vec![Box::new(|n: &Node| {
+                let mem_free = n.facts.mem_total.saturating_sub(n.reserved_memory());
+                let cpu_free =
+                    (n.facts.ncpu * 1_000_000_000).saturating_sub(n.reserved_nano_cpus());
+                ask.memory <= mem_free && ask.nano_cpus <= cpu_free
+            })],
+        })
     }
 
     fn filter<'v>(
