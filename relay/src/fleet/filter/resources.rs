@@ -23,6 +23,16 @@ pub fn cpus(nano: u64) -> String {
     (nano as f64 / 1e9).to_string()
 }
 
+/// A node's memory in bytes and CPUs in billionths that no container
+/// reserves.
+fn unreserved(node: &Node) -> (u64, u64) {
+    let cpu_total = node.facts.ncpu * 1_000_000_000;
+    (
+        node.facts.mem_total.saturating_sub(node.reserved_memory()),
+        cpu_total.saturating_sub(node.reserved_nano_cpus()),
+    )
+}
+
 impl Filter for Resources {
     fn name(&self) -> &'static str {
         "resources"
@@ -33,9 +43,7 @@ impl Filter for Resources {
             // Nothing reserved fits anywhere.
             (0, 0) => Vec::new(),
             _ => vec![Box::new(|n: &Node| {
-                let mem_free = n.facts.mem_total.saturating_sub(n.reserved_memory());
-                let cpu_free =
-                    (n.facts.ncpu * 1_000_000_000).saturating_sub(n.reserved_nano_cpus());
+                let (mem_free, cpu_free) = unreserved(n);
                 ask.memory <= mem_free && ask.nano_cpus <= cpu_free
             })],
         })
@@ -50,9 +58,7 @@ impl Filter for Resources {
     ) -> Outcome<'v> {
         let mut out = Outcome::new(explain);
         nodes.retain(|&node| {
-            let mem_free = node.facts.mem_total.saturating_sub(node.reserved_memory());
-            let cpu_total = node.facts.ncpu * 1_000_000_000;
-            let cpu_free = cpu_total.saturating_sub(node.reserved_nano_cpus());
+            let (mem_free, cpu_free) = unreserved(node);
             if ask.memory > mem_free {
                 out.rule_out(node, || {
                     format!(
