@@ -2,6 +2,8 @@
 //! nodes coming and going in the relay's tables; one task per online node
 //! lists its facts, containers and images, then follows its events and
 //! fetches again only the container or image list an event is about.
+//! A bounded number of a tenant's nodes are listed at once, so a fleet
+//! that comes online together fills in turn instead of all at once.
 //! After a broken event stream the node is listed whole again, from the
 //! time of the last listing, so nothing between is lost.
 //!
