@@ -34,11 +34,12 @@ pub(super) struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Whether the caller sees node `n` (it is in the caller's scope).
+    /// An unscoped caller's answer reads nothing of the node: over
+    /// 10,000 nodes, reaching each node's id and labels is a cache miss
+    /// apiece on every create's placement.
     fn sees(&self, n: &Node) -> bool {
-        self.caller
-            .principal()
-            .scope
-            .admits(n.id.as_str(), &n.labels)
+        let scope = &self.caller.principal().scope;
+        scope.is_all() || scope.admits(n.id.as_str(), &n.labels)
     }
 
     /// The nodes of the view the caller sees.
