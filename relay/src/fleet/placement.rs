@@ -153,21 +153,16 @@ pub fn place(
     seed: u64,
 ) -> Result<Placement, NoNode> {
     let passed = match run_tests(fleet, ask) {
-        Some(left) if !left.is_empty() => Ok((left, Vec::new())),
-        // None left: the filters in turn say why.
-        Some(_) => Err(()),
-        None => run_filters(fleet, ask, false).map_err(|_| ()),
+        Some(left) => (!left.is_empty()).then_some((left, Vec::new())),
+        None => run_filters(fleet, ask, false).ok(),
     };
-    let (mut nodes, notes) = match passed {
-        Ok(passed) => passed,
-        // Only now are the reasons written out, in a second pass.
-        Err(_) => {
-            return Err(run_filters(fleet, ask, true).err().unwrap_or(NoNode {
-                nodes: fleet.len(),
-                steps: Vec::new(),
-                notes: Vec::new(),
-            }))
-        }
+    let Some((mut nodes, notes)) = passed else {
+        // Only now are the reasons written out, by the filters in turn.
+        return Err(run_filters(fleet, ask, true).err().unwrap_or(NoNode {
+            nodes: fleet.len(),
+            steps: Vec::new(),
+            notes: Vec::new(),
+        }));
     };
     strategy.rank(ask, &mut nodes, seed, CANDIDATES);
     Ok(Placement {
