@@ -222,7 +222,7 @@ async fn create_rounds(
         round.insert("relay_idle_cpu_share".into(), json!(idle_share));
         for kind in Create::ALL {
             let (before, calls_before) = (rig.relay.sched()?, responder.calls().await?);
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let mut samples = Vec::with_capacity(creates);
             for _ in 0..creates {
                 let (path, body) = kind.request(n, nodes);

@@ -185,6 +185,21 @@ pub(super) mod fake {
 
     use super::*;
 
+    /// A node of the tenant, online or not, writable, with no facts.
+    pub fn member(id: &str, online: bool) -> Member {
+        Member {
+            id: NodeId::new(id).expect("a valid test node id"),
+            online,
+            hostname: None,
+            labels: Default::default(),
+            transport: String::new(),
+            route: String::new(),
+            relay: String::new(),
+            daemon_error: None,
+            writable: true,
+        }
+    }
+
     /// Nodes whose GETs are answered by `answer`.
     pub struct FakeCalls {
         answer: fn(&str) -> Value,

@@ -229,23 +229,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::fleet::reach::fake::FakeCalls;
+    use crate::fleet::reach::fake::{member, FakeCalls};
     use crate::fleet::view::Container;
     use crate::fleet::StrategyName;
-
-    fn member(id: &str, online: bool) -> Member {
-        Member {
-            id: NodeId::new(id).unwrap(),
-            online,
-            hostname: None,
-            labels: Default::default(),
-            transport: String::new(),
-            route: String::new(),
-            relay: String::new(),
-            daemon_error: None,
-            writable: true,
-        }
-    }
 
     #[tokio::test]
     async fn a_container_that_cannot_be_made_again_waits_before_the_next_try() {

@@ -364,7 +364,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::fleet::reach::fake::FakeCalls;
+    use crate::fleet::reach::fake::{member, FakeCalls};
     use crate::fleet::view::Container;
 
     /// A node that has every container asked about.
@@ -440,17 +440,7 @@ mod tests {
     async fn nodes_that_come_together_are_listed_a_bounded_number_at_once() {
         let nodes = 3 * LISTINGS_AT_ONCE;
         let members: Vec<Member> = (0..nodes)
-            .map(|i| Member {
-                id: NodeId::new(format!("n{i:04}")).unwrap(),
-                online: true,
-                hostname: None,
-                labels: Default::default(),
-                transport: "quic".into(),
-                route: "local".into(),
-                relay: "r1".into(),
-                daemon_error: None,
-                writable: true,
-            })
+            .map(|i| member(&format!("n{i:04}"), true))
             .collect();
         let answer = |path: &str| match path {
             "/info" => json!({"Name": "h", "Driver": "vfs"}),
