@@ -21,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(node_id = %config.node_id, relays = ?config.relays, relay_sessions = config.relay_sessions, docker = %config.docker,
                    version = tunnelgate_agent::VERSION, "tunnelgate-agent starting");
     let cancel = CancellationToken::new();
-    tokio::spawn(tunnelgate_session::process::stop_on_signals(cancel.clone()));
+    tunnelgate_session::process::stop_on_signals(cancel.clone());
     tunnelgate_agent::run(config, cancel)
         .await
         .context("agent stopped")?;

@@ -26,14 +26,13 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::resolve(*args).context("invalid configuration")?;
+            // Before the listening line: whoever reads it may stop us at once.
+            let shutdown = CancellationToken::new();
+            tunnelgate_session::process::stop_on_signals(shutdown.clone());
             let relay = Relay::bind(config)
                 .await
                 .context("cannot start the relay")?;
             println!("{}", relay.listening());
-            let shutdown = CancellationToken::new();
-            tokio::spawn(tunnelgate_session::process::stop_on_signals(
-                shutdown.clone(),
-            ));
             relay.run(shutdown).await;
         }
         Command::Token(cmd) => cli::token(cmd).await?,

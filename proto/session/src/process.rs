@@ -87,7 +87,12 @@ pub fn init_tracing(format: LogFormat) -> LogGuard {
 
 /// Cancels `cancel` on the first SIGTERM or SIGINT; exits the process
 /// with status 130 on the second, for an operator who will not wait.
-pub async fn stop_on_signals(cancel: CancellationToken) {
+///
+/// The handlers are in place when this returns, not when a spawned task
+/// first runs: a process that then says it is up (the relay's listening
+/// line) and is stopped at once must stop gracefully, not die of the
+/// signal's default action.
+pub fn stop_on_signals(cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -96,11 +101,13 @@ pub async fn stop_on_signals(cancel: CancellationToken) {
         tracing::warn!("cannot install signal handlers; stop this process with SIGKILL");
         return;
     };
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::info!("stopping; send the signal again to exit at once");
-    cancel.cancel();
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    std::process::exit(130);
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("stopping; send the signal again to exit at once");
+        cancel.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        std::process::exit(130);
+    });
 }
 
 #[cfg(test)]
@@ -116,6 +123,23 @@ mod tests {
         assert!(colour(true, Some("".into())));
         assert_eq!("json".parse(), Ok(LogFormat::Json));
         assert!("yaml".parse::<LogFormat>().is_err());
+    }
+
+    /// On a runtime whose one thread is busy in this test, a spawned task
+    /// never ran before the signal: it took the default action and killed
+    /// the process.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_sigterm_right_after_the_handlers_are_set_cancels_and_kills_nothing() {
+        let cancel = CancellationToken::new();
+        stop_on_signals(cancel.clone());
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        tokio::time::timeout(std::time::Duration::from_secs(10), cancel.cancelled())
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -393,7 +393,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         warm: Mutex::new(None),
     });
     let stop = CancellationToken::new();
-    tokio::spawn(tunnelgate_session::process::stop_on_signals(stop.clone()));
+    tunnelgate_session::process::stop_on_signals(stop.clone());
     tokio::spawn(forwarder.clone().keep_warm(stop.clone()));
     if let Some(node) = node {
         tokio::spawn(watch_node(args.api.clone(), node, stop.clone()));

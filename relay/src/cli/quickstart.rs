@@ -81,9 +81,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     };
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(tunnelgate_session::process::stop_on_signals(
-        shutdown.clone(),
-    ));
+    tunnelgate_session::process::stop_on_signals(shutdown.clone());
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
     let agent_cancel = shutdown.clone();
     let agent_task = tokio::spawn(tunnelgate_agent::run(agent_config, agent_cancel));
