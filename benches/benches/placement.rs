@@ -15,6 +15,7 @@ use serde_json::json;
 use tunnelgate_proto::NodeId;
 use tunnelgate_relay::fleet::cache::TenantView;
 use tunnelgate_relay::fleet::expr::Expr;
+use tunnelgate_relay::fleet::placement::place_indexed;
 use tunnelgate_relay::fleet::strategy::StrategyName;
 use tunnelgate_relay::fleet::view::{Container, HostPort, Image, Node};
 use tunnelgate_relay::fleet::{place, Ask};
@@ -193,6 +194,28 @@ fn placement(c: &mut Criterion) {
                 let placed =
                     place(&fleet, ask, StrategyName::Spread.strategy(), 7).expect("a node fits");
                 std::hint::black_box(placed.ranked.len())
+            })
+        });
+    }
+    // The create's own way: the hard constraints pick their nodes from
+    // the view's index (gathered on the first round), the filters run
+    // over those alone.
+    for (name, strategy) in [
+        (
+            "spread_constraints_affinity_port_indexed",
+            StrategyName::Spread,
+        ),
+        (
+            "binpack_constraints_affinity_port_indexed",
+            StrategyName::Binpack,
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let placed = view.with_nodes(|all, index| {
+                    place_indexed(all, index, |_| true, &constrained, strategy.strategy(), 7)
+                });
+                std::hint::black_box(placed.expect("a node fits").ranked.len())
             })
         });
     }

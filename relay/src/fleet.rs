@@ -13,6 +13,7 @@ pub mod ask;
 pub mod cache;
 pub mod expr;
 pub mod filter;
+pub mod index;
 pub mod news;
 pub mod placement;
 pub mod reach;

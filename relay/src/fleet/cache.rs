@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tunnelgate_proto::{NodeId, TenantId};
 
 use super::ask;
+use super::index::{constraint_stamp, Index};
 use super::news::News;
 use super::view::{Container, Facts, Health, Image, Node, Times};
 
@@ -47,11 +48,15 @@ pub struct TenantView {
     pub news: News,
 }
 
-/// A tenant's nodes by id, and the names of their containers.
+/// A tenant's nodes by id, the names of their containers, and which
+/// nodes have which value of a constraint's key.
 #[derive(Debug, Default)]
 struct Nodes {
     by_id: BTreeMap<NodeId, Arc<Node>>,
     names: Names,
+    /// Cleared whenever a node comes or goes, or changes what a
+    /// constraint reads; every change of a node passes here.
+    index: Index,
 }
 
 /// How many of the fleet's containers bear each name: a create's check
@@ -177,23 +182,16 @@ impl TenantView {
         self.read().names.has(name)
     }
 
-    /// Runs `f` over the nodes `keep` admits, sorted by id, borrowed
-    /// under the view's read lock: a decision over all of them (a
-    /// placement) then takes no share of each, which over 10,000 nodes
-    /// was 10,000 reference counts up and down per create. Writers wait
-    /// meanwhile, so `f` must be quick and must not block.
-    pub fn with_nodes<R>(
-        &self,
-        keep: impl Fn(&Node) -> bool,
-        f: impl FnOnce(Vec<&Node>) -> R,
-    ) -> R {
+    /// Runs `f` over every node, sorted by id, and the index of their
+    /// constraint keys, borrowed under the view's read lock: a decision
+    /// over all of them (a placement) then takes no share of each, which
+    /// over 10,000 nodes was 10,000 reference counts up and down per
+    /// create. Writers wait meanwhile, so `f` must be quick and must not
+    /// block.
+    pub fn with_nodes<R>(&self, f: impl FnOnce(&[&Node], &Index) -> R) -> R {
         let nodes = self.read();
-        f(nodes
-            .by_id
-            .values()
-            .map(|n| n.as_ref())
-            .filter(|n| keep(n))
-            .collect())
+        let all: Vec<&Node> = nodes.by_id.values().map(|n| n.as_ref()).collect();
+        f(&all, &nodes.index)
     }
 
     /// One node.
@@ -249,29 +247,47 @@ impl TenantView {
     pub fn put(&self, node: Node) {
         let mut nodes = self.write();
         nodes.names.add(&node);
-        if let Some(old) = nodes.by_id.insert(node.id.clone(), Arc::new(node)) {
-            nodes.names.take(&old);
+        let stamp = constraint_stamp(&node);
+        match nodes.by_id.insert(node.id.clone(), Arc::new(node)) {
+            Some(old) => {
+                nodes.names.take(&old);
+                if constraint_stamp(&old) != stamp {
+                    nodes.index.clear();
+                }
+            }
+            None => nodes.index.clear(),
         }
     }
 
     /// Puts node `id` in as [`Health::Unlisted`] unless the view has it.
     pub fn put_unlisted(&self, id: &NodeId) {
-        self.write().by_id.entry(id.clone()).or_insert_with(|| {
-            let mut node = Node::new(id.clone());
-            node.health = Health::Unlisted;
-            Arc::new(node)
-        });
+        let mut nodes = self.write();
+        if nodes.by_id.contains_key(id) {
+            return;
+        }
+        let mut node = Node::new(id.clone());
+        node.health = Health::Unlisted;
+        nodes.by_id.insert(id.clone(), Arc::new(node));
+        nodes.index.clear();
     }
 
     /// Applies `f` to a copy of node `id` and puts the copy in; nothing
     /// when the node is not known.
     pub fn update(&self, id: &NodeId, f: impl FnOnce(&mut Node)) {
         let mut nodes = self.write();
-        let Nodes { by_id, names } = &mut *nodes;
+        let Nodes {
+            by_id,
+            names,
+            index,
+        } = &mut *nodes;
         if let Some(node) = by_id.get_mut(id) {
             names.take(node);
+            let stamp = constraint_stamp(node);
             f(Arc::make_mut(node));
             names.add(node);
+            if constraint_stamp(node) != stamp {
+                index.clear();
+            }
         }
     }
 
@@ -280,6 +296,7 @@ impl TenantView {
         let mut nodes = self.write();
         if let Some(old) = nodes.by_id.remove(id) {
             nodes.names.take(&old);
+            nodes.index.clear();
         }
     }
 
@@ -553,6 +570,42 @@ mod tests {
         view.remove(&NodeId::new("c").unwrap());
         assert!(view.has_name("api") && !view.has_name("tmp-499"));
         assert!(view.read().names.count.len() < 200, "zeros are swept");
+    }
+
+    #[test]
+    fn the_constraint_index_follows_every_way_a_node_changes() {
+        use crate::fleet::expr::Expr;
+        let view = TenantView::default();
+        let zone = |id: &str, z: &str| {
+            let mut n = Node::new(NodeId::new(id).unwrap());
+            n.labels.insert("zone".into(), z.into());
+            n
+        };
+        let in_zone = |z: &str| {
+            let expr = [Expr::parse(&format!("zone=={z}")).unwrap()];
+            view.with_nodes(|all, index| {
+                let (held, _) = index.holding(all, &expr).unwrap();
+                held.ones()
+                    .map(|p| all[p].id.to_string())
+                    .collect::<Vec<_>>()
+            })
+        };
+        view.put(zone("b", "z1"));
+        assert_eq!(in_zone("z1"), ["b"]);
+        view.put(zone("a", "z1"));
+        assert_eq!(in_zone("z1"), ["a", "b"], "a node put in");
+        let a = NodeId::new("a").unwrap();
+        view.update(&a, |n| {
+            n.labels.insert("zone".into(), "z2".into());
+        });
+        assert_eq!(in_zone("z1"), ["b"], "a label changed in place");
+        assert_eq!(in_zone("z2"), ["a"]);
+        view.put(zone("b", "z2"));
+        assert_eq!(in_zone("z2"), ["a", "b"], "a node replaced whole");
+        view.put_unlisted(&NodeId::new("0").unwrap());
+        assert_eq!(in_zone("z2"), ["a", "b"], "a node came before the others");
+        view.remove(&a);
+        assert_eq!(in_zone("z2"), ["b"], "a node gone");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod resources;
 
 pub use affinity::Affinity;
 pub use constraint::Constraint;
+pub(super) use constraint::Source;
 pub use dependency::Dependency;
 pub use health::Health;
 pub use port::Port;

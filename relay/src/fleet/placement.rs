@@ -9,7 +9,8 @@ use std::fmt;
 use tunnelgate_proto::NodeId;
 
 use super::ask::Ask;
-use super::filter;
+use super::filter::{self, NodeTest};
+use super::index::Index;
 use super::strategy::Strategy;
 use super::view::Node;
 
@@ -94,14 +95,21 @@ impl fmt::Display for NoNode {
 
 impl std::error::Error for NoNode {}
 
-/// Runs every filter in one pass over the nodes, when each is no more
-/// than tests of one node ([`filter::Filter::tests`]): the nodes left,
-/// in order, or `None` when a filter must run on its own.
-fn run_tests<'v>(fleet: &[&'v Node], ask: &Ask) -> Option<Vec<&'v Node>> {
+/// Every filter as tests of one node ([`filter::Filter::tests`]), or
+/// `None` when a filter must run on its own.
+fn tests_for(ask: &Ask) -> Option<Vec<NodeTest<'_>>> {
     let mut tests = Vec::new();
     for filter in filter::all() {
         tests.extend(filter.tests(ask)?);
     }
+    Some(tests)
+}
+
+/// Runs every filter in one pass over the nodes, when each is no more
+/// than tests of one node: the nodes left, in order, or `None` when a
+/// filter must run on its own.
+fn run_tests<'v>(fleet: &[&'v Node], ask: &Ask) -> Option<Vec<&'v Node>> {
+    let tests = tests_for(ask)?;
     Some(
         fleet
             .iter()
@@ -171,6 +179,45 @@ pub fn place(
     })
 }
 
+/// [`place`] over the nodes of `all` (every node of the tenant, in id
+/// order, as the view hands them out with `index`) that `sees` admits,
+/// with the same answer. When every filter of the ask is tests of one
+/// node, its hard constraints first pick their nodes from the index, so
+/// the filters run over those alone rather than over every node.
+pub fn place_indexed(
+    all: &[&Node],
+    index: &Index,
+    sees: impl Fn(&Node) -> bool,
+    ask: &Ask,
+    strategy: &dyn Strategy,
+    seed: u64,
+) -> Result<Placement, NoNode> {
+    if tests_for(ask).is_some() {
+        if let Some((held, left)) = index.holding(all, &ask.constraints) {
+            // The constraints the index answered are not tested again.
+            let rest = Ask {
+                constraints: left,
+                ..ask.clone()
+            };
+            let tests = tests_for(&rest).unwrap_or_default();
+            let mut kept: Vec<&Node> = held
+                .ones()
+                .map(|p| all[p])
+                .filter(|n| sees(n) && tests.iter().all(|t| t(n)))
+                .collect();
+            if !kept.is_empty() {
+                strategy.rank(ask, &mut kept, seed, CANDIDATES);
+                return Ok(Placement {
+                    ranked: kept.into_iter().map(|n| n.id.clone()).collect(),
+                    notes: Vec::new(),
+                });
+            }
+        }
+    }
+    let fleet: Vec<&Node> = all.iter().copied().filter(|n| sees(n)).collect();
+    place(&fleet, ask, strategy, seed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,16 +267,19 @@ mod tests {
         assert!(none.to_string().contains("has no nodes"), "{none}");
     }
 
-    #[test]
-    fn the_one_pass_keeps_the_nodes_the_filters_in_turn_keep() {
-        use crate::fleet::filter::fake::container;
-        use crate::fleet::view::HostPort;
-        let port = |port| HostPort {
+    fn port(port: u16) -> crate::fleet::view::HostPort {
+        crate::fleet::view::HostPort {
             ip: String::new(),
             port,
             proto: "tcp".into(),
-        };
-        let mut nodes: Vec<Node> = (0..12).map(|i| node(&format!("n{i:02}"))).collect();
+        }
+    }
+
+    /// `count` nodes in three zones: one read-only, one offline, one with
+    /// its daemon down, reservations and labels and host ports in turn.
+    fn mixed_fleet(count: usize) -> Vec<Node> {
+        use crate::fleet::filter::fake::container;
+        let mut nodes: Vec<Node> = (0..count).map(|i| node(&format!("n{i:03}"))).collect();
         for (i, n) in nodes.iter_mut().enumerate() {
             n.labels.insert("zone".into(), format!("z{}", i % 3));
             n.writable = i != 4;
@@ -252,8 +302,17 @@ mod tests {
             }
             n.put_container(c);
         }
+        nodes
+    }
+
+    fn parse(t: &[&str]) -> Vec<Expr> {
+        t.iter().map(|t| Expr::parse(t).unwrap()).collect()
+    }
+
+    #[test]
+    fn the_one_pass_keeps_the_nodes_the_filters_in_turn_keep() {
+        let nodes = mixed_fleet(12);
         let fleet: Vec<&Node> = nodes.iter().collect();
-        let parse = |t: &[&str]| t.iter().map(|t| Expr::parse(t).unwrap()).collect();
         let asks = [
             Ask::default(),
             Ask {
@@ -265,7 +324,7 @@ mod tests {
                 ..Ask::default()
             },
             Ask {
-                constraints: parse(&["zone!=z1", "node!=/n0[01]/"]),
+                constraints: parse(&["zone!=z1", "node!=/n00[01]/"]),
                 ..Ask::default()
             },
             Ask {
@@ -317,5 +376,64 @@ mod tests {
             text.contains("resources ruled out 10: n0, n1, n2, 7 more (it has 4 GiB"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_placement_through_the_index_answers_as_one_over_every_node_seen() {
+        use crate::fleet::strategy::{Binpack, Random};
+        // More nodes than a pattern is matched against value by value.
+        let nodes = mixed_fleet(300);
+        let all: Vec<&Node> = nodes.iter().collect();
+        let index = Index::default();
+        // A scoped caller: n003, in zone z0, is not its to place onto.
+        let sees = |n: &Node| n.id.as_str() != "n003";
+        let seen: Vec<&Node> = all.iter().copied().filter(|n| sees(n)).collect();
+        let asks = [
+            Ask {
+                constraints: parse(&["zone==z0"]),
+                ..Ask::default()
+            },
+            Ask {
+                constraints: parse(&["zone==Z0", "node!=/n00[0-6]/"]),
+                memory: 1 << 30,
+                ..Ask::default()
+            },
+            // The pattern is left to the filters (300 ids and hostnames).
+            Ask {
+                constraints: parse(&["zone==z0", "node==/n00[0-6]/"]),
+                ..Ask::default()
+            },
+            Ask {
+                constraints: parse(&["zone!=z1", "zone==/z[0-9]/"]),
+                affinities: parse(&["tier==web"]),
+                host_ports: vec![port(80)],
+                ..Ask::default()
+            },
+            // None fits: the answer is the filters' own explanation.
+            Ask {
+                constraints: parse(&["zone==z9"]),
+                ..Ask::default()
+            },
+            // Soft: the index is not asked.
+            Ask {
+                constraints: parse(&["zone==~z9", "zone==z2"]),
+                ..Ask::default()
+            },
+        ];
+        for ask in &asks {
+            for strategy in [&Spread as &dyn Strategy, &Binpack, &Random] {
+                for seed in 0..3 {
+                    assert_eq!(
+                        place_indexed(&all, &index, sees, ask, strategy, seed),
+                        place(&seen, ask, strategy, seed),
+                        "{ask:?} by {}",
+                        strategy.name()
+                    );
+                }
+            }
+        }
+        let placed = place_indexed(&all, &index, sees, &asks[0], &Spread, 0).unwrap();
+        assert!(!placed.ranked.is_empty());
+        assert!(placed.ranked.iter().all(|n| n.as_str() != "n003"));
     }
 }

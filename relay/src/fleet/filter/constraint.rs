@@ -16,7 +16,7 @@ pub struct Constraint;
 /// expression, since comparing the key with every fact's name at each
 /// of 10,000 nodes was most of a filtered placement's time.
 #[derive(Debug, Clone, Copy)]
-enum Source<'k> {
+pub(in crate::fleet) enum Source<'k> {
     /// `node`: its id or its hostname.
     Node,
     /// One of the `docker info` facts or the relay's own.
@@ -26,7 +26,8 @@ enum Source<'k> {
 }
 
 impl<'k> Source<'k> {
-    fn of(key: &'k str) -> Self {
+    /// Where `key` is read.
+    pub(in crate::fleet) fn of(key: &'k str) -> Self {
         match key {
             "node" => Self::Node,
             "storagedriver" => Self::Fact(|n| &n.facts.storage_driver),
@@ -41,7 +42,7 @@ impl<'k> Source<'k> {
     }
 
     /// A node's values for the key: none when it has no such fact or label.
-    fn values<'n>(self, node: &'n Node) -> impl Iterator<Item = &'n str> {
+    pub(in crate::fleet) fn values<'n>(self, node: &'n Node) -> impl Iterator<Item = &'n str> {
         let (a, b): (Option<&'n str>, Option<&'n str>) = match self {
             Self::Node => (Some(node.id.as_str()), Some(node.hostname.as_str())),
             Self::Fact(read) => (Some(read(node)), None),

@@ -13,6 +13,7 @@ use tunnelgate_proto::NodeId;
 use super::super::asks::{ask_json, Caller};
 use super::super::context::{ClientConn, Front};
 use crate::fleet::cache::TenantView;
+use crate::fleet::index::Index;
 use crate::fleet::view::Node;
 use crate::respond::Body;
 
@@ -37,7 +38,8 @@ impl Ctx<'_> {
     /// An unscoped caller's answer reads nothing of the node: over
     /// 10,000 nodes, reaching each node's id and labels is a cache miss
     /// apiece on every create's placement.
-    fn sees(&self, n: &Node) -> bool {
+    /// Whether the caller's scope admits node `n`.
+    pub(super) fn sees(&self, n: &Node) -> bool {
         let scope = &self.caller.principal().scope;
         scope.is_all() || scope.admits(n.id.as_str(), &n.labels)
     }
@@ -49,10 +51,11 @@ impl Ctx<'_> {
         nodes
     }
 
-    /// Runs `f` over the nodes of the view the caller sees, borrowed
-    /// ([`TenantView::with_nodes`]).
-    pub(super) fn with_nodes<R>(&self, f: impl FnOnce(Vec<&Node>) -> R) -> R {
-        self.view.with_nodes(|n| self.sees(n), f)
+    /// Runs `f` over every node of the view and its index, borrowed
+    /// ([`TenantView::with_nodes`]); `f` must keep to the nodes the caller
+    /// [sees](Self::sees).
+    pub(super) fn with_nodes<R>(&self, f: impl FnOnce(&[&Node], &Index) -> R) -> R {
+        self.view.with_nodes(f)
     }
 
     /// Node `id` of the view, if the caller sees it.

@@ -19,8 +19,9 @@ use super::calls::FrontCalls;
 use super::shared::{ask_all, locate, Ctx, NODE_HEADER};
 use crate::error::CallError;
 use crate::fleet::cache::{self, Found};
+use crate::fleet::placement::place_indexed;
 use crate::fleet::reach::{fetch_created, refresh_container, refresh_images};
-use crate::fleet::{place, Ask};
+use crate::fleet::Ask;
 use crate::respond::{json as json_response, Body};
 
 /// The largest create body the fleet reads (Docker's are a few KiB).
@@ -93,9 +94,9 @@ pub(super) async fn create(
     // The walk for the holder only when the name is somewhere (and
     // before the read lock is taken for the walk: not twice at once).
     let named = name.filter(|n| !n.is_empty() && cx.view.has_name(n));
-    let placed = cx.with_nodes(|fleet| {
+    let placed = cx.with_nodes(|all, index| {
         if let Some(name) = named {
-            let taken = fleet.iter().find_map(|n| {
+            let taken = all.iter().filter(|n| cx.sees(n)).find_map(|n| {
                 let c = n.containers().iter().find(|c| c.name == name)?;
                 Some((n.id.clone(), c.id.clone()))
             });
@@ -107,7 +108,8 @@ pub(super) async fn create(
                 });
             }
         }
-        place(&fleet, &ask, strategy, rand::random()).map_err(|e| {
+        let sees = |n: &crate::fleet::Node| cx.sees(n);
+        place_indexed(all, index, sees, &ask, strategy, rand::random()).map_err(|e| {
             placements.with_label_values(&["no_node"]).inc();
             e.into()
         })
