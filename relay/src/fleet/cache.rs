@@ -584,7 +584,7 @@ mod tests {
         let in_zone = |z: &str| {
             let expr = [Expr::parse(&format!("zone=={z}")).unwrap()];
             view.with_nodes(|all, index| {
-                let (held, _) = index.holding(all, &expr).unwrap();
+                let held = index.holding(all, &expr).unwrap();
                 held.ones()
                     .map(|p| all[p].id.to_string())
                     .collect::<Vec<_>>()

@@ -6,14 +6,16 @@
 //!
 //! A key's values are gathered the first time a constraint names it and
 //! kept until a node comes, goes, or changes something a constraint can
-//! read; [`super::cache`] says when. Positions are those of the nodes in
+//! read ([`super::cache`] says when); so is each constraint's answer,
+//! since a fleet's creates (a compose file's services, a CI's jobs) ask
+//! the same few constraints again and again. Positions are those of the nodes in
 //! id order, as the view hands them out under the same lock. Plain data:
 //! no IO, and nothing here decides a placement; it only narrows the nodes
 //! the filters then run over.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use fixedbitset::FixedBitSet;
 
@@ -21,15 +23,23 @@ use super::expr::{Expr, Matcher};
 use super::filter::Source;
 use super::view::Node;
 
-/// Above this many distinct values, a pattern is tested at each node
-/// instead: matching it against every value (a `node==/web-.*/` over
-/// 10,000 ids and hostnames) would cost what testing the nodes does.
-const MAX_PATTERN_VALUES: usize = 256;
+/// Answers kept per key before they are all forgotten: enough for the
+/// constraints a fleet's creates keep asking, bounded against a caller
+/// that asks a new one each time.
+const MAX_ANSWERS: usize = 64;
 
 /// The values of every key a constraint has named, over one set of nodes.
 #[derive(Debug, Default)]
 pub struct Index {
-    keys: Mutex<HashMap<Box<str>, Arc<KeyValues>>>,
+    keys: Mutex<HashMap<Box<str>, Key>>,
+}
+
+/// One key: its values, and the answers worked out from them so far.
+#[derive(Debug)]
+struct Key {
+    values: KeyValues,
+    /// By the constraint's text.
+    answers: HashMap<Box<str>, FixedBitSet>,
 }
 
 /// One key's values: which nodes (by position) have each.
@@ -67,9 +77,9 @@ impl KeyValues {
         }
     }
 
-    /// The nodes for which `expr` holds, or `None` when testing each node
-    /// is as cheap.
-    fn holding(&self, expr: &Expr) -> Option<FixedBitSet> {
+    /// The nodes for which `expr` holds: a plain value is looked up, a
+    /// pattern is matched once per distinct value.
+    fn holding(&self, expr: &Expr) -> FixedBitSet {
         let mut set = FixedBitSet::with_capacity(self.nodes);
         let mut add = |at: &[u32]| set.extend(at.iter().map(|&p| p as usize));
         match &expr.value {
@@ -79,9 +89,6 @@ impl KeyValues {
                 }
             }
             Matcher::Pattern(re) => {
-                if self.by_value.len() > MAX_PATTERN_VALUES {
-                    return None;
-                }
                 for (value, at) in &self.by_value {
                     if re.is_match(value) {
                         add(at);
@@ -93,7 +100,7 @@ impl KeyValues {
         if !expr.equal {
             set.toggle_range(..);
         }
-        Some(set)
+        set
     }
 }
 
@@ -107,38 +114,39 @@ impl Index {
     }
 
     /// The positions in `nodes` (every node, in id order) of those for
-    /// which every hard constraint of `exprs` the index can answer holds,
-    /// with the constraints it left to the filters (the soft ones, and
-    /// patterns over many values); `None` when it can answer none.
-    pub fn holding(&self, nodes: &[&Node], exprs: &[Expr]) -> Option<(FixedBitSet, Vec<Expr>)> {
-        let mut kept: Option<FixedBitSet> = None;
-        let mut left = Vec::new();
-        for expr in exprs {
-            let set = match expr.soft {
-                true => None,
-                false => self.key(&expr.key, nodes).holding(expr),
-            };
-            match (set, &mut kept) {
-                (None, _) => left.push(expr.clone()),
-                (Some(set), Some(k)) => k.intersect_with(&set),
-                (Some(set), None) => kept = Some(set),
-            }
-        }
-        kept.map(|k| (k, left))
-    }
-
-    fn key(&self, key: &str, nodes: &[&Node]) -> Arc<KeyValues> {
+    /// which every hard constraint of `exprs` holds, or `None` when there
+    /// is none. Soft constraints are left to the filters.
+    pub fn holding(&self, nodes: &[&Node], exprs: &[Expr]) -> Option<FixedBitSet> {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        match keys.get(key) {
-            // The count is a guard only: the view clears the index
-            // whenever a node comes or goes.
-            Some(values) if values.nodes == nodes.len() => values.clone(),
-            _ => {
-                let values = Arc::new(KeyValues::gather(key, nodes));
-                keys.insert(key.into(), values.clone());
-                values
+        let mut kept: Option<FixedBitSet> = None;
+        for expr in exprs.iter().filter(|e| !e.soft) {
+            let key = match keys.get_mut(expr.key.as_str()) {
+                // The count is a guard only: the view clears the index
+                // whenever a node comes or goes.
+                Some(key) if key.values.nodes == nodes.len() => key,
+                _ => {
+                    let key = Key {
+                        values: KeyValues::gather(&expr.key, nodes),
+                        answers: HashMap::new(),
+                    };
+                    keys.insert(expr.key.as_str().into(), key);
+                    keys.get_mut(expr.key.as_str()).expect("just put in")
+                }
+            };
+            if !key.answers.contains_key(expr.text.as_str()) {
+                if key.answers.len() == MAX_ANSWERS {
+                    key.answers.clear();
+                }
+                let set = key.values.holding(expr);
+                key.answers.insert(expr.text.as_str().into(), set);
+            }
+            let set = &key.answers[expr.text.as_str()];
+            match &mut kept {
+                Some(k) => k.intersect_with(set),
+                None => kept = Some(set.clone()),
             }
         }
+        kept
     }
 }
 
@@ -202,40 +210,35 @@ mod tests {
             let by_node: Vec<usize> = (0..all.len())
                 .filter(|&i| expr.holds(source.values(all[i])))
                 .collect();
-            let (set, left) = index.holding(&all, std::slice::from_ref(&expr)).unwrap();
-            assert!(left.is_empty(), "{text}");
-            assert_eq!(set.ones().collect::<Vec<_>>(), by_node, "{text}");
+            // Worked out, then the answer kept.
+            for _ in 0..2 {
+                let set = index.holding(&all, std::slice::from_ref(&expr)).unwrap();
+                assert_eq!(set.ones().collect::<Vec<_>>(), by_node, "{text}");
+            }
         }
         let both = [
             Expr::parse("storagedriver==overlay2").unwrap(),
             Expr::parse("node!=a").unwrap(),
         ];
-        let (set, _) = index.holding(&all, &both).unwrap();
+        let set = index.holding(&all, &both).unwrap();
         assert_eq!(set.ones().collect::<Vec<_>>(), [2]);
     }
 
     #[test]
-    fn soft_constraints_and_patterns_over_many_values_are_left_to_the_filters() {
-        let nodes: Vec<Node> = (0..MAX_PATTERN_VALUES + 1)
-            .map(|i| node(&format!("n{i}")))
-            .collect();
+    fn soft_constraints_are_left_to_the_filters_and_answers_stay_right_past_their_bound() {
+        let nodes: Vec<Node> = (0..300).map(|i| node(&format!("n{i}"))).collect();
         let all: Vec<&Node> = nodes.iter().collect();
         let index = Index::default();
-        let many = [Expr::parse("node==/^n1/").unwrap()];
-        assert!(index.holding(&all, &many).is_none());
         let soft = [Expr::parse("node==~n1").unwrap()];
         assert!(index.holding(&all, &soft).is_none());
-        // A plain value is one lookup however many values there are; the
-        // rest is left to the filters.
-        let mixed = [
-            Expr::parse("node==N7").unwrap(),
-            Expr::parse("node==/^n1/").unwrap(),
-            Expr::parse("node==~n1").unwrap(),
-        ];
-        let (set, left) = index.holding(&all, &mixed).unwrap();
-        assert_eq!(set.ones().collect::<Vec<_>>(), [7]);
-        let left: Vec<&str> = left.iter().map(|e| e.text.as_str()).collect();
-        assert_eq!(left, ["node==/^n1/", "node==~n1"]);
+        // More constraints than answers are kept, each asked twice.
+        for _ in 0..2 {
+            for i in 0..MAX_ANSWERS + 8 {
+                let expr = [Expr::parse(&format!("node==/^n{i}$/")).unwrap()];
+                let set = index.holding(&all, &expr).unwrap();
+                assert_eq!(set.ones().collect::<Vec<_>>(), [i]);
+            }
+        }
     }
 
     #[test]

@@ -193,10 +193,10 @@ pub fn place_indexed(
     seed: u64,
 ) -> Result<Placement, NoNode> {
     if tests_for(ask).is_some() {
-        if let Some((held, left)) = index.holding(all, &ask.constraints) {
-            // The constraints the index answered are not tested again.
+        if let Some(held) = index.holding(all, &ask.constraints) {
+            // The constraints, all hard here, are not tested again.
             let rest = Ask {
-                constraints: left,
+                constraints: Vec::new(),
                 ..ask.clone()
             };
             let tests = tests_for(&rest).unwrap_or_default();
@@ -381,7 +381,7 @@ mod tests {
     #[test]
     fn a_placement_through_the_index_answers_as_one_over_every_node_seen() {
         use crate::fleet::strategy::{Binpack, Random};
-        // More nodes than a pattern is matched against value by value.
+        // Many more nodes than the candidates a placement keeps.
         let nodes = mixed_fleet(300);
         let all: Vec<&Node> = nodes.iter().collect();
         let index = Index::default();
@@ -398,7 +398,7 @@ mod tests {
                 memory: 1 << 30,
                 ..Ask::default()
             },
-            // The pattern is left to the filters (300 ids and hostnames).
+            // A pattern over 300 ids and hostnames.
             Ask {
                 constraints: parse(&["zone==z0", "node==/n00[0-6]/"]),
                 ..Ask::default()
