@@ -20,6 +20,7 @@ mod session;
 mod stream;
 pub mod tcp;
 pub mod tls;
+mod udp;
 
 pub use session::{Session, SessionError, Transport};
 pub use stream::{Stream, StreamError, StreamRecv, StreamSend};

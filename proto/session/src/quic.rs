@@ -247,8 +247,9 @@ fn endpoint(
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&addr.into())?;
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| std::io::Error::other("QUIC needs a tokio runtime"))?;
+    tokio::runtime::Handle::try_current()
+        .map_err(|_| std::io::Error::other("QUIC needs a tokio runtime"))?;
+    let runtime = Arc::new(crate::udp::ShortReadRuntime);
     config
         .max_udp_payload_size(max_udp_payload.clamp(INITIAL_MTU, MTU_CEILING))
         .expect("a payload between 1,200 and 6,500 bytes is valid");
