@@ -192,14 +192,17 @@ pub fn place_indexed(
     strategy: &dyn Strategy,
     seed: u64,
 ) -> Result<Placement, NoNode> {
-    if tests_for(ask).is_some() {
-        if let Some(held) = index.holding(all, &ask.constraints) {
-            // The constraints, all hard here, are not tested again.
-            let rest = Ask {
-                constraints: Vec::new(),
-                ..ask.clone()
-            };
-            let tests = tests_for(&rest).unwrap_or_default();
+    // A soft constraint is dropped when it matches none of the nodes left,
+    // so the index answers only asks whose constraints are all hard.
+    let soft = ask.constraints.iter().any(|e| e.soft);
+    if let Some(held) = index.holding(all, &ask.constraints).filter(|_| !soft) {
+        // The other filters, as tests of one node if they can be.
+        let rest = Ask {
+            constraints: Vec::new(),
+            ..ask.clone()
+        };
+        let tests = tests_for(&rest);
+        if let Some(tests) = &tests {
             let mut kept: Vec<&Node> = held
                 .ones()
                 .map(|p| all[p])
