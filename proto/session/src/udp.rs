@@ -56,7 +56,7 @@ struct Socket {
 
 impl AsyncUdpSocket for Socket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        Box::pin(Writable(self))
+        Box::pin(Writable::new(self))
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
@@ -111,13 +111,49 @@ impl AsyncUdpSocket for Socket {
     }
 }
 
-/// Waits until the socket can be written again.
-#[derive(Debug)]
-struct Writable(Arc<Socket>);
+/// Waits until the socket can be written again, for one connection.
+///
+/// Each connection has its own, so on a relay thousands wait on one
+/// socket at once. tokio's `poll_send_ready` keeps only the last waker
+/// it was given, which would leave the other connections unwoken when a
+/// full send buffer drains; each waits on a `writable()` future of its
+/// own instead, as quinn's own poller does.
+struct Writable {
+    socket: Arc<Socket>,
+    waiting: Option<WritableFuture>,
+}
+
+type WritableFuture = Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send + Sync>>;
+
+impl Writable {
+    fn new(socket: Arc<Socket>) -> Self {
+        Self {
+            socket,
+            waiting: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Writable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writable")
+            .field("waiting", &self.waiting.is_some())
+            .finish()
+    }
+}
 
 impl UdpPoller for Writable {
     fn poll_writable(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.io.poll_send_ready(cx)
+        let this = self.get_mut();
+        let waiting = this.waiting.get_or_insert_with(|| {
+            let socket = this.socket.clone();
+            Box::pin(async move { socket.io.writable().await })
+        });
+        let ready = waiting.as_mut().poll(cx);
+        if ready.is_ready() {
+            this.waiting = None;
+        }
+        ready
     }
 }
 
