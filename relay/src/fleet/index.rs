@@ -88,9 +88,9 @@ impl KeyValues {
                     add(at);
                 }
             }
-            Matcher::Pattern(re) => {
+            Matcher::Pattern(_) => {
                 for (value, at) in &self.by_value {
-                    if re.is_match(value) {
+                    if expr.matches_value(value) {
                         add(at);
                     }
                 }

@@ -194,8 +194,8 @@ pub fn place_indexed(
 ) -> Result<Placement, NoNode> {
     // A soft constraint is dropped when it matches none of the nodes left,
     // so the index answers only asks whose constraints are all hard.
-    let soft = ask.constraints.iter().any(|e| e.soft);
-    if let Some(held) = index.holding(all, &ask.constraints).filter(|_| !soft) {
+    let hard = ask.constraints.iter().all(|e| !e.soft);
+    if let Some(held) = hard.then(|| index.holding(all, &ask.constraints)).flatten() {
         // The other filters, as tests of one node if they can be.
         let rest = Ask {
             constraints: Vec::new(),

@@ -38,7 +38,6 @@ impl Ctx<'_> {
     /// An unscoped caller's answer reads nothing of the node: over
     /// 10,000 nodes, reaching each node's id and labels is a cache miss
     /// apiece on every create's placement.
-    /// Whether the caller's scope admits node `n`.
     pub(super) fn sees(&self, n: &Node) -> bool {
         let scope = &self.caller.principal().scope;
         scope.is_all() || scope.admits(n.id.as_str(), &n.labels)
