@@ -161,15 +161,26 @@ impl UdpPoller for Writable {
 mod tests {
     use super::*;
 
+    /// A socket of ours on loopback, a plain one to send to it, and its
+    /// address.
+    fn pair() -> (
+        Arc<dyn AsyncUdpSocket>,
+        std::net::UdpSocket,
+        std::net::SocketAddr,
+    ) {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let socket = ShortReadRuntime.wrap_udp_socket(rx).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        (socket, tx, to)
+    }
+
     /// Datagrams sent while the reader is between reads, after a short
     /// read marked the socket not readable, are all read: none waits for
     /// a datagram after it.
     #[tokio::test(flavor = "current_thread")]
     async fn no_datagram_is_left_behind_by_a_short_read() {
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = rx.local_addr().unwrap();
-        let socket = ShortReadRuntime.wrap_udp_socket(rx).unwrap();
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (socket, tx, to) = pair();
         let mut slots = vec![[0u8; 1500]; 4];
         let mut got = 0;
         for round in 0..200usize {
@@ -205,10 +216,7 @@ mod tests {
     /// finds nothing, after every datagram.
     #[tokio::test(flavor = "current_thread")]
     async fn a_short_read_ends_the_read_until_the_next_event() {
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = rx.local_addr().unwrap();
-        let socket = ShortReadRuntime.wrap_udp_socket(rx).unwrap();
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (socket, tx, to) = pair();
         let mut slots = vec![[0u8; 1500]; 4];
         let mut meta = [RecvMeta::default(); 4];
         let mut read = |cx: &mut Context<'_>| {
