@@ -199,7 +199,9 @@ const CALL_BLOCK: u32 = 200;
 /// One reading of what small calls cost: the relay holding the session,
 /// the other relay and the TCP forwarder (exact CPU and context
 /// switches), and UDP datagrams received on the machine (every QUIC
-/// packet of every hop, the simulated agent's included).
+/// packet of every hop, the simulated agent's included). The datagram
+/// count is machine-wide, so it reads true only while nothing else on the
+/// machine sends UDP: another test or load run beside it adds its packets.
 struct Reading {
     holder: Sched,
     other: Sched,

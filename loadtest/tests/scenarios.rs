@@ -287,43 +287,6 @@ async fn the_cluster_spreads_a_fleet_and_gets_it_back_after_a_relay_dies() {
     assert!(r["calls_ok"].as_u64().unwrap() > 0, "{r}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_peer_hop_is_measured_beside_the_local_path() {
-    let r =
-        tunnelgate_loadtest::cluster::peer_hop(&setup(TransportChoice::Quic), 4 << 20, 1, 50, T)
-            .await
-            .unwrap();
-    for key in [
-        "local_download_gbit_s",
-        "peer_download_gbit_s",
-        "peer_added_p50_us",
-    ] {
-        assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {r}");
-    }
-    assert!(
-        r["relays_cpu_s_per_gb_peer"].as_f64().unwrap() > 0.0,
-        "the hop's CPU is counted: {r}"
-    );
-    // Each path's small calls are costed apart: the holder and the other
-    // relay on the hop, the forwarder only on its own path, and the hop's
-    // own QUIC packets on top of the agent's.
-    let cost = |path: &str, key: &str| r[path][key].as_f64().unwrap();
-    assert!(
-        r["forwarded_added_p50_us"]
-            .as_f64()
-            .is_some_and(|v| v > 0.0),
-        "{r}"
-    );
-    assert!(cost("per_peer_call", "holder_cpu_us") > 0.0, "{r}");
-    assert!(cost("per_peer_call", "other_relay_cpu_us") > 0.0, "{r}");
-    assert!(cost("per_forwarded_call", "forwarder_cpu_us") > 0.0, "{r}");
-    assert!(cost("per_local_call", "forwarder_cpu_us") < 1.0, "{r}");
-    assert!(
-        cost("per_peer_call", "udp_datagrams") > cost("per_local_call", "udp_datagrams") + 1.0,
-        "{r}"
-    );
-}
-
 #[tokio::test]
 async fn simulated_agents_see_the_synthetic_responder_as_a_reachable_daemon() {
     // An agent that reads its daemon as unreachable logs a warning on
