@@ -240,6 +240,15 @@ pub enum CallError {
         /// Why.
         source: hyper::Error,
     },
+    /// One of the relay's own event streams was sent and no response
+    /// head came ([`crate::upstream::lean`]).
+    #[error("node {node}: the call failed before the daemon answered: {source}")]
+    Unanswered {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        source: crate::upstream::lean::LeanError,
+    },
     /// The peer relay that holds the node's session cannot be reached.
     #[error("the call to this node goes through relay {relay}, which cannot be reached: {reason}; retry, or call a relay that holds the node (GET /v1/nodes on each)")]
     PeerUnreachable {
@@ -374,6 +383,7 @@ impl CallError {
             | Self::Setup { .. }
             | Self::NotSent { .. }
             | Self::NoAnswer { .. }
+            | Self::Unanswered { .. }
             | Self::FleetAnswer { .. } => ErrorSource::Agent,
             Self::DaemonUnreachable { .. } | Self::UnaskedUpgrade | Self::DirectFailed { .. } => {
                 ErrorSource::Daemon

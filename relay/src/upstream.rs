@@ -18,6 +18,7 @@
 pub mod direct;
 pub mod io;
 mod kept;
+pub mod lean;
 pub mod peer;
 pub mod reply;
 pub mod splice;
@@ -27,6 +28,7 @@ use tunnelgate_proto::{NodeId, NodeKey, RequestId, TenantId};
 
 pub use direct::{Direct, DirectMode};
 pub use kept::{CallBody, KeptStream};
+pub use lean::{NodeBody, Watch};
 pub use peer::Peers;
 pub use tunnel::{Tunnel, Via};
 

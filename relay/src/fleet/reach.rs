@@ -87,7 +87,8 @@ pub trait NodeCalls: Send + Sync + 'static {
         body: Option<String>,
     ) -> BoxFut<'a, Result<(http::StatusCode, Value), Failed>>;
 
-    /// A GET to a node whose answer streams (events).
+    /// A GET to a node whose answer streams (events). Its body may end
+    /// early without an error: any end is a gap to list again after.
     fn stream<'a>(
         &'a self,
         tenant: &'a TenantId,

@@ -104,6 +104,50 @@ pub(super) async fn send(
     headers: &http::HeaderMap,
     body: Bytes,
 ) -> Result<Response<Body>, CallError> {
+    let (rest, req) = request(method, path_and_query, headers, body)?;
+    carry(
+        front,
+        &KeptStream::default(),
+        caller,
+        node.clone(),
+        &rest,
+        req,
+    )
+    .await
+}
+
+/// One of the relay's own event streams from `node` for `caller`, as
+/// [`ask`] would carry it but read without an HTTP client connection of
+/// its own ([`crate::upstream::lean`]), since the fleet keeps one open
+/// per node. Its body may end early, without an error: the reader
+/// must take any end as a gap.
+pub(super) async fn watch(
+    front: &Front,
+    caller: &Caller,
+    node: &NodeId,
+    path_and_query: &str,
+) -> Result<Response<Body>, CallError> {
+    let no_headers = http::HeaderMap::new();
+    let (rest, mut req) = request(http::Method::GET, path_and_query, &no_headers, Bytes::new())?;
+    req.extensions_mut().insert(crate::upstream::Watch);
+    carry(
+        front,
+        &KeptStream::default(),
+        caller,
+        node.clone(),
+        &rest,
+        req,
+    )
+    .await
+}
+
+/// A request of the relay's own, and its path.
+fn request(
+    method: http::Method,
+    path_and_query: &str,
+    headers: &http::HeaderMap,
+    body: Bytes,
+) -> Result<(String, Request<CallBody>), CallError> {
     let uri = Uri::try_from(path_and_query).map_err(CallError::InvalidPath)?;
     let rest = uri.path().to_owned();
     let mut req = Request::new(Either::Right(Full::new(body)));
@@ -116,15 +160,7 @@ pub(super) async fn send(
     }
     req.headers_mut()
         .insert(http::header::HOST, HeaderValue::from_static("docker"));
-    carry(
-        front,
-        &KeptStream::default(),
-        caller,
-        node.clone(),
-        &rest,
-        req,
-    )
-    .await
+    Ok((rest, req))
 }
 
 /// The sentence of a Docker-style error body (`{"message": ...}`), or the

@@ -15,11 +15,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::debug;
+
+use super::lean::NodeBody;
 
 /// Bytes per direction the hijack pipe moves at once.
 const SPLICE_BUFFER: usize = 64 * 1024;
@@ -63,7 +65,7 @@ struct Cutting {
 /// A response body from the node that holds `guard` (the call's audit
 /// record and concurrency slots) until the body ends or fails.
 pub struct Guarded<G> {
-    inner: Incoming,
+    inner: NodeBody,
     guard: Option<G>,
     wind_down: Pin<Box<WaitForCancellationFutureOwned>>,
     winding: bool,
@@ -75,7 +77,7 @@ pub struct Guarded<G> {
 impl<G> Guarded<G> {
     /// Wraps `inner`; ends it cleanly after `wind_down` fires, or after
     /// `cut` fires, with its last word.
-    pub fn new(inner: Incoming, guard: G, wind_down: CancellationToken, cut: Option<Cut>) -> Self {
+    pub fn new(inner: NodeBody, guard: G, wind_down: CancellationToken, cut: Option<Cut>) -> Self {
         Self {
             inner,
             guard: Some(guard),

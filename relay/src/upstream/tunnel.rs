@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
@@ -20,6 +19,7 @@ use tunnelgate_session::Stream;
 use super::direct::{Direct, Endpoint};
 use super::io::CallStream;
 use super::kept::{CallBody, Carrier, KeptStream, NodeConn};
+use super::lean::{self, NodeBody};
 use super::peer::Peers;
 use super::reply::{find_setup_error, ReplyFirst};
 use super::Target;
@@ -218,7 +218,7 @@ impl Tunnel {
         req: Request<CallBody>,
         upgrade: bool,
         record: &CallRecord,
-    ) -> Result<(Response<Incoming>, Via), CallError> {
+    ) -> Result<(Response<NodeBody>, Via), CallError> {
         let mut call = Outgoing::new(req, upgrade).await?;
         let mut vias = self.ordered(vias).into_iter().take(2).peekable();
         loop {
@@ -305,7 +305,10 @@ impl Tunnel {
         req: Request<CallBody>,
         upgrade: bool,
         record: &CallRecord,
-    ) -> Result<Response<Incoming>, (CallError, Option<Request<CallBody>>)> {
+    ) -> Result<Response<NodeBody>, (CallError, Option<Request<CallBody>>)> {
+        if !upgrade && req.extensions().get::<lean::Watch>().is_some() {
+            return self.watch(via, target, req, record).await;
+        }
         let node = &target.node_id;
         let key = target.key();
         let carrier = via.carrier();
@@ -351,7 +354,7 @@ impl Tunnel {
         if !upgrade && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             kept.keep(&key, carrier, conn);
         }
-        Ok(resp)
+        Ok(resp.map(NodeBody::Http))
     }
 
     /// Opens a stream to the node, sends the stream header and starts
@@ -364,25 +367,31 @@ impl Tunnel {
         target: &Target,
         kept: &KeptStream,
     ) -> Result<NodeConn, CallError> {
+        match self.open_io(via, target).await? {
+            Opened::Direct(tls) => self.start_http(tls, kept).await,
+            Opened::Stream(stream) => self.start_http(stream, kept).await,
+        }
+    }
+
+    /// Opens a stream to the node over `via`, with its header sent.
+    async fn open_io(&self, via: &Via, target: &Target) -> Result<Opened, CallError> {
         let node = &target.node_id;
         let setup = async {
-            match via {
+            Ok(match via {
                 Via::Direct(endpoint) => {
                     let tls = self.direct.connect(&target.key(), endpoint).await?;
                     debug!(endpoint = %endpoint.url, "connected to the node's daemon directly");
-                    self.start_http(tls, kept).await
+                    Opened::Direct(tls)
                 }
                 Via::Session(entry) => {
                     let stream = self.open_on_session(entry, target).await?;
-                    self.start_http(ReplyFirst::new(stream, STREAM_SETUP_TIMEOUT), kept)
-                        .await
+                    Opened::Stream(ReplyFirst::new(stream, STREAM_SETUP_TIMEOUT))
                 }
                 Via::Peer(peer) => {
                     let stream = self.open_on_peer(peer, target).await?;
-                    self.start_http(ReplyFirst::new(stream, STREAM_SETUP_TIMEOUT), kept)
-                        .await
+                    Opened::Stream(ReplyFirst::new(stream, STREAM_SETUP_TIMEOUT))
                 }
-            }
+            })
         };
         tokio::time::timeout(STREAM_SETUP_TIMEOUT, setup)
             .await
@@ -392,18 +401,61 @@ impl Tunnel {
             })?
     }
 
+    /// One of the relay's own event streams ([`lean::Watch`]), carried by
+    /// [`lean::get`]: no HTTP client connection is kept beside it.
+    async fn watch(
+        &self,
+        via: &Via,
+        target: &Target,
+        req: Request<CallBody>,
+        record: &CallRecord,
+    ) -> Result<Response<NodeBody>, (CallError, Option<Request<CallBody>>)> {
+        let (io, bytes): (Box<dyn lean::Io>, _) = match self.open_io(via, target).await {
+            Ok(Opened::Direct(tls)) => {
+                let io = self.call_stream(tls);
+                let bytes = io.bytes();
+                (Box::new(io), bytes)
+            }
+            Ok(Opened::Stream(stream)) => {
+                let io = self.call_stream(stream);
+                let bytes = io.bytes();
+                (Box::new(io), bytes)
+            }
+            Err(e) => return Err((e, Some(req))),
+        };
+        record.count_on(&bytes);
+        let (head, _) = req.into_parts();
+        let node = &target.node_id;
+        let resp = lean::get(io, &head).await.map_err(|e| {
+            let error = match find_setup_error(&e).cloned() {
+                Some(SetupError::Refused {
+                    code: StreamErrorCode::DaemonUnreachable,
+                    message,
+                }) => CallError::DaemonUnreachable {
+                    node: node.clone(),
+                    message,
+                },
+                Some(source) => CallError::Setup {
+                    node: node.clone(),
+                    source,
+                },
+                None => CallError::Unanswered {
+                    node: node.clone(),
+                    source: e,
+                },
+            };
+            (error, None)
+        })?;
+        Ok(resp.map(NodeBody::Lean))
+    }
+
     /// Speaks HTTP/1.1 over `io`, counted and timed as a call stream,
     /// driven on the task of the client connection that `kept` belongs to.
     async fn start_http<S>(&self, io: S, kept: &KeptStream) -> Result<NodeConn, CallError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let stream = CallStream::new(
-            io,
-            self.metrics.clone(),
-            self.idle_timeout,
-            self.calls.token(),
-        );
+        let stream = self.call_stream(io);
         let bytes = stream.bytes();
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake::<_, CallBody>(TokioIo::new(stream))
@@ -424,7 +476,25 @@ impl Tunnel {
     }
 }
 
+/// A stream to the node, opened by [`Tunnel::open_io`]. Moved once per
+/// call, into its HTTP connection: not worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Opened {
+    Direct(tokio_rustls::client::TlsStream<tokio::net::TcpStream>),
+    Stream(ReplyFirst<Stream>),
+}
+
 impl Tunnel {
+    /// `io` counted and timed as a call stream.
+    fn call_stream<S>(&self, io: S) -> CallStream<S> {
+        CallStream::new(
+            io,
+            self.metrics.clone(),
+            self.idle_timeout,
+            self.calls.token(),
+        )
+    }
+
     async fn open_on_session(&self, entry: &Entry, target: &Target) -> Result<Stream, CallError> {
         let node = &target.node_id;
         let stream =

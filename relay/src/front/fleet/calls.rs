@@ -137,7 +137,7 @@ impl NodeCalls for FrontCalls {
     ) -> BoxFut<'a, Result<Body, Failed>> {
         Box::pin(async move {
             let caller = Caller::relay(tenant);
-            let resp = asks::ask(&self.0, &caller, node, path)
+            let resp = asks::watch(&self.0, &caller, node, path)
                 .await
                 .map_err(|e| Failed {
                     status: Some(e.status()),
