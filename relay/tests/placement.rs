@@ -537,6 +537,8 @@ fn a_containers_whole_life_runs_through_the_fleet_by_bare_name() {
     // measured in benches/fleet-create.sh, not timed here; the bound is
     // only so the test ends.)
     let direct = &three.daemons[1].1;
+    let listings_before = listings_of(&three.relay.log(), "n2");
+    assert!(listings_before.0 >= 1, "the audit names no listing of n2");
     direct
         .docker()
         .ok(&[
@@ -563,7 +565,28 @@ fn a_containers_whole_life_runs_through_the_fleet_by_bare_name() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Its event stream stayed open throughout: a stream that ended would
+    // have had its audit line written and the node listed again.
+    assert_eq!(
+        listings_of(&three.relay.log(), "n2"),
+        listings_before,
+        "n2's events stream ended or n2 was listed again"
+    );
     three.clear();
+}
+
+/// The audit lines in `log` of the fleet view's own `/info` and `/events`
+/// calls to `node`: one of each per listing, the events line written when
+/// its stream ends.
+fn listings_of(log: &str, node: &str) -> (usize, usize) {
+    let count = |path: &str| {
+        log.lines()
+            .filter(|l| l.contains("principal=relay:fleet-view"))
+            .filter(|l| l.contains(&format!("node={node} ")))
+            .filter(|l| l.contains(&format!("path={path} ")))
+            .count()
+    };
+    (count("/info"), count("/events"))
 }
 
 /// Debian's `docker-registry` on a loopback port (dockerd pulls from
