@@ -108,6 +108,8 @@ pub async fn fleet(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after_view = rig.relay.usage()?;
     let view_bytes = after_view.rss_bytes.saturating_sub(before_view.rss_bytes);
+    let (settled, settled_after) = settled_rss(&rig, after_view.rss_bytes).await?;
+    let settled_bytes = settled.saturating_sub(before_view.rss_bytes);
 
     let reads = read_from_view(&rig, &responder, nodes, containers, reads).await?;
     let creates = create_rounds(&rig, &responder, nodes, creates).await?;
@@ -124,11 +126,37 @@ pub async fn fleet(
             "relay_rss_after_bytes": after_view.rss_bytes,
             "bytes_per_node_with_its_containers": view_bytes as f64 / nodes as f64,
             "bytes_per_container_all_counted": view_bytes as f64 / (nodes * containers) as f64,
+            "relay_rss_settled_bytes": settled,
+            "rss_settled_s_after_fill": settled_after.as_secs_f64(),
+            "settled_bytes_per_node_with_its_containers": settled_bytes as f64 / nodes as f64,
         },
         "ps_filter_label": reads,
         "create": creates,
         "freshness": freshness,
     }))
+}
+
+/// How long [`settled_rss`] waits at most for the relay's RSS to stop
+/// falling after the fill.
+const SETTLE_MAX: Duration = Duration::from_secs(20);
+
+/// The relay's RSS once it stops falling after the fill (its allocator
+/// hands the listings' freed memory back over some seconds), and how
+/// long after the fill that was; `first` is the reading 2 s after it.
+async fn settled_rss(rig: &Rig, first: u64) -> Result<(u64, Duration)> {
+    let started = Instant::now();
+    let mut last = first;
+    while started.elapsed() < SETTLE_MAX {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = rig.relay.usage()?.rss_bytes;
+        // Within 0.5 % of the reading before: no longer falling.
+        let falling = now < last - last / 200;
+        last = now;
+        if !falling {
+            break;
+        }
+    }
+    Ok((last, started.elapsed() + Duration::from_secs(2)))
 }
 
 /// Opens the fleet endpoint (its view starts on the first call) and waits

@@ -317,6 +317,11 @@ async fn the_fleet_endpoint_answers_from_its_view_and_places_creates() {
     // no node at all.
     let view = &r["view"];
     assert_eq!(view["node_calls_to_fill"], nodes * (4 + containers), "{r}");
+    // The settled reading comes at least 2 s after the first, and within
+    // the bound.
+    let settled_after = view["rss_settled_s_after_fill"].as_f64().unwrap();
+    assert!((4.0..25.0).contains(&settled_after), "{r}");
+    assert!(view["relay_rss_settled_bytes"].as_u64().unwrap() > 0, "{r}");
     let ps = &r["ps_filter_label"];
     assert_eq!(ps["containers_per_answer"], containers, "{r}");
     assert_eq!(ps["node_calls_during_reads"], 0, "{r}");

@@ -192,7 +192,10 @@ async fn run_node(
         // Events from one second before the listing began: what changes
         // while it runs is fetched again, never missed.
         let since = unix_now().saturating_sub(1);
-        let listed = list(&*calls, &tenant, &m).await;
+        // Boxed, as is each event's handling below: the task lives as
+        // long as the node is online, and is as large as its largest
+        // state, which would be these, rarely live, at 10,000 nodes.
+        let listed = Box::pin(list(&*calls, &tenant, &m)).await;
         drop(turn);
         match listed {
             Ok(node) => view.put(node),
@@ -259,8 +262,12 @@ async fn follow(
         while let Some(end) = buf.iter().position(|b| *b == b'\n') {
             let line = buf.split_to(end + 1);
             if let Ok(event) = serde_json::from_slice::<Value>(&line) {
-                on_event(view, calls, tenant, node, &event).await;
+                Box::pin(on_event(view, calls, tenant, node, &event)).await;
             }
+        }
+        if buf.is_empty() {
+            // Nothing kept between events.
+            buf = BytesMut::new();
         }
         if buf.len() > MAX_LINE {
             buf.clear();

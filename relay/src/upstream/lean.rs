@@ -7,8 +7,8 @@
 //! Why not hyper's client: a connection of it keeps about 28 KB whatever
 //! it carries (an 8 KB write buffer, an 8 KB read buffer, its dispatch
 //! channel and its task). Over 10,000 idle event streams that is more
-//! than the fleet view they keep current. This keeps the stream and one
-//! small read buffer.
+//! than the fleet view they keep current. This keeps the stream, and
+//! between events nothing else.
 //!
 //! It is for those streams only: one GET without a body per stream, never
 //! reused, never upgraded. A stream that breaks in the middle of a body
@@ -23,7 +23,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use sync_wrapper::SyncWrapper;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tracing::debug;
 
 /// Marks a request as one of the relay's own event streams, to be carried
@@ -36,6 +36,8 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// How much room a read is given: an event line is a few hundred bytes.
+/// The body reads into this much of its stack, and keeps only what is
+/// left over.
 const READ: usize = 2048;
 /// The longest response head taken.
 const MAX_HEAD: usize = 64 * 1024;
@@ -344,13 +346,21 @@ impl Body for LeanBody {
                 Step::Bad(why) => return this.end(Some(why)),
                 Step::More => {}
             }
-            this.buf.reserve(READ);
-            let read =
-                tokio_util::io::poll_read_buf(Pin::new(this.io.get_mut()), cx, &mut this.buf);
-            match ready!(read) {
-                Ok(0) if this.decoder == Decoder::Close => return this.end(None),
-                Ok(0) => return this.end(Some("the stream closed inside the body")),
-                Ok(_) => {}
+            // Read into room on the stack, so that a body waiting for its
+            // next event holds no buffer at all.
+            if this.buf.is_empty() {
+                this.buf = BytesMut::new();
+            }
+            let mut room = [0u8; READ];
+            let mut read = ReadBuf::new(&mut room);
+            match ready!(Pin::new(this.io.get_mut()).poll_read(cx, &mut read)) {
+                Ok(()) if read.filled().is_empty() => {
+                    return match this.decoder {
+                        Decoder::Close => this.end(None),
+                        _ => this.end(Some("the stream closed inside the body")),
+                    };
+                }
+                Ok(()) => this.buf.extend_from_slice(read.filled()),
                 Err(e) => return this.end(Some(&e.to_string())),
             }
         }
