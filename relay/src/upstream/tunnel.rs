@@ -23,7 +23,7 @@ use super::lean::{self, NodeBody};
 use super::peer::Peers;
 use super::reply::{find_setup_error, ReplyFirst};
 use super::Target;
-use crate::audit::CallRecord;
+use crate::audit::{CallRecord, StreamBytes};
 use crate::error::{CallError, SetupError};
 use crate::metrics::Metrics;
 use crate::registry::Member;
@@ -410,40 +410,19 @@ impl Tunnel {
         req: Request<CallBody>,
         record: &CallRecord,
     ) -> Result<Response<NodeBody>, (CallError, Option<Request<CallBody>>)> {
-        let (io, bytes): (Box<dyn lean::Io>, _) = match self.open_io(via, target).await {
-            Ok(Opened::Direct(tls)) => {
-                let io = self.call_stream(tls);
-                let bytes = io.bytes();
-                (Box::new(io), bytes)
-            }
-            Ok(Opened::Stream(stream)) => {
-                let io = self.call_stream(stream);
-                let bytes = io.bytes();
-                (Box::new(io), bytes)
-            }
+        let (io, bytes) = match self.open_io(via, target).await {
+            Ok(Opened::Direct(tls)) => self.boxed_call_stream(tls),
+            Ok(Opened::Stream(stream)) => self.boxed_call_stream(stream),
             Err(e) => return Err((e, Some(req))),
         };
         record.count_on(&bytes);
         let (head, _) = req.into_parts();
         let node = &target.node_id;
         let resp = lean::get(io, &head).await.map_err(|e| {
-            let error = match find_setup_error(&e).cloned() {
-                Some(SetupError::Refused {
-                    code: StreamErrorCode::DaemonUnreachable,
-                    message,
-                }) => CallError::DaemonUnreachable {
-                    node: node.clone(),
-                    message,
-                },
-                Some(source) => CallError::Setup {
-                    node: node.clone(),
-                    source,
-                },
-                None => CallError::Unanswered {
-                    node: node.clone(),
-                    source: e,
-                },
-            };
+            let error = setup_failure(node, &e).unwrap_or_else(|| CallError::Unanswered {
+                node: node.clone(),
+                source: e,
+            });
             (error, None)
         })?;
         Ok(resp.map(NodeBody::Lean))
@@ -485,6 +464,16 @@ enum Opened {
 }
 
 impl Tunnel {
+    /// `io` as [`Tunnel::call_stream`] makes it, boxed, and its counts.
+    fn boxed_call_stream<S: lean::Io + 'static>(
+        &self,
+        io: S,
+    ) -> (Box<dyn lean::Io>, Arc<StreamBytes>) {
+        let stream = self.call_stream(io);
+        let bytes = stream.bytes();
+        (Box::new(stream), bytes)
+    }
+
     /// `io` counted and timed as a call stream.
     fn call_stream<S>(&self, io: S) -> CallStream<S> {
         CallStream::new(
@@ -565,14 +554,24 @@ async fn send_header(
 /// The error for a call that failed before the daemon answered; `unsent`
 /// when the request never left.
 fn failure(node: &NodeId, err: hyper::Error, unsent: bool) -> CallError {
+    setup_failure(node, &err).unwrap_or_else(|| {
+        let node = node.clone();
+        match unsent {
+            true => CallError::NotSent { node, source: err },
+            false => CallError::NoAnswer { node, source: err },
+        }
+    })
+}
+
+/// The error for a call the agent refused or failed to set up, if `err`
+/// says it did.
+fn setup_failure(node: &NodeId, err: &(dyn std::error::Error + 'static)) -> Option<CallError> {
     let node = node.clone();
-    match find_setup_error(&err).cloned() {
-        Some(SetupError::Refused {
+    Some(match find_setup_error(err).cloned()? {
+        SetupError::Refused {
             code: StreamErrorCode::DaemonUnreachable,
             message,
-        }) => CallError::DaemonUnreachable { node, message },
-        Some(source) => CallError::Setup { node, source },
-        None if unsent => CallError::NotSent { node, source: err },
-        None => CallError::NoAnswer { node, source: err },
-    }
+        } => CallError::DaemonUnreachable { node, message },
+        source => CallError::Setup { node, source },
+    })
 }
