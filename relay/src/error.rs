@@ -246,8 +246,9 @@ pub enum CallError {
     Unanswered {
         /// The node.
         node: NodeId,
-        /// Why.
-        source: crate::upstream::lean::LeanError,
+        /// Why (the lean client's own error, boxed so that this module
+        /// names nothing above it).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The peer relay that holds the node's session cannot be reached.
     #[error("the call to this node goes through relay {relay}, which cannot be reached: {reason}; retry, or call a relay that holds the node (GET /v1/nodes on each)")]

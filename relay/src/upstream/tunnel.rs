@@ -421,7 +421,7 @@ impl Tunnel {
         let resp = lean::get(io, &head).await.map_err(|e| {
             let error = setup_failure(node, &e).unwrap_or_else(|| CallError::Unanswered {
                 node: node.clone(),
-                source: e,
+                source: Box::new(e),
             });
             (error, None)
         })?;
