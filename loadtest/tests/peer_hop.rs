@@ -10,32 +10,18 @@
 use std::time::Duration;
 
 use tunnelgate_agent::config::TransportChoice;
-use tunnelgate_loadtest::relay_proc::default_relay_bin;
-use tunnelgate_loadtest::scenarios::Setup;
+
+mod support;
+use support::setup;
 
 const T: Duration = Duration::from_secs(60);
 
-fn setup() -> Setup {
-    let relay_bin = default_relay_bin();
-    assert!(
-        relay_bin.exists(),
-        "{} is missing; `cargo test --workspace` builds it (or `cargo build -p tunnelgate-relay`)",
-        relay_bin.display()
-    );
-    Setup {
-        relay_bin,
-        transport: TransportChoice::Quic,
-        responder_port: 0,
-        responder: None,
-        relay_args: vec![],
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peer_hop_is_measured_beside_the_local_path() {
-    let r = tunnelgate_loadtest::cluster::peer_hop(&setup(), 4 << 20, 1, 50, T)
-        .await
-        .unwrap();
+    let r =
+        tunnelgate_loadtest::cluster::peer_hop(&setup(TransportChoice::Quic), 4 << 20, 1, 50, T)
+            .await
+            .unwrap();
     for key in [
         "local_download_gbit_s",
         "peer_download_gbit_s",

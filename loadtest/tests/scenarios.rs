@@ -7,24 +7,10 @@
 use std::time::Duration;
 
 use tunnelgate_agent::config::TransportChoice;
-use tunnelgate_loadtest::relay_proc::default_relay_bin;
 use tunnelgate_loadtest::scenarios::{self, Setup};
 
-fn setup(transport: TransportChoice) -> Setup {
-    let relay_bin = default_relay_bin();
-    assert!(
-        relay_bin.exists(),
-        "{} is missing; `cargo test --workspace` builds it (or `cargo build -p tunnelgate-relay`)",
-        relay_bin.display()
-    );
-    Setup {
-        relay_bin,
-        transport,
-        responder_port: 0,
-        responder: None,
-        relay_args: vec![],
-    }
-}
+mod support;
+use support::setup;
 
 /// A plain TCP forwarder standing in for another tunnel: every
 /// connection to the returned address is piped to `target`.
