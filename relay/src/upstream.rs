@@ -11,6 +11,8 @@
 //! hijacked connections and releases a call's guard when its last byte
 //! is relayed. [`direct`] carries a call straight to the node's daemon
 //! port over mutual TLS, and probes which daemons this relay can reach so.
+//! [`lean`] reads the relay's own event streams (one per node, for the
+//! fleet's view) without an HTTP client connection beside each.
 //!
 //! This module knows nothing of authentication, tenants' limits or the
 //! front's paths: it gets a routed call and returns the node's answer.
